@@ -1,0 +1,27 @@
+"""The lab's error tree.
+
+CLIs catch `LabError`, print its one-line message to stderr and exit non-zero; anything else is
+a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class LabError(Exception):
+    """A problem the user can fix: the message says what, where and what to do next."""
+
+    exit_code = 1
+
+
+class ConfigError(LabError):
+    """Bad input: a scenario, a flag or a handler name. Exit code 2, like argparse."""
+
+    exit_code = 2
+
+
+class BrokerError(LabError):
+    """The Redis broker cannot be started or reached."""
+
+
+class ServiceError(LabError):
+    """A mock service or a worker process failed to start or answer."""

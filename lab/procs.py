@@ -1,0 +1,167 @@
+"""Child processes the lab owns (Redis, workers, mocks): none may outlive the lab.
+
+Three layers make sure of it:
+1. `spawn` is a context manager: on any exit from the block (normal end, exception, Ctrl-C) the
+   child gets SIGTERM, a grace period, then SIGKILL, and is always reaped.
+2. On Linux every child asks the kernel for SIGTERM when the lab dies (PR_SET_PDEATHSIG), which
+   covers the exits no Python code sees, such as `kill -9` of the lab itself.
+3. Children run in their own session, so a Ctrl-C in the terminal reaches only the lab, which
+   then stops them in order instead of racing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from lab.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask for SIGTERM when the parent process dies."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:  # pragma: no cover - every glibc/musl Linux has one
+        return
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    """A running child process and where its output goes."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path | None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        """The last lines the child wrote, to put in an error message."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.popen.send_signal(signum)
+
+    def stop(self, *, grace_s: float = 5.0) -> int:
+        """SIGTERM, wait up to `grace_s`, then SIGKILL; always reaps. Returns the exit code."""
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            try:
+                return self.popen.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "%s (pid %d) ignored SIGTERM for %.1fs: killing", self.name, self.pid, grace_s
+                )
+                self.signal(signal.SIGKILL)
+        return self.popen.wait()
+
+
+@contextlib.contextmanager
+def spawn(
+    argv: Sequence[str],
+    *,
+    name: str,
+    log_path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    grace_s: float = 5.0,
+) -> Iterator[Child]:
+    """Start `argv` as a child the lab owns; it is stopped and reaped when the block exits."""
+    out: IO[Any] | int = subprocess.DEVNULL
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = log_path.open("ab")
+    try:
+        popen = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
+    finally:
+        if not isinstance(out, int):
+            out.close()  # the child holds its own copy of the descriptor
+    child = Child(name=name, popen=popen, log_path=log_path)
+    log.debug("started %s (pid %d): %s", name, popen.pid, " ".join(argv))
+    try:
+        yield child
+    finally:
+        child.stop(grace_s=grace_s)
+
+
+def python_module_argv(module: str, *args: str) -> list[str]:
+    """`python -m module args...` with the interpreter that runs the lab."""
+    return [sys.executable, "-m", module, *args]
+
+
+def wait_for(
+    check: Callable[[], bool],
+    *,
+    what: str,
+    timeout_s: float,
+    children: Sequence[Child] = (),
+    interval_s: float = 0.01,
+) -> None:
+    """Poll `check` until it is true; fail fast, with the child's last output, if a child exits."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for child in children:
+            if not child.alive():
+                raise ServiceError(
+                    f"{child.name} exited with code {child.popen.returncode} while waiting for "
+                    f"{what}; its last output:\n{child.log_tail()}"
+                )
+        if check():
+            return
+        if time.monotonic() > deadline:
+            raise ServiceError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@contextlib.contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Turn SIGTERM into SystemExit for the block, so `with` blocks unwind and stop children."""
+
+    def _raise(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def env_with_pythonpath() -> dict[str, str]:
+    """The current environment, with the lab's source root on PYTHONPATH for `-m` children."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env

@@ -1,0 +1,204 @@
+"""Job handlers: the built-ins the scenarios use, and user handlers named `package.module:function`.
+
+A handler is `async def handler(ctx: JobContext, args: dict) -> dict | None`. It raises to fail
+the attempt (the worker then retries with backoff, or dead-letters); it may return a small dict
+of counters (for example `{"not_found": 2}`) that is stored with the job's event.
+
+Job args the built-ins understand:
+- `items`: the entities this job carries (ids, or dicts with an "id"); `batch_size` in the lab.
+- `service`: the name of a service the worker was given (`--service name=url`), or `url`.
+- `index` (OpenSearch, default "lab"), `path` and `method` (http.call, default POST /).
+- `cpu_ms_per_item`: CPU work added to ANY job, burnt before its IO (see `execute`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from lab.errors import ConfigError
+
+Extra = Mapping[str, Any] | None
+Handler = Callable[["JobContext", dict[str, Any]], Awaitable[Extra]]
+
+
+@dataclass
+class JobContext:
+    """What a handler may use: the instance's shared HTTP session and the service URLs."""
+
+    instance: str
+    session: aiohttp.ClientSession
+    services: Mapping[str, str] = field(default_factory=dict)
+
+    def service_url(self, args: Mapping[str, Any]) -> str:
+        """The base URL a job talks to: `args["url"]`, or the URL of `args["service"]`."""
+        if "url" in args:
+            return str(args["url"]).rstrip("/")
+        name = str(args.get("service"))
+        if name not in self.services:
+            known = ", ".join(sorted(self.services)) or "none"
+            raise JobError(f"job names service {name!r}, this worker knows: {known}")
+        return self.services[name].rstrip("/")
+
+
+class JobError(Exception):
+    """An attempt failed. `retry_after_s` carries a server's Retry-After, honoured as a floor."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def item_count(args: Mapping[str, Any]) -> int:
+    """How many entities a job carries (1 for a job without an `items` list)."""
+    items = args.get("items")
+    return len(items) if isinstance(items, list) else 1
+
+
+def _items(args: Mapping[str, Any]) -> list[Any]:
+    items = args.get("items")
+    return items if isinstance(items, list) else [args.get("id", 0)]
+
+
+def _doc_id(item: Any) -> str:
+    return str(item["id"]) if isinstance(item, dict) else str(item)
+
+
+def _doc(item: Any) -> dict[str, Any]:
+    return item if isinstance(item, dict) else {"id": item, "title": f"entity {item}"}
+
+
+def burn_cpu(ms: float) -> None:
+    """Hold the GIL and the event loop for `ms` milliseconds of this thread's CPU time.
+
+    CPU time, not wall time: on a loaded machine the job still costs the CPU it claims to.
+    """
+    deadline = time.thread_time_ns() + int(ms * 1_000_000)
+    while time.thread_time_ns() < deadline:
+        pass
+
+
+async def _check(resp: aiohttp.ClientResponse, *, allow: tuple[int, ...] = ()) -> bytes:
+    """Read the body (to free the connection) and raise JobError on a status not 2xx/allowed."""
+    body = await resp.read()
+    if resp.status < 300 or resp.status in allow:
+        return body
+    retry_after = resp.headers.get("Retry-After")
+    raise JobError(
+        f"HTTP {resp.status} from {resp.method} {resp.url.path}",
+        retry_after_s=float(retry_after) if retry_after and retry_after.isdigit() else None,
+    )
+
+
+async def noop(ctx: JobContext, args: dict[str, Any]) -> Extra:
+    """Does nothing: measures the runtime's own cost per job."""
+    return None
+
+
+async def cpu_burn(ctx: JobContext, args: dict[str, Any]) -> Extra:
+    """Only CPU: the `cpu_ms_per_item` that `execute` burns for every job is the whole job."""
+    return None
+
+
+async def http_call(ctx: JobContext, args: dict[str, Any]) -> Extra:
+    """One JSON request per item to the service, in turn."""
+    url = ctx.service_url(args) + str(args.get("path", "/"))
+    method = str(args.get("method", "POST"))
+    for item in _items(args):
+        async with ctx.session.request(method, url, json=_doc(item)) as resp:
+            await _check(resp)
+    return None
+
+
+async def opensearch_index(ctx: JobContext, args: dict[str, Any]) -> Extra:
+    """One `PUT /{index}/_doc/{id}` per item, in turn (what a job without bulk does)."""
+    base, index = ctx.service_url(args), args.get("index", "lab")
+    for item in _items(args):
+        async with ctx.session.put(f"{base}/{index}/_doc/{_doc_id(item)}", json=_doc(item)) as resp:
+            await _check(resp)
+    return None
+
+
+async def opensearch_bulk(ctx: JobContext, args: dict[str, Any]) -> Extra:
+    """The whole batch in one `_bulk` request.
+
+    A bulk that comes back with `errors: true` (some items rejected, typically 429 when the
+    write queue is full) fails the attempt, and the retry re-sends the whole batch: indexing by
+    id is idempotent, and the mock counts the duplicate writes.
+    """
+    base, index = ctx.service_url(args), args.get("index", "lab")
+    lines = []
+    for item in _items(args):
+        lines.append(json.dumps({"index": {"_index": index, "_id": _doc_id(item)}}))
+        lines.append(json.dumps(_doc(item)))
+    body = ("\n".join(lines) + "\n").encode()
+    headers = {"Content-Type": "application/x-ndjson"}
+    async with ctx.session.post(f"{base}/_bulk", data=body, headers=headers) as resp:
+        result = json.loads(await _check(resp))
+    if result.get("errors"):
+        failed = [
+            it
+            for it in result.get("items", [])
+            if next(iter(it.values())).get("status", 200) >= 300
+        ]
+        statuses = sorted({next(iter(it.values())).get("status") for it in failed})
+        raise JobError(f"bulk: {len(failed)} of {len(lines) // 2} items failed (status {statuses})")
+    return None
+
+
+async def opensearch_delete(ctx: JobContext, args: dict[str, Any]) -> Extra:
+    """One `DELETE /{index}/_doc/{id}` per item; a 404 (`not_found`) is counted, not an error."""
+    base, index = ctx.service_url(args), args.get("index", "lab")
+    not_found = 0
+    for item in _items(args):
+        async with ctx.session.delete(f"{base}/{index}/_doc/{_doc_id(item)}") as resp:
+            await _check(resp, allow=(404,))
+            not_found += resp.status == 404
+    return {"not_found": not_found} if not_found else None
+
+
+BUILTINS: dict[str, Handler] = {
+    "cpu.burn": cpu_burn,
+    "http.call": http_call,
+    "noop": noop,
+    "opensearch.bulk": opensearch_bulk,
+    "opensearch.delete": opensearch_delete,
+    "opensearch.index": opensearch_index,
+}
+
+
+def resolve(name: str) -> Handler:
+    """The handler for a job name: a built-in, or `package.module:function`. ConfigError if unknown."""
+    if name in BUILTINS:
+        return BUILTINS[name]
+    allowed = f"a built-in ({', '.join(sorted(BUILTINS))}) or 'package.module:function'"
+    module_name, sep, attr = name.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"unknown job {name!r}: expected {allowed}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"job {name!r}: cannot import module {module_name!r} ({exc})") from exc
+    handler = getattr(module, attr, None)
+    if handler is None:
+        raise ConfigError(f"job {name!r}: module {module_name!r} has no attribute {attr!r}")
+    if not inspect.iscoroutinefunction(handler):
+        raise ConfigError(
+            f"job {name!r}: must be an async function (ctx, args), got {type(handler).__name__}"
+        )
+    return handler
+
+
+async def execute(handler: Handler, ctx: JobContext, args: dict[str, Any]) -> Extra:
+    """Run one attempt: burn the job's CPU (`cpu_ms_per_item` x items), then its handler."""
+    cpu_ms = args.get("cpu_ms_per_item")
+    if cpu_ms:
+        burn_cpu(float(cpu_ms) * item_count(args))
+    return await handler(ctx, args)
