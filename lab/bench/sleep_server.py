@@ -1,6 +1,9 @@
 """A bare loopback HTTP server that answers `GET /sleep?ms=N` after N ms: the IO benchmark's peer.
 
 It has no load model on purpose (no capacity, no stats): it measures the runtime, not a service.
+It runs on the default asyncio loop, like `../shared/peers/mock_server.py`, so that the runtime's
+efficiency is measured against the same server the peers were (uvloop's 1 ms timer granularity
+would add about a millisecond to every 50 ms answer).
 `python -m lab.bench.sleep_server --ready-file PATH` writes its URL to PATH once listening.
 """
 
@@ -8,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -45,11 +47,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ready-file", type=Path, required=True)
     ns = parser.parse_args()
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.run(_serve(ns.ready_file))
-        return
     asyncio.run(_serve(ns.ready_file))
 
 

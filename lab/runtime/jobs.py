@@ -75,6 +75,15 @@ def _doc(item: Any) -> dict[str, Any]:
     return item if isinstance(item, dict) else {"id": item, "title": f"entity {item}"}
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
+def _json_body(item: Any) -> bytes:
+    # Encoded here rather than with aiohttp's `json=`: its JsonPayload costs ~40% more CPU per
+    # request, which at a few thousand requests/s would make the runtime the bottleneck.
+    return json.dumps(_doc(item)).encode()
+
+
 def burn_cpu(ms: float) -> None:
     """Hold the GIL and the event loop for `ms` milliseconds of this thread's CPU time.
 
@@ -108,11 +117,15 @@ async def cpu_burn(ctx: JobContext, args: dict[str, Any]) -> Extra:
 
 
 async def http_call(ctx: JobContext, args: dict[str, Any]) -> Extra:
-    """One JSON request per item to the service, in turn."""
+    """One request per item to the service, in turn: the item as a JSON body (none for GET)."""
     url = ctx.service_url(args) + str(args.get("path", "/"))
-    method = str(args.get("method", "POST"))
+    method = str(args.get("method", "POST")).upper()
+    with_body = method not in ("GET", "HEAD", "DELETE")
     for item in _items(args):
-        async with ctx.session.request(method, url, json=_doc(item)) as resp:
+        body = _json_body(item) if with_body else None
+        async with ctx.session.request(
+            method, url, data=body, headers=_JSON if with_body else None
+        ) as resp:
             await _check(resp)
     return None
 
@@ -121,7 +134,8 @@ async def opensearch_index(ctx: JobContext, args: dict[str, Any]) -> Extra:
     """One `PUT /{index}/_doc/{id}` per item, in turn (what a job without bulk does)."""
     base, index = ctx.service_url(args), args.get("index", "lab")
     for item in _items(args):
-        async with ctx.session.put(f"{base}/{index}/_doc/{_doc_id(item)}", json=_doc(item)) as resp:
+        url = f"{base}/{index}/_doc/{_doc_id(item)}"
+        async with ctx.session.put(url, data=_json_body(item), headers=_JSON) as resp:
             await _check(resp)
     return None
 

@@ -39,7 +39,7 @@ import aiohttp
 import redis
 import redis.asyncio as aioredis
 
-from lab.errors import ConfigError, LabError
+from lab.errors import BrokerError, ConfigError, LabError
 from lab.runtime.jobs import BUILTINS, Handler, JobContext, JobError, execute, item_count, resolve
 from lab.runtime.queue import (
     DEAD,
@@ -53,8 +53,12 @@ from lab.runtime.queue import (
     encode_job,
 )
 from lab.runtime.retry import RetryPolicy
+from lab.runtime.wire import WireConnection
 
 log = logging.getLogger(__name__)
+
+#: A worker that cannot reach its broker for this long exits (status 1).
+BROKER_LOST_S = 30.0
 
 #: Longest single BLMOVE wait: bounds how long a stop waits for the waiter to come back.
 _BLOCK_S = 0.5
@@ -131,7 +135,8 @@ class Worker:
         # The waiter's own single connection: its BLMOVE must not hold up the exchanges.
         self._blocking = aioredis.from_url(s.broker_url, decode_responses=True, max_connections=1)
         self._blocking_client_id: int | None = None
-        self._exchange_script = self._redis.register_script(EXCHANGE_LUA)
+        self._wire = WireConnection(s.broker_url)  # the exchange's own connection (hot path)
+        self._exchange_sha = self._wire.script(EXCHANGE_LUA)
         self._release_script = self._redis.register_script(RELEASE_LUA)
         self._exchange_keys = [
             self.keys.pending, self.keys.processing(self.instance_id), self.keys.inbox(self.instance_id),
@@ -147,6 +152,7 @@ class Worker:
                 await self._reap()
                 await self._serve()
         finally:
+            self._wire.close()
             await self._redis.aclose()
             await self._blocking.aclose()
 
@@ -183,8 +189,9 @@ class Worker:
     ) -> None:
         self._accepting = False
         self._queue_empty.set()  # let the waiter see the stop...
-        if self._blocking_client_id is not None:  # ...now, not when its BLMOVE times out
-            await self._redis.client_unblock(self._blocking_client_id)
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+            if self._blocking_client_id is not None:  # ...now, not when its BLMOVE times out
+                await self._redis.client_unblock(self._blocking_client_id)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.settings.grace_s)
         for task in slots:
@@ -198,10 +205,18 @@ class Worker:
         for task in late:  # last resort; should not happen
             task.cancel()
         keys = [self.keys.instances, self.keys.pending, self.keys.stats]
-        put_back = await self._release_script(
-            keys=keys, args=[self.keys.prefix, self.instance_id, "released"]
-        )
-        log.info("%s stopped; %d unfinished jobs put back", self.instance_id, put_back)
+        try:
+            put_back = await self._release_script(
+                keys=keys, args=[self.keys.prefix, self.instance_id, "released"]
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.error(
+                "%s could not put its jobs back (%s); they return when its heartbeat expires",
+                self.instance_id,
+                exc,
+            )
+        else:
+            log.info("%s stopped; %d unfinished jobs put back", self.instance_id, put_back)
 
     # -- the job slots --------------------------------------------------------------------------
 
@@ -294,8 +309,8 @@ class Worker:
             len(dead) // 2,
         ]
         try:
-            claimed, next_due = await self._exchange_script(
-                keys=self._exchange_keys, args=args + acks + events + retries + dead
+            claimed, next_due = await self._wire.evalsha(
+                self._exchange_sha, self._exchange_keys, args + acks + events + retries + dead
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # Not sent (or lost): keep the outcomes for the next try. Jobs stay claimed meanwhile.
@@ -356,19 +371,28 @@ class Worker:
             )
 
     async def _heartbeat_loop(self) -> None:
+        """Beat every TTL/3, reap every TTL; give up when the broker has been gone too long."""
         period_s = self.settings.heartbeat_ttl_s / 3
         beats = 0
+        last_ok = time.monotonic()
         while not self._stop_requested.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_requested.wait(), period_s)
                 return
             try:
                 await self._beat()
+                last_ok = time.monotonic()
                 beats += 1
                 if beats % 3 == 0:
                     await self._reap()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("heartbeat failed (%s)", exc)
+                gone_s = time.monotonic() - last_ok
+                log.warning("heartbeat failed for %.0fs (%s)", gone_s, exc)
+                if gone_s > max(BROKER_LOST_S, self.settings.heartbeat_ttl_s):
+                    # Our jobs were put back by now anyway; an orphan must not spin forever.
+                    raise BrokerError(
+                        f"broker {self.settings.broker_url} lost for {gone_s:.0f}s"
+                    ) from exc
 
 
 # -- command line -------------------------------------------------------------------------------
