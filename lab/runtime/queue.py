@@ -263,23 +263,31 @@ class Queue:
         pipe.execute()
         return job_id
 
-    def enqueue_many(self, job: str, args_list: Iterable[Mapping[str, Any]]) -> list[str]:
+    def enqueue_many(
+        self,
+        job: str,
+        args_list: Iterable[Mapping[str, Any]],
+        *,
+        enqueued_at: Iterable[float] | None = None,
+    ) -> list[str]:
         """Enqueue one job per args mapping, pipelined in chunks; returns the ids in order.
 
-        All jobs of one call share the enqueue timestamp of the moment each chunk is built, so
-        a large backlog's queue wait starts when it really entered the queue.
+        Without `enqueued_at`, each chunk is stamped when it is sent, so a large backlog's queue
+        wait starts when it really entered the queue. An open-loop producer passes each job's
+        scheduled arrival instead, so that lateness of its own counts as latency too.
         """
         prefix = secrets.token_hex(5)
         ids: list[str] = []
         counter = itertools.count()
         args_iter = iter(args_list)
+        stamps = iter(enqueued_at) if enqueued_at is not None else None
         while chunk := list(itertools.islice(args_iter, _CHUNK)):
             now = time.time()
             payloads = []
             for args in chunk:
                 job_id = f"{prefix}-{next(counter)}"
                 ids.append(job_id)
-                payloads.append(encode_job(job_id, job, args, now))
+                payloads.append(encode_job(job_id, job, args, next(stamps) if stamps else now))
             pipe = self.client.pipeline(transaction=False)
             pipe.lpush(self.keys.pending, *payloads)
             pipe.hincrby(self.keys.stats, "enqueued", len(payloads))

@@ -1,0 +1,115 @@
+"""`python -m lab.mocks KIND [--host 127.0.0.1] [--port 0] [--ready-file PATH] [spec options]`.
+
+The spec comes from `--spec-json '{...}'` (what the sweep passes) and/or one flag per
+`ServiceSpec` field (`--capacity 8`, `--queue 200`, `--per-item-ms 0.3`, ...); flags win.
+Nested fields take JSON or a compact `key=value,...` form, with an optional `dist:` tag:
+    --latency lognormal:median_ms=15,p99_ms=60     --rate-limit per_s=100,burst=100
+    --brownouts start_s=5,duration_s=2,latency_x=4   (repeatable)
+Once listening it prints the URL and writes `{"url", "pid", "kind"}` to the ready file
+(atomically). SIGTERM or SIGINT stop it with exit code 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from lab.errors import ConfigError, LabError
+from lab.mocks.server import run
+from lab.mocks.spec import KINDS, ServiceSpec, parse_spec
+
+_LIST_FIELDS = {"brownouts"}
+
+
+def parse_value(text: str) -> Any:
+    """JSON when it parses; else `tag:k=v,k=v` as a dict; else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if "=" not in text:
+        return text
+    tag, sep, rest = text.partition(":")
+    out: dict[str, Any] = {}
+    if sep and "=" not in tag:
+        out["dist"] = tag
+        text = rest
+    for pair in filter(None, text.split(",")):
+        key, eq, value = pair.partition("=")
+        if not eq:
+            raise ConfigError(f"{text!r}: expected key=value pairs separated by commas")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lab.mocks", description="Run one mock IO service on loopback."
+    )
+    parser.add_argument("kind", choices=KINDS, help="which mock to run")
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
+    parser.add_argument("--ready-file", type=Path, help="where to write url and pid once up")
+    parser.add_argument("--spec-json", help="the whole ServiceSpec as JSON (flags override)")
+    group = parser.add_argument_group("spec fields (see lab.mocks.spec.ServiceSpec)")
+    for name, field in ServiceSpec.model_fields.items():
+        if name == "kind":
+            continue
+        flag = "--" + name.replace("_", "-")
+        action = "append" if name in _LIST_FIELDS else "store"
+        group.add_argument(flag, dest=name, action=action, metavar="VALUE", help=field.description)
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace) -> ServiceSpec:
+    data: dict[str, Any] = {}
+    if args.spec_json is not None:
+        try:
+            data = json.loads(args.spec_json)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--spec-json: not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError("--spec-json: expected a JSON object")
+    if data.setdefault("kind", args.kind) != args.kind:
+        raise ConfigError(
+            f"--spec-json: kind is {data['kind']!r} but the command says {args.kind!r}"
+        )
+    for name in ServiceSpec.model_fields:
+        value = getattr(args, name, None) if name != "kind" else None
+        if value is None:
+            continue
+        if name in _LIST_FIELDS:
+            data[name] = [item for v in value for item in _as_list(parse_value(v))]
+        else:
+            data[name] = parse_value(value)
+    return parse_spec(data, where="mock spec")
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        spec = spec_from_args(args)
+        run(
+            spec,
+            host=args.host,
+            port=args.port,
+            ready_file=args.ready_file,
+            on_ready=lambda url: print(url, flush=True),
+        )
+    except LabError as exc:
+        print(f"lab.mocks: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""What every mock service does before its own protocol: connection limit, rate limit, stats.
+
+A service subclass implements `handle` (its routes, calling `self.model.serve(items)` for each
+unit of work) and shapes its own rejection and error bodies the way the real service does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+
+from aiohttp import web
+
+from lab.mocks.load import LoadModel
+from lab.mocks.spec import ServiceSpec
+
+ControlHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per call
+
+
+def json_response(
+    data: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A compact JSON response, built with one shared encoder (this is on the hot path)."""
+    return web.Response(
+        body=_encode(data).encode(),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def retry_after_header(wait_s: float) -> dict[str, str]:
+    """RFC 9110 delay-seconds are whole seconds: round up, so a client never comes back early."""
+    return {"Retry-After": str(max(1, math.ceil(wait_s)))}
+
+
+class MockService:
+    """A mock's protocol on top of the shared load model."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, spec: ServiceSpec) -> None:
+        self.spec = spec
+        self.model = LoadModel(spec)
+        self._limit_connections = spec.connection_limit is not None
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Entry point for every non-`/_lab/` request."""
+        model = self.model
+        if self._limit_connections:
+            reason = await model.connections.admit(request.protocol)
+            if reason is not None:
+                model.stats.rejections[reason] += 1
+                response = self.refused(reason)
+                response.force_close()
+                return response
+        model.stats.requests += 1
+        if model.bucket is not None:
+            wait_s = model.take_token()
+            if wait_s:
+                return self.rate_limited(wait_s)
+        return await self.handle(request)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        raise NotImplementedError
+
+    def rate_limited(self, wait_s: float) -> web.Response:
+        """429 with Retry-After, as an API gateway answers when the bucket is empty."""
+        body = {
+            "error": {
+                "type": "rate_limited",
+                "message": "Too many requests: rate limit exceeded",
+                "retry_after_s": round(wait_s, 3),
+            }
+        }
+        return json_response(body, status=429, headers=retry_after_header(wait_s))
+
+    def refused(self, reason: str) -> web.Response:
+        """503 for a connection past `connection_limit`; the connection is then closed."""
+        body = {"error": {"type": reason, "message": "too many connections"}}
+        return json_response(body, status=503)
+
+    def stats_json(self) -> dict[str, Any]:
+        """`GET /_lab/stats`: the load model's statistics plus the service's own keys."""
+        return self.model.to_json()
+
+    def reset(self, options: dict[str, Any]) -> dict[str, Any]:
+        """`POST /_lab/reset`: zero the statistics; returns what was done."""
+        if options:
+            raise ValueError(f"unknown reset option(s) {sorted(options)}; this mock takes none")
+        self.model.reset()
+        return {"reset": True}
+
+    def controls(self) -> dict[str, ControlHandler]:
+        """Extra `/_lab/<name>` routes of this service (e.g. opensearch `seed`)."""
+        return {}

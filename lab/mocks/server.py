@@ -1,0 +1,224 @@
+"""Running a mock: the aiohttp server, the `/_lab/` control routes, readiness and signals.
+
+Control routes bypass the load model (no rate limit, no capacity, no connection limit):
+  GET  /_lab/stats   the statistics document (see `lab.mocks.stats`), sorted keys
+  POST /_lab/reset   zero statistics, time series and write ledgers, restart the epoch that
+                     brown-outs are timed from; documents are KEPT (seeded ids survive) unless
+                     the body is `{"clear_docs": true}` (opensearch)
+  GET  /_lab/health  `{"ok": true, "kind": ...}`
+  opensearch only: POST /_lab/seed `{"index": "x", "ids": [...]}`, GET /_lab/docs?index=x
+
+The server is aiohttp's low-level `web.Server` (no router, no middlewares): the mocks route by
+hand, which keeps per-request overhead close to a bare aiohttp app, and the server's
+connection hooks feed the connection limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+
+from lab.errors import ConfigError
+from lab.mocks.base import MockService, json_response
+from lab.mocks.database import DatabaseMock
+from lab.mocks.http_api import HttpApiMock
+from lab.mocks.load import ConnectionTracker
+from lab.mocks.opensearch import OpenSearchMock
+from lab.mocks.spec import ServiceSpec
+
+log = logging.getLogger(__name__)
+
+SERVICES: dict[str, type[MockService]] = {
+    "opensearch": OpenSearchMock,
+    "http_api": HttpApiMock,
+    "database": DatabaseMock,
+}
+
+SHUTDOWN_GRACE_S = 1.0
+"""How long in-flight requests may finish on stop; mocks hold nothing worth waiting for."""
+
+
+def make_service(spec: ServiceSpec) -> MockService:
+    return SERVICES[spec.kind](spec)
+
+
+def check_loopback(host: str) -> str:
+    """The address to bind: loopback only, so a mock is never reachable from the network."""
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is None or not address.is_loopback:
+        raise ConfigError(f"--host {host!r}: mocks bind a loopback address only (127.0.0.1 or ::1)")
+    return host
+
+
+class _TrackingServer(web.Server):
+    """aiohttp's low-level server, telling the connection tracker about each connection."""
+
+    def __init__(self, handler: Any, *, tracker: ConnectionTracker, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._tracker = tracker
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self._tracker.opened(handler)
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self._tracker.closed(handler)
+
+
+def _dispatcher(service: MockService) -> Callable[[web.BaseRequest], Any]:
+    controls = {"stats": _stats, "reset": _reset, "health": _health}
+    extra = service.controls()
+
+    async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        if not request.raw_path.startswith("/_lab/"):
+            return await service(request)
+        path = request.path
+        name = path[len("/_lab/") :]
+        if name in extra:
+            return await extra[name](request)
+        control = controls.get(name)
+        if control is None:
+            known = sorted([*controls, *extra])
+            return json_response({"error": f"unknown control {path}; known: {known}"}, status=404)
+        return await control(service, request)
+
+    return dispatch
+
+
+async def _stats(service: MockService, request: web.BaseRequest) -> web.StreamResponse:
+    return web.Response(
+        text=json.dumps(service.stats_json(), sort_keys=True), content_type="application/json"
+    )
+
+
+async def _reset(service: MockService, request: web.BaseRequest) -> web.StreamResponse:
+    if request.method != "POST":
+        return json_response({"error": "use POST /_lab/reset"}, status=405)
+    try:
+        options = await request.json() if request.body_exists else {}
+        if not isinstance(options, dict):
+            raise ValueError("the reset body must be a JSON object")
+        return json_response(service.reset(options))
+    except ValueError as exc:
+        return json_response({"error": str(exc)}, status=400)
+
+
+async def _health(service: MockService, request: web.BaseRequest) -> web.StreamResponse:
+    return json_response({"ok": True, "kind": service.kind})
+
+
+async def _sample_forever(service: MockService) -> None:
+    """The time series: one point every `stats_interval_ms`, on a fixed grid (no drift)."""
+    loop = asyncio.get_running_loop()
+    interval_s = service.spec.stats_interval_ms / 1000
+    next_at = loop.time()
+    while True:
+        service.model.sample()
+        next_at += interval_s
+        await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+
+@contextlib.asynccontextmanager
+async def run_mock(
+    spec: ServiceSpec,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+) -> AsyncIterator[str]:
+    """Serve `spec` in this event loop; yields the base URL (`http://127.0.0.1:PORT`).
+
+    On exit, requests still in flight get `shutdown_grace_s` to finish, then are cancelled.
+    """
+    bind = check_loopback(host)
+    service = make_service(spec)
+    server = _TrackingServer(
+        _dispatcher(service), tracker=service.model.connections, access_log=None
+    )
+    runner = web.ServerRunner(server, shutdown_timeout=shutdown_grace_s)
+    await runner.setup()
+    sampler: asyncio.Task[None] | None = None
+    try:
+        site = web.TCPSite(runner, bind, port, backlog=1024)
+        await site.start()
+        bound_port = runner.addresses[0][1]
+        sampler = asyncio.create_task(_sample_forever(service))
+        url_host = f"[{bind}]" if ":" in bind else bind
+        yield f"http://{url_host}:{bound_port}"
+    finally:
+        if sampler is not None:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+        await runner.cleanup()
+
+
+def write_ready_file(path: Path, info: dict[str, Any]) -> None:
+    """Write then rename, so a polling parent never reads a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+async def serve(
+    spec: ServiceSpec,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready_file: Path | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop cleanly; announce readiness once listening."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with run_mock(spec, host=host, port=port) as url:
+            if ready_file is not None:
+                write_ready_file(ready_file, {"url": url, "pid": os.getpid(), "kind": spec.kind})
+            if on_ready is not None:
+                on_ready(url)
+            log.info("%s mock listening on %s", spec.kind, url)
+            await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def run(
+    spec: ServiceSpec,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready_file: Path | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Own an event loop (uvloop when installed) and `serve` on it until a stop signal."""
+    check_loopback(host)
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(spec, host=host, port=port, ready_file=ready_file, on_ready=on_ready))

@@ -1,0 +1,97 @@
+"""A mock in its own process, as the sweep runs it: ready file, sync client, clean stop."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opensearchpy import NotFoundError, OpenSearch
+from opensearchpy.helpers import BulkIndexError, bulk
+
+from lab.mocks import parse_spec, spec_to_json
+from lab.procs import Child, env_with_pythonpath, python_module_argv, spawn, wait_for
+
+
+@contextlib.contextmanager
+def start(tmp_path: Path, kind: str, *args: str) -> Iterator[tuple[Child, str]]:
+    """`python -m lab.mocks KIND ...` as the sweep starts it; ready once the ready file exists."""
+    ready = tmp_path / f"{kind}.ready.json"
+    argv = python_module_argv(
+        "lab.mocks", kind, "--host", "127.0.0.1", "--port", "0", "--ready-file", str(ready), *args
+    )
+    with spawn(
+        argv, name=f"mock-{kind}", log_path=tmp_path / f"{kind}.log", env=env_with_pythonpath()
+    ) as child:
+        wait_for(ready.exists, what=f"the {kind} mock's ready file", timeout_s=30, children=[child])
+        info: dict[str, Any] = json.loads(ready.read_text())
+        assert info["pid"] == child.pid and info["kind"] == kind
+        assert info["url"].startswith("http://127.0.0.1:")
+        yield child, info["url"]
+
+
+@pytest.fixture
+def opensearch_mock(tmp_path: Path) -> Iterator[tuple[Child, str]]:
+    spec = parse_spec(
+        {
+            "kind": "opensearch",
+            "capacity": 1,
+            "queue": 0,
+            "shards": 4,
+            "latency": {"dist": "constant", "ms": 1},
+        }
+    )
+    args = ("--spec-json", spec_to_json(spec), "--per-item-ms", "0")
+    with start(tmp_path, "opensearch", *args) as running:
+        yield running
+
+
+def test_sync_client_indexes_bulk_indexes_and_deletes(opensearch_mock: tuple[Child, str]) -> None:
+    child, url = opensearch_mock
+    client = OpenSearch(hosts=[url], max_retries=0)
+    try:
+        assert client.index(index="docs", id="x", body={"n": 1})["result"] == "created"
+        assert client.delete(index="docs", id="x")["result"] == "deleted"
+        with pytest.raises(NotFoundError):
+            client.delete(index="docs", id="x")
+        # One write slot, no queue, four shards: the parts of one bulk compete for the slot,
+        # so some items come back 429 and the helper raises, as against a busy cluster.
+        with pytest.raises(BulkIndexError) as partial:
+            bulk(client, ({"_index": "docs", "_id": str(i)} for i in range(40)))
+        rejected = partial.value.errors
+        assert 0 < len(rejected) < 40 and {e["index"]["status"] for e in rejected} == {429}
+        assert client.count(index="docs")["count"] == 40 - len(rejected)
+        stats = client.transport.perform_request("GET", "/_lab/stats")
+        assert stats["rejected_items"] == len(rejected) and stats["max"]["in_flight"] == 1
+        client.transport.perform_request("POST", "/_lab/reset", body={"clear_docs": True})
+        stats = client.transport.perform_request("GET", "/_lab/stats")
+        assert stats["requests"] == 0 and stats["opensearch"]["totals"]["docs"] == 0
+    finally:
+        client.close()
+    assert child.alive()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_standalone_mock_stops_cleanly_on_signal(tmp_path: Path, signum: int) -> None:
+    with start(tmp_path, "http_api", "--capacity", "4", "--latency", "constant:ms=0") as (child, _):
+        child.signal(signum)
+        assert child.popen.wait(timeout=10) == 0
+    assert "listening on" in (tmp_path / "http_api.log").read_text()
+
+
+def test_non_loopback_host_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(
+        python_module_argv("lab.mocks", "database", "--host", "0.0.0.0"),
+        env=env_with_pythonpath(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "loopback address only" in done.stderr
