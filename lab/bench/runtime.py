@@ -22,7 +22,7 @@ import contextlib
 import json
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -75,7 +75,7 @@ def measure(
     num_workers: int,
     instances: int = 1,
     job: str = "noop",
-    args: dict[str, object] | None = None,
+    args: Mapping[str, object] | None = None,
     service_s: float | None = None,
     loop: str = "uvloop",
 ) -> Measurement:
