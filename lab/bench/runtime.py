@@ -37,6 +37,7 @@ from lab.runtime.queue import Queue
 @dataclass
 class Measurement:
     scenario: str
+    prefetch: int
     instances: int
     num_workers: int
     jobs: int
@@ -78,6 +79,7 @@ def measure(
     args: Mapping[str, object] | None = None,
     service_s: float | None = None,
     loop: str = "uvloop",
+    prefetch: int = 0,
 ) -> Measurement:
     """Enqueue `jobs`, start the instances, return the steady rate and CPU cost."""
     client = redis.Redis.from_url(broker_url)
@@ -95,6 +97,8 @@ def measure(
         job,
         "--loop",
         loop,
+        "--prefetch",
+        str(prefetch),
     ]
     with contextlib.ExitStack() as stack:
         t_start = time.monotonic()
@@ -129,6 +133,7 @@ def measure(
     bound = instances * num_workers / service_s if service_s else None
     return Measurement(
         scenario=scenario,
+        prefetch=prefetch,
         instances=instances,
         num_workers=num_workers,
         jobs=jobs,
@@ -141,7 +146,7 @@ def measure(
 
 
 def run_benchmark(
-    *, scenarios: list[str], transport: str, repeats: int, loop: str
+    *, scenarios: list[str], transport: str, repeats: int, loop: str, prefetch: int = 0
 ) -> list[Measurement]:
     out: list[Measurement] = []
     with start_broker(transport=transport) as broker, tempfile.TemporaryDirectory() as tmp:
@@ -154,7 +159,12 @@ def run_benchmark(
                     for c in (1, 10, 100):
                         out.append(
                             measure(
-                                broker.url, scenario="noop", jobs=20_000, num_workers=c, loop=loop
+                                broker.url,
+                                scenario="noop",
+                                jobs=20_000,
+                                num_workers=c,
+                                loop=loop,
+                                prefetch=prefetch,
                             )
                         )
                         _print(out[-1])
@@ -163,7 +173,7 @@ def run_benchmark(
                     for c in (10, 50, 200):
                         m = measure(
                             broker.url, scenario="io-50ms", jobs=max(1000, 40 * c), num_workers=c,
-                            job="http.call", args=args, service_s=0.050, loop=loop,
+                            job="http.call", args=args, service_s=0.050, loop=loop, prefetch=prefetch,
                         )  # fmt: skip
                         out.append(m)
                         _print(m)
@@ -171,7 +181,7 @@ def run_benchmark(
                     args = {"url": url, "path": "/sleep?ms=1000", "method": "GET"}
                     m = measure(
                         broker.url, scenario="io-1s", jobs=8000, num_workers=100, instances=10,
-                        job="http.call", args=args, service_s=1.0, loop=loop,
+                        job="http.call", args=args, service_s=1.0, loop=loop, prefetch=prefetch,
                     )  # fmt: skip
                     out.append(m)
                     _print(m)
@@ -181,7 +191,7 @@ def run_benchmark(
 def _print(m: Measurement) -> None:
     eff = f"{m.efficiency:5.2f}" if m.efficiency is not None else "    -"
     print(
-        f"{m.scenario:8s} {m.instances:3d} x {m.num_workers:4d} slots  {m.steady_jobs_per_s:9.0f} jobs/s  "
+        f"{m.scenario:8s} pf{m.prefetch} {m.instances:3d} x {m.num_workers:4d} slots  {m.steady_jobs_per_s:9.0f} jobs/s  "
         f"eff {eff}  cpu {m.worker_cpu_us_per_job:6.0f} µs/job  ({m.jobs} jobs, {m.total_s:.2f}s)",
         flush=True,
     )
@@ -199,6 +209,7 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--prefetch", type=int, default=0, help="the worker's --prefetch")
     p.add_argument("--json", type=Path, help="also write the measurements here")
     ns = p.parse_args(argv)
     results = run_benchmark(
@@ -206,6 +217,7 @@ def main(argv: list[str]) -> int:
         transport=ns.transport,
         repeats=ns.repeats,
         loop=ns.loop,
+        prefetch=ns.prefetch,
     )
     if ns.json:
         ns.json.write_text(json.dumps([asdict(m) for m in results], indent=2, sort_keys=True))

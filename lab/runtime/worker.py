@@ -75,6 +75,9 @@ class WorkerSettings:
     broker_url: str
     queue: str = "default"
     num_workers: int = 1
+    # Jobs claimed ahead of free slots and held locally (still recoverable). 0 is Loco's
+    # behaviour: a slot claims its next job only once it is free, one round trip later.
+    prefetch: int = 0
     instance_id: str = field(default_factory=default_instance_id)
     services: Mapping[str, str] = field(default_factory=dict)
     jobs: Sequence[str] = ()  # resolved at start, so an unknown name fails before any job runs
@@ -85,6 +88,8 @@ class WorkerSettings:
     seed: int | None = None
 
     def __post_init__(self) -> None:
+        if self.prefetch < 0:
+            raise ConfigError(f"prefetch must be an integer >= 0, got {self.prefetch}")
         if self.num_workers < 1:
             raise ConfigError(f"num_workers must be an integer >= 1, got {self.num_workers}")
         if self.heartbeat_ttl_s <= 0 or self.grace_s < 0:
@@ -295,7 +300,8 @@ class Worker:
 
     async def _exchange_once(self) -> None:
         """One round trip: write outcomes, claim up to the free slots, learn the next retry due."""
-        want = self.settings.num_workers - self._in_flight if self._accepting else 0
+        limit = self.settings.num_workers + self.settings.prefetch
+        want = limit - self._in_flight if self._accepting else 0
         if want <= 0 and not (self._acks or self._events or self._retries or self._dead):
             return
         acks, events, retries, dead = self._acks, self._events, self._retries, self._dead
@@ -414,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--queue", default="default")
     p.add_argument("--num-workers", type=int, default=1, help="jobs this instance runs at once")
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        default=0,
+        help="jobs claimed ahead of free slots (0: claim when a slot frees, like Loco)",
+    )
     p.add_argument("--instance-id", default=None)
     p.add_argument(
         "--service", type=_parse_service, action="append", default=[], metavar="NAME=URL"
@@ -453,6 +465,7 @@ def settings_from_args(ns: argparse.Namespace) -> WorkerSettings:
         broker_url=ns.broker,
         queue=ns.queue,
         num_workers=ns.num_workers,
+        prefetch=ns.prefetch,
         instance_id=ns.instance_id or default_instance_id(),
         services=dict(ns.service),
         jobs=tuple(ns.job),
