@@ -1,11 +1,30 @@
 """lab: a concurrency tuning lab for background workers.
 
-Importing `lab` has no side effects: it starts nothing and reads no file.
+Importing `lab` has no side effects and is cheap: the names below load on first use (PEP 562),
+so a worker or mock process pays only for the modules it really runs.
 """
 
-from lab.broker import Broker, start_broker
-from lab.errors import BrokerError, ConfigError, LabError, ServiceError
-from lab.runtime.queue import JobEvent, Queue
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Broker": "lab.broker",
+    "BrokerError": "lab.errors",
+    "ConfigError": "lab.errors",
+    "JobEvent": "lab.runtime.queue",
+    "LabError": "lab.errors",
+    "Queue": "lab.runtime.queue",
+    "RunFolder": "lab.results",
+    "Scenario": "lab.scenario",
+    "ServiceError": "lab.errors",
+    "load_scenario": "lab.scenario",
+    "run_sweep": "lab.sweep",
+    "start_broker": "lab.broker",
+}
 
 __all__ = [
     "Broker",
@@ -14,8 +33,24 @@ __all__ = [
     "JobEvent",
     "LabError",
     "Queue",
+    "RunFolder",
+    "Scenario",
     "ServiceError",
+    "load_scenario",
+    "run_sweep",
     "start_broker",
 ]
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from lab.broker import Broker, start_broker
+    from lab.errors import BrokerError, ConfigError, LabError, ServiceError
+    from lab.results import RunFolder
+    from lab.runtime.queue import JobEvent, Queue
+    from lab.scenario import Scenario, load_scenario
+    from lab.sweep import run_sweep
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'lab' has no attribute {name!r}")

@@ -89,6 +89,7 @@ def spawn(
     log_path: Path | None = None,
     env: Mapping[str, str] | None = None,
     grace_s: float = 5.0,
+    pass_fds: Sequence[int] = (),
 ) -> Iterator[Child]:
     """Start `argv` as a child the lab owns; it is stopped and reaped when the block exits."""
     out: IO[Any] | int = subprocess.DEVNULL
@@ -103,6 +104,7 @@ def spawn(
             stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None,
             start_new_session=True,
+            pass_fds=tuple(pass_fds),
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
     finally:
@@ -114,6 +116,13 @@ def spawn(
         yield child
     finally:
         child.stop(grace_s=grace_s)
+
+
+def terminate_all(children: Sequence[Child]) -> None:
+    """SIGTERM every child at once, so their graceful stops overlap (`spawn` then reaps each)."""
+    for child in children:
+        if child.alive():
+            child.signal(signal.SIGTERM)
 
 
 def python_module_argv(module: str, *args: str) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument("--ready-file", type=Path, help="where to write url and pid once up")
+    parser.add_argument(
+        "--listen-fd",
+        type=int,
+        help="serve on this inherited listening socket (a parent bound it: no port race)",
+    )
     parser.add_argument("--spec-json", help="the whole ServiceSpec as JSON (flags override)")
     group = parser.add_argument_group("spec fields (see lab.mocks.spec.ServiceSpec)")
     for name, field in ServiceSpec.model_fields.items():
@@ -98,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         spec = spec_from_args(args)
+        sock = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
         run(
             spec,
             host=args.host,
             port=args.port,
             ready_file=args.ready_file,
             on_ready=lambda url: print(url, flush=True),
+            sock=sock,
         )
     except LabError as exc:
         print(f"lab.mocks: {exc}", file=sys.stderr)

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -142,12 +143,15 @@ async def run_mock(
     host: str = "127.0.0.1",
     port: int = 0,
     shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[str]:
     """Serve `spec` in this event loop; yields the base URL (`http://127.0.0.1:PORT`).
 
+    `sock`, a listening socket handed over by a parent, replaces host and port: the parent
+    knows the URL before this process starts, and no port can be taken in between.
     On exit, requests still in flight get `shutdown_grace_s` to finish, then are cancelled.
     """
-    bind = check_loopback(host)
+    bind = check_loopback(sock.getsockname()[0] if sock is not None else host)
     service = make_service(spec)
     server = _TrackingServer(
         _dispatcher(service), tracker=service.model.connections, access_log=None
@@ -156,7 +160,11 @@ async def run_mock(
     await runner.setup()
     sampler: asyncio.Task[None] | None = None
     try:
-        site = web.TCPSite(runner, bind, port, backlog=1024)
+        site: web.BaseSite = (
+            web.SockSite(runner, sock)
+            if sock is not None
+            else web.TCPSite(runner, bind, port, backlog=1024)
+        )
         await site.start()
         bound_port = runner.addresses[0][1]
         sampler = asyncio.create_task(_sample_forever(service))
@@ -184,6 +192,7 @@ async def serve(
     port: int = 0,
     ready_file: Path | None = None,
     on_ready: Callable[[str], None] | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly; announce readiness once listening."""
     loop = asyncio.get_running_loop()
@@ -191,7 +200,7 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with run_mock(spec, host=host, port=port) as url:
+        async with run_mock(spec, host=host, port=port, sock=sock) as url:
             if ready_file is not None:
                 write_ready_file(ready_file, {"url": url, "pid": os.getpid(), "kind": spec.kind})
             if on_ready is not None:
@@ -210,9 +219,10 @@ def run(
     port: int = 0,
     ready_file: Path | None = None,
     on_ready: Callable[[str], None] | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Own an event loop (uvloop when installed) and `serve` on it until a stop signal."""
-    check_loopback(host)
+    check_loopback(sock.getsockname()[0] if sock is not None else host)
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     try:
         import uvloop
@@ -221,4 +231,6 @@ def run(
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(spec, host=host, port=port, ready_file=ready_file, on_ready=on_ready))
+        runner.run(
+            serve(spec, host=host, port=port, ready_file=ready_file, on_ready=on_ready, sock=sock)
+        )

@@ -1,0 +1,1 @@
+"""Producers: how work reaches the queue during a trial (a backlog, or open-loop arrivals)."""

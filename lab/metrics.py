@@ -1,0 +1,125 @@
+"""A trial's figures, computed from its job events and its services' statistics.
+
+One percentile function and one list of percentiles for the whole package. Throughput is in
+ITEMS per second (entities, so batch sizes compare fairly), with jobs/s beside it. Latency is per
+job, from its enqueue time (for open-loop arrivals: the scheduled arrival of its first item) to
+the end of its successful attempt, so retries and queueing both count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lab.runtime.queue import DEAD, OK, RETRY, JobEvent
+
+PERCENTILES = (50, 90, 99)
+
+
+def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
+    """The q-th percentile (linear interpolation), NaN for no values."""
+    if len(values) == 0:
+        return math.nan
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def summary_ms(name: str, seconds: Iterable[float]) -> dict[str, float]:
+    """`{name}_p50_ms, ..._p90_ms, ..._p99_ms, ..._max_ms, ..._mean_ms` from durations in seconds."""
+    values = np.fromiter(seconds, dtype=float) * 1000
+    out = {f"{name}_p{q}_ms": percentile(values, q) for q in PERCENTILES}
+    out[f"{name}_max_ms"] = float(values.max()) if len(values) else math.nan
+    out[f"{name}_mean_ms"] = float(values.mean()) if len(values) else math.nan
+    return out
+
+
+def job_figures(
+    events: Sequence[JobEvent], *, clock_start: float, jobs_enqueued: int, items_enqueued: int
+) -> dict[str, Any]:
+    """Throughput, latency, errors and delivery accounting of one trial, from its job events."""
+    first_ok: dict[str, JobEvent] = {}
+    first_start: dict[str, float] = {}
+    ok_events = retries = 0
+    dead_ids: set[str] = set()
+    for e in events:
+        first_start[e.job_id] = min(first_start.get(e.job_id, e.started_at), e.started_at)
+        if e.outcome == OK:
+            ok_events += 1
+            if e.job_id not in first_ok or e.finished_at < first_ok[e.job_id].finished_at:
+                first_ok[e.job_id] = e
+        elif e.outcome == RETRY:
+            retries += 1
+        elif e.outcome == DEAD:
+            dead_ids.add(e.job_id)
+    done = list(first_ok.values())
+    finished = [e.finished_at for e in events if e.outcome in (OK, DEAD)]
+    makespan_s = (max(finished) - clock_start) if finished else math.nan
+    items_done = sum(e.items for e in done)
+    dead_only = dead_ids - set(first_ok)
+    settled = len(first_ok) + len(dead_only)
+    figures: dict[str, Any] = {
+        "jobs_enqueued": jobs_enqueued,
+        "items_enqueued": items_enqueued,
+        "jobs_done": len(done),
+        "items_done": items_done,
+        "makespan_s": makespan_s,
+        "items_per_s": items_done / makespan_s if makespan_s > 0 else math.nan,
+        "jobs_per_s": len(done) / makespan_s if makespan_s > 0 else math.nan,
+        "attempts": len(events),
+        "retries": retries,
+        "dead_letters": len(dead_only),
+        "duplicate_jobs": ok_events - len(first_ok),
+        "unfinished_jobs": jobs_enqueued - settled,
+        "error_rate": (len(dead_only) + max(0, jobs_enqueued - settled)) / jobs_enqueued
+        if jobs_enqueued
+        else 0.0,
+        "retry_rate": retries / len(events) if events else 0.0,
+        "not_found": sum(
+            int((e.extra or {}).get("not_found", 0)) for e in events if e.outcome == OK
+        ),
+    }
+    figures |= summary_ms("latency", (e.finished_at - e.enqueued_at for e in done))
+    figures |= summary_ms("queue_wait", (first_start[e.job_id] - e.enqueued_at for e in done))
+    figures |= summary_ms("service", (e.finished_at - e.started_at for e in done))
+    return figures
+
+
+def bounds(
+    figures: Mapping[str, Any],
+    *,
+    concurrency: int,
+    capacity: int | None,
+    service_stats: Mapping[str, Any] | None,
+    rate_limit_per_s: float | None,
+) -> dict[str, float]:
+    """The ceilings this trial ran under, in items/s, and how close it came to the tighter one.
+
+    - Little's law: `concurrency` jobs in flight, each taking the mean measured service time.
+    - The service's capacity: `capacity` requests at once, each taking the mock's mean service
+      time (its own work, not its queue), times the items a request carried; and its rate limit.
+    """
+    items_per_job = (
+        figures["items_done"] / figures["jobs_done"] if figures["jobs_done"] else math.nan
+    )
+    mean_service_s = figures["service_mean_ms"] / 1000
+    littles = concurrency * items_per_job / mean_service_s if mean_service_s > 0 else math.nan
+    capacity_bound = math.nan
+    if service_stats and capacity:
+        samples = service_stats.get("samples", {}).get("service_ms", [])
+        served = service_stats.get("served", 0)
+        if samples and served:
+            items_per_request = service_stats.get("served_items", served) / served
+            capacity_bound = capacity * items_per_request / (float(np.mean(samples)) / 1000)
+            if rate_limit_per_s:
+                capacity_bound = min(capacity_bound, rate_limit_per_s * items_per_request)
+    candidates = [b for b in (littles, capacity_bound) if not math.isnan(b)]
+    tighter = min(candidates) if candidates else math.nan
+    achieved = figures["items_per_s"]
+    return {
+        "littles_bound_items_per_s": littles,
+        "capacity_bound_items_per_s": capacity_bound,
+        "bound_items_per_s": tighter,
+        "bound_ratio": achieved / tighter if tighter and not math.isnan(tighter) else math.nan,
+    }

@@ -1,0 +1,112 @@
+"""CPU and memory of every process of a trial, sampled while it runs.
+
+A figure means something only if the configuration under test, not the lab, was the limit. The
+mock, Redis and the producer are each one thread of Python or C: when one of them used most of a
+core, the trial measured the lab (`harness_saturated`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import psutil
+
+#: Mean cores above which a single-threaded harness component is taken as the limit.
+SATURATED_CORES = 0.85
+
+
+@dataclass
+class Usage:
+    """One process over the trial: mean and peak cores, peak resident memory."""
+
+    role: str  # "worker", "mock", "redis" or "producer"
+    cpu_s: float = 0.0
+    cores: float = 0.0
+    peak_cores: float = 0.0
+    rss_max_mb: float = 0.0
+
+
+class ResourceSampler:
+    """Samples the named processes in a background thread; `usage` is read after the block."""
+
+    def __init__(self, pids: Mapping[str, tuple[str, int]], *, interval_s: float = 0.25) -> None:
+        """`pids`: component name -> (role, pid)."""
+        self.interval_s = interval_s
+        self._procs: dict[str, psutil.Process] = {}
+        self.usage: dict[str, Usage] = {}
+        for name, (role, pid) in pids.items():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self._procs[name] = psutil.Process(pid)
+                self.usage[name] = Usage(role=role)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
+
+    def _cpu(self, proc: psutil.Process) -> float | None:
+        try:
+            t = proc.cpu_times()
+            return float(t.user + t.system)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            return None
+
+    def _rss_mb(self, proc: psutil.Process) -> float:
+        try:
+            return float(proc.memory_info().rss) / 2**20
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            return 0.0
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        first = {n: self._cpu(p) for n, p in self._procs.items()}
+        last, last_t = dict(first), start
+        while not self._stop.wait(self.interval_s):
+            now = time.monotonic()
+            for name, proc in self._procs.items():
+                cpu = self._cpu(proc)
+                usage = self.usage[name]
+                usage.rss_max_mb = max(usage.rss_max_mb, self._rss_mb(proc))
+                if cpu is None or last[name] is None:
+                    continue
+                usage.peak_cores = max(usage.peak_cores, (cpu - last[name]) / (now - last_t))  # type: ignore[operator]
+                last[name] = cpu
+                usage.cpu_s = cpu - (first[name] or 0.0)
+            last_t = now
+        wall = max(time.monotonic() - start, 1e-9)
+        for name, proc in self._procs.items():
+            cpu = self._cpu(proc)
+            usage = self.usage[name]
+            if cpu is not None and first[name] is not None:
+                usage.cpu_s = cpu - first[name]  # type: ignore[operator]
+            usage.cores = usage.cpu_s / wall
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[ResourceSampler]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+
+
+def saturation(usage: Mapping[str, Usage], *, cpu_count: int) -> tuple[bool, bool, str]:
+    """(harness_saturated, machine_saturated, why) from the usage of a trial's processes.
+
+    The harness (a mock, Redis, the producer) saturated: the figure measures the lab. The
+    machine saturated: every core was busy, so workers and services competed for CPU; the figure
+    holds for this machine only.
+    """
+    reasons = [
+        f"{name} used {u.cores:.2f} cores"
+        for name, u in usage.items()
+        if u.role in ("mock", "redis", "producer") and u.cores >= SATURATED_CORES
+    ]
+    harness = bool(reasons)
+    total = sum(u.cores for u in usage.values())
+    machine = total >= 0.95 * cpu_count
+    if machine:
+        reasons.append(f"all {cpu_count} cores were busy ({total:.2f} used)")
+    return harness, machine, "; ".join(reasons)
