@@ -22,7 +22,7 @@ import redis
 
 from lab.broker import start_broker
 from lab.errors import LabError
-from lab.procs import Child, python_module_argv, sigterm_as_exit, spawn, wait_for
+from lab.procs import Child, python_module_argv, spawn, stop_on_signals, wait_for
 from lab.runtime.queue import OK, Queue
 
 ENTITIES = 400
@@ -129,7 +129,7 @@ def main() -> int:
         flush=True,
     )
     try:
-        with sigterm_as_exit():
+        with stop_on_signals():
             run_demo()
     except LabError as exc:
         print(f"lab.demo: {exc}", file=sys.stderr)

@@ -141,6 +141,7 @@ def wait_for(
     """Poll `check` until it is true; fail fast, with the child's last output, if a child exits."""
     deadline = time.monotonic() + timeout_s
     while True:
+        check_stop()
         for child in children:
             if not child.alive():
                 raise ServiceError(
@@ -154,18 +155,42 @@ def wait_for(
         time.sleep(interval_s)
 
 
+_pending_stop: int | None = None  # the stop signal received, until it has been raised
+
+
+def _stop_exception(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
+
+
+def check_stop() -> None:
+    """Raise the stop signal received earlier, if its first raise was swallowed.
+
+    Python drops an exception raised by a signal handler in some places (an at-fork hook, a
+    `__del__`), so a Ctrl-C that lands while a child is being spawned can vanish. Loops that
+    wait call this, so such a signal still stops the lab within one poll.
+    """
+    if _pending_stop is not None:
+        raise _stop_exception(_pending_stop)
+
+
 @contextlib.contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """Turn SIGTERM into SystemExit for the block, so `with` blocks unwind and stop children."""
+def stop_on_signals() -> Iterator[None]:
+    """SIGINT -> KeyboardInterrupt and SIGTERM -> SystemExit(143) for the block, remembered for
+    `check_stop`, so `with` blocks unwind and stop every child whichever signal arrives."""
+    global _pending_stop
 
     def _raise(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
+        global _pending_stop
+        _pending_stop = signum
+        raise _stop_exception(signum)
 
-    previous = signal.signal(signal.SIGTERM, _raise)
+    previous = {s: signal.signal(s, _raise) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _pending_stop = None
 
 
 def env_with_pythonpath() -> dict[str, str]:

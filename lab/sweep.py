@@ -29,7 +29,7 @@ from lab.broker import start_broker
 from lab.errors import ConfigError, LabError
 from lab.load.arrivals import expected_duration_s
 from lab.mocks.distributions import mean_ms
-from lab.procs import sigterm_as_exit
+from lab.procs import check_stop, stop_on_signals
 from lab.results import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunFolder
 from lab.scenario import Scenario, load_scenario
 from lab.trial import TrialOptions, TrialPlan, run_trial
@@ -117,9 +117,10 @@ def run_sweep(
     dry_run: bool = False,
     resume: Path | None = None,
     options: TrialOptions | None = None,
-    stream: TextIO = sys.stdout,
+    stream: TextIO | None = None,
 ) -> RunFolder | None:
     """Run (or resume) a sweep; returns its folder (None for a dry run). Raises LabError on bad input."""
+    stream = stream or sys.stdout
     if resume is not None:
         run = RunFolder.open(resume)
         scenario = load_scenario(run.path / "scenario.yaml")
@@ -146,11 +147,12 @@ def run_sweep(
     progress = ProgressLine(stream, len(plan))
     trial_options = options or TrialOptions()
     try:
-        with sigterm_as_exit(), start_broker(scenario.broker.url) as broker:
+        with stop_on_signals(), start_broker(scenario.broker.url) as broker:
             run.update_manifest(
                 status="running", broker="embedded" if broker.embedded else "broker.url"
             )
             for position, trial in enumerate(todo, start=len(done) + 1):
+                check_stop()
                 progress.begin(trial, position)
                 opts = dataclasses.replace(trial_options, on_progress=progress.update)
                 outcome = run_trial(scenario, trial, broker=broker, workdir=run.path, options=opts)

@@ -30,7 +30,7 @@ from lab.errors import ServiceError
 from lab.load.arrivals import ProducerReport, arrival_offsets, group_into_jobs, produce
 from lab.metrics import bounds, job_figures
 from lab.mocks.spec import spec_to_json
-from lab.procs import Child, python_module_argv, spawn, terminate_all, wait_for
+from lab.procs import Child, check_stop, python_module_argv, spawn, terminate_all, wait_for
 from lab.resources import ResourceSampler, Usage, saturation
 from lab.runtime.queue import JobEvent, Queue
 from lab.scenario import Scenario
@@ -284,6 +284,7 @@ def _produce_and_drain(
             for child in workers[1 if killed else 0 :]:
                 if not child.alive():
                     raise ServiceError(f"{child.name} exited during the trial: {child.log_tail()}")
+            check_stop()
             time.sleep(0.02)
     finally:
         stop.set()

@@ -76,8 +76,8 @@ _PARENT = textwrap.dedent(
     """
     import sys, time
     from lab.broker import start_broker
-    from lab.procs import sigterm_as_exit
-    with sigterm_as_exit(), start_broker() as broker:
+    from lab.procs import stop_on_signals
+    with stop_on_signals(), start_broker() as broker:
         print(broker.child.pid, flush=True)
         if sys.argv[1] == "return":
             pass
