@@ -9,16 +9,12 @@ the field path, the bad value and what is allowed, all in ONE `ConfigError` (exi
 from __future__ import annotations
 
 import argparse
-import difflib
-import functools
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sized
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -26,7 +22,6 @@ from pydantic import (
     Field,
     StrictFloat,
     StrictInt,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -35,13 +30,13 @@ from lab.errors import ConfigError
 from lab.mocks.spec import ServiceSpec
 from lab.runtime.jobs import BUILTINS, resolve
 from lab.runtime.retry import RetryPolicy
+from lab.yamlconfig import Loc, Problems, hint, line_of, load_yaml_model
 
 QUICK_ITEMS_MAX = 500  # automatic --quick: a backlog of at most this many items
 QUICK_DURATION_MAX_S = 5.0  # automatic --quick: arrivals for at most this long
 _AUTO = "the smallest, middle and largest value of sweep."
 SLUG = r"^[A-Za-z0-9_.-]+$"
 _USER_JOB = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
-Loc = tuple[str | int, ...]
 T = TypeVar("T")
 
 
@@ -49,19 +44,11 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class _Problems(ValueError):
-    """Cross-field problems, each at a path relative to the model that found them."""
-
-    def __init__(self, *problems: tuple[Loc, str]) -> None:
-        super().__init__("; ".join(f"{_dotted(loc)}: {msg}" for loc, msg in problems))
-        self.problems = problems
-
-
 def _unique(values: tuple[T, ...]) -> tuple[T, ...]:
     first: dict[T, int] = {}
     dupes = [i for i, v in enumerate(values) if first.setdefault(v, i) != i]
     if dupes:
-        raise _Problems(
+        raise Problems(
             *(((i,), f"duplicate value {values[i]!r}, list each value once") for i in dupes)
         )
     return values
@@ -139,7 +126,7 @@ def _job_name(name: str) -> str:
     if name in BUILTINS or _USER_JOB.fullmatch(name):
         return name  # a user handler is imported by load_scenario, not by the model
     allowed = f"a built-in ({', '.join(sorted(BUILTINS))}) or 'package.module:function'"
-    raise ValueError(f"unknown job {name!r}{_hint(name, BUILTINS)}; allowed: {allowed}")
+    raise ValueError(f"unknown job {name!r}{hint(name, BUILTINS)}; allowed: {allowed}")
 
 
 class Workload(_Strict):
@@ -179,10 +166,10 @@ class Workload(_Strict):
     def _items_fit_arrival(self) -> Workload:
         backlog = isinstance(self.arrival, Backlog)
         if backlog and self.items is None:
-            raise _Problems((("items",), "required for arrival kind backlog (the backlog size)"))
+            raise Problems((("items",), "required for arrival kind backlog (the backlog size)"))
         if not backlog and self.items is not None:
             why = f"the count follows from rate x duration_s (~{self.expected_items})"
-            raise _Problems(
+            raise Problems(
                 (("items",), f"omit it for {self.arrival.kind}: {why}, got {self.items}")
             )
         return self
@@ -249,7 +236,7 @@ class Objective(_Strict):
     def _consistent(self) -> Objective:
         if {"smaller_batch_size", "larger_batch_size"} <= set(self.prefer):
             i = self.prefer.index("larger_batch_size")
-            raise _Problems((("prefer", i), "contradicts smaller_batch_size: keep one"))
+            raise Problems((("prefer", i), "contradicts smaller_batch_size: keep one"))
         return self
 
 
@@ -272,7 +259,7 @@ class Scenario(_Strict):
         problems: list[tuple[Loc, str]] = []
         job, name, quick = self.workload.job, self.workload.service, self.sweep.quick or Quick()
         if name not in self.services:
-            known = f"{_hint(name, self.services)}; known: {', '.join(sorted(self.services))}"
+            known = f"{hint(name, self.services)}; known: {', '.join(sorted(self.services))}"
             problems.append((("workload", "service"), f"unknown service {name!r}{known}"))
         elif job.startswith("opensearch.") and self.services[name].kind != "opensearch":
             kind = self.services[name].kind
@@ -286,7 +273,7 @@ class Scenario(_Strict):
                 (("sweep", "quick", "items"), "a backlog only; for arrivals use duration_s")
             )
         if problems:
-            raise _Problems(*problems)
+            raise Problems(*problems)
         return self
 
     def quick_variant(self) -> Scenario:
@@ -322,33 +309,14 @@ def scenario_json_schema() -> dict[str, Any]:
     }
 
 
-_schema = functools.cache(scenario_json_schema)  # read only: for wording error messages
-
-
 def load_scenario(path: str | Path, *, resolve_job: bool = True) -> Scenario:
     """Read and validate a scenario file; ConfigError (one line per problem) if it is wrong.
 
     `resolve_job=False` skips importing a user job module (to read a run made elsewhere).
     """
-    where = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: no such scenario file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: cannot read the scenario: {exc}") from None
-    node, data = _parse_yaml(text, where)
-    if data is None:
-        raise ConfigError(f"{where}:1: the file is empty; expected name, services, workload")
-    try:
-        scenario = Scenario.model_validate(data)
-    except ValidationError as exc:
-        issues = [(rank, _clean(loc, data), msg) for rank, loc, msg in _issues(exc)]
-        lines = [(rank, _line(node, loc), f"{_dotted(loc)}: {msg}") for rank, loc, msg in issues]
-        lines.sort(key=lambda x: x[:2])  # stable: pydantic's order within a line
-        raise ConfigError("\n".join(f"{where}:{line}: {msg}" for _, line, msg in lines)) from None
+    scenario, node = load_yaml_model(path, Scenario, what="scenario")
     if resolve_job:
-        at = f"{where}:{_line(node, ('workload', 'job'))}: workload.job"
+        at = f"{path}:{line_of(node, ('workload', 'job'))}: workload.job"
         try:
             resolve(scenario.workload.job)
         except ConfigError as exc:
@@ -356,190 +324,6 @@ def load_scenario(path: str | Path, *, resolve_job: bool = True) -> Scenario:
         except Exception as exc:  # the user's module failed on import: their error, not ours
             raise ConfigError(f"{at}: importing it failed: {type(exc).__name__}: {exc}") from None
     return scenario
-
-
-def _parse_yaml(text: str, where: str) -> tuple[yaml.Node | None, Any]:
-    """Safe YAML (SafeLoader) in one parse: the node tree for line numbers, and the data."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        _no_duplicate_keys(node, where)
-        return node, (loader.construct_document(node) if node is not None else None)
-    except yaml.MarkedYAMLError as exc:
-        mark, ctx = exc.problem_mark or exc.context_mark, exc.context_mark
-        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        context = f" ({exc.context} at line {ctx.line + 1})" if exc.context and ctx else ""
-        raise ConfigError(f"{where}{at}: invalid YAML: {exc.problem}{context}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: invalid YAML: {exc}") from None
-    finally:
-        loader.dispose()
-
-
-def _no_duplicate_keys(root: yaml.Node | None, where: str) -> None:
-    """YAML keeps the last of two equal keys without a word; a config must not."""
-    todo, done = [root], set()
-    while todo:
-        node = todo.pop()
-        if id(node) in done or not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
-            continue
-        done.add(id(node))
-        pairs = (
-            node.value if isinstance(node, yaml.MappingNode) else [(None, v) for v in node.value]
-        )
-        first: dict[str, int] = {}
-        for key, value in pairs:
-            if isinstance(key, yaml.ScalarNode):
-                line = key.start_mark.line + 1
-                if key.value in first:
-                    msg = f"duplicate key {key.value!r} (first at line {first[key.value]})"
-                    raise ConfigError(f"{where}:{line}: {msg}")
-                first[key.value] = line
-            todo.append(value)
-
-
-def _issues(exc: ValidationError) -> Iterator[tuple[int, Loc, str]]:
-    """(rank, loc, message) per problem; rank 0 first: a misspelt key explains a missing one."""
-    for e in exc.errors():
-        loc, kind, value, ctx = tuple(e["loc"]), e["type"], e.get("input"), e.get("ctx", {})
-        if isinstance(ctx.get("error"), _Problems):
-            yield from ((2, loc + sub, msg) for sub, msg in ctx["error"].problems)
-        elif kind == "too_short" and isinstance(value, Sized) and len(value) >= ctx["min_length"]:
-            continue  # pydantic repeats it after item errors, though the input was long enough
-        elif kind == "extra_forbidden":
-            known = sorted(_schema_at(loc[:-1]).get("properties", {}))
-            hint = _hint(str(loc[-1]), known)
-            yield 0, loc, f"unknown key {loc[-1]!r}{hint}; allowed: {', '.join(known)}"
-        elif kind in ("union_tag_invalid", "union_tag_not_found"):
-            key, tag = ctx["discriminator"].strip("'"), str(ctx.get("tag", ""))
-            tags = list(_schema_at(loc).get("discriminator", {}).get("mapping", {}))
-            allowed = f"one of {', '.join(map(repr, tags))}"
-            msg = f"unknown {key} {tag!r}{_hint(tag, tags)}; allowed: {allowed}"
-            yield 1, (*loc, key), msg if tag else f"required: {allowed}"
-        elif kind == "missing":
-            yield 3, loc, f"required: {_allowed(_schema_at(loc)) or 'a value'}"
-        elif kind == "value_error":
-            yield 2, loc, str(e["msg"]).removeprefix("Value error, ")
-        else:
-            node = _schema_at(loc)
-            allowed = _allowed(node)
-            said = (
-                f"must be {allowed}" if allowed else str(e["msg"]).replace("Input should", "must")
-            )
-            hint = _hint(value, node.get("enum", [])) if isinstance(value, str) else ""
-            yield 2, loc, f"{said}, got {_show(value)}{hint}"
-
-
-def _hint(value: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(value, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _dotted(loc: Loc) -> str:
-    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-    return text or "(top level)"
-
-
-def _clean(loc: Loc, data: Any) -> Loc:
-    """Drop pydantic's union tags and `[key]` markers: the path as the user wrote it."""
-    out: list[str | int] = []
-    for part in loc:
-        if isinstance(data, dict):
-            if part not in data and (
-                part == "[key]" or part in (data.get("kind"), data.get("dist"))
-            ):
-                continue  # pydantic names the union member (or the key) it validated
-            data = data.get(part)
-        else:
-            ok = isinstance(data, list) and isinstance(part, int) and part < len(data)
-            data = data[part] if ok else None
-        out.append(part)
-    return tuple(out)
-
-
-def _line(node: yaml.Node | None, loc: Loc) -> int:
-    """1-based line of the node at `loc`, or of the deepest ancestor the file has."""
-    line = node.start_mark.line + 1 if node is not None else 1
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            pair = next(((k, v) for k, v in node.value if k.value == str(part)), None)
-            if pair is None:
-                break
-            line, node = pair[0].start_mark.line + 1, pair[1]
-        elif (
-            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
-        ):
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
-def _schema_at(loc: Loc) -> dict[str, Any]:
-    """The JSON Schema of the value at a pydantic `loc` ({} when the walk gets lost)."""
-    node: dict[str, Any] = _schema()
-    for i, part in enumerate(loc):
-        node = _deref(node)
-        patterns = node.get("patternProperties", {})  # dict[Name, X] gives {SLUG: X}
-        extra = next(iter(patterns.values()), node.get("additionalProperties"))
-        tags = node.get("discriminator", {}).get("mapping", {})
-        if loc[i + 1 : i + 2] == ("[key]",):
-            return {"type": "string", "pattern": next(iter(patterns), ".*")}
-        if isinstance(part, int) and "items" in node:
-            node = node["items"]
-        elif part in node.get("properties", {}):
-            node = node["properties"][part]
-        elif part in tags:
-            node = {"$ref": tags[part]}
-        elif isinstance(extra, dict):
-            node = extra
-        else:
-            return {}
-    return _deref(node)
-
-
-def _deref(node: dict[str, Any]) -> dict[str, Any]:
-    """Follow `$ref`, and unwrap `X | None` into X marked nullable."""
-    while True:
-        if "$ref" in node:
-            target = _schema()["$defs"][node["$ref"].rsplit("/", 1)[-1]]
-            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-        elif len(real := [b for b in node.get("anyOf", []) if b != {"type": "null"}]) == 1:
-            rest = {k: v for k, v in node.items() if k != "anyOf"}
-            node = {**real[0], **rest, "nullable": True}
-        else:
-            return node
-
-
-def _allowed(node: dict[str, Any]) -> str:
-    """What a schema accepts, in words: 'an integer >= 1', "one of 'full', 'none'"."""
-    kind, text = node.get("type"), ""
-    if "discriminator" in node:
-        tags = ", ".join(map(repr, node["discriminator"]["mapping"]))
-        text = f"a mapping with {node['discriminator']['propertyName']}: one of {tags}"
-    elif "enum" in node or "const" in node:
-        text = "one of " + ", ".join(map(repr, node.get("enum", [node.get("const")])))
-    elif kind in ("integer", "number"):
-        ops = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
-        bounds = [f"{op} {node[k]:g}" for k, op in ops.items() if k in node]
-        if "minimum" in node and "maximum" in node:
-            bounds = [f"in [{node['minimum']:g}, {node['maximum']:g}]"]
-        text = " ".join(["an integer" if kind == "integer" else "a number", *bounds])
-    elif kind == "array":
-        items = _allowed(_deref(node.get("items", {})))
-        text = ("a non-empty list" if node.get("minItems") else "a list") + f", each {items}"
-    elif kind == "string":
-        text = "a string" + (f" matching {node['pattern']}" if "pattern" in node else "")
-    elif kind == "object":
-        required = " with " + ", ".join(node["required"]) if node.get("required") else ""
-        text = ("a non-empty mapping" if node.get("minProperties") else "a mapping") + required
-    return f"{text} or null" if text and node.get("nullable") else text
 
 
 def main(argv: list[str] | None = None) -> int:

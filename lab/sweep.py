@@ -59,7 +59,11 @@ def estimate_trial_s(scenario: Scenario, plan: TrialPlan) -> float:
     jobs = math.ceil(items / plan.batch_size)
     slots = min(plan.concurrency, spec.capacity * plan.batch_size // max(1, requests_per_job) or 1)
     drain_s = jobs * job_s / max(1, slots)
-    return TRIAL_OVERHEAD_S + 0.2 * plan.instances + max(drain_s, expected_duration_s(w.arrival))
+    if spec.rate_limit is not None:
+        requests = jobs * requests_per_job
+        drain_s = max(drain_s, requests / spec.rate_limit.per_s)
+    drain_s = min(max(drain_s, expected_duration_s(w.arrival)), scenario.sweep.trial_timeout_s)
+    return TRIAL_OVERHEAD_S + 0.2 * plan.instances + drain_s
 
 
 class ProgressLine:

@@ -98,7 +98,7 @@ def test_quickstart_matches_its_brief() -> None:
     assert spec.latency == LognormalLatency(median_ms=10, p99_ms=40)
     assert (s.workload.job, s.workload.items, s.workload.arrival) == (
         "opensearch.bulk",
-        600,
+        400,
         Backlog(),
     )
     assert (s.sweep.num_workers, s.sweep.instances, s.sweep.batch_size) == (
@@ -109,9 +109,15 @@ def test_quickstart_matches_its_brief() -> None:
     assert s.sweep.repeats == 1
 
 
-def test_rate_limited_api_derives_its_items_from_the_arrivals() -> None:
+def test_rate_limited_api_drains_a_burst_through_the_limit() -> None:
     s = load_scenario(ROOT / "scenarios" / "rate_limited_api.yaml")
     assert s.services["payments"].rate_limit == RateLimit(per_s=100, burst=100)
+    assert (s.workload.arrival, s.workload.items) == (Backlog(), 500)
+
+
+def test_arrivals_derive_their_item_count(tmp_path: Path) -> None:
+    text = MINIMAL.replace("items: 10", "arrival: {kind: poisson, rate_per_s: 80, duration_s: 10}")
+    s = load_scenario(write(tmp_path, text))
     assert s.workload.arrival == Poisson(rate_per_s=80, duration_s=10)
     assert s.workload.items is None and s.workload.expected_items == 800
 
