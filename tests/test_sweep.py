@@ -212,3 +212,21 @@ def test_ctrl_c_stops_everything_marks_the_run_and_resume_finishes_it(tmp_path: 
     kept = after.set_index("trial_id").loc[before["trial_id"], "started_at"]
     assert list(kept) == list(before["started_at"])
     assert run.manifest["status"] == STATUS_COMPLETE
+
+
+def test_an_open_loop_trial_counts_latency_from_the_scheduled_arrivals(
+    broker: Broker, tmp_path: Path
+) -> None:
+    text = TINY.replace(
+        "  items: 60\n", "  arrival: {kind: poisson, rate_per_s: 200, duration_s: 0.5}\n"
+    )
+    scenario = load_scenario(write(tmp_path, text))
+    plan = TrialPlan(index=0, num_workers=4, instances=1, batch_size=5, repeat=0)
+    outcome = run_trial(scenario, plan, broker=broker, workdir=tmp_path)
+    row = outcome.row
+    assert 50 <= row["items_enqueued"] <= 150 and row["items_done"] == row["items_enqueued"]
+    assert row["jobs_enqueued"] == -(-row["items_enqueued"] // 5)
+    start = row["started_at"]
+    arrivals = sorted(e.enqueued_at - start for e in outcome.events)
+    assert 0 <= arrivals[0] and arrivals[-1] < 0.5  # stamped on the schedule, not when sent
+    assert all(e.started_at >= e.enqueued_at for e in outcome.events)
