@@ -122,7 +122,7 @@ class Worker:
         self._next_due: float | None = None
         # Outcomes waiting for the next exchange round trip.
         self._acks: list[str] = []
-        self._events: list[str] = []
+        self._events: list[bytes] = []
         self._retries: list[str] = []  # flat (id, due, payload) triples
         self._dead: list[str] = []  # flat (id, payload) pairs
 
