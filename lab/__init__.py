@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "Analysis": "lab.analysis",
     "Broker": "lab.broker",
     "BrokerError": "lab.errors",
     "ConfigError": "lab.errors",
@@ -21,12 +22,16 @@ _EXPORTS = {
     "RunFolder": "lab.results",
     "Scenario": "lab.scenario",
     "ServiceError": "lab.errors",
+    "analyze": "lab.analysis",
+    "load_run": "lab.analysis",
     "load_scenario": "lab.scenario",
     "run_sweep": "lab.sweep",
     "start_broker": "lab.broker",
+    "write_report": "lab.report",
 }
 
 __all__ = [
+    "Analysis",
     "Broker",
     "BrokerError",
     "ConfigError",
@@ -36,14 +41,19 @@ __all__ = [
     "RunFolder",
     "Scenario",
     "ServiceError",
+    "analyze",
+    "load_run",
     "load_scenario",
     "run_sweep",
     "start_broker",
+    "write_report",
 ]
 
 if TYPE_CHECKING:
+    from lab.analysis import Analysis, analyze, load_run
     from lab.broker import Broker, start_broker
     from lab.errors import BrokerError, ConfigError, LabError, ServiceError
+    from lab.report import write_report
     from lab.results import RunFolder
     from lab.runtime.queue import JobEvent, Queue
     from lab.scenario import Scenario, load_scenario

@@ -1,23 +1,47 @@
-"""From a run's trials to a recommendation. Reads only what the results folder holds.
+"""From a run folder to a recommendation with its reasons. Reads only what the results folder holds.
 
-This first version takes the best configuration by the scenario's objective among those that
-meet its SLO, then the cheapest by `prefer` among those within NOISE_MARGIN of the best. (The
-analysis issue adds confidence intervals over repeats, the scalability fit and the explanations.)
+    run = load_run("results/quickstart/20261128-101500")
+    analysis = analyze(run)
+    analysis.recommendation["config"], analysis.recommendation["reasons"]
+
+Repeats of a configuration are aggregated into a mean and a Student-t confidence interval. The
+recommendation drops what breaks the scenario's SLO (p99 latency, error rate), lost items or
+timed out; takes the best by the objective; and among the configurations that the best does not
+beat beyond the noise, chooses the cheapest by the scenario's `prefer` order. "Beyond the noise"
+follows asv's `_is_result_better`: better only if the intervals are apart AND the gain beats
+NOISE_MARGIN; with one repeat there is no interval, so the margin alone decides.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from lab.scenario import Objective
+from lab.explain import explain, label, trial_warnings, unstable
+from lab.mocks.spec import ServiceSpec
+from lab.results import STATUS_COMPLETE, RunFolder
+from lab.scenario import Objective, Scenario, Slo
+from lab.usl import UslFit, fit_usl
+
+#: recommendation.json history: 1 = schema_version, config, figures, reasons, runners_up,
+#: warnings, scalability, objective.
+SCHEMA_VERSION = 1
 
 CONFIG = ["num_workers", "instances", "batch_size"]
 
-#: Configurations whose figure is within this fraction of the best count as tied with it.
+#: Where the slots run (results layout 2): a configuration axis only when a run swept it.
+PLACEMENT, SEPARATE = "placement", "separate"
+
+#: A configuration must beat another by more than this fraction to count as better.
 NOISE_MARGIN = 0.05
+
+#: Two-sided level of the Student-t interval over repeats.
+CONFIDENCE = 0.95
 
 _PREFER_KEYS = {
     "fewer_instances": ("instances", True),
@@ -27,89 +51,389 @@ _PREFER_KEYS = {
 }
 
 
+@dataclass(frozen=True)
+class Run:
+    """A run folder's contents as tables: read with `load_run`."""
+
+    path: Path
+    manifest: dict[str, Any]
+    scenario: Scenario
+    trials: pd.DataFrame  # one row per trial (results.TRIAL_COLUMNS)
+    jobs: pd.DataFrame  # one row per job attempt (results.events_frame)
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run folder (ConfigError if it is not one, or of a layout this lab cannot read)."""
+    folder = RunFolder.open(Path(path))
+    return Run(
+        path=folder.path,
+        manifest=folder.manifest,
+        scenario=folder.scenario(),
+        trials=folder.trials(),
+        jobs=folder.jobs(),
+    )
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything the plots, the report and recommendation.json show."""
+
+    objective: Objective
+    trials: pd.DataFrame
+    configs: pd.DataFrame  # per configuration: means, intervals, worst cases, `slo_problems`
+    recommendation: dict[str, Any]
+    fits: list[UslFit]
+    warnings: list[str]
+    service: ServiceSpec | None = None
+    run: Run | None = field(default=None, repr=False)
+
+    @property
+    def chosen(self) -> dict[str, Any] | None:
+        """The recommended configuration, or None when nothing met the SLO."""
+        config = self.recommendation["config"]
+        return None if config is None else dict(config)
+
+    def config(self, **keys: Any) -> pd.Series:
+        """The row of `configs` for one configuration: `config(num_workers=4, ..., batch_size=50)`."""
+        mask = pd.Series(True, index=self.configs.index)
+        for key, value in keys.items():
+            mask &= self.configs[key] == value
+        rows = self.configs[mask]
+        if len(rows) != 1:
+            raise KeyError(f"{keys} matches {len(rows)} configurations, not one")
+        return rows.iloc[0]
+
+    def summary(self) -> str:
+        """The recommendation, its reasons and the warnings as plain text (for a terminal)."""
+        rec = self.recommendation
+        head = (
+            "no configuration recommended"
+            if rec["config"] is None
+            else "recommended: " + ", ".join(f"{k}={v}" for k, v in rec["config"].items())
+        )
+        lines = [head, "why:", *(f"  - {r}" for r in rec["reasons"])]
+        if self.warnings:
+            lines += ["warnings:", *(f"  - {w}" for w in self.warnings)]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """How many times faster `candidate` is than `baseline`, by the objective's figure."""
+
+    baseline: str
+    candidate: str
+    factor: float
+    low: float | None  # from the two 95 % intervals, when both configurations have repeats
+    high: float | None
+
+    def describe(self) -> str:
+        spread = "" if self.low is None else f" (between {self.low:,.1f}× and {self.high:,.1f}×)"
+        return f"{self.candidate} is {self.factor:,.1f}× {self.baseline}{spread}"
+
+
+def speedup(analysis: Analysis, baseline: pd.Series, candidate: pd.Series) -> Speedup:
+    """The measured speed-up of one configuration (a `configs` row) over another."""
+    metric = analysis.objective.maximize
+    low = candidate[f"{metric}_ci_low"] / baseline[f"{metric}_ci_high"]
+    high = candidate[f"{metric}_ci_high"] / baseline[f"{metric}_ci_low"]
+    known = math.isfinite(low) and math.isfinite(high) and baseline[f"{metric}_ci_low"] > 0
+    return Speedup(
+        label(baseline), label(candidate), float(candidate[metric] / baseline[metric]),
+        float(low) if known else None, float(high) if known else None,
+    )  # fmt: skip
+
+
+def confidence_interval(
+    values: pd.Series | np.ndarray, level: float = CONFIDENCE
+) -> tuple[float, float]:
+    """Student-t interval of the mean; (nan, nan) with fewer than two values."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return math.nan, math.nan
+    half = float(stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return float(v.mean()) - half, float(v.mean()) + half
+
+
+def _sum_known(s: pd.Series) -> float:
+    return float(s.sum(min_count=1))  # NaN when no repeat could tell (not 0: unknown)
+
+
 def per_config(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration: the mean over repeats, the worst case of the SLO figures."""
-    grouped = trials.groupby(CONFIG, as_index=False)
-    return grouped.agg(
+    """One row per configuration: means over repeats, 95 % intervals, the SLO's worst cases."""
+    if PLACEMENT not in trials:
+        trials = trials.assign(**{PLACEMENT: SEPARATE})
+    grouped = trials.groupby([*CONFIG, PLACEMENT], as_index=False, sort=True)
+    configs = grouped.agg(
+        concurrency=("concurrency", "first"),
         repeats=("trial_id", "count"),
         items_per_s=("items_per_s", "mean"),
         jobs_per_s=("jobs_per_s", "mean"),
-        latency_p99_ms=("latency_p99_ms", "max"),
+        makespan_s=("makespan_s", "mean"),
         latency_p50_ms=("latency_p50_ms", "mean"),
+        latency_p90_ms=("latency_p90_ms", "mean"),
+        latency_p99_ms=("latency_p99_ms", "mean"),
+        latency_p99_worst_ms=("latency_p99_ms", "max"),
+        queue_wait_p99_ms=("queue_wait_p99_ms", "mean"),
         error_rate=("error_rate", "max"),
-        lost_items=("lost_items", "max"),
+        retries=("retries", "mean"),
+        retry_rate=("retry_rate", "mean"),
+        service_requests=("service_requests", "mean"),
+        service_rejected=("service_rejected", "mean"),
+        service_max_in_flight=("service_max_in_flight", "max"),
+        service_max_queue_depth=("service_max_queue_depth", "max"),
+        jobs_enqueued=("jobs_enqueued", "max"),
+        lost_items=("lost_items", _sum_known),
+        duplicate_items=("duplicate_items", _sum_known),
         timed_out=("timed_out", "any"),
         harness_saturated=("harness_saturated", "any"),
+        machine_saturated=("machine_saturated", "any"),
+        littles_bound_items_per_s=("littles_bound_items_per_s", "mean"),
+        capacity_bound_items_per_s=("capacity_bound_items_per_s", "mean"),
+        bound_items_per_s=("bound_items_per_s", "mean"),
         bound_ratio=("bound_ratio", "mean"),
+        workers_cores=("workers_cores", "mean"),
     )
+    for metric in ("items_per_s", "jobs_per_s"):
+        intervals = grouped[metric].agg(lambda s: confidence_interval(s))[metric]
+        # a rate is never negative: clip the (symmetric) interval at 0; NaN stays NaN
+        configs[f"{metric}_ci_low"] = [
+            lo if math.isnan(lo) else max(lo, 0.0) for lo, _ in intervals
+        ]
+        configs[f"{metric}_ci_high"] = [hi for _, hi in intervals]
+    return configs
 
 
-def _config(row: pd.Series) -> dict[str, int]:
-    return {k: int(row[k]) for k in CONFIG}
+def slo_problems(row: pd.Series, slo: Slo) -> list[str]:
+    """Why a configuration cannot be recommended, in words; empty when it qualifies."""
+    problems = []
+    if bool(row["timed_out"]):
+        problems.append("timed out")
+    if slo.p99_latency_ms is not None and row["latency_p99_worst_ms"] > slo.p99_latency_ms:
+        problems.append(f"p99 {row['latency_p99_worst_ms']:,.0f} ms > {slo.p99_latency_ms:,.0f} ms")
+    if row["error_rate"] > slo.max_error_rate:
+        problems.append(f"errors {row['error_rate']:.1%} > {slo.max_error_rate:.1%}")
+    if row["lost_items"] > 0:  # NaN (unknown) compares False
+        problems.append(f"lost {row['lost_items']:,.0f} items")
+    return problems
+
+
+def beats(best: pd.Series, other: pd.Series, metric: str, margin: float = NOISE_MARGIN) -> bool:
+    """True when `best` is better than `other` beyond the noise (style.md point 12)."""
+    if not other[metric] > 0:
+        return True
+    if best[metric] / other[metric] - 1 <= margin:
+        return False
+    best_low, other_high = best[f"{metric}_ci_low"], other[f"{metric}_ci_high"]
+    overlap = not (math.isnan(best_low) or math.isnan(other_high)) and other_high >= best_low
+    return not overlap
 
 
 _FIGURES = [
-    "items_per_s",
-    "jobs_per_s",
-    "latency_p50_ms",
-    "latency_p99_ms",
-    "error_rate",
-    "bound_ratio",
-]
+    "items_per_s", "items_per_s_ci_low", "items_per_s_ci_high", "jobs_per_s",
+    "latency_p50_ms", "latency_p99_ms", "latency_p99_worst_ms", "error_rate", "retry_rate",
+    "service_rejected", "bound_ratio", "lost_items",
+]  # fmt: skip
 
 
-def _figures(row: pd.Series) -> dict[str, Any]:
-    """The figures of a configuration, JSON-ready (NaN becomes None)."""
-    out: dict[str, Any] = {k: float(row[k]) for k in _FIGURES}
-    out = {k: None if math.isnan(v) else v for k, v in out.items()}
-    out["repeats"] = int(row["repeats"])
-    return out
+def json_safe(value: Any) -> Any:
+    """JSON-ready: numpy scalars to Python, NaN and inf to None, recursively."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
-def recommend(trials: pd.DataFrame, objective: Objective) -> dict[str, Any]:
-    """`{"config", "figures", "reasons", "runners_up"}`; config is None when nothing qualifies."""
-    if trials.empty:
-        return {"config": None, "figures": {}, "reasons": ["no trial finished"], "runners_up": []}
+def _entry(row: pd.Series) -> dict[str, Any]:
+    figures = {k: float(row[k]) for k in _FIGURES}
+    figures |= {"concurrency": int(row["concurrency"]), "repeats": int(row["repeats"])}
+    config: dict[str, Any] = {k: int(row[k]) for k in CONFIG}
+    if row[PLACEMENT] != SEPARATE:
+        config[PLACEMENT] = str(row[PLACEMENT])
+    return {"config": config, "figures": figures}
+
+
+def _fits(trials: pd.DataFrame) -> list[UslFit]:
+    usable = trials[~trials["timed_out"].astype(bool)]
+    return [
+        fit_usl(part["concurrency"], part["items_per_s"], batch_size=int(batch))
+        for batch, part in usable.groupby("batch_size", sort=True)
+    ]
+
+
+def analyze_trials(
+    trials: pd.DataFrame,
+    objective: Objective,
+    *,
+    service: ServiceSpec | None = None,
+    cpu_count: int | None = None,
+    margin: float = NOISE_MARGIN,
+) -> Analysis:
+    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec."""
     configs = per_config(trials)
-    reasons: list[str] = []
-    ok = ~configs["timed_out"]
-    slo = objective.slo
-    if slo.p99_latency_ms is not None:
-        ok &= configs["latency_p99_ms"] <= slo.p99_latency_ms
-    ok &= configs["error_rate"] <= slo.max_error_rate
-    ok &= configs["lost_items"].fillna(0) <= 0
-    dropped = len(configs) - int(ok.sum())
-    if dropped:
-        reasons.append(
-            f"{dropped} of {len(configs)} configurations broke the SLO, lost items or timed out"
-        )
-    candidates = configs[ok]
-    if candidates.empty:
-        reasons.append("no configuration met the SLO: none is recommended")
-        return {"config": None, "figures": {}, "reasons": reasons, "runners_up": []}
+    configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
+    fits = _fits(trials)
+    warnings = trial_warnings(trials, cpu_count=cpu_count) + unstable(configs, objective.maximize)
+    rec = _recommendation(
+        configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
+    )
+    rec |= {
+        "schema_version": SCHEMA_VERSION,
+        "warnings": warnings,
+        "scalability": [_fit_entry(f) for f in fits],
+        "objective": objective.model_dump(mode="json")
+        | {"noise_margin": margin, "confidence": CONFIDENCE},
+    }
+    return Analysis(objective, trials, configs, json_safe(rec), fits, warnings, service)
+
+
+def _recommendation(
+    configs: pd.DataFrame, objective: Objective, *, service: ServiceSpec | None,
+    cpu_count: int | None, margin: float, fits: list[UslFit],
+) -> dict[str, Any]:  # fmt: skip
+    if configs.empty:
+        return {"config": None, "figures": {}, "reasons": ["no trial finished"], "runners_up": []}
     metric = objective.maximize
-    best_value = candidates[metric].max()
-    tied = candidates[candidates[metric] >= (1 - NOISE_MARGIN) * best_value]
-    sort_keys = [_PREFER_KEYS[p] for p in objective.prefer]
-    ordered = tied.sort_values(
-        [k for k, _ in sort_keys] + [metric], ascending=[asc for _, asc in sort_keys] + [False]
+    ok = configs[configs["slo_problems"].map(len) == 0]
+    context = explain(
+        configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
     )
-    chosen = ordered.iloc[0]
-    reasons.append(
-        f"best {metric} {best_value:,.0f}; {len(tied)} configuration(s) within {NOISE_MARGIN:.0%} of it, "
-        f"the cheapest by {', '.join(objective.prefer) or 'figure'} chosen"
-    )
+    if ok.empty:
+        verdict = (
+            "no configuration met the SLO and kept every item, so none is recommended "
+            f"({_slo_words(objective.slo)}); relax the SLO or change the scenario"
+        )
+        return {"config": None, "figures": {}, "reasons": [verdict, *context], "runners_up": []}
+    best = ok.loc[ok[metric].idxmax()]
+    tied = ok[[not beats(best, r, metric, margin) for _, r in ok.iterrows()]]
+    keys = [_PREFER_KEYS[p] for p in objective.prefer]
+    chosen = tied.sort_values(
+        [k for k, _ in keys] + [metric], ascending=[asc for _, asc in keys] + [False]
+    ).iloc[0]
+    reasons = [_choice_sentence(chosen, best, tied, ok, objective, margin), *context]
     if bool(chosen["harness_saturated"]):
         reasons.append(
-            "warning: a trial of this configuration saturated the lab itself; its figure measures the lab"
+            "caution: a trial of the chosen configuration saturated the lab itself, so its "
+            "figure measures the lab (see the warnings); rerun on a bigger machine to confirm"
         )
-    runners = candidates.sort_values(metric, ascending=False)
-    runners = runners[(runners[CONFIG] != chosen[CONFIG]).any(axis=1)].head(3)
-    return {
-        "config": _config(chosen),
-        "figures": _figures(chosen),
+    tied_labels = {label(r) for _, r in tied.iterrows()}
+    runners = ok.sort_values(metric, ascending=False)
+    runners = runners[[label(r) != label(chosen) for _, r in runners.iterrows()]].head(3)
+    return _entry(chosen) | {
         "reasons": reasons,
         "runners_up": [
-            {"config": _config(r), "figures": _figures(r)} for _, r in runners.iterrows()
+            _entry(r) | {"within_noise": label(r) in tied_labels} for _, r in runners.iterrows()
         ],
     }
+
+
+def _fit_entry(fit: UslFit) -> dict[str, Any]:
+    return {
+        "batch_size": fit.batch_size, "levels": fit.levels, "lambda_items_per_s": fit.lambda_,
+        "sigma": fit.sigma, "kappa": fit.kappa, "r_squared": fit.r_squared,
+        "peak_concurrency": fit.peak_concurrency, "peak_items_per_s": fit.peak_items_per_s,
+        "measured_max_items_per_s": fit.measured_max_items_per_s, "skipped": fit.skipped,
+    }  # fmt: skip
+
+
+def _slo_words(slo: Slo) -> str:
+    p99 = "no p99 limit" if slo.p99_latency_ms is None else f"p99 ≤ {slo.p99_latency_ms:,.0f} ms"
+    return f"SLO: {p99}, errors ≤ {slo.max_error_rate:.1%}"
+
+
+def _choice_sentence(
+    chosen: pd.Series, best: pd.Series, tied: pd.DataFrame, ok: pd.DataFrame,
+    objective: Objective, margin: float,
+) -> str:  # fmt: skip
+    metric = objective.maximize
+    unit = metric.replace("_per_s", "/s")
+    head = (
+        f"num_workers={int(chosen['num_workers'])}, instances={int(chosen['instances'])}, "
+        f"batch_size={int(chosen['batch_size'])}: {chosen[metric]:,.0f} {unit}"
+        f"{_interval(chosen, metric)}, p99 {chosen['latency_p99_ms']:,.0f} ms, "
+        f"errors {chosen['error_rate']:.1%}, {_repeats(int(chosen['repeats']))}"
+    )
+    prefer = ", then ".join(p.replace("_", " ", 1) for p in objective.prefer) or f"higher {unit}"
+    if label(chosen) == label(best):
+        rule = (
+            f"better only if the 95 % intervals are apart and the gain is over {margin:.0%}"
+            if (ok["repeats"] >= 2).any()
+            else f"one repeat gives no interval: within {margin:.0%}"
+        )
+        rest = (
+            "it is the best, beyond the noise of every other"
+            if len(tied) == 1
+            else f"it is the best, and the cheapest ({prefer}) of the {len(tied)} within noise "
+            f"of it ({rule})"
+        )
+    else:
+        gain = best[metric] / chosen[metric] - 1
+        rest = (
+            f"the best, {label(best)} at {best[metric]:,.0f} {unit}, is {gain:.0%} more but "
+            f"within the noise: {_why_tied(best, chosen, metric, margin)}. Of the {len(tied)} "
+            f"within noise of the best, this is the cheapest ({prefer})"
+        )
+    return f"{head}. Among {len(ok)} configuration(s) meeting the SLO, {rest}"
+
+
+def _why_tied(best: pd.Series, other: pd.Series, metric: str, margin: float) -> str:
+    if best[metric] / other[metric] - 1 <= margin:
+        alone = math.isnan(best[f"{metric}_ci_low"]) or math.isnan(other[f"{metric}_ci_low"])
+        why = "; one repeat gives no confidence interval, so the margin alone decides"
+        return f"the gap is under {margin:.0%}{why if alone else ''}"
+    return (
+        f"their 95 % intervals overlap ({other[f'{metric}_ci_low']:,.0f}–"
+        f"{other[f'{metric}_ci_high']:,.0f} vs {best[f'{metric}_ci_low']:,.0f}–"
+        f"{best[f'{metric}_ci_high']:,.0f})"
+    )
+
+
+def _repeats(n: int) -> str:
+    return "1 repeat" if n == 1 else f"mean of {n} repeats"
+
+
+def _interval(row: pd.Series, metric: str) -> str:
+    low, high = row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
+    return "" if math.isnan(low) else f" (95 % CI {low:,.0f}–{high:,.0f})"
+
+
+def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
+    """The analysis of a run folder (or of a `Run` already loaded)."""
+    if not isinstance(run, Run):
+        run = load_run(run)
+    scenario = run.scenario
+    service = scenario.services.get(scenario.workload.service)
+    cpu_count = run.manifest.get("cpu_count")
+    analysis = analyze_trials(
+        run.trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin
+    )
+    status = run.manifest.get("status")
+    planned = len(run.manifest.get("trials_planned", []))
+    extra = []
+    if status != STATUS_COMPLETE:
+        extra.append(
+            f"the run is {status}: {len(run.trials)} of {planned} planned trials are in; "
+            f"finish it with `python -m lab.sweep --resume {run.path}`"
+        )
+    warnings = extra + analysis.warnings
+    rec = analysis.recommendation | {"warnings": warnings}
+    return Analysis(
+        analysis.objective, analysis.trials, analysis.configs, rec, analysis.fits, warnings,
+        service, run,
+    )  # fmt: skip
+
+
+def recommend(
+    trials: pd.DataFrame, objective: Objective, *, service: ServiceSpec | None = None,
+    margin: float = NOISE_MARGIN,
+) -> dict[str, Any]:  # fmt: skip
+    """recommendation.json's content: `{"config": {...} | None, "figures", "reasons", ...}`."""
+    return analyze_trials(trials, objective, service=service, margin=margin).recommendation

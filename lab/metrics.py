@@ -9,12 +9,16 @@ the end of its successful attempt, so retries and queueing both count.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from lab.load.arrivals import ProducerReport
+from lab.resources import Usage, saturation
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent
+from lab.scenario import Scenario
 
 PERCENTILES = (50, 90, 99)
 
@@ -123,3 +127,80 @@ def bounds(
         "bound_items_per_s": tighter,
         "bound_ratio": achieved / tighter if tighter and not math.isnan(tighter) else math.nan,
     }
+
+
+def _service_accounting(job: str, stats: Mapping[str, Any], items: int) -> dict[str, Any]:
+    """Lost and duplicated items as the target service saw them, where it can tell (by id)."""
+    totals = stats.get("opensearch", {}).get("totals")
+    if totals is None:
+        return {"lost_items": None, "duplicate_items": None}
+    if job == "opensearch.delete":
+        # every id was seeded: a delete that ran twice finds nothing the second time
+        return {"lost_items": items - totals["deletes"], "duplicate_items": totals["not_found"]}
+    return {
+        "lost_items": items - totals["unique_ids_written"],
+        "duplicate_items": totals["duplicate_writes"],
+    }
+
+
+def trial_row(
+    config: Mapping[str, Any], scenario: Scenario, events: Sequence[JobEvent],
+    services: Mapping[str, Mapping[str, Any]], usage: Mapping[str, Usage], report: ProducerReport,
+    *, clock_start: float, wall_s: float, timed_out: bool, recovered: int,
+    web: Mapping[str, float],
+) -> dict[str, Any]:  # fmt: skip
+    """One row of trials.csv (lab.results.TRIAL_COLUMNS, in that order).
+
+    `config` holds the trial's identity (trial_id, order, num_workers, instances, batch_size,
+    placement, repeat, concurrency); `web` the Locust figures (NaN without web traffic).
+    """
+    w = scenario.workload
+    target_spec = scenario.services[w.service]
+    target = services[w.service]
+    figures = job_figures(
+        events,
+        clock_start=clock_start,
+        jobs_enqueued=report.jobs_sent,
+        items_enqueued=report.items_sent,
+    )
+    rate_limit = target_spec.rate_limit.per_s if target_spec.rate_limit else None
+    harness, machine, why = saturation(usage, cpu_count=os.cpu_count() or 1)
+    by_role = {
+        role: [u for u in usage.values() if u.role == role]
+        for role in ("worker", "mock", "redis", "producer", "web", "locust")
+    }
+    row: dict[str, Any] = {
+        **config,
+        "started_at": clock_start,
+        "wall_s": wall_s,
+        "timed_out": timed_out,
+        **figures,
+        **bounds(
+            figures,
+            concurrency=int(config["concurrency"]),
+            capacity=target_spec.capacity,
+            service_stats=target,
+            rate_limit_per_s=rate_limit,
+        ),
+        **_service_accounting(w.job, target, report.items_sent),
+        "recovered_jobs": recovered,
+        "service_requests": target.get("requests", 0),
+        "service_rejected": target.get("rejected", 0),
+        "service_errors": target.get("errors", 0),
+        "service_max_in_flight": target.get("max", {}).get("in_flight", 0),
+        "service_max_queue_depth": target.get("max", {}).get("queue_depth", 0),
+        "producer_max_lag_s": report.max_lag_s,
+        "workers_cores": sum(u.cores for u in by_role["worker"]),
+        "worker_peak_cores": max((u.peak_cores for u in by_role["worker"]), default=0.0),
+        "worker_rss_max_mb": max((u.rss_max_mb for u in by_role["worker"]), default=0.0),
+        "mock_cores": max((u.cores for u in by_role["mock"]), default=0.0),
+        "redis_cores": sum(u.cores for u in by_role["redis"]),
+        "producer_cores": sum(u.cores for u in by_role["producer"]),
+        "web_cores": sum(u.cores for u in by_role["web"]),
+        "locust_cores": sum(u.cores for u in by_role["locust"]),
+        **web,
+        "harness_saturated": harness,
+        "machine_saturated": machine,
+        "saturation_reason": why,
+    }
+    return row

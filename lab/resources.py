@@ -15,6 +15,10 @@ from dataclasses import dataclass
 
 import psutil
 
+#: The processes that are the lab, not the system under test ("web": the app under test when
+#: the job slots run elsewhere, since then it only produces work).
+HARNESS_ROLES = ("mock", "redis", "producer", "web", "locust")
+
 #: Mean cores above which a single-threaded harness component is taken as the limit.
 SATURATED_CORES = 0.85
 
@@ -23,7 +27,7 @@ SATURATED_CORES = 0.85
 class Usage:
     """One process over the trial: mean and peak cores, peak resident memory."""
 
-    role: str  # "worker", "mock", "redis" or "producer"
+    role: str  # "worker", "mock", "redis", "producer", "web" or "locust"
     cpu_s: float = 0.0
     cores: float = 0.0
     peak_cores: float = 0.0
@@ -43,7 +47,17 @@ class ResourceSampler:
                 self._procs[name] = psutil.Process(pid)
                 self.usage[name] = Usage(role=role)
         self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._first: dict[str, float | None] = {}
         self._thread = threading.Thread(target=self._run, name="resource-sampler", daemon=True)
+
+    def add(self, name: str, role: str, pid: int) -> None:
+        """Sample one more process from now on (a child started after the clock, like Locust)."""
+        with self._lock, contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(pid)
+            self._first[name] = self._cpu(proc)
+            self._procs[name] = proc
+            self.usage[name] = Usage(role=role)
 
     def _cpu(self, proc: psutil.Process) -> float | None:
         try:
@@ -60,26 +74,29 @@ class ResourceSampler:
 
     def _run(self) -> None:
         start = time.monotonic()
-        first = {n: self._cpu(p) for n, p in self._procs.items()}
-        last, last_t = dict(first), start
+        with self._lock:
+            self._first |= {n: self._cpu(p) for n, p in self._procs.items()}
+        last, last_t = dict(self._first), start
         while not self._stop.wait(self.interval_s):
             now = time.monotonic()
-            for name, proc in self._procs.items():
+            with self._lock:
+                procs = list(self._procs.items())
+            for name, proc in procs:
                 cpu = self._cpu(proc)
                 usage = self.usage[name]
                 usage.rss_max_mb = max(usage.rss_max_mb, self._rss_mb(proc))
-                if cpu is None or last[name] is None:
-                    continue
-                usage.peak_cores = max(usage.peak_cores, (cpu - last[name]) / (now - last_t))  # type: ignore[operator]
+                before = last.get(name, self._first.get(name))
+                if cpu is not None and before is not None:
+                    usage.peak_cores = max(usage.peak_cores, (cpu - before) / (now - last_t))
+                    usage.cpu_s = cpu - (self._first.get(name) or 0.0)
                 last[name] = cpu
-                usage.cpu_s = cpu - (first[name] or 0.0)
             last_t = now
         wall = max(time.monotonic() - start, 1e-9)
-        for name, proc in self._procs.items():
-            cpu = self._cpu(proc)
+        for name, proc in list(self._procs.items()):
+            cpu, first = self._cpu(proc), self._first.get(name)
             usage = self.usage[name]
-            if cpu is not None and first[name] is not None:
-                usage.cpu_s = cpu - first[name]  # type: ignore[operator]
+            if cpu is not None and first is not None:
+                usage.cpu_s = cpu - first
             usage.cores = usage.cpu_s / wall
 
     @contextlib.contextmanager
@@ -102,7 +119,7 @@ def saturation(usage: Mapping[str, Usage], *, cpu_count: int) -> tuple[bool, boo
     reasons = [
         f"{name} used {u.cores:.2f} cores"
         for name, u in usage.items()
-        if u.role in ("mock", "redis", "producer") and u.cores >= SATURATED_CORES
+        if u.role in HARNESS_ROLES and u.cores >= SATURATED_CORES
     ]
     harness = bool(reasons)
     total = sum(u.cores for u in usage.values())

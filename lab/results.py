@@ -6,7 +6,8 @@ results/<scenario>/<YYYYmmdd-HHMMSS>/
     trials.csv             one row per trial (columns: TRIAL_COLUMNS)
     jobs.parquet/          per-job events, one parquet file per trial (read it as one dataset)
     services/<trial>.json  each mock service's statistics for the trial
-    recommendation.json    the chosen configuration, its figures and the reasons
+    recommendation.json    the chosen configuration, its figures and the reasons (lab.analysis)
+    report.html            the self-contained report (lab.report)
     logs/<trial>/          worker and mock logs
 
 A run folder is never overwritten: a name already taken gets a suffix. A trial counts as done
@@ -33,9 +34,11 @@ import pandas as pd
 
 from lab.errors import ConfigError
 from lab.runtime.queue import JobEvent
+from lab.scenario import Scenario, load_scenario
 
-#: Layout history: 1 = the first layout (this docstring).
-SCHEMA_VERSION = 1
+#: Layout history: 1 = the first layout (this docstring); 2 = trials.csv gains `placement` and
+#: the web (Locust) columns. Readers accept older layouts and fill the columns they lack.
+SCHEMA_VERSION = 2
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_FAILED = (
     "running",
@@ -51,6 +54,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "num_workers": "jobs one instance runs at once",
     "instances": "worker processes",
     "batch_size": "items per job",
+    "placement": "separate: worker processes; colocated: the slots run inside the web app's processes",
     "repeat": "repeat number, from 0",
     "concurrency": "num_workers x instances",
     "started_at": "clock start, epoch seconds (all instances ready)",
@@ -99,6 +103,15 @@ TRIAL_COLUMNS: dict[str, str] = {
     "mock_cores": "mean cores of the busiest mock service",
     "redis_cores": "mean cores of the embedded redis-server (0 with broker.url)",
     "producer_cores": "mean cores of the lab's own process (producer, polling)",
+    "web_cores": "mean cores of the web app processes when they only produce work (separate placement)",
+    "locust_cores": "mean cores of the Locust process",
+    "web_requests": "requests Locust sent to the web app (empty without Locust)",
+    "web_failures": "of them, failed",
+    "web_requests_per_s": "Locust's request rate over its run",
+    "web_p50_ms": "web response time, median, ms",
+    "web_p90_ms": "web response time, p90, ms",
+    "web_p99_ms": "web response time, p99, ms",
+    "web_max_ms": "web response time, max, ms",
     "harness_saturated": "a mock, Redis or the producer was near a full core: the figure measures the lab",
     "machine_saturated": "every core was busy: the figure holds for this machine only",
     "saturation_reason": "which component, and how busy",
@@ -170,7 +183,7 @@ class RunFolder:
         if not manifest_path.exists():
             raise ConfigError(f"{path}: not a run folder (no manifest.json)")
         version = json.loads(manifest_path.read_text()).get("schema_version")
-        if version != SCHEMA_VERSION:
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
             raise ConfigError(
                 f"{path}: results layout version {version}, this lab reads {SCHEMA_VERSION}; use the lab version that wrote it"
             )
@@ -245,11 +258,23 @@ class RunFolder:
     # -- reading ------------------------------------------------------------------------------------
 
     def trials(self) -> pd.DataFrame:
-        return (
+        frame = (
             pd.read_csv(self.trials_csv)
             if self.trials_csv.exists()
             else pd.DataFrame(columns=list(TRIAL_COLUMNS))
-        )
+        ).reindex(columns=list(TRIAL_COLUMNS))  # an older layout lacks newer columns: NaN...
+        # ...but layout 1 had one placement (cast first: an all-empty column reads as float)
+        frame["placement"] = frame["placement"].astype(object).fillna("separate").astype(str)
+        return frame
+
+    def scenario(self) -> Scenario:
+        """The scenario the run used, from its own copy (a user job module is not imported)."""
+        return load_scenario(self.path / "scenario.yaml", resolve_job=False)
+
+    @property
+    def report_html(self) -> Path:
+        """Where `lab.report` writes the run's self-contained report."""
+        return self.path / "report.html"
 
     def jobs(self) -> pd.DataFrame:
         jobs_dir = self.path / "jobs.parquet"

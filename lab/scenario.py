@@ -104,7 +104,60 @@ class Ramp(_Strict):
     duration_s: PosFloat = Field(description="Length of the ramp, in seconds.")
 
 
-Arrival = Annotated[Backlog | Poisson | Ramp, Field(discriminator="kind")]
+class LocustArrival(_Strict):
+    """Web traffic: Locust users post to the app under test, whose endpoint enqueues jobs."""
+
+    kind: Literal["locust"] = Field(default="locust", description="Arrival mode.")
+    users: PosInt = Field(description="Concurrent Locust users.")
+    spawn_rate: PosFloat = Field(description="Users started per second until all run.")
+    duration_s: PosFloat = Field(description="How long Locust runs, in seconds.")
+    wait_min_s: NonNegFloat = Field(
+        default=0.5, description="A user's shortest think time between requests, in s."
+    )
+    wait_max_s: NonNegFloat = Field(
+        default=1.5, description="A user's longest think time between requests, in s."
+    )
+    jobs_per_request: PosInt = Field(
+        default=1, description="Jobs one web request enqueues (each of batch_size items)."
+    )
+
+    @model_validator(mode="after")
+    def _waits_ordered(self) -> LocustArrival:
+        if self.wait_max_s < self.wait_min_s:
+            raise Problems(
+                (
+                    ("wait_max_s",),
+                    f"must be >= wait_min_s ({self.wait_min_s:g}), got {self.wait_max_s:g}",
+                )
+            )
+        return self
+
+    @property
+    def requests_per_s(self) -> float:
+        """Roughly, once all users run: users / (mean think time + a few ms of response)."""
+        return self.users / ((self.wait_min_s + self.wait_max_s) / 2 + 0.005)
+
+
+Arrival = Annotated[Backlog | Poisson | Ramp | LocustArrival, Field(discriminator="kind")]
+
+Placement = Literal["separate", "colocated"]
+
+
+class Workers(_Strict):
+    """Where the job slots run: their own processes, or inside the web app's processes."""
+
+    placement: (
+        Placement | Annotated[tuple[Placement, ...], Field(min_length=1), AfterValidator(_unique)]
+    ) = Field(
+        default="separate",
+        description="separate: `instances` worker processes; colocated: the slots run inside the "
+        "web app's processes (Loco's same-process mode), one instance per web process. "
+        "A list sweeps both.",
+    )
+
+    @property
+    def placements(self) -> tuple[Placement, ...]:
+        return (self.placement,) if isinstance(self.placement, str) else self.placement
 
 
 class Retry(_Strict):
@@ -159,6 +212,8 @@ class Workload(_Strict):
         a = self.arrival
         if isinstance(a, Backlog):
             return self.items or 0
+        if isinstance(a, LocustArrival):  # at batch_size 1
+            return round(a.requests_per_s * a.duration_s * a.jobs_per_request)
         mean_per_s = a.rate_per_s if isinstance(a, Poisson) else (a.from_per_s + a.to_per_s) / 2
         return round(mean_per_s * a.duration_s)
 
@@ -168,7 +223,7 @@ class Workload(_Strict):
         if backlog and self.items is None:
             raise Problems((("items",), "required for arrival kind backlog (the backlog size)"))
         if not backlog and self.items is not None:
-            why = f"the count follows from rate x duration_s (~{self.expected_items})"
+            why = f"the count follows from the arrivals (~{self.expected_items})"
             raise Problems(
                 (("items",), f"omit it for {self.arrival.kind}: {why}, got {self.items}")
             )
@@ -251,6 +306,7 @@ class Scenario(_Strict):
         min_length=1, description="Mock services by name (at least one); see lab.mocks.spec."
     )
     workload: Workload = Field(description="The job, its service and how items arrive.")
+    workers: Workers = Field(default_factory=Workers, description="Where the job slots run.")
     sweep: Sweep = Field(default_factory=Sweep, description="The configurations to try.")
     objective: Objective = Field(default_factory=Objective, description="What best means.")
 

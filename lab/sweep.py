@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from lab.analysis import recommend
+from lab.analysis import analyze
 from lab.broker import start_broker
 from lab.errors import ConfigError, LabError
 from lab.load.arrivals import expected_duration_s
@@ -39,11 +39,14 @@ TRIAL_OVERHEAD_S = 1.5
 
 
 def plan_trials(scenario: Scenario) -> list[TrialPlan]:
-    """Every grid point x repeat, in an order shuffled by the scenario's seed."""
+    """Every grid point x repeat (x placement), in an order shuffled by the scenario's seed."""
     s = scenario.sweep
-    grid = list(itertools.product(s.num_workers, s.instances, s.batch_size, range(s.repeats)))
+    axes = (s.num_workers, s.instances, s.batch_size, range(s.repeats), scenario.workers.placements)
+    grid = list(itertools.product(*axes))
     random.Random(scenario.seed).shuffle(grid)
-    return [TrialPlan(i, nw, inst, bs, rep) for i, (nw, inst, bs, rep) in enumerate(grid)]
+    return [
+        TrialPlan(i, nw, inst, bs, rep, where) for i, (nw, inst, bs, rep, where) in enumerate(grid)
+    ]
 
 
 def estimate_trial_s(scenario: Scenario, plan: TrialPlan) -> float:
@@ -171,17 +174,27 @@ def run_sweep(
     except BaseException:
         run.mark(STATUS_FAILED)
         raise
-    recommendation = recommend(run.trials(), scenario.objective)
-    run.write_json("recommendation.json", recommendation)
     run.mark(STATUS_COMPLETE)
-    stream.write(_recommendation_line(recommendation) + f"\nrun: {run.path}\n")
+    report = _recommend_and_report(run, stream)
+    stream.write(f"report: {report}\nrun: {run.path}\n")
     return run
 
 
+def _recommend_and_report(run: RunFolder, stream: TextIO) -> Path:
+    """The end of every run: recommendation.json, report.html, the one-line verdict."""
+    from lab.report import write_report  # matplotlib: loaded only when a run ends
+
+    analysis = analyze(run.path)
+    run.write_json("recommendation.json", analysis.recommendation)
+    stream.write(_recommendation_line(analysis.recommendation) + "\n")
+    return write_report(run.path, analysis=analysis)
+
+
 def _recommendation_line(rec: dict[str, object]) -> str:
-    config = rec["config"]
+    config, reasons = rec["config"], rec["reasons"]
     if not isinstance(config, dict):
-        return "no configuration recommended: " + "; ".join(map(str, rec["reasons"]))  # type: ignore[call-overload]
+        assert isinstance(reasons, list)
+        return f"no configuration recommended: {reasons[0]}"
     f = rec["figures"]
     assert isinstance(f, dict)
     return (

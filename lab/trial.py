@@ -1,10 +1,13 @@
 """One trial: one point of the grid, measured once, from fresh state to collected figures.
 
 1. fresh queue state; the scenario's mock services started, each in its own process;
-2. `instances` worker processes started, ALL ready before the clock starts;
-3. the work produced (a backlog, or open-loop arrivals) while CPU and RSS are sampled;
-4. wait until drained (or the trial's timeout); stop the workers, then read the job events and
-   the services' statistics; stop the services.
+2. the job slots started: `instances` worker processes, or (co-located) `instances` web app
+   processes with the slots inside; with Locust arrivals, the web app too; ALL ready before the
+   clock starts;
+3. the work produced (a backlog, open-loop arrivals, or Locust users posting to the web app)
+   while CPU and RSS are sampled;
+4. wait until drained (or the trial's timeout); stop the slots, then read the job events and the
+   services' statistics; stop the services.
 Every child process lives in a context manager: any exit from here stops it.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import secrets
@@ -20,20 +24,21 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lab.broker import Broker
 from lab.errors import ServiceError
-from lab.load.arrivals import ProducerReport, arrival_offsets, group_into_jobs, produce
-from lab.metrics import bounds, job_figures
+from lab.load.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
+from lab.load.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
+from lab.metrics import trial_row
 from lab.mocks.spec import spec_to_json
 from lab.procs import Child, check_stop, python_module_argv, spawn, terminate_all, wait_for
-from lab.resources import ResourceSampler, Usage, saturation
+from lab.resources import ResourceSampler, Usage
 from lab.runtime.queue import JobEvent, Queue
-from lab.scenario import Scenario
+from lab.scenario import LocustArrival, Placement, Scenario
 
 Progress = Callable[[int, int, float], None]  # (items done, items expected, seconds elapsed)
 
@@ -47,14 +52,26 @@ class TrialPlan:
     instances: int
     batch_size: int
     repeat: int
+    placement: Placement = "separate"
 
     @property
     def trial_id(self) -> str:
-        return f"nw{self.num_workers}-in{self.instances}-bs{self.batch_size}-r{self.repeat}"
+        colocated = "-colo" if self.placement == "colocated" else ""
+        return (
+            f"nw{self.num_workers}-in{self.instances}-bs{self.batch_size}{colocated}-r{self.repeat}"
+        )
 
     @property
     def concurrency(self) -> int:
         return self.num_workers * self.instances
+
+    def config(self) -> dict[str, Any]:
+        """The trial's identity columns, in trials.csv order."""
+        return {
+            "trial_id": self.trial_id, "order": self.index, "num_workers": self.num_workers,
+            "instances": self.instances, "batch_size": self.batch_size, "placement": self.placement,
+            "repeat": self.repeat, "concurrency": self.concurrency,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -82,30 +99,122 @@ def _http_json(url: str, body: dict[str, Any] | None = None) -> Any:
         return json.loads(resp.read())
 
 
-def _start_mock(
-    name: str, spec_json: str, logs: Path, stack: contextlib.ExitStack
-) -> tuple[Child, str, Path]:
-    """Spawn a mock on a listening socket bound here: its URL is known before it is up, so the
-    workers can start at the same time (the kernel queues their first connections)."""
-    ready = logs / f"mock-{name}.ready.json"
-    ready.unlink(missing_ok=True)  # a resumed trial must not trust the last attempt's file
-    kind = json.loads(spec_json)["kind"]
+@contextlib.contextmanager
+def _listening_socket() -> Iterator[socket.socket]:
+    """A loopback socket bound here and handed to children: its URL is known before they are
+    up (so everything can start at once), and no port can be taken in between."""
     with socket.create_server(("127.0.0.1", 0), backlog=1024) as sock:
         sock.set_inheritable(True)
-        argv = python_module_argv(
-            "lab.mocks", kind, "--spec-json", spec_json, "--ready-file", str(ready),
-            "--listen-fd", str(sock.fileno()),
-        )  # fmt: skip
-        child = stack.enter_context(
+        yield sock
+
+
+class _Actors:
+    """The trial's child processes by name, with their role for CPU accounting."""
+
+    def __init__(self, stack: contextlib.ExitStack, logs: Path) -> None:
+        self.stack, self.logs = stack, logs
+        self.children: dict[str, tuple[str, Child]] = {}
+        self.ready_files: list[Path] = []
+
+    def start(
+        self,
+        name: str,
+        role: str,
+        argv: list[str],
+        *,
+        ready: Path | None = None,
+        pass_fds: tuple[int, ...] = (),
+        grace_s: float = 5.0,
+    ) -> Child:
+        if ready is not None:
+            ready.unlink(missing_ok=True)  # a resumed trial must not trust the last attempt's file
+            self.ready_files.append(ready)
+        child = self.stack.enter_context(
             spawn(
                 argv,
-                name=f"mock {name}",
-                log_path=logs / f"mock-{name}.log",
-                pass_fds=[sock.fileno()],
+                name=name,
+                log_path=self.logs / f"{name}.log",
+                pass_fds=pass_fds,
+                grace_s=grace_s,
             )
         )
-        port = sock.getsockname()[1]
-    return child, f"http://127.0.0.1:{port}", ready
+        self.children[name] = (role, child)
+        return child
+
+    def of_role(self, *roles: str) -> list[Child]:
+        return [c for role, c in self.children.values() if role in roles]
+
+
+def _worker_flags(
+    scenario: Scenario, plan: TrialPlan, urls: dict[str, str], i: int, options: TrialOptions
+) -> list[str]:
+    """The worker settings of instance `i` (broker, queue and job are added by the caller)."""
+    w = scenario.workload
+    flags = [
+        "--num-workers", str(plan.num_workers), "--instance-id", f"{plan.trial_id}-i{i}",
+        "--max-attempts", str(w.retry.max_attempts), "--backoff-ms", str(w.retry.backoff_ms),
+        "--max-backoff-ms", str(w.retry.max_backoff_ms), "--jitter", w.retry.jitter,
+        "--job-timeout-s", str(w.job_timeout_s), "--heartbeat-ttl-s", str(options.heartbeat_ttl_s),
+        "--grace-s", str(options.grace_s), "--seed", str(scenario.seed * 1000 + plan.repeat * 10 + i),
+    ]  # fmt: skip
+    for name, url in urls.items():
+        flags += ["--service", f"{name}={url}"]
+    return flags
+
+
+def _base_args(scenario: Scenario) -> dict[str, Any]:
+    """What every job of the trial carries besides its items."""
+    w = scenario.workload
+    args: dict[str, Any] = {"service": w.service, "index": w.index}
+    if w.cpu_ms_per_item:
+        args["cpu_ms_per_item"] = w.cpu_ms_per_item
+    return args
+
+
+def _start_slots(
+    actors: _Actors,
+    scenario: Scenario,
+    plan: TrialPlan,
+    broker: Broker,
+    queue: str,
+    urls: dict[str, str],
+    options: TrialOptions,
+    stack: contextlib.ExitStack,
+) -> str | None:
+    """Start the job slots (and the web app when there is one); returns the web app's URL."""
+    w = scenario.workload
+    colocated = plan.placement == "colocated"
+    needs_web = colocated or isinstance(w.arrival, LocustArrival)
+    common = ["--broker", broker.url, "--queue", queue, "--job", w.job]
+    grace = options.grace_s + 5
+    if not colocated:
+        for i in range(plan.instances):
+            argv = python_module_argv(
+                "lab.runtime.worker", *common, *_worker_flags(scenario, plan, urls, i, options)
+            )
+            actors.start(f"worker-{i}", "worker", argv, grace_s=grace)
+    if not needs_web:
+        return None
+    sock = stack.enter_context(_listening_socket())
+    jobs_per_request = w.arrival.jobs_per_request if isinstance(w.arrival, LocustArrival) else 1
+    for i in range(plan.instances if colocated else 1):
+        ready = actors.logs / f"web-{i}.ready.json"
+        argv = python_module_argv(
+            "lab.load.webapp", *common, "--base-args", json.dumps(_base_args(scenario)),
+            "--batch-size", str(plan.batch_size), "--jobs-per-request", str(jobs_per_request),
+            "--index", str(i), "--listen-fd", str(sock.fileno()), "--ready-file", str(ready),
+        )  # fmt: skip
+        if colocated:
+            argv += ["--colocated", *_worker_flags(scenario, plan, urls, i, options)]
+        actors.start(
+            f"web-{i}",
+            "worker" if colocated else "web",
+            argv,
+            ready=ready,
+            pass_fds=(sock.fileno(),),
+            grace_s=grace,
+        )
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def _prepare_services(scenario: Scenario, urls: dict[str, str], items: int) -> None:
@@ -118,29 +227,6 @@ def _prepare_services(scenario: Scenario, urls: dict[str, str], items: int) -> N
         )
     for url in urls.values():
         _http_json(f"{url}/_lab/reset", {})
-
-
-def _worker_argv(
-    scenario: Scenario,
-    plan: TrialPlan,
-    broker: Broker,
-    queue: str,
-    urls: dict[str, str],
-    i: int,
-    options: TrialOptions,
-) -> list[str]:
-    w = scenario.workload
-    argv = [
-        "--broker", broker.url, "--queue", queue, "--num-workers", str(plan.num_workers),
-        "--instance-id", f"{plan.trial_id}-i{i}", "--job", w.job,
-        "--max-attempts", str(w.retry.max_attempts), "--backoff-ms", str(w.retry.backoff_ms),
-        "--max-backoff-ms", str(w.retry.max_backoff_ms), "--jitter", w.retry.jitter,
-        "--job-timeout-s", str(w.job_timeout_s), "--heartbeat-ttl-s", str(options.heartbeat_ttl_s),
-        "--grace-s", str(options.grace_s), "--seed", str(scenario.seed * 1000 + plan.repeat * 10 + i),
-    ]  # fmt: skip
-    for name, url in urls.items():
-        argv += ["--service", f"{name}={url}"]
-    return python_module_argv("lab.runtime.worker", *argv)
 
 
 def run_trial(
@@ -156,211 +242,193 @@ def run_trial(
     w = scenario.workload
     logs = workdir / "logs" / plan.trial_id
     logs.mkdir(parents=True, exist_ok=True)
+    locust = w.arrival if isinstance(w.arrival, LocustArrival) else None
     rng = random.Random(f"{scenario.seed}:{plan.repeat}")
-    jobs = group_into_jobs(arrival_offsets(w.arrival, items=w.items, rng=rng), plan.batch_size)
-    items_planned = sum(len(j.items) for j in jobs)
+    jobs = (
+        []
+        if isinstance(w.arrival, LocustArrival)
+        else group_into_jobs(arrival_offsets(w.arrival, items=w.items, rng=rng), plan.batch_size)
+    )
+    items_planned = sum(len(j.items) for j in jobs) or w.expected_items * plan.batch_size
     with broker.client() as client, contextlib.ExitStack() as services:
         queue = Queue(client, f"trial-{plan.trial_id}-{secrets.token_hex(3)}")
         queue.purge()
-        children: dict[str, tuple[str, Child]] = {}
+        actors = _Actors(services, logs)
         urls: dict[str, str] = {}
-        mock_ready: list[Path] = []
         for name, spec in scenario.services.items():
             seeded = spec.model_copy(
                 update={"seed": spec.seed + scenario.seed * 1000 + plan.repeat}
             )
-            child, urls[name], ready = _start_mock(name, spec_to_json(seeded), logs, services)
-            children[f"mock:{name}"] = ("mock", child)
-            mock_ready.append(ready)
-        with contextlib.ExitStack() as workers:
-            for i in range(plan.instances):
-                argv = _worker_argv(scenario, plan, broker, queue.name, urls, i, options)
-                child = workers.enter_context(
-                    spawn(
-                        argv,
-                        name=f"worker {i}",
-                        log_path=logs / f"worker-{i}.log",
-                        grace_s=options.grace_s + 5,
-                    )
+            with _listening_socket() as sock:
+                argv = python_module_argv(
+                    "lab.mocks", spec.kind, "--spec-json", spec_to_json(seeded),
+                    "--ready-file", str(logs / f"mock-{name}.ready.json"), "--listen-fd", str(sock.fileno()),
+                )  # fmt: skip
+                actors.start(
+                    f"mock-{name}",
+                    "mock",
+                    argv,
+                    ready=logs / f"mock-{name}.ready.json",
+                    pass_fds=(sock.fileno(),),
                 )
-                children[f"worker-{i}"] = ("worker", child)
-            everyone = [c for _, c in children.values()]
+                urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        with contextlib.ExitStack() as slots_stack:
+            slots = _Actors(slots_stack, logs)
+            web_url = _start_slots(
+                slots, scenario, plan, broker, queue.name, urls, options, slots_stack
+            )
+            everyone = actors.of_role("mock") + slots.of_role("worker", "web")
+            ready_files = actors.ready_files + slots.ready_files
             wait_for(
-                lambda: all(p.exists() for p in mock_ready),
-                what="the mock services",
+                lambda: all(p.exists() for p in ready_files),
+                what="the mock services and web app",
                 timeout_s=60,
                 children=everyone,
             )
             _prepare_services(scenario, urls, items_planned)
-            worker_children = [c for role, c in children.values() if role == "worker"]
             expected = {f"{plan.trial_id}-i{i}" for i in range(plan.instances)}
             wait_for(
                 lambda: queue.live_instances() >= expected,
-                what=f"{plan.instances} workers to be ready",
+                what=f"{plan.instances} job instances to be ready",
                 timeout_s=60,
                 children=everyone,
             )
-            pids = {name: (role, c.pid) for name, (role, c) in children.items()}
+            pids = {
+                name: (role, c.pid)
+                for name, (role, c) in (actors.children | slots.children).items()
+            }
             pids["producer"] = ("producer", os.getpid())
             if broker.child is not None:
                 pids["redis"] = ("redis", broker.child.pid)
-            base_args: dict[str, Any] = {"service": w.service, "index": w.index}
-            if w.cpu_ms_per_item:
-                base_args["cpu_ms_per_item"] = w.cpu_ms_per_item
             sampler = ResourceSampler(pids)
+            slot_children = slots.of_role("worker")
             with sampler.running():
                 clock_start = time.time()
-                report, timed_out = _produce_and_drain(
-                    queue,
-                    w.job,
-                    jobs,
-                    base_args,
-                    clock_start,
-                    scenario.sweep.trial_timeout_s,
-                    worker_children,
-                    options,
-                    items_planned,
-                )
+                if locust is not None:
+                    assert web_url is not None
+                    drive = _drive_with_locust(
+                        queue, locust, web_url, slots, sampler, plan.batch_size
+                    )
+                else:
+                    drive = _drive_with_producer(
+                        queue, w.job, jobs, _base_args(scenario), clock_start
+                    )
+                with drive as (sent, report):
+                    timed_out = _wait_drained(
+                        queue,
+                        sent,
+                        clock_start,
+                        scenario.sweep.trial_timeout_s,
+                        slot_children,
+                        options,
+                        items_planned,
+                        plan.batch_size,
+                    )
                 wall_s = time.time() - clock_start
-            terminate_all(worker_children)  # graceful stops overlap; the stack reaps them
-        # workers are stopped: every ack is written; the services are still up
+            terminate_all(slot_children + slots.of_role("web"))  # graceful stops overlap
+        # the slots are stopped: every ack is written; the services are still up
         service_stats = {name: _http_json(f"{url}/_lab/stats") for name, url in urls.items()}
     events = queue.events()
     queue_stats = queue.stats()
     with broker.client() as client:
         Queue(client, queue.name).purge()
-    row = _row(
-        scenario,
-        plan,
-        events,
-        service_stats,
-        sampler.usage,
-        report,
-        clock_start=clock_start,
-        wall_s=wall_s,
-        timed_out=timed_out,
-        recovered=queue_stats.get("recovered", 0),
-    )
+    web = read_locust_stats(logs / "locust") if locust else dict.fromkeys(LOCUST_COLUMNS, math.nan)
+    row = trial_row(
+        plan.config(), scenario, events, service_stats, sampler.usage, report, clock_start=clock_start,
+        wall_s=wall_s, timed_out=timed_out, recovered=queue_stats.get("recovered", 0), web=web,
+    )  # fmt: skip
     return TrialOutcome(row=row, events=events, services=service_stats, usage=sampler.usage)
 
 
-def _produce_and_drain(
-    queue: Queue, job: str, jobs: list[Any], base_args: dict[str, Any], clock_start: float,
-    timeout_s: float, workers: list[Child], options: TrialOptions, items_planned: int,
-) -> tuple[ProducerReport, bool]:  # fmt: skip
-    """Send the work in a thread, poll until drained or timed out; (producer report, timed out)."""
+@contextlib.contextmanager
+def _drive_with_producer(
+    queue: Queue, job: str, jobs: list[Job], base_args: dict[str, Any], clock_start: float
+) -> Iterator[tuple[Callable[[], int | None], ProducerReport]]:
+    """Send `jobs` on schedule from a thread; yields (jobs sent once all are, else None; report)."""
     stop = threading.Event()
-    result: list[ProducerReport] = []
-    producer = threading.Thread(
-        target=lambda: result.append(
-            produce(queue, job, jobs, base_args=base_args, clock_start=clock_start, stop=stop)
-        ),
-        name="producer",
-        daemon=True,
-    )
+    report = ProducerReport()
+
+    def _run() -> None:
+        done = produce(queue, job, jobs, base_args=base_args, clock_start=clock_start, stop=stop)
+        report.jobs_sent, report.items_sent, report.max_lag_s = (
+            done.jobs_sent,
+            done.items_sent,
+            done.max_lag_s,
+        )
+
+    producer = threading.Thread(target=_run, name="producer", daemon=True)
     producer.start()
-    killed = False
-    timed_out = False
     try:
-        while True:
-            elapsed = time.time() - clock_start
-            if (
-                options.kill_instance_after_s is not None
-                and not killed
-                and elapsed >= options.kill_instance_after_s
-            ):
-                workers[0].signal(signal.SIGKILL)
-                killed = True
-            stats = queue.stats()
-            settled = stats.get("done", 0) + stats.get("dead", 0)
-            if options.on_progress is not None:
-                per_job = items_planned / max(1, len(jobs))
-                options.on_progress(int(stats.get("done", 0) * per_job), items_planned, elapsed)
-            if not producer.is_alive() and settled >= len(jobs) and queue.outstanding() == 0:
-                break
-            if elapsed > timeout_s:
-                timed_out = True
-                break
-            for child in workers[1 if killed else 0 :]:
-                if not child.alive():
-                    raise ServiceError(f"{child.name} exited during the trial: {child.log_tail()}")
-            check_stop()
-            time.sleep(0.02)
+        yield (lambda: None if producer.is_alive() else report.jobs_sent), report
     finally:
         stop.set()
         producer.join()
-    return (result[0] if result else ProducerReport()), timed_out
 
 
-def _service_accounting(job: str, stats: dict[str, Any], items: int) -> dict[str, Any]:
-    """Lost and duplicated items as the target service saw them, where it can tell (by id)."""
-    totals = stats.get("opensearch", {}).get("totals")
-    if totals is None:
-        return {"lost_items": None, "duplicate_items": None}
-    if job == "opensearch.delete":
-        # every id was seeded: a delete that ran twice finds nothing the second time
-        return {"lost_items": items - totals["deletes"], "duplicate_items": totals["not_found"]}
-    return {
-        "lost_items": items - totals["unique_ids_written"],
-        "duplicate_items": totals["duplicate_writes"],
-    }
-
-
-def _row(
-    scenario: Scenario, plan: TrialPlan, events: list[JobEvent], services: dict[str, dict[str, Any]],
-    usage: dict[str, Usage], report: ProducerReport, *, clock_start: float, wall_s: float,
-    timed_out: bool, recovered: int,
-) -> dict[str, Any]:  # fmt: skip
-    w = scenario.workload
-    target_spec = scenario.services[w.service]
-    target = services[w.service]
-    figures = job_figures(
-        events,
-        clock_start=clock_start,
-        jobs_enqueued=report.jobs_sent,
-        items_enqueued=report.items_sent,
+@contextlib.contextmanager
+def _drive_with_locust(
+    queue: Queue,
+    arrival: LocustArrival,
+    web_url: str,
+    slots: _Actors,
+    sampler: ResourceSampler,
+    batch_size: int,
+) -> Iterator[tuple[Callable[[], int | None], ProducerReport]]:
+    """Run Locust headless against the web app; yields (jobs enqueued once it is done; report)."""
+    env = dict(
+        os.environ, LAB_WAIT_MIN_S=str(arrival.wait_min_s), LAB_WAIT_MAX_S=str(arrival.wait_max_s)
     )
-    rate_limit = target_spec.rate_limit.per_s if target_spec.rate_limit else None
-    harness, machine, why = saturation(usage, cpu_count=os.cpu_count() or 1)
-    by_role = {
-        role: [u for u in usage.values() if u.role == role]
-        for role in ("worker", "mock", "redis", "producer")
-    }
-    row: dict[str, Any] = {
-        "trial_id": plan.trial_id,
-        "order": plan.index,
-        "num_workers": plan.num_workers,
-        "instances": plan.instances,
-        "batch_size": plan.batch_size,
-        "repeat": plan.repeat,
-        "concurrency": plan.concurrency,
-        "started_at": clock_start,
-        "wall_s": wall_s,
-        "timed_out": timed_out,
-        **figures,
-        **bounds(
-            figures,
-            concurrency=plan.concurrency,
-            capacity=target_spec.capacity,
-            service_stats=target,
-            rate_limit_per_s=rate_limit,
-        ),
-        **_service_accounting(w.job, target, report.items_sent),
-        "recovered_jobs": recovered,
-        "service_requests": target.get("requests", 0),
-        "service_rejected": target.get("rejected", 0),
-        "service_errors": target.get("errors", 0),
-        "service_max_in_flight": target.get("max", {}).get("in_flight", 0),
-        "service_max_queue_depth": target.get("max", {}).get("queue_depth", 0),
-        "producer_max_lag_s": report.max_lag_s,
-        "workers_cores": sum(u.cores for u in by_role["worker"]),
-        "worker_peak_cores": max((u.peak_cores for u in by_role["worker"]), default=0.0),
-        "worker_rss_max_mb": max((u.rss_max_mb for u in by_role["worker"]), default=0.0),
-        "mock_cores": max((u.cores for u in by_role["mock"]), default=0.0),
-        "redis_cores": sum(u.cores for u in by_role["redis"]),
-        "producer_cores": sum(u.cores for u in by_role["producer"]),
-        "harness_saturated": harness,
-        "machine_saturated": machine,
-        "saturation_reason": why,
-    }
-    return row
+    argv = locust_argv(
+        host=web_url,
+        users=arrival.users,
+        spawn_rate=arrival.spawn_rate,
+        duration_s=arrival.duration_s,
+        csv_prefix=slots.logs / "locust",
+    )
+    report = ProducerReport()
+    with spawn(argv, name="locust", log_path=slots.logs / "locust.log", env=env) as child:
+        sampler.add("locust", "locust", child.pid)
+
+        def sent() -> int | None:
+            if child.alive():
+                return None
+            report.jobs_sent = queue.stats().get("enqueued", 0)
+            report.items_sent = report.jobs_sent * batch_size
+            return report.jobs_sent
+
+        yield sent, report
+
+
+def _wait_drained(
+    queue: Queue, sent: Callable[[], int | None], clock_start: float, timeout_s: float,
+    workers: list[Child], options: TrialOptions, items_planned: int, batch_size: int,
+) -> bool:  # fmt: skip
+    """Poll until production ended and every job settled; True if the trial timed out first."""
+    killed = False
+    while True:
+        elapsed = time.time() - clock_start
+        if (
+            options.kill_instance_after_s is not None
+            and not killed
+            and elapsed >= options.kill_instance_after_s
+        ):
+            workers[0].signal(signal.SIGKILL)
+            killed = True
+        stats = queue.stats()
+        if options.on_progress is not None:
+            items_done = min(items_planned, stats.get("done", 0) * batch_size)
+            options.on_progress(items_done, items_planned, elapsed)
+        jobs = sent()
+        if (
+            jobs is not None
+            and stats.get("done", 0) + stats.get("dead", 0) >= jobs
+            and queue.outstanding() == 0
+        ):
+            return False
+        if elapsed > timeout_s:
+            return True
+        for child in workers[1 if killed else 0 :]:
+            if not child.alive():
+                raise ServiceError(f"{child.name} exited during the trial: {child.log_tail()}")
+        check_stop()
+        time.sleep(0.02)

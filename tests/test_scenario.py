@@ -246,7 +246,7 @@ BAD: dict[str, tuple[str, int, list[str]]] = {
             "workload.arrival.kind: ",
             "'poison'",
             "did you mean 'poisson'?",
-            "'backlog', 'poisson', 'ramp'",
+            "'backlog', 'locust', 'poisson', 'ramp'",
         ],
     ),
     "items with arrivals": (

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab.runtime.queue import Queue
-from lab.scenario import Backlog, Poisson, Ramp
+from lab.scenario import Backlog, LocustArrival, Poisson, Ramp
 
-ArrivalSpec = Backlog | Poisson | Ramp
+ArrivalSpec = Backlog | Poisson | Ramp | LocustArrival
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ def arrival_offsets(arrival: ArrivalSpec, *, items: int | None, rng: random.Rand
         if items is None:
             raise ValueError("a backlog needs a number of items")
         return [0.0] * items
+    if isinstance(arrival, LocustArrival):
+        raise ValueError("Locust arrivals follow its users, not a schedule")
     if isinstance(arrival, Poisson):
         rate = arrival.rate_per_s
         return _poisson(lambda t: rate, rate, arrival.duration_s, rng)

@@ -1,0 +1,266 @@
+"""Plain-word explanations of a sweep, each from its own figures: none is asserted, all measured.
+
+Where throughput stops growing and what held it (the work itself, the service's rate limit or
+capacity, the workers' CPU, the lab), where the SLO breaks, where 429s and retries start, what
+batching bought, how the scalability fit reads; and the warnings about trials not to trust.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pandas as pd
+
+from lab.mocks.spec import ServiceSpec
+from lab.scenario import Objective
+from lab.usl import UslFit
+
+#: A worker set using this share of its cores (one per instance, at most the machine's) is CPU-bound.
+CPU_BOUND_SHARE = 0.8
+
+#: At most this many names in a list before "and N more".
+MAX_NAMES = 6
+
+
+def names(items: Iterable[str], limit: int = MAX_NAMES) -> str:
+    """'a, b and c', or 'a, b, ... and 4 more'."""
+    items = list(items)
+    if len(items) > limit:
+        return f"{', '.join(items[:limit])} and {len(items) - limit} more"
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _levels(values: Iterable[int]) -> str:
+    return names([f"{v:,}" for v in sorted(set(values))])
+
+
+def _batches(configs: pd.DataFrame) -> list[tuple[int, pd.DataFrame]]:
+    return [(int(b), part) for b, part in configs.groupby("batch_size", sort=True)]
+
+
+def limit_of(row: pd.Series, service: ServiceSpec | None, cpu_count: int | None) -> str:
+    """What held a configuration's throughput, judged from its own figures."""
+    jobs, concurrency = row["jobs_enqueued"], int(row["concurrency"])
+    if jobs <= concurrency:
+        return (
+            f"the work itself: only {jobs:,.0f} jobs, so slots past {jobs:,.0f} have nothing to "
+            "run (a bigger backlog or smaller batches would use them)"
+        )
+    rejected = row["service_rejected"]
+    if service is not None and service.rate_limit is not None and rejected > 0:
+        return (
+            f"the service's rate limit ({service.rate_limit.per_s:,.0f} requests/s): past it, "
+            f"more slots only collect 429s ({rejected:,.0f} per trial) and retries"
+        )
+    if service is not None and row["service_max_in_flight"] >= service.capacity:
+        queued = int(row["service_max_queue_depth"])
+        return (
+            f"the service's capacity: it serves {service.capacity} requests at once and had "
+            f"that many in flight{f', with up to {queued} more queued' if queued else ''}; "
+            f"it reached {row['items_per_s'] / row['capacity_bound_items_per_s']:.0%} of the capacity "
+            f"bound ({row['capacity_bound_items_per_s']:,.0f} items/s)"
+        )
+    usable = min(int(row["instances"]), cpu_count or int(row["instances"]))
+    if row["workers_cores"] >= CPU_BOUND_SHARE * usable:
+        return (
+            f"the workers' CPU: {row['workers_cores']:.2f} cores used by "
+            f"{int(row['instances'])} instance(s) (one process runs Python on one core)"
+        )
+    if bool(row["harness_saturated"]) or bool(row["machine_saturated"]):
+        return "the lab itself: its own processes were short of CPU (see the warnings)"
+    return (
+        f"none of the service's capacity, its rate limit or the workers' CPU was reached "
+        f"({row['bound_ratio']:.0%} of the tighter bound): per-job overhead in the workers"
+    )
+
+
+def plateau(
+    configs: pd.DataFrame, metric: str, *, service: ServiceSpec | None,
+    cpu_count: int | None, margin: float,
+) -> list[str]:  # fmt: skip
+    """Per batch size: the concurrency where throughput stops growing, and why."""
+    out, unit = [], metric.replace("_per_s", "/s")
+    for batch, part in _batches(configs[~configs["timed_out"].astype(bool)]):
+        by_n = part.groupby("concurrency")[metric].max().sort_index()
+        if len(by_n) < 2:
+            continue
+        peak = by_n.max()
+        knee = int(by_n[by_n >= (1 - margin) * peak].index[0])
+        at_knee = part[part["concurrency"] == knee].sort_values(metric).iloc[-1]
+        if knee == by_n.index[-1] and at_knee["jobs_enqueued"] <= knee:
+            jobs = int(at_knee["jobs_enqueued"])
+            spread = part[part["concurrency"] >= jobs][metric]
+            out.append(
+                f"batch {batch}: only {jobs:,} jobs, so concurrency past {jobs:,} has nothing to "
+                f"run; the figures there ({spread.min():,.0f}–{spread.max():,.0f} {unit}) differ "
+                "by noise, not by concurrency"
+            )
+            continue
+        if knee == by_n.index[-1]:
+            out.append(
+                f"batch {batch}: throughput still grows at the largest concurrency tried "
+                f"({knee:,}: {by_n.iloc[-1]:,.0f} {unit}); try more"
+            )
+            continue
+        out.append(
+            f"batch {batch}: throughput stops growing at concurrency {knee:,} "
+            f"({at_knee[metric]:,.0f} {unit}, {label(at_knee)}; more concurrency adds under "
+            f"{margin:.0%}), held by {limit_of(at_knee, service, cpu_count)}"
+        )
+    return out
+
+
+def label(row: pd.Series | dict[str, Any]) -> str:
+    """A configuration as trial ids name it: nw16-in2-bs50 (nw16-in2-bs50-colo: colocated)."""
+    colocated = "-colo" if row.get("placement") == "colocated" else ""
+    return f"nw{int(row['num_workers'])}-in{int(row['instances'])}-bs{int(row['batch_size'])}{colocated}"
+
+
+def slo_edges(configs: pd.DataFrame, objective: Objective) -> list[str]:
+    """Which configurations the SLO (or lost items, or a timeout) ruled out, and where."""
+    slo = objective.slo
+    failing = configs[configs["slo_problems"].map(len) > 0]
+    p99 = f"p99 ≤ {slo.p99_latency_ms:,.0f} ms, " if slo.p99_latency_ms is not None else ""
+    if failing.empty:
+        return [
+            f"all {len(configs)} configurations met the SLO ({p99}errors ≤ "
+            f"{slo.max_error_rate:.1%}) and lost no item"
+        ]
+    out = []
+    for batch, part in _batches(configs):
+        parts = []
+        if slo.p99_latency_ms is not None:
+            hit = part[part["latency_p99_worst_ms"] > slo.p99_latency_ms]
+            if not hit.empty:
+                parts.append(
+                    f"p99 over {slo.p99_latency_ms:,.0f} ms at concurrency "
+                    f"{_levels(hit['concurrency'])} (up to {hit['latency_p99_worst_ms'].max():,.0f} ms)"
+                )
+        hit = part[part["error_rate"] > slo.max_error_rate]
+        if not hit.empty:
+            parts.append(
+                f"errors over {slo.max_error_rate:.1%} at concurrency {_levels(hit['concurrency'])} "
+                f"(up to {hit['error_rate'].max():.1%})"
+            )
+        hit = part[part["lost_items"].fillna(0) > 0]
+        if not hit.empty:
+            parts.append(
+                f"items lost at concurrency {_levels(hit['concurrency'])} "
+                f"({hit['lost_items'].sum():,.0f} in all)"
+            )
+        hit = part[part["timed_out"].astype(bool)]
+        if not hit.empty:
+            parts.append(f"timed out at concurrency {_levels(hit['concurrency'])}")
+        if parts:
+            ruled_out = (part["slo_problems"].map(len) > 0).sum()
+            out.append(f"batch {batch} ({ruled_out} of {len(part)} ruled out): {'; '.join(parts)}")
+    waited = failing[failing["queue_wait_p99_ms"] >= 0.5 * failing["latency_p99_ms"]]
+    if slo.p99_latency_ms is not None and not waited.empty:
+        out.append(
+            f"in {len(waited)} of those, most of the p99 latency is waiting in the queue "
+            "(with a backlog, p99 latency is close to the drain time: more throughput shortens it)"
+        )
+    head = (
+        f"{len(failing)} of {len(configs)} configurations are ruled out by the SLO "
+        f"({p99}errors ≤ {slo.max_error_rate:.1%}), lost items or timeouts"
+    )
+    return [head, *out]
+
+
+def rejections(configs: pd.DataFrame) -> list[str]:
+    """Per batch size: the lowest concurrency with 429s or retries, with their counts."""
+    out = []
+    for batch, part in _batches(configs):
+        hit = part[(part["service_rejected"] > 0) | (part["retries"] > 0)]
+        if hit.empty:
+            continue
+        first = hit.sort_values("concurrency").iloc[0]
+        out.append(
+            f"batch {batch}: 429s or retries start at concurrency {int(first['concurrency']):,} "
+            f"({label(first)}: {first['service_rejected']:,.0f} rejected requests, "
+            f"{first['retries']:,.0f} retries per trial), {len(hit)} configuration(s) in all"
+        )
+    return out or ["no request was rejected (429) and no job retried in any trial"]
+
+
+def batching(configs: pd.DataFrame, metric: str) -> list[str]:
+    """What batching bought: the best of each batch size against the smallest batch's best."""
+    best = configs.groupby("batch_size")[metric].max().sort_index()
+    if len(best) < 2 or not best.iloc[0] > 0:
+        return []
+    parts = [
+        f"batch {int(b)}: {v:,.0f} ({v / best.iloc[0]:,.1f}×)" for b, v in best.iloc[1:].items()
+    ]
+    return [
+        f"batching: best {metric.replace('_per_s', '/s')} with batch {int(best.index[0])} is "
+        f"{best.iloc[0]:,.0f}; {'; '.join(parts)}"
+    ]
+
+
+def explain(
+    configs: pd.DataFrame, objective: Objective, *, service: ServiceSpec | None,
+    cpu_count: int | None, margin: float, fits: list[UslFit],
+) -> list[str]:  # fmt: skip
+    """The sentences behind a recommendation, most telling first."""
+    metric = objective.maximize
+    return [
+        *slo_edges(configs, objective),
+        *plateau(configs, metric, service=service, cpu_count=cpu_count, margin=margin),
+        *batching(configs, metric),
+        *rejections(configs),
+        *(f.describe() for f in fits),
+    ]
+
+
+def trial_warnings(trials: pd.DataFrame, *, cpu_count: int | None) -> list[str]:
+    """Trials whose figures are not to be trusted as they stand, and why."""
+    out = []
+
+    def ids(mask: pd.Series) -> list[str]:
+        return list(trials.loc[mask, "trial_id"].astype(str))
+
+    harness = trials["harness_saturated"].astype(bool)
+    if harness.any():
+        why = trials.loc[harness, "saturation_reason"].fillna("").astype(str).iloc[0]
+        out.append(
+            f"{harness.sum()} trial(s) harness-saturated, not trusted (the figure measures the "
+            f"lab, not the configuration): {names(ids(harness))} (e.g. {why})"
+        )
+    machine = trials["machine_saturated"].astype(bool) & ~harness
+    if machine.any():
+        cores = f"all {cpu_count} cores" if cpu_count else "every core"
+        out.append(
+            f"{machine.sum()} trial(s) kept {cores} busy, so workers and services competed for "
+            f"CPU; those figures hold for this machine only: {names(ids(machine))}"
+        )
+    timed_out = trials["timed_out"].astype(bool)
+    if timed_out.any():
+        out.append(f"{timed_out.sum()} trial(s) timed out before draining: {names(ids(timed_out))}")
+    for column, words in (("lost_items", "lost"), ("duplicate_items", "received more than once")):
+        hit = trials[column].fillna(0) > 0
+        if hit.any():
+            total = int(trials.loc[hit, column].sum())
+            dead = int(trials.loc[hit, "dead_letters"].sum()) if column == "lost_items" else 0
+            cause = f"; those trials dead-lettered {dead:,} jobs (retries used up)" if dead else ""
+            out.append(f"{total:,} item(s) {words}, in trial(s) {names(ids(hit))}{cause}")
+    return out
+
+
+#: An interval wider than this fraction of the mean, each side, makes a configuration unstable.
+UNSTABLE_HALF_WIDTH = 0.10
+
+
+def unstable(configs: pd.DataFrame, metric: str) -> list[str]:
+    """Configurations whose repeats disagree too much to rank them finely, and what to do."""
+    half = (configs[f"{metric}_ci_high"] - configs[f"{metric}_ci_low"]) / 2
+    wide = configs[half > UNSTABLE_HALF_WIDTH * configs[metric]]
+    if wide.empty:
+        return []
+    worst = wide.loc[(half[wide.index] / wide[metric]).idxmax()]
+    return [
+        f"{len(wide)} of {len(configs)} configurations are unstable (95 % interval wider than "
+        f"±{UNSTABLE_HALF_WIDTH:.0%} of the mean), e.g. {label(worst)}: "
+        f"{worst[f'{metric}_ci_low']:,.0f}–{worst[f'{metric}_ci_high']:,.0f} around "
+        f"{worst[metric]:,.0f}; more repeats (sweep.repeats) or a bigger backlog narrow it"
+    ]

@@ -1,0 +1,306 @@
+"""`python -m lab.report RUN_DIR`: write RUN_DIR/report.html, one self-contained file to share.
+
+The report opens offline in any browser and can be attached to a ticket: figures are embedded
+as base64 PNG, the style sheet is inline, nothing is fetched. It shows the scenario, the machine,
+the recommendation and its reasons, the warnings, every standard figure, the table of
+configurations and the scalability fits. Everything that comes from the scenario or the
+manifest is escaped (a scenario is user input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import sys
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from lab.analysis import Analysis, Run, analyze, load_run
+from lab.errors import LabError
+from lab.explain import label
+from lab.plots import STANDARD
+from lab.results import RunFolder
+
+#: Resolution of the embedded figures: sharp on a laptop screen, ~100 kB each.
+DPI = 100
+
+_CSS = """
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222;
+       max-width: 1320px; margin: 2em auto; padding: 0 1.5em; }
+h1 { font-size: 1.7em; margin-bottom: 0.1em; } h2 { border-bottom: 1px solid #ddd; margin-top: 2em; }
+.sub { color: #666; margin-top: 0; }
+.box { border-radius: 6px; padding: 0.8em 1.2em; margin: 1em 0; }
+.pick { background: #eef7ee; border: 1px solid #7bb77b; }
+.none { background: #fbeaea; border: 1px solid #d08080; }
+.warn { background: #fff7e0; border: 1px solid #e0b84c; }
+.pick .config { font-size: 1.45em; font-weight: 600; }
+.figs { display: flex; flex-wrap: wrap; gap: 1.2em 2em; margin-right: 1em; }
+.figs span { white-space: nowrap; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-style: italic; }
+.wide { overflow-x: auto; }
+table { border-collapse: collapse; font-size: 13px; margin: 0.5em 0; }
+th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
+td { white-space: nowrap; } td.l { white-space: normal; min-width: 16em; }
+th { background: #f4f4f4; position: sticky; top: 0; } td.l, th.l { text-align: left; }
+tr.chosen td { background: #fff3b0; font-weight: 600; } tr.out td { color: #999; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 2px 1.2em; }
+dt { color: #666; } dd { margin: 0; }
+pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 13px; }
+"""
+
+
+def figure_png(fig: Figure) -> str:
+    """A figure as a base64 PNG data URI."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _num(value: Any, fmt: str = ",.0f") -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "–"
+    return format(value, fmt)
+
+
+def _recommendation(rec: dict[str, Any]) -> str:
+    reasons = "".join(f"<li>{escape(r)}</li>" for r in rec["reasons"])
+    config = rec["config"]
+    if config is None:
+        return f'<div class="box none"><p class="config"><b>No configuration recommended.</b></p><ul>{reasons}</ul></div>'
+    f = rec["figures"]
+    interval = (
+        f" (95 % CI {_num(f['items_per_s_ci_low'])}–{_num(f['items_per_s_ci_high'])})"
+        if f.get("items_per_s_ci_low") is not None
+        else ""
+    )
+    figures = [
+        f"<b>{_num(f['items_per_s'])} items/s</b>{interval}",
+        f"{_num(f['jobs_per_s'], ',.1f')} jobs/s",
+        f"p50 {_num(f['latency_p50_ms'])} ms",
+        f"p99 {_num(f['latency_p99_ms'])} ms",
+        f"errors {_num(f['error_rate'], '.1%')}",
+        f"{f['repeats']} repeat(s)",
+    ]
+    spans = "".join(f"<span>{x}</span>" for x in figures)  # numbers only: nothing to escape
+    runners = "".join(
+        f"<li>{escape(label(r['config']))}: {_num(r['figures']['items_per_s'])} items/s, "
+        f"p99 {_num(r['figures']['latency_p99_ms'])} ms"
+        f"{' (within noise of the best)' if r.get('within_noise') else ''}</li>"
+        for r in rec["runners_up"]
+    )
+    return (
+        '<div class="box pick"><p class="config">'
+        f"num_workers = {config['num_workers']}, instances = {config['instances']}, "
+        f"batch_size = {config['batch_size']}</p>"
+        f'<p class="figs">{spans}</p><h3>Why</h3><ul>{reasons}</ul>'
+        f"<h3>Runners-up</h3><ul>{runners or '<li>none</li>'}</ul></div>"
+    )
+
+
+_TABLE = [
+    ("num_workers", "num_workers", "d"), ("instances", "instances", "d"),
+    ("batch_size", "batch_size", "d"), ("concurrency", "concurrency", "d"),
+    ("repeats", "repeats", "d"), ("items_per_s", "items/s", ",.0f"),
+    ("items_per_s_ci", "95 % CI", ""),
+    ("jobs_per_s", "jobs/s", ",.1f"), ("latency_p50_ms", "p50 ms", ",.0f"),
+    ("latency_p99_ms", "p99 ms", ",.0f"), ("latency_p99_worst_ms", "worst p99 ms", ",.0f"),
+    ("error_rate", "errors", ".1%"), ("retries", "retries", ",.0f"),
+    ("service_rejected", "429s", ",.0f"), ("bound_ratio", "of bound", ".0%"),
+    ("workers_cores", "worker cores", ".2f"),
+]  # fmt: skip
+
+
+def _configs_table(analysis: Analysis) -> str:
+    head = "".join(f"<th>{escape(title)}</th>" for _, title, _ in _TABLE)
+    rows = []
+    metric = analysis.objective.maximize
+    for _, row in analysis.configs.sort_values(metric, ascending=False).iterrows():
+        row = row.copy()
+        row["items_per_s_ci"] = (
+            "–"
+            if pd.isna(row["items_per_s_ci_low"])
+            else f"{row['items_per_s_ci_low']:,.0f}–{row['items_per_s_ci_high']:,.0f}"
+        )
+        cells = "".join(
+            f"<td>{_num(row[col], fmt) if fmt else row[col]}</td>" for col, _, fmt in _TABLE
+        )
+        flags = list(row["slo_problems"])
+        if bool(row["harness_saturated"]):
+            flags.append("harness-saturated: not trusted")
+        elif bool(row["machine_saturated"]):
+            flags.append("all cores busy")
+        chosen = analysis.chosen is not None and label(row) == label(analysis.chosen)
+        css = "chosen" if chosen else ("out" if row["slo_problems"] else "")
+        note = "recommended" if chosen else "; ".join(flags)
+        rows.append(f'<tr class="{css}">{cells}<td class="l">{escape(note)}</td></tr>')
+    table = f'<table><tr>{head}<th class="l">notes</th></tr>{"".join(rows)}</table>'
+    return f'<div class="wide">{table}</div>'
+
+
+def _fits_table(analysis: Analysis) -> str:
+    rows = "".join(
+        f"<tr><td>{f.batch_size}</td><td>{f.levels}</td><td>{_num(f.lambda_, ',.1f')}</td>"
+        f"<td>{_num(f.sigma, '.3f')}</td><td>{_num(f.kappa, '.2e')}</td>"
+        f"<td>{_num(f.r_squared, '.2f')}</td><td>{_num(f.peak_concurrency, ',.0f')}</td>"
+        f"<td>{_num(f.peak_items_per_s, ',.0f')}</td><td>{_num(f.measured_max_items_per_s, ',.0f')}</td>"
+        f'<td class="l">{escape(f.skipped or "")}</td></tr>'
+        for f in analysis.fits
+    )
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("batch_size", "levels", "λ items/s per slot", "σ", "κ", "R²", "peak N*",
+                  "X(N*) items/s", "best measured")
+    )  # fmt: skip
+    return (
+        "<p>X(N) = λN / (1 + σ(N−1) + κN(N−1)), fitted to items/s against total concurrency N: "
+        "σ is contention (the part that serialises), κ crosstalk (it makes throughput fall "
+        "past N* = √((1−σ)/κ)).</p>"
+        f'<table><tr>{head}<th class="l">skipped</th></tr>{rows}</table>'
+    )
+
+
+def _definitions(items: Sequence[tuple[str, Any]]) -> str:
+    return (
+        "<dl>"
+        + "".join(f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in items)
+        + "</dl>"
+    )
+
+
+def _scenario(run: Run) -> str:
+    s = run.scenario
+    w, sweep, o = s.workload, s.sweep, s.objective
+    services = "; ".join(
+        f"{name}: {spec.kind}, capacity {spec.capacity}, queue {spec.queue}, "
+        f"latency {_latency(spec.latency.model_dump(exclude_none=True))}, "
+        f"per item {spec.per_item_ms:g} ms"
+        + (f", rate limit {spec.rate_limit.per_s:g}/s" if spec.rate_limit else "")
+        for name, spec in s.services.items()
+    )
+    text = (run.path / "scenario.yaml").read_text() if (run.path / "scenario.yaml").exists() else ""
+    return (
+        _definitions(
+            [
+                ("services", services),
+                (
+                    "job",
+                    f"{w.job} against {w.service}, {w.expected_items:,} items, arrival {w.arrival.kind}",
+                ),
+                (
+                    "grid",
+                    f"num_workers {list(sweep.num_workers)} × instances {list(sweep.instances)} × "
+                    f"batch_size {list(sweep.batch_size)}, {sweep.repeats} repeat(s)",
+                ),
+                ("objective", f"maximize {o.maximize}; prefer {', '.join(o.prefer) or '-'}"),
+                (
+                    "SLO",
+                    f"p99 ≤ {o.slo.p99_latency_ms:,.0f} ms, errors ≤ {o.slo.max_error_rate:.1%}"
+                    if o.slo.p99_latency_ms is not None
+                    else f"no p99 limit, errors ≤ {o.slo.max_error_rate:.1%}",
+                ),
+            ]
+        )
+        + f"<details><summary>scenario.yaml, as run</summary><pre>{escape(text)}</pre></details>"
+    )
+
+
+def _latency(fields: dict[str, Any]) -> str:
+    """{'dist': 'lognormal', 'median_ms': 15.0} -> 'lognormal, median_ms 15'."""
+    rest = ", ".join(
+        f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in fields.items()
+        if k != "dist"
+    )
+    return f"{fields.get('dist', '?')}{', ' + rest if rest else ''}"
+
+
+def _machine(run: Run) -> str:
+    m = run.manifest
+    keys = ["hostname", "platform", "cpu_count", "python", "lab_version", "broker", "seed",
+            "quick", "started_at", "finished_at", "status"]  # fmt: skip
+    return _definitions([(k, m[k]) for k in keys if k in m] + [("run folder", run.path)])
+
+
+def render_report(analysis: Analysis) -> str:
+    """The report's HTML text, self-contained. Needs an analysis of a run (`analyze(path)`)."""
+    if analysis.run is None:
+        raise ValueError("render_report needs an analysis made from a run folder (analyze(path))")
+    run = analysis.run
+    name = escape(run.scenario.name)
+    warnings = "".join(f"<li>{escape(w)}</li>" for w in analysis.warnings)
+    figures = (
+        "".join(
+            f'<figure><img alt="{escape(caption)}" src="{figure_png(make(analysis))}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>"
+            for caption, make in STANDARD.values()
+            if not analysis.configs.empty
+        )
+        or "<p>No trial finished: nothing to draw.</p>"
+    )
+    sections = [
+        f"<h1>{name}: which configuration to run</h1>",
+        f'<p class="sub">{escape(run.scenario.description)}<br>{len(analysis.trials)} trials, '
+        f"{len(analysis.configs)} configurations, run {escape(run.path.name)} "
+        f"({escape(str(run.manifest.get('status', '?')))})</p>",
+        "<h2>Recommendation</h2>",
+        _recommendation(analysis.recommendation),
+        f'<h2>Warnings</h2><div class="box warn"><ul>{warnings}</ul></div>' if warnings else "",
+        "<h2>Figures</h2>",
+        figures,
+        "<h2>Configurations</h2>",
+        "<p>Means over repeats; the interval is Student-t 95 % (none with one repeat). "
+        "<i>of bound</i>: throughput over the tighter of the Little's-law and capacity bounds. "
+        "Greyed: ruled out by the SLO, lost items or a timeout.</p>",
+        _configs_table(analysis),
+        "<h2>Scalability fit (Universal Scalability Law)</h2>",
+        _fits_table(analysis),
+        "<h2>Scenario</h2>",
+        _scenario(run),
+        "<h2>Machine and run</h2>",
+        _machine(run),
+    ]
+    body = "\n".join(sections)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{name}: lab report</title><style>{_CSS}</style></head>\n"
+        f"<body>\n{body}\n</body></html>\n"
+    )
+
+
+def write_report(run_dir: str | Path, *, analysis: Analysis | None = None) -> Path:
+    """Write RUN_DIR/report.html (replacing an older one) and return its path."""
+    folder = RunFolder.open(Path(run_dir))
+    if analysis is None or analysis.run is None:
+        analysis = analyze(load_run(folder.path))
+    path = folder.report_html
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render_report(analysis), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m lab.report", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder")
+    ns = parser.parse_args(argv)
+    try:
+        path = write_report(ns.run_dir)
+    except LabError as exc:
+        print(f"lab.report: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

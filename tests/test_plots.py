@@ -1,0 +1,80 @@
+"""Every standard figure renders, with a title, axis labels with units and a legend."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from lab import plots
+from lab.analysis import Analysis, analyze_trials
+from lab.scenario import Objective
+from tests.test_analysis import SERVICE, grid, plateau
+
+UNITS = (
+    "(items/s)",
+    "(ms",
+    "(%)",
+    "per trial",
+    "(async slots per instance)",
+    "(num_workers × instances)",
+    "(worker processes)",
+)
+
+
+@pytest.fixture(scope="module")
+def analysis() -> Analysis:
+    """Two batch sizes, two instance counts, an SLO that rules out the slowest corner."""
+    batch_1 = grid(plateau, repeats=2, noise=0.02, workers=(1, 4, 16))
+    batch_50 = grid(
+        lambda nw, inst: 40 * plateau(nw, inst), repeats=2, noise=0.02, workers=(1, 4, 16)
+    )
+    batch_50["batch_size"] = 50
+    trials = pd.concat([batch_1, batch_50], ignore_index=True)
+    trials.loc[trials["concurrency"] == 1, "latency_p99_ms"] = 3000.0
+    trials.loc[trials["concurrency"] == 32, ["service_rejected", "retries"]] = [40, 12]
+    objective = Objective.model_validate({"slo": {"p99_latency_ms": 2000}})
+    return analyze_trials(trials, objective, service=SERVICE)
+
+
+def texts(fig: Figure) -> list[str]:
+    return [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+
+
+@pytest.mark.parametrize("name", list(plots.STANDARD))
+def test_each_figure_renders_with_a_title_labelled_axes_and_a_legend(
+    analysis: Analysis, name: str
+) -> None:
+    fig = plots.STANDARD[name][1](analysis)
+    assert isinstance(fig, Figure)
+    assert fig.get_suptitle()
+    data_axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    for ax in data_axes:
+        for axis_label in (ax.get_xlabel(), ax.get_ylabel()):
+            assert axis_label and any(u in axis_label for u in UNITS), (name, axis_label)
+    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert legends and all(leg.get_texts() for leg in legends)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=40)
+    assert png.getvalue().startswith(b"\x89PNG")
+
+
+def test_batch_panels_and_the_marks_follow_the_data(analysis: Analysis) -> None:
+    fig = plots.throughput_vs_workers(analysis)
+    assert [ax.get_title() for ax in fig.axes] == ["batch_size 1", "batch_size 50"]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"1 instance", "2 instances", "service capacity bound", "recommended"} <= set(legend)
+    assert "SLO p99 2,000 ms" in texts(plots.latency_vs_concurrency(analysis))
+    heat = texts(plots.heatmap(analysis))
+    assert sum(t.endswith("\n✗") for t in heat) == 2  # 1 slot x 1 instance: p99 over the SLO
+    assert analysis.chosen is not None
+    chosen = (
+        f"recommended: nw{analysis.chosen['num_workers']}-in{analysis.chosen['instances']}-bs50"
+    )
+    assert chosen in texts(plots.frontier(analysis))
+
+
+def test_standard_figures_returns_every_figure_in_order(analysis: Analysis) -> None:
+    assert list(plots.standard_figures(analysis)) == list(plots.STANDARD)
