@@ -196,6 +196,9 @@ def per_config(trials: pd.DataFrame) -> pd.DataFrame:
         bound_items_per_s=("bound_items_per_s", "mean"),
         bound_ratio=("bound_ratio", "mean"),
         workers_cores=("workers_cores", "mean"),
+        web_p50_ms=("web_p50_ms", "mean"),
+        web_p99_ms=("web_p99_ms", "mean"),
+        web_requests_per_s=("web_requests_per_s", "mean"),
     )
     for metric in ("items_per_s", "jobs_per_s"):
         intervals = grouped[metric].agg(lambda s: confidence_interval(s))[metric]

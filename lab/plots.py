@@ -374,6 +374,49 @@ def comparison(analysis: Analysis, rows: dict[str, pd.Series]) -> Figure:
     return fig
 
 
+def has_web(analysis: Analysis) -> bool:
+    """True when the run had web traffic (Locust figures in its trials)."""
+    rates = analysis.configs.get("web_requests_per_s")
+    return rates is not None and bool((rates.fillna(0) > 0).any())
+
+
+def web_latency_vs_workers(analysis: Analysis) -> Figure:
+    """The web's own response time (from Locust) vs num_workers, a line per placement: what
+    running the job slots inside the web process costs its users."""
+    fig, axes, batches = _panels(analysis, "Web response time vs num_workers (Locust)")
+    configs = analysis.configs
+    placements = sorted(configs["placement"].unique()) if "placement" in configs else ["separate"]
+    for ax, batch in zip(axes[0], batches, strict=True):
+        part = configs[configs["batch_size"] == batch]
+        for color, placement in zip(_PALETTE, placements, strict=False):
+            for instances, group in part[part["placement"] == placement].groupby("instances"):
+                group = group.sort_values("num_workers")
+                tag = f"{placement}, {instances} instance{'s' if instances != 1 else ''}"
+                ax.plot(
+                    group["num_workers"],
+                    group["web_p99_ms"],
+                    marker="o",
+                    color=color,
+                    label=f"p99, {tag}",
+                )
+                ax.plot(
+                    group["num_workers"],
+                    group["web_p50_ms"],
+                    marker=".",
+                    linestyle=":",
+                    color=color,
+                    label=f"p50, {tag}",
+                )
+        _log2_x(ax, part["num_workers"])
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"batch_size {batch}")
+        ax.set_xlabel("num_workers (job slots per instance)")
+        ax.set_ylabel("web response time (ms)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
 #: The report's figures, in order: name -> (caption, function).
 STANDARD: dict[str, tuple[str, Callable[[Analysis], Figure]]] = {
     "throughput": (
@@ -387,6 +430,13 @@ STANDARD: dict[str, tuple[str, Callable[[Analysis], Figure]]] = {
 }
 
 
+WEB_CAPTION = "Web response time (p99 and p50, from Locust) vs num_workers, by placement"
+
+
 def standard_figures(analysis: Analysis) -> dict[str, Figure]:
-    """Every standard figure, by name (the order the report shows them)."""
-    return {name: make(analysis) for name, (_, make) in STANDARD.items()}
+    """Every standard figure, by name (the order the report shows them); the web figure when
+    the run had web traffic."""
+    figures = {name: make(analysis) for name, (_, make) in STANDARD.items()}
+    if has_web(analysis):
+        figures["web"] = web_latency_vs_workers(analysis)
+    return figures

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from lab.analysis import Analysis, Run, analyze, load_run
 from lab.errors import LabError
 from lab.explain import label
-from lab.plots import STANDARD
+from lab.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
 from lab.results import RunFolder
 
 #: Resolution of the embedded figures: sharp on a laptop screen, ~100 kB each.
@@ -228,6 +228,19 @@ def _machine(run: Run) -> str:
     return _definitions([(k, m[k]) for k in keys if k in m] + [("run folder", run.path)])
 
 
+def _web_section(analysis: Analysis) -> str:
+    """Web response times against num_workers for each placement, when there was web traffic."""
+    if analysis.configs.empty or not has_web(analysis):
+        return ""
+    return (
+        "<h2>Web response times</h2><p>Locust's view of the app under test. With "
+        "<i>colocated</i> placement the job slots share the web process's event loop, so the "
+        "jobs' CPU shows up here; with <i>separate</i> placement the web app only enqueues.</p>"
+        f'<figure><img alt="{escape(WEB_CAPTION)}" src="{figure_png(web_latency_vs_workers(analysis))}">'
+        f"<figcaption>{escape(WEB_CAPTION)}</figcaption></figure>"
+    )
+
+
 def render_report(analysis: Analysis) -> str:
     """The report's HTML text, self-contained. Needs an analysis of a run (`analyze(path)`)."""
     if analysis.run is None:
@@ -254,6 +267,7 @@ def render_report(analysis: Analysis) -> str:
         f'<h2>Warnings</h2><div class="box warn"><ul>{warnings}</ul></div>' if warnings else "",
         "<h2>Figures</h2>",
         figures,
+        _web_section(analysis),
         "<h2>Configurations</h2>",
         "<p>Means over repeats; the interval is Student-t 95 % (none with one repeat). "
         "<i>of bound</i>: throughput over the tighter of the Little's-law and capacity bounds. "

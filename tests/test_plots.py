@@ -78,3 +78,21 @@ def test_batch_panels_and_the_marks_follow_the_data(analysis: Analysis) -> None:
 
 def test_standard_figures_returns_every_figure_in_order(analysis: Analysis) -> None:
     assert list(plots.standard_figures(analysis)) == list(plots.STANDARD)
+
+
+def test_the_web_figure_draws_both_placements_when_there_was_web_traffic() -> None:
+    separate = grid(plateau, repeats=1, noise=0.0, workers=(1, 4, 16))
+    colocated = separate.assign(placement="colocated", trial_id=separate["trial_id"] + "-colo")
+    trials = pd.concat([separate.assign(placement="separate"), colocated], ignore_index=True)
+    trials["web_requests_per_s"] = 50.0
+    trials["web_p50_ms"] = 5.0
+    trials["web_p99_ms"] = 20.0 + (trials["placement"] == "colocated") * trials["num_workers"] * 10
+    web = analyze_trials(trials, Objective(), service=SERVICE)
+    assert plots.has_web(web)
+    fig = plots.standard_figures(web)["web"]
+    legend = texts(fig)
+    assert any("p99, colocated" in t for t in legend) and any("p99, separate" in t for t in legend)
+    assert fig.axes[0].get_ylabel() == "web response time (ms)"
+    assert "web" not in plots.standard_figures(
+        analyze_trials(separate, Objective(), service=SERVICE)
+    )
