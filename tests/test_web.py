@@ -87,10 +87,16 @@ def test_ctrl_c_during_a_locust_trial_leaves_no_process(tmp_path: Path) -> None:
     me = psutil.Process(sweep.pid)
     seen: set[int] = set()
 
+    def cmdline(p: psutil.Process) -> str:
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:  # it exited between the listing and the look
+            return ""
+
     def locust_running() -> bool:
         kids = me.children(recursive=True)
         seen.update(p.pid for p in kids)
-        return any("locust" in " ".join(p.cmdline()) for p in kids if p.is_running())
+        return any("locust" in cmdline(p) for p in kids)
 
     wait_for(locust_running, what="Locust to run", timeout_s=90)
     sweep.send_signal(signal.SIGINT)

@@ -213,7 +213,7 @@ def _serve_bare(ready_file: Path | None, *, low_level: bool) -> int:
     """
     from aiohttp import web
 
-    from lab.mocks.server import write_ready_file
+    from lab.aio import write_ready_file
 
     async def hello(request: web.BaseRequest) -> web.Response:
         return web.Response(text="hello")

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 from pathlib import Path
 
 from aiohttp import web
+
+from lab.aio import run_main, write_ready_file
 
 
 async def _sleep(request: web.Request) -> web.Response:
@@ -32,9 +33,7 @@ async def _serve(ready_file: Path) -> None:
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    tmp = ready_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"url": f"http://127.0.0.1:{port}", "pid": os.getpid()}))
-    tmp.rename(ready_file)
+    write_ready_file(ready_file, {"url": f"http://127.0.0.1:{port}", "pid": os.getpid()})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -47,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ready-file", type=Path, required=True)
     ns = parser.parse_args()
-    asyncio.run(_serve(ns.ready_file))
+    run_main(_serve(ns.ready_file), use_uvloop=False)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -33,6 +32,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from lab.aio import run_main, write_ready_file
 from lab.errors import LabError
 from lab.runtime.queue import QueueKeys, encode_job
 from lab.runtime.worker import Worker, WorkerSettings, build_parser, settings_from_args
@@ -115,9 +115,7 @@ async def serve(ns: argparse.Namespace, worker_settings: WorkerSettings | None) 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    tmp = ns.ready_file.with_name(ns.ready_file.name + ".tmp")
-    tmp.write_text(json.dumps({"pid": os.getpid(), "colocated": worker is not None}))
-    tmp.rename(ns.ready_file)
+    write_ready_file(ns.ready_file, {"pid": os.getpid(), "colocated": worker is not None})
     waiters = {asyncio.create_task(stop.wait())} | ({worker_task} if worker_task else set())
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     await runner.cleanup()  # stop taking requests first, then let the slots finish
@@ -153,12 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             worker_settings = settings_from_args(worker_ns)
         elif rest:
             p.error(f"unrecognized arguments: {' '.join(rest)} (worker flags need --colocated)")
-        with contextlib.suppress(ImportError):
-            import uvloop
-
-            uvloop.run(serve(ns, worker_settings))
-            return 0
-        asyncio.run(serve(ns, worker_settings))
+        run_main(serve(ns, worker_settings))
     except LabError as exc:
         print(f"lab.load.webapp: {exc}", file=sys.stderr)
         return exc.exit_code

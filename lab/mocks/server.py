@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from lab.aio import run_main, write_ready_file
 from lab.errors import ConfigError
 from lab.mocks.base import MockService, json_response
 from lab.mocks.database import DatabaseMock
@@ -178,13 +179,6 @@ async def run_mock(
         await runner.cleanup()
 
 
-def write_ready_file(path: Path, info: dict[str, Any]) -> None:
-    """Write then rename, so a polling parent never reads a half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 async def serve(
     spec: ServiceSpec,
     *,
@@ -223,14 +217,4 @@ def run(
 ) -> None:
     """Own an event loop (uvloop when installed) and `serve` on it until a stop signal."""
     check_loopback(sock.getsockname()[0] if sock is not None else host)
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        pass
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(
-            serve(spec, host=host, port=port, ready_file=ready_file, on_ready=on_ready, sock=sock)
-        )
+    run_main(serve(spec, host=host, port=port, ready_file=ready_file, on_ready=on_ready, sock=sock))

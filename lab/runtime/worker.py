@@ -39,6 +39,7 @@ import aiohttp
 import redis
 import redis.asyncio as aioredis
 
+from lab.aio import run_main
 from lab.errors import BrokerError, ConfigError, LabError
 from lab.runtime.jobs import BUILTINS, Handler, JobContext, JobError, execute, item_count, resolve
 from lab.runtime.queue import (
@@ -487,13 +488,7 @@ async def serve(settings: WorkerSettings) -> None:
 
 
 def run(settings: WorkerSettings, *, use_uvloop: bool = True) -> None:
-    if use_uvloop:
-        with contextlib.suppress(ImportError):
-            import uvloop
-
-            uvloop.run(serve(settings))
-            return
-    asyncio.run(serve(settings))
+    run_main(serve(settings), use_uvloop=use_uvloop)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
