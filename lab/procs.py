@@ -30,15 +30,22 @@ from lab.errors import ServiceError
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+_pending_stop: int | None = None  # the stop signal received, until it has been raised
+_defer_stop = 0  # > 0 while a child is being spawned: the signal is only recorded
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: ask for SIGTERM when the parent process dies."""
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """What the child runs before exec: ask for SIGTERM when the parent process dies (and exit
+    at once if it died already, between the fork and this call)."""
     libc_name = ctypes.util.find_library("c")
-    if libc_name is None:  # pragma: no cover - every glibc/musl Linux has one
-        return
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    def setup() -> None:
+        if libc_name is not None:  # every glibc/musl Linux has one
+            ctypes.CDLL(libc_name, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return setup
 
 
 @dataclass
@@ -96,6 +103,8 @@ def spawn(
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         out = log_path.open("ab")
+    global _defer_stop
+    _defer_stop += 1  # a stop signal now would orphan the child: hold it until it is ours
     try:
         popen = subprocess.Popen(
             list(argv),
@@ -105,14 +114,19 @@ def spawn(
             env=dict(env) if env is not None else None,
             start_new_session=True,
             pass_fds=tuple(pass_fds),
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=_die_with_parent(os.getpid()) if sys.platform.startswith("linux") else None,
         )
+    except BaseException:
+        _defer_stop -= 1
+        raise
     finally:
         if not isinstance(out, int):
             out.close()  # the child holds its own copy of the descriptor
     child = Child(name=name, popen=popen, log_path=log_path)
     log.debug("started %s (pid %d): %s", name, popen.pid, " ".join(argv))
     try:
+        _defer_stop -= 1
+        check_stop()  # a stop signal that came during the spawn lands here, with the child owned
         yield child
     finally:
         child.stop(grace_s=grace_s)
@@ -155,9 +169,6 @@ def wait_for(
         time.sleep(interval_s)
 
 
-_pending_stop: int | None = None  # the stop signal received, until it has been raised
-
-
 def _stop_exception(signum: int) -> BaseException:
     return KeyboardInterrupt() if signum == signal.SIGINT else SystemExit(128 + signum)
 
@@ -182,7 +193,8 @@ def stop_on_signals() -> Iterator[None]:
     def _raise(signum: int, frame: object) -> None:
         global _pending_stop
         _pending_stop = signum
-        raise _stop_exception(signum)
+        if _defer_stop == 0:
+            raise _stop_exception(signum)
 
     previous = {s: signal.signal(s, _raise) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
