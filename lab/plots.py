@@ -25,6 +25,7 @@ from lab.analysis import Analysis
 from lab.explain import label
 
 PANEL_W_IN, PANEL_H_IN = 4.8, 3.8
+MIN_FIGURE_W_IN = 7.5
 RECOMMENDED: dict[str, Any] = {
     "marker": "*",
     "s": 260,
@@ -35,12 +36,38 @@ RECOMMENDED: dict[str, Any] = {
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 
 
-def _panels(analysis: Analysis, title: str, rows: int = 1) -> tuple[Figure, np.ndarray, list[int]]:
-    batches = sorted(int(b) for b in analysis.configs["batch_size"].unique()) or [1]
-    fig = Figure(figsize=(PANEL_W_IN * len(batches), PANEL_H_IN * rows + 0.6), layout="constrained")
-    axes = np.asarray(fig.subplots(rows, len(batches), squeeze=False))
+Panel = tuple[int, str | None]  # (batch_size, placement or None when the run had one)
+
+
+def _panels(
+    analysis: Analysis, title: str, rows: int = 1, *, by_placement: bool = True
+) -> tuple[Figure, np.ndarray, list[Panel]]:
+    """A figure with a column of panels per batch size (and per placement, when the run swept
+    both, so that separate and co-located figures never share a line or a cell)."""
+    configs = analysis.configs
+    batches = sorted(int(b) for b in configs["batch_size"].unique()) or [1]
+    placements = sorted(configs["placement"].unique()) if "placement" in configs else []
+    if by_placement and len(placements) > 1:
+        panels: list[Panel] = [(b, p) for b in batches for p in placements]
+    else:
+        panels = [(b, None) for b in batches]
+    # wide enough for the title even with one panel: a clipped title reads badly in the report
+    width_in = max(PANEL_W_IN * len(panels), MIN_FIGURE_W_IN)
+    fig = Figure(figsize=(width_in, PANEL_H_IN * rows + 0.6), layout="constrained")
+    axes = np.asarray(fig.subplots(rows, len(panels), squeeze=False))
     fig.suptitle(title, fontsize=13, fontweight="bold")
-    return fig, axes, batches
+    return fig, axes, panels
+
+
+def _select(configs: pd.DataFrame, panel: Panel) -> pd.DataFrame:
+    batch, placement = panel
+    part = configs[configs["batch_size"] == batch]
+    return part if placement is None else part[part["placement"] == placement]
+
+
+def _title(panel: Panel) -> str:
+    batch, placement = panel
+    return f"batch_size {batch}" + (f", {placement}" if placement else "")
 
 
 def _log2_x(ax: Axes, values: Sequence[int]) -> None:
@@ -81,7 +108,7 @@ def throughput_vs_workers(analysis: Analysis) -> Figure:
     fig, axes, batches = _panels(analysis, "Throughput vs num_workers")
     instances = sorted(int(i) for i in configs["instances"].unique())
     for ax, batch in zip(axes[0], batches, strict=True):
-        part = configs[configs["batch_size"] == batch]
+        part = _select(configs, batch)
         top = part["items_per_s_ci_high"].fillna(part["items_per_s"]).max()
         for i, n_inst in enumerate(instances):
             line = part[part["instances"] == n_inst].sort_values("num_workers")
@@ -108,7 +135,7 @@ def throughput_vs_workers(analysis: Analysis) -> Figure:
         _log2_x(ax, part["num_workers"])
         ax.set_ylim(0, top * 1.15 if np.isfinite(top) and top > 0 else 1)
         _thousands(ax)
-        ax.set_title(f"batch_size {batch}")
+        ax.set_title(_title(batch))
         ax.set_xlabel("num_workers (async slots per instance)")
         ax.set_ylabel("throughput (items/s)")
         ax.grid(alpha=0.3)
@@ -137,7 +164,7 @@ def latency_vs_concurrency(analysis: Analysis) -> Figure:
         "latency_p99_ms": ("p99", "#d62728"),
     }
     for ax, batch in zip(axes[0], batches, strict=True):
-        part = configs[configs["batch_size"] == batch]
+        part = _select(configs, batch)
         by_n = part.groupby("concurrency")[list(styles)].mean().sort_index()
         for column, (name, color) in styles.items():
             ax.scatter(part["concurrency"], part[column], color=color, s=14, alpha=0.5)
@@ -148,7 +175,7 @@ def latency_vs_concurrency(analysis: Analysis) -> Figure:
             )
         _log2_x(ax, part["concurrency"])
         _log_y(ax)
-        ax.set_title(f"batch_size {batch}")
+        ax.set_title(_title(batch))
         ax.set_xlabel("total concurrency (num_workers × instances)")
         ax.set_ylabel("job latency, enqueue to done (ms)")
         ax.grid(alpha=0.3, which="both")
@@ -167,7 +194,7 @@ def heatmap(analysis: Analysis) -> Figure:
     workers = sorted(int(w) for w in configs["num_workers"].unique())
     instances = sorted(int(i) for i in configs["instances"].unique())
     for ax, batch in zip(axes[0], batches, strict=True):
-        part = configs[configs["batch_size"] == batch]
+        part = _select(configs, batch)
         grid = np.full((len(instances), len(workers)), np.nan)
         for _, row in part.iterrows():
             cell = instances.index(int(row["instances"])), workers.index(int(row["num_workers"]))
@@ -195,7 +222,7 @@ def heatmap(analysis: Analysis) -> Figure:
                 )
         ax.set_xticks(range(len(workers)), [str(w) for w in workers])
         ax.set_yticks(range(len(instances)), [str(i) for i in instances])
-        ax.set_title(f"batch_size {batch}")
+        ax.set_title(_title(batch))
         ax.set_xlabel("num_workers (async slots per instance)")
         ax.set_ylabel("instances (worker processes)")
     handles: list[Artist] = [
@@ -294,7 +321,7 @@ def errors_vs_concurrency(analysis: Analysis) -> Figure:
     )
     limit = analysis.objective.slo.max_error_rate
     for top, bottom, batch in zip(axes[0], axes[1], batches, strict=True):
-        part = configs[configs["batch_size"] == batch]
+        part = _select(configs, batch)
         by_n = part.groupby("concurrency")[["service_rejected", "retries", "error_rate"]].max()
         top.plot(
             by_n.index,
@@ -333,7 +360,7 @@ def errors_vs_concurrency(analysis: Analysis) -> Figure:
             )
         bottom.set_ylim(bottom=0, top=max(limit * 100 * 2, by_n["error_rate"].max() * 110, 1))
         _thousands(top)
-        top.set_title(f"batch_size {batch}")
+        top.set_title(_title(batch))
         top.set_ylabel("count per trial")
         bottom.set_ylabel("jobs failed for good (%)")
     handles = [h for ax in (axes[0][0], axes[1][0]) for h in ax.get_legend_handles_labels()[0]]
@@ -383,11 +410,13 @@ def has_web(analysis: Analysis) -> bool:
 def web_latency_vs_workers(analysis: Analysis) -> Figure:
     """The web's own response time (from Locust) vs num_workers, a line per placement: what
     running the job slots inside the web process costs its users."""
-    fig, axes, batches = _panels(analysis, "Web response time vs num_workers (Locust)")
+    fig, axes, batches = _panels(
+        analysis, "Web response time vs num_workers (Locust)", by_placement=False
+    )
     configs = analysis.configs
     placements = sorted(configs["placement"].unique()) if "placement" in configs else ["separate"]
     for ax, batch in zip(axes[0], batches, strict=True):
-        part = configs[configs["batch_size"] == batch]
+        part = _select(configs, batch)
         for color, placement in zip(_PALETTE, placements, strict=False):
             for instances, group in part[part["placement"] == placement].groupby("instances"):
                 group = group.sort_values("num_workers")
@@ -409,7 +438,7 @@ def web_latency_vs_workers(analysis: Analysis) -> Figure:
                 )
         _log2_x(ax, part["num_workers"])
         ax.set_ylim(bottom=0)
-        ax.set_title(f"batch_size {batch}")
+        ax.set_title(_title(batch))
         ax.set_xlabel("num_workers (job slots per instance)")
         ax.set_ylabel("web response time (ms)")
         ax.grid(alpha=0.3)

@@ -199,7 +199,9 @@ def _recommendation_line(rec: dict[str, object]) -> str:
     assert isinstance(f, dict)
     return (
         f"recommended: num_workers={config['num_workers']} instances={config['instances']} "
-        f"batch_size={config['batch_size']} -> {f['items_per_s']:,.0f} items/s, "
+        f"batch_size={config['batch_size']}"
+        + (f" placement={config['placement']}" if "placement" in config else "")
+        + f" -> {f['items_per_s']:,.0f} items/s, "
         f"p99 {f['latency_p99_ms']:,.0f} ms, errors {f['error_rate']:.1%} (mean of {f['repeats']} repeat(s))"
     )
 

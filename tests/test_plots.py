@@ -96,3 +96,13 @@ def test_the_web_figure_draws_both_placements_when_there_was_web_traffic() -> No
     assert "web" not in plots.standard_figures(
         analyze_trials(separate, Objective(), service=SERVICE)
     )
+
+
+def test_a_run_with_both_placements_gets_a_panel_for_each() -> None:
+    separate = grid(plateau, repeats=1, noise=0.0, workers=(1, 4, 16))
+    colocated = separate.assign(placement="colocated", trial_id=separate["trial_id"] + "-colo")
+    trials = pd.concat([separate.assign(placement="separate"), colocated], ignore_index=True)
+    both = analyze_trials(trials, Objective(), service=SERVICE)
+    for make in (plots.throughput_vs_workers, plots.heatmap):
+        titles = [ax.get_title() for ax in make(both).axes if ax.get_label() != "<colorbar>"]
+        assert titles == ["batch_size 1, colocated", "batch_size 1, separate"]
