@@ -320,7 +320,9 @@ class Worker:
                 self._exchange_sha, self._exchange_keys, args + acks + events + retries + dead
             )
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            # Not sent (or lost): keep the outcomes for the next try. Jobs stay claimed meanwhile.
+            # Keep the outcomes for the next try; jobs stay claimed meanwhile. Acks are idempotent,
+            # but if the script ran and only its reply was lost, these events are written twice
+            # and the jobs it claimed wait in our processing hash until we stop (then go back).
             log.warning("exchange with the broker failed (%s); retrying", exc)
             self._acks, self._events = acks + self._acks, events + self._events
             self._retries, self._dead = retries + self._retries, dead + self._dead
