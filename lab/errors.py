@@ -6,6 +6,9 @@ a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class LabError(Exception):
     """A problem the user can fix: the message says what, where and what to do next."""
@@ -25,3 +28,16 @@ class BrokerError(LabError):
 
 class ServiceError(LabError):
     """A mock service or a worker process failed to start or answer."""
+
+
+def exit_status(prog: str, body: Callable[[], object]) -> int:
+    """Run a CLI's body: a LabError becomes one line on stderr and its exit code, 0 otherwise.
+
+    Anything else is a bug and keeps its traceback.
+    """
+    try:
+        body()
+    except LabError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0

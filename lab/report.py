@@ -22,7 +22,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lab.analysis import Analysis, Run, analyze, load_run
-from lab.errors import LabError
+from lab.errors import exit_status
 from lab.explain import label
 from lab.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
 from lab.results import RunFolder
@@ -307,13 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder")
     ns = parser.parse_args(argv)
-    try:
-        path = write_report(ns.run_dir)
-    except LabError as exc:
-        print(f"lab.report: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(path)
-    return 0
+    return exit_status("lab.report", lambda: print(write_report(ns.run_dir)))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from lab.aio import run_main, write_ready_file
-from lab.errors import LabError
+from lab.errors import exit_status
 from lab.runtime.queue import QueueKeys, encode_job
 from lab.runtime.worker import Worker, WorkerSettings, build_parser, settings_from_args
 
@@ -142,20 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-file", type=Path, required=True)
     p.add_argument("--colocated", action="store_true", help="run the job slots in this process")
     ns, rest = p.parse_known_args(argv)
-    try:
+    if rest and not ns.colocated:
+        p.error(f"unrecognized arguments: {' '.join(rest)} (worker flags need --colocated)")
+
+    def serve_app() -> None:
         worker_settings = None
         if ns.colocated:
-            worker_ns = build_parser().parse_args(
-                ["--broker", ns.broker, "--queue", ns.queue, "--job", ns.job, *rest]
-            )
-            worker_settings = settings_from_args(worker_ns)
-        elif rest:
-            p.error(f"unrecognized arguments: {' '.join(rest)} (worker flags need --colocated)")
+            worker_args = ["--broker", ns.broker, "--queue", ns.queue, "--job", ns.job, *rest]
+            worker_settings = settings_from_args(build_parser().parse_args(worker_args))
         run_main(serve(ns, worker_settings))
-    except LabError as exc:
-        print(f"lab.load.webapp: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+
+    return exit_status("lab.load.webapp", serve_app)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lab.errors import ConfigError, LabError
+from lab.errors import ConfigError, exit_status
 from lab.mocks.server import run
 from lab.mocks.spec import KINDS, ServiceSpec, parse_spec
 
@@ -102,21 +102,19 @@ def _as_list(value: Any) -> list[Any]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        spec = spec_from_args(args)
+
+    def serve() -> None:
         sock = socket.socket(fileno=args.listen_fd) if args.listen_fd is not None else None
         run(
-            spec,
+            spec_from_args(args),
             host=args.host,
             port=args.port,
             ready_file=args.ready_file,
             on_ready=lambda url: print(url, flush=True),
             sock=sock,
         )
-    except LabError as exc:
-        print(f"lab.mocks: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+
+    return exit_status("lab.mocks", serve)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ import redis
 import redis.asyncio as aioredis
 
 from lab.aio import run_main
-from lab.errors import BrokerError, ConfigError, LabError
+from lab.errors import BrokerError, ConfigError, exit_status
 from lab.runtime.jobs import BUILTINS, Handler, JobContext, JobError, execute, item_count, resolve
 from lab.runtime.queue import (
     DEAD,
@@ -498,13 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=ns.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    try:
-        settings = settings_from_args(ns)
-        run(settings, use_uvloop=ns.loop == "uvloop")
-    except LabError as exc:
-        print(f"lab.runtime.worker: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return exit_status(
+        "lab.runtime.worker", lambda: run(settings_from_args(ns), use_uvloop=ns.loop == "uvloop")
+    )
 
 
 if __name__ == "__main__":
