@@ -55,8 +55,6 @@ def test_kill_9_loses_no_job(queue: Queue, start_worker: StartWorker) -> None:
 
     counts = ok_counts(queue.events())
     assert set(counts) == set(ids), "a job was lost"
-    duplicates = sum(counts.values()) - len(counts)
-    assert duplicates >= 0
     assert queue.stats()["recovered"] == held
     assert queue.stats()["done"] == sum(counts.values())
     assert queue.client.sismember(queue.keys.instances, "w1") == 0
