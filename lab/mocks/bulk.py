@@ -73,13 +73,16 @@ def parse_bulk(body: bytes, default_index: str | None) -> list[BulkOp]:
     return ops
 
 
-def _action_line(line: bytes, line_no: int) -> tuple[str, dict[str, object]]:
+def _parse_line(line: bytes, what: str, line_no: int) -> object:
+    """One NDJSON line, or the json_parse_exception OpenSearch answers for a malformed one."""
     try:
-        data = json.loads(line)
+        return json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BulkError(
-            "json_parse_exception", f"Malformed action/metadata line [{line_no}]"
-        ) from None
+        raise BulkError("json_parse_exception", f"Malformed {what} line [{line_no}]") from None
+
+
+def _action_line(line: bytes, line_no: int) -> tuple[str, dict[str, object]]:
+    data = _parse_line(line, "action/metadata", line_no)
     if not isinstance(data, dict) or len(data) != 1:
         raise BulkError(
             "illegal_argument_exception",
@@ -96,10 +99,5 @@ def _action_line(line: bytes, line_no: int) -> tuple[str, dict[str, object]]:
 
 
 def _is_upsert(line: bytes, line_no: int) -> bool:
-    try:
-        source = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise BulkError(
-            "json_parse_exception", f"Malformed update source line [{line_no}]"
-        ) from None
+    source = _parse_line(line, "update source", line_no)
     return isinstance(source, dict) and (bool(source.get("doc_as_upsert")) or "upsert" in source)
