@@ -12,22 +12,22 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Analysis": "lab.analysis",
-    "Broker": "lab.broker",
+    "Analysis": "lab.analysis.configs",
+    "Broker": "lab.infra.broker",
     "BrokerError": "lab.errors",
     "ConfigError": "lab.errors",
     "JobEvent": "lab.runtime.queue",
     "LabError": "lab.errors",
     "Queue": "lab.runtime.queue",
     "RunFolder": "lab.results",
-    "Scenario": "lab.scenario",
+    "Scenario": "lab.scenario.spec",
     "ServiceError": "lab.errors",
-    "analyze": "lab.analysis",
-    "load_run": "lab.analysis",
-    "load_scenario": "lab.scenario",
-    "run_sweep": "lab.sweep",
-    "start_broker": "lab.broker",
-    "write_report": "lab.report",
+    "analyze": "lab.analysis.configs",
+    "load_run": "lab.analysis.configs",
+    "load_scenario": "lab.scenario.spec",
+    "run_sweep": "lab.sweep.runner",
+    "start_broker": "lab.infra.broker",
+    "write_report": "lab.report.html",
 }
 
 __all__ = [
@@ -50,14 +50,14 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from lab.analysis import Analysis, analyze, load_run
-    from lab.broker import Broker, start_broker
+    from lab.analysis.configs import Analysis, analyze, load_run
     from lab.errors import BrokerError, ConfigError, LabError, ServiceError
-    from lab.report import write_report
+    from lab.infra.broker import Broker, start_broker
+    from lab.report.html import write_report
     from lab.results import RunFolder
     from lab.runtime.queue import JobEvent, Queue
-    from lab.scenario import Scenario, load_scenario
-    from lab.sweep import run_sweep
+    from lab.scenario.spec import Scenario, load_scenario
+    from lab.sweep.runner import run_sweep
 
 
 def __getattr__(name: str) -> Any:

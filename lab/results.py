@@ -6,7 +6,7 @@ results/<scenario>/<YYYYmmdd-HHMMSS>/
     trials.csv             one row per trial (columns: TRIAL_COLUMNS)
     jobs.parquet/          per-job events, one parquet file per trial (read it as one dataset)
     services/<trial>.json  each mock service's statistics for the trial
-    recommendation.json    the chosen configuration, its figures and the reasons (lab.analysis)
+    recommendation.json    the chosen configuration, its figures and the reasons (lab.analysis.configs)
     report.html            the self-contained report (lab.report)
     logs/<trial>/          worker and mock logs
 
@@ -34,7 +34,7 @@ import pandas as pd
 
 from lab.errors import ConfigError
 from lab.runtime.queue import JobEvent
-from lab.scenario import Scenario, load_scenario
+from lab.scenario.spec import Scenario, load_scenario
 
 #: Layout history: 1 = the first layout (this docstring); 2 = trials.csv gains `placement` and
 #: the web (Locust) columns. Readers accept older layouts and fill the columns they lack.

@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lab.broker import Broker, start_broker
-from lab.procs import Child, env_with_pythonpath, python_module_argv, spawn, wait_for
+from lab.infra.broker import Broker, start_broker
+from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn, wait_for
 from lab.runtime.queue import Queue
 
 

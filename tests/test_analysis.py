@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lab.analysis import (
+from lab.analysis.configs import (
     SCHEMA_VERSION,
     analyze,
     analyze_trials,
@@ -21,10 +21,10 @@ from lab.analysis import (
     per_config,
     recommend,
 )
+from lab.analysis.usl import fit_usl, usl
 from lab.mocks.spec import ServiceSpec
 from lab.results import TRIAL_COLUMNS
-from lab.scenario import Objective
-from lab.usl import fit_usl, usl
+from lab.scenario.spec import Objective
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "results" / "examples"
 SERVICE = ServiceSpec.model_validate(

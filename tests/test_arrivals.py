@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from lab.load.arrivals import arrival_offsets, group_into_jobs, produce
+from lab.producers.arrivals import arrival_offsets, group_into_jobs, produce
 from lab.runtime.queue import Queue, decode_job
-from lab.scenario import Backlog, Poisson, Ramp
+from lab.scenario.spec import Backlog, Poisson, Ramp
 
 
 def test_backlog_arrives_at_once() -> None:

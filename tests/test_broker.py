@@ -11,9 +11,9 @@ import psutil
 import pytest
 import redis
 
-from lab.broker import Broker, find_redis_server, start_broker
 from lab.errors import BrokerError
-from lab.procs import env_with_pythonpath, wait_for
+from lab.infra.broker import Broker, find_redis_server, start_broker
+from lab.infra.procs import env_with_pythonpath, wait_for
 
 
 def gone(pid: int) -> bool:
@@ -75,8 +75,8 @@ def test_exception_inside_the_block_stops_the_server() -> None:
 _PARENT = textwrap.dedent(
     """
     import sys, time
-    from lab.broker import start_broker
-    from lab.procs import stop_on_signals
+    from lab.infra.broker import start_broker
+    from lab.infra.procs import stop_on_signals
     with stop_on_signals(), start_broker() as broker:
         print(broker.child.pid, flush=True)
         if sys.argv[1] == "return":

@@ -14,8 +14,8 @@ import pytest
 from opensearchpy import NotFoundError, OpenSearch
 from opensearchpy.helpers import BulkIndexError, bulk
 
+from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn, wait_for
 from lab.mocks import parse_spec, spec_to_json
-from lab.procs import Child, env_with_pythonpath, python_module_argv, spawn, wait_for
 
 
 @contextlib.contextmanager

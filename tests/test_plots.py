@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from lab import plots
-from lab.analysis import Analysis, analyze_trials
-from lab.scenario import Objective
+from lab.analysis.configs import Analysis, analyze_trials
+from lab.report import plots
+from lab.scenario.spec import Objective
 from tests.test_analysis import SERVICE, grid, plateau
 
 UNITS = (

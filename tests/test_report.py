@@ -14,10 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lab.analysis import analyze
-from lab.plots import STANDARD
-from lab.report import main, render_report, write_report
-from lab.sweep import run_sweep
+from lab.analysis.configs import analyze
+from lab.report.html import main, render_report, write_report
+from lab.report.plots import STANDARD
+from lab.sweep.runner import run_sweep
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "results" / "examples" / "quickstart"
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lab.procs import env_with_pythonpath, python_module_argv, wait_for
+from lab.infra.procs import env_with_pythonpath, python_module_argv, wait_for
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent, Queue
 from tests.conftest import StartWorker
 

@@ -13,10 +13,10 @@ import pytest
 from pydantic import BaseModel
 
 from lab.errors import ConfigError
+from lab.infra.procs import env_with_pythonpath
 from lab.mocks.spec import LognormalLatency, RateLimit
-from lab.procs import env_with_pythonpath
 from lab.runtime.retry import RetryPolicy
-from lab.scenario import (
+from lab.scenario.spec import (
     QUICK_DURATION_MAX_S,
     QUICK_ITEMS_MAX,
     Backlog,
@@ -351,7 +351,7 @@ def test_every_field_is_documented() -> None:
     undocumented = [
         f"{m.__name__}.{n}"
         for m in _models(Scenario)
-        if m.__module__ == "lab.scenario"  # ServiceSpec has its own test
+        if m.__module__ == "lab.scenario.spec"  # ServiceSpec has its own test
         for n, f in m.model_fields.items()
         if not f.description
     ]

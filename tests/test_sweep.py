@@ -14,12 +14,12 @@ import pandas as pd
 import psutil
 import pytest
 
-from lab.broker import Broker
-from lab.procs import env_with_pythonpath, wait_for
+from lab.infra.broker import Broker
+from lab.infra.procs import env_with_pythonpath, wait_for
 from lab.results import STATUS_COMPLETE, STATUS_INTERRUPTED, TRIAL_COLUMNS, RunFolder
-from lab.scenario import load_scenario
-from lab.sweep import main, plan_trials, run_sweep
-from lab.trial import TrialOptions, TrialPlan, run_trial
+from lab.scenario.spec import load_scenario
+from lab.sweep.runner import main, plan_trials, run_sweep
+from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
 
 TINY = """\
 name: tiny

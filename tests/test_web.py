@@ -11,11 +11,11 @@ from pathlib import Path
 
 import psutil
 
-from lab.broker import Broker
-from lab.load.locust_runner import LOCUST_COLUMNS
-from lab.procs import env_with_pythonpath, wait_for
-from lab.scenario import load_scenario
-from lab.trial import TrialPlan, run_trial
+from lab.infra.broker import Broker
+from lab.infra.procs import env_with_pythonpath, wait_for
+from lab.producers.locust_runner import LOCUST_COLUMNS
+from lab.scenario.spec import load_scenario
+from lab.sweep.trial import TrialPlan, run_trial
 
 WEB = """\
 name: web

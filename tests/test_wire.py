@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from lab.broker import Broker
+from lab.infra.broker import Broker
 from lab.runtime.wire import WireConnection
 
 

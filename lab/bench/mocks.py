@@ -32,7 +32,7 @@ from pathlib import Path
 
 import psutil
 
-from lab.procs import Child, env_with_pythonpath, python_module_argv, spawn, wait_for
+from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn, wait_for
 
 RATIO_GOAL = 0.75
 """The mock's requests/s over bare aiohttp's must stay above this (overhead within 25%)."""
@@ -213,7 +213,7 @@ def _serve_bare(ready_file: Path | None, *, low_level: bool) -> int:
     """
     from aiohttp import web
 
-    from lab.aio import write_ready_file
+    from lab.infra.aio import write_ready_file
 
     async def hello(request: web.BaseRequest) -> web.Response:
         return web.Response(text="hello")

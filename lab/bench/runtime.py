@@ -29,8 +29,8 @@ from pathlib import Path
 import psutil
 import redis
 
-from lab.broker import start_broker
-from lab.procs import Child, python_module_argv, spawn, wait_for
+from lab.infra.broker import start_broker
+from lab.infra.procs import Child, python_module_argv, spawn, wait_for
 from lab.runtime.queue import Queue
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from lab.aio import run_main, write_ready_file
+from lab.infra.aio import run_main, write_ready_file
 
 
 async def _sleep(request: web.Request) -> web.Response:

@@ -30,8 +30,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from lab.aio import run_main, write_ready_file
 from lab.errors import ConfigError
+from lab.infra.aio import run_main, write_ready_file
 from lab.mocks.base import MockService, json_response
 from lab.mocks.database import DatabaseMock
 from lab.mocks.http_api import HttpApiMock

@@ -39,8 +39,8 @@ import aiohttp
 import redis
 import redis.asyncio as aioredis
 
-from lab.aio import run_main
 from lab.errors import BrokerError, ConfigError, exit_status
+from lab.infra.aio import run_main
 from lab.runtime.jobs import BUILTINS, Handler, JobContext, JobError, execute, item_count, resolve
 from lab.runtime.queue import (
     DEAD,

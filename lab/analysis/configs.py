@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lab.explain import explain, label, trial_warnings, unstable
+from lab.analysis.explain import explain, label, trial_warnings, unstable
+from lab.analysis.usl import UslFit, fit_usl
 from lab.mocks.spec import ServiceSpec
 from lab.results import STATUS_COMPLETE, RunFolder
-from lab.scenario import Objective, Scenario, Slo
-from lab.usl import UslFit, fit_usl
+from lab.scenario.spec import Objective, Scenario, Slo
 
 #: recommendation.json history: 1 = schema_version, config, figures, reasons, runners_up,
 #: warnings, scalability, objective.

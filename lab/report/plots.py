@@ -21,8 +21,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from lab.analysis import Analysis
-from lab.explain import label
+from lab.analysis.configs import Analysis
+from lab.analysis.explain import label
 
 PANEL_W_IN, PANEL_H_IN = 4.8, 3.8
 MIN_FIGURE_W_IN = 7.5
@@ -371,7 +371,7 @@ def errors_vs_concurrency(analysis: Analysis) -> Figure:
 def comparison(analysis: Analysis, rows: dict[str, pd.Series]) -> Figure:
     """Chosen configurations side by side (`configs` rows by name): items/s with its 95 %
     interval, and each one's speed-up over the first."""
-    from lab.analysis import speedup
+    from lab.analysis.configs import speedup
 
     names = list(rows)
     values = [rows[n]["items_per_s"] for n in names]

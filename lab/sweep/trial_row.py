@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from lab.load.arrivals import ProducerReport
-from lab.resources import Usage, saturation
+from lab.producers.arrivals import ProducerReport
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent
-from lab.scenario import Scenario
+from lab.scenario.spec import Scenario
+from lab.sweep.resources import Usage, saturation
 
 PERCENTILES = (50, 90, 99)
 

@@ -24,15 +24,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from lab.analysis import analyze
-from lab.broker import start_broker
+from lab.analysis.configs import analyze
 from lab.errors import ConfigError, LabError
-from lab.load.arrivals import expected_duration_s
+from lab.infra.broker import start_broker
+from lab.infra.procs import check_stop, stop_on_signals
 from lab.mocks.distributions import mean_ms
-from lab.procs import check_stop, stop_on_signals
+from lab.producers.arrivals import expected_duration_s
 from lab.results import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunFolder
-from lab.scenario import Scenario, load_scenario
-from lab.trial import TrialOptions, TrialPlan, run_trial
+from lab.scenario.spec import Scenario, load_scenario
+from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
 
 #: Seconds a trial costs beyond its drain: processes to start, ready checks, stop.
 TRIAL_OVERHEAD_S = 1.5
@@ -182,7 +182,7 @@ def run_sweep(
 
 def _recommend_and_report(run: RunFolder, stream: TextIO) -> Path:
     """The end of every run: recommendation.json, report.html, the one-line verdict."""
-    from lab.report import write_report  # matplotlib: loaded only when a run ends
+    from lab.report.html import write_report  # matplotlib: loaded only when a run ends
 
     analysis = analyze(run.path)
     run.write_json("recommendation.json", analysis.recommendation)
@@ -247,7 +247,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # SIGTERM, turned into SystemExit so every child was stopped
         return int(exc.code or 0)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

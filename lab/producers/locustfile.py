@@ -1,6 +1,6 @@
 """The Locust user of a web-driven trial: posts to the app under test's `/items`, then waits.
 
-Settings come from the environment, set by `lab.load.locust_runner`:
+Settings come from the environment, set by `lab.producers.locust_runner`:
 LAB_WAIT_MIN_S and LAB_WAIT_MAX_S (a user's think time between requests, uniform).
 """
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import sys
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
@@ -21,10 +20,10 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from lab.analysis import Analysis, Run, analyze, load_run
+from lab.analysis.configs import Analysis, Run, analyze, load_run
+from lab.analysis.explain import label
 from lab.errors import exit_status
-from lab.explain import label
-from lab.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
+from lab.report.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
 from lab.results import RunFolder
 
 #: Resolution of the embedded figures: sharp on a laptop screen, ~100 kB each.
@@ -308,7 +307,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder")
     ns = parser.parse_args(argv)
     return exit_status("lab.report", lambda: print(write_report(ns.run_dir)))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
