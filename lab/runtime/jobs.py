@@ -49,11 +49,15 @@ class JobContext:
 
 
 class JobError(Exception):
-    """An attempt failed. `retry_after_s` carries a server's Retry-After, honoured as a floor."""
+    """An attempt failed. `retry_after_s` carries a server's Retry-After, honoured as a floor;
+    `status` the HTTP status that failed it (an adaptive limit backs off on 429 and 503)."""
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.status = status
 
 
 def item_count(args: Mapping[str, Any]) -> int:
@@ -103,6 +107,7 @@ async def _check(resp: aiohttp.ClientResponse, *, allow: tuple[int, ...] = ()) -
     raise JobError(
         f"HTTP {resp.status} from {resp.method} {resp.url.path}",
         retry_after_s=float(retry_after) if retry_after and retry_after.isdigit() else None,
+        status=resp.status,
     )
 
 
@@ -163,7 +168,10 @@ async def opensearch_bulk(ctx: JobContext, args: dict[str, Any]) -> Extra:
             if next(iter(it.values())).get("status", 200) >= 300
         ]
         statuses = sorted({next(iter(it.values())).get("status") for it in failed})
-        raise JobError(f"bulk: {len(failed)} of {len(lines) // 2} items failed (status {statuses})")
+        raise JobError(
+            f"bulk: {len(failed)} of {len(lines) // 2} items failed (status {statuses})",
+            status=429 if 429 in statuses else max(statuses, default=None),
+        )
     return None
 
 

@@ -14,6 +14,9 @@ How a job flows through an instance (one Redis round trip per batch, not per job
 - A heartbeat task refreshes this instance's heartbeat and reaps instances whose heartbeat
   expired (crash recovery, see `lab.runtime.queue`).
 
+With `num_workers: auto` (`--num-workers auto`), the slots an exchange may fill follow an
+adaptive limit (`lab.runtime.limits`) that every finished attempt feeds.
+
 Stop (SIGTERM or SIGINT): stop claiming, let in-flight jobs finish within `grace_s`, cancel the
 rest, flush acks, and put every unfinished job back at the head of the queue.
 """
@@ -42,6 +45,7 @@ import redis.asyncio as aioredis
 from lab.errors import BrokerError, ConfigError, exit_status
 from lab.infra.aio import run_main
 from lab.runtime.jobs import BUILTINS, Handler, JobContext, JobError, execute, item_count, resolve
+from lab.runtime.limits import ALGORITHMS, LimitSettings, is_overload, make_limiter, record_limits
 from lab.runtime.queue import (
     DEAD,
     EXCHANGE_LUA,
@@ -87,6 +91,8 @@ class WorkerSettings:
     grace_s: float = 10.0
     heartbeat_ttl_s: float = 10.0
     seed: int | None = None
+    # `num_workers: auto`: the slots filled follow this limit (num_workers is then its max).
+    limit: LimitSettings | None = None
 
     def __post_init__(self) -> None:
         if self.prefetch < 0:
@@ -112,6 +118,11 @@ class Worker:
         self.keys = QueueKeys(settings.queue)
         self._handlers: dict[str, Handler] = {name: resolve(name) for name in settings.jobs}
         self._rng = random.Random(settings.seed)
+        self._limiter = (
+            None
+            if settings.limit is None
+            else make_limiter(settings.limit, instance=self.instance_id)
+        )
         self._stop_requested = asyncio.Event()
         self._accepting = True
         self._in_flight = 0
@@ -163,6 +174,7 @@ class Worker:
             await self._blocking.aclose()
 
     async def _serve(self) -> None:
+        s = self.settings
         slots = {
             asyncio.create_task(self._consume(), name=f"slot-{i}")
             for i in range(self.settings.num_workers)
@@ -174,6 +186,9 @@ class Worker:
             asyncio.create_task(self._wait_for_work(), name="waiter"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         }
+        if self._limiter is not None:
+            recorder = record_limits(self._limiter, self._redis, s.queue, self._stop_requested)
+            self_stopping.add(asyncio.create_task(recorder, name="limits"))
         stop = asyncio.create_task(self._stop_requested.wait(), name="stop")
         self._idle.set()
         self._wake.set()
@@ -278,13 +293,24 @@ class Worker:
     ) -> tuple[str | None, float | None, Any]:
         """Run the handler under the job timeout: (error or None, Retry-After floor, extra)."""
         deadline = asyncio.timeout(self.settings.job_timeout_s)
+        started = time.monotonic()
         try:
             async with deadline:
-                return None, None, await execute(handler, self._ctx, args)
+                extra = await execute(handler, self._ctx, args)
+            self._observe(started, None)
+            return None, None, extra
         except Exception as exc:
+            self._observe(started, exc)
             if isinstance(exc, TimeoutError) and deadline.expired():
                 return f"timeout after {self.settings.job_timeout_s:g}s", None, None
             return _describe(exc), getattr(exc, "retry_after_s", None), None
+
+    def _observe(self, started: float, exc: Exception | None) -> None:
+        """Feed the `auto` limiter: a success, or an overload (429, 503, timeout); other errors
+        say nothing about load."""
+        if self._limiter is not None and (exc is None or is_overload(exc)):
+            rtt_s = time.monotonic() - started
+            self._limiter.on_sample(rtt_s, self._in_flight, dropped=exc is not None)
 
     def _resolve_late(self, name: str) -> Handler:
         handler = self._handlers[name] = resolve(name)
@@ -301,7 +327,8 @@ class Worker:
 
     async def _exchange_once(self) -> None:
         """One round trip: write outcomes, claim up to the free slots, learn the next retry due."""
-        limit = self.settings.num_workers + self.settings.prefetch
+        slots = self.settings.num_workers if self._limiter is None else self._limiter.limit
+        limit = slots + self.settings.prefetch
         want = limit - self._in_flight if self._accepting else 0
         if want <= 0 and not (self._acks or self._events or self._retries or self._dead):
             return
@@ -414,6 +441,15 @@ def _parse_service(text: str) -> tuple[str, str]:
     return name, url
 
 
+def _num_workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lab.runtime.worker", description=__doc__.split("\n")[0]
@@ -422,7 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker", required=True, help="Redis URL, e.g. redis://127.0.0.1:6379/0 or unix:///path"
     )
     p.add_argument("--queue", default="default")
-    p.add_argument("--num-workers", type=int, default=1, help="jobs this instance runs at once")
+    p.add_argument(
+        "--num-workers",
+        type=_num_workers,
+        default=1,
+        help="jobs this instance runs at once, or `auto` (a limit that adapts: --auto-*)",
+    )
+    p.add_argument("--auto-min", type=int, default=LimitSettings.min, help="auto: fewest slots")
+    p.add_argument("--auto-max", type=int, default=LimitSettings.max, help="auto: most slots")
+    p.add_argument("--auto-initial", type=int, default=LimitSettings.initial, help="auto: first")
+    p.add_argument("--auto-algorithm", choices=ALGORITHMS, default=LimitSettings.algorithm)
     p.add_argument(
         "--prefetch",
         type=int,
@@ -464,10 +509,13 @@ def settings_from_args(ns: argparse.Namespace) -> WorkerSettings:
         retry = RetryPolicy(ns.max_attempts, ns.backoff_ms, ns.max_backoff_ms, ns.jitter)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    limit = None
+    if ns.num_workers == "auto":
+        limit = LimitSettings(ns.auto_min, ns.auto_max, ns.auto_initial, ns.auto_algorithm)
     return WorkerSettings(
         broker_url=ns.broker,
         queue=ns.queue,
-        num_workers=ns.num_workers,
+        num_workers=ns.num_workers if limit is None else limit.max,
         prefetch=ns.prefetch,
         instance_id=ns.instance_id or default_instance_id(),
         services=dict(ns.service),
@@ -477,6 +525,7 @@ def settings_from_args(ns: argparse.Namespace) -> WorkerSettings:
         grace_s=ns.grace_s,
         heartbeat_ttl_s=ns.heartbeat_ttl_s,
         seed=ns.seed,
+        limit=limit,
     )
 
 
