@@ -6,6 +6,8 @@ results/<scenario>/<YYYYmmdd-HHMMSS>/
     trials.csv             one row per trial (columns: TRIAL_COLUMNS)
     jobs.parquet/          per-job events, one parquet file per trial (read it as one dataset)
     services/<trial>.json  each mock service's statistics for the trial
+    dynamics/<trial>.json  num_workers auto / autoscaled instances: limits and instances over
+                           time (lab.sweep.dynamics)
     recommendation.json    the chosen configuration, its figures and the reasons (lab.analysis.configs)
     report.html            the self-contained report (lab.report)
     logs/<trial>/          worker and mock logs
@@ -37,8 +39,11 @@ from lab.runtime.queue import JobEvent
 from lab.scenario.spec import Scenario, load_scenario
 
 #: Layout history: 1 = the first layout (this docstring); 2 = trials.csv gains `placement` and
-#: the web (Locust) columns. Readers accept older layouts and fill the columns they lack.
-SCHEMA_VERSION = 2
+#: the web (Locust) columns; 3 = dynamic configurations: `num_workers` may read `auto` and
+#: `instances` `autoscale`, `timeouts`, the cost columns (instance_seconds, instances_max, slots_mean,
+#: slots_max), and dynamics/<trial>.json. Readers accept older layouts and fill the columns
+#: they lack.
+SCHEMA_VERSION = 3
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_FAILED = (
     "running",
@@ -69,6 +74,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "jobs_per_s": "jobs_done / makespan_s",
     "attempts": "job attempts, retries included",
     "retries": "failed attempts that were retried",
+    "timeouts": "attempts that hit workload.job_timeout_s",
     "dead_letters": "jobs that used up their attempts",
     "duplicate_jobs": "extra successful runs of a job (at-least-once after a crash)",
     "unfinished_jobs": "jobs neither done nor dead when the trial ended",
@@ -97,6 +103,10 @@ TRIAL_COLUMNS: dict[str, str] = {
     "service_max_in_flight": "most requests the service served at once",
     "service_max_queue_depth": "most requests waiting in the service's queue",
     "producer_max_lag_s": "how late the producer sent a job, at worst",
+    "instance_seconds": "worker instances x seconds each existed, clock start to the end (autoscaled: from each scale-up decision, start-up delay included, to its exit): the cost",
+    "instances_max": "most worker instances at once (autoscaled: running, starting or stopping)",
+    "slots_mean": "job slots summed over the instances, time-weighted mean (num_workers auto: each instance's limit)",
+    "slots_max": "most job slots at once, summed over the instances",
     "workers_cores": "mean cores used by all worker instances",
     "worker_peak_cores": "highest cores of one instance over a 0.25 s window",
     "worker_rss_max_mb": "largest resident memory of one instance, MiB",
@@ -223,9 +233,14 @@ class RunFolder:
         return [row["trial_id"] for row in csv.DictReader(io.StringIO(text))]
 
     def add_trial(
-        self, row: Mapping[str, Any], events: list[JobEvent], services: Mapping[str, Any]
+        self,
+        row: Mapping[str, Any],
+        events: list[JobEvent],
+        services: Mapping[str, Any],
+        timeline: Mapping[str, Any] | None = None,
     ) -> None:
-        """Store one finished trial: events and service stats first, its trials.csv row last."""
+        """Store one finished trial: events, service stats and the dynamic timeline (if any)
+        first, its trials.csv row last."""
         if list(row) != list(TRIAL_COLUMNS):
             missing, extra = set(TRIAL_COLUMNS) - set(row), set(row) - set(TRIAL_COLUMNS)
             raise ValueError(
@@ -238,6 +253,9 @@ class RunFolder:
         services_dir = self.path / "services"
         services_dir.mkdir(exist_ok=True)
         _atomic_write(services_dir / f"{trial_id}.json", _dump(services))
+        if timeline is not None:
+            self.dynamics_path(trial_id).parent.mkdir(exist_ok=True)
+            _atomic_write(self.dynamics_path(trial_id), _dump(timeline))
         new_file = not self.trials_csv.exists()
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(TRIAL_COLUMNS), lineterminator="\n")
@@ -258,14 +276,29 @@ class RunFolder:
     # -- reading ------------------------------------------------------------------------------------
 
     def trials(self) -> pd.DataFrame:
+        """trials.csv as a table; `num_workers` and `instances` hold integers, or (layout 3)
+        a dynamic policy's name in an object column."""
         frame = (
-            pd.read_csv(self.trials_csv)
+            pd.read_csv(self.trials_csv, dtype={"num_workers": str, "instances": str})
             if self.trials_csv.exists()
             else pd.DataFrame(columns=list(TRIAL_COLUMNS))
         ).reindex(columns=list(TRIAL_COLUMNS))  # an older layout lacks newer columns: NaN...
         # ...but layout 1 had one placement (cast first: an all-empty column reads as float)
         frame["placement"] = frame["placement"].astype(object).fillna("separate").astype(str)
+        for knob in ("num_workers", "instances"):
+            values = frame[knob].map(lambda v: int(v) if str(v).isdigit() else v)
+            numeric = values.map(lambda v: isinstance(v, int)).all()
+            frame[knob] = values.astype("int64") if numeric and len(values) else values
         return frame
+
+    def dynamics_path(self, trial_id: str) -> Path:
+        """Where a dynamic trial's limits and instances over time are kept."""
+        return self.path / "dynamics" / f"{trial_id}.json"
+
+    def timeline(self, trial_id: str) -> dict[str, Any] | None:
+        """A trial's dynamics/<trial>.json, or None (a fixed configuration)."""
+        path = self.dynamics_path(trial_id)
+        return dict(json.loads(path.read_text())) if path.exists() else None
 
     def scenario(self) -> Scenario:
         """The scenario the run used, from its own copy (a user job module is not imported)."""

@@ -246,7 +246,7 @@ BAD: dict[str, tuple[str, int, list[str]]] = {
             "workload.arrival.kind: ",
             "'poison'",
             "did you mean 'poisson'?",
-            "'backlog', 'locust', 'poisson', 'ramp'",
+            "'backlog', 'bursts', 'locust', 'poisson', 'ramp', 'step'",
         ],
     ),
     "items with arrivals": (

@@ -15,6 +15,7 @@ NOISE_MARGIN; with one repeat there is no interval, so the margin alone decides.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,9 @@ class Analysis:
     warnings: list[str]
     service: ServiceSpec | None = None
     run: Run | None = field(default=None, repr=False)
+    # one row per dynamic policy (num_workers auto, autoscaled instances) against the best
+    # fixed configuration: lab.analysis.dynamic.compare_policies
+    dynamic: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
     @property
     def chosen(self) -> dict[str, Any] | None:
@@ -173,6 +177,9 @@ def per_config(trials: pd.DataFrame) -> pd.DataFrame:
         queue_wait_p99_ms=("queue_wait_p99_ms", "mean"),
         error_rate=("error_rate", "max"),
         retries=("retries", "mean"),
+        timeouts=("timeouts", "mean"),
+        instance_seconds=("instance_seconds", "mean"),
+        slots_mean=("slots_mean", "mean"),
         retry_rate=("retry_rate", "mean"),
         service_requests=("service_requests", "mean"),
         service_rejected=("service_rejected", "mean"),
@@ -269,24 +276,36 @@ def analyze_trials(
     service: ServiceSpec | None = None,
     cpu_count: int | None = None,
     margin: float = NOISE_MARGIN,
+    timelines: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Analysis:
-    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec."""
-    configs = per_config(trials)
+    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec;
+    `timelines`: the dynamic trials' dynamics/<trial>.json by trial id."""
+    from lab.analysis.dynamic import compare_policies, split_trials  # it builds on this module
+
+    fixed, dynamic_trials = split_trials(trials)
+    configs = per_config(fixed)
     configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
-    fits = _fits(trials)
+    fits = _fits(fixed)
     warnings = trial_warnings(trials, cpu_count=cpu_count) + unstable(configs, objective.maximize)
     pick, reasons, runners = _recommendation(
         configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
     )
+    if configs.empty and not dynamic_trials.empty:
+        reasons = ["no fixed configuration was run, so none is recommended; the dynamic ones:"]
+    policies, verdicts = compare_policies(
+        dynamic_trials, configs, objective, timelines=timelines, margin=margin,
+        brownouts=service.brownouts if service is not None else (),
+    )  # fmt: skip
     rec = Recommendation(
         pick,
-        tuple(reasons),
+        (*reasons[:1], *verdicts, *reasons[1:]),
         tuple(runners),
         tuple(warnings),
         tuple(json_safe(_fit_entry(f)) for f in fits),
         objective.model_dump(mode="json") | {"noise_margin": margin, "confidence": CONFIDENCE},
+        tuple(json_safe(r) for r in policies.to_dict("records")),
     )
-    return Analysis(objective, trials, configs, rec, fits, warnings, service)
+    return Analysis(objective, trials, configs, rec, fits, warnings, service, dynamic=policies)
 
 
 def _recommendation(
@@ -405,9 +424,12 @@ def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
     scenario = run.scenario
     service = scenario.services.get(scenario.workload.service)
     cpu_count = run.manifest.get("cpu_count")
+    folder = RunFolder(run.path)
+    timelines = {tid: t for tid in run.trials["trial_id"] if (t := folder.timeline(str(tid)))}
     analysis = analyze_trials(
-        run.trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin
-    )
+        run.trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin,
+        timelines=timelines,
+    )  # fmt: skip
     status = run.manifest.get("status")
     planned = len(run.manifest.get("trials_planned", []))
     extra = []
@@ -420,7 +442,7 @@ def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
     rec = analysis.recommendation.with_warnings(warnings)
     return Analysis(
         analysis.objective, analysis.trials, analysis.configs, rec, analysis.fits, warnings,
-        service, run,
+        service, run, analysis.dynamic,
     )  # fmt: skip
 
 

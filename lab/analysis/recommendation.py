@@ -14,8 +14,9 @@ from typing import Any
 from lab.configuration import Configuration
 
 #: recommendation.json history: 1 = schema_version, config, figures, reasons, runners_up,
-#: warnings, scalability, objective.
-SCHEMA_VERSION = 1
+#: warnings, scalability, objective; 2 = `dynamic`: each dynamic policy against the best fixed
+#: configuration (lab.analysis.dynamic), empty when none was run.
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Recommendation:
     warnings: tuple[str, ...] = ()
     scalability: tuple[Mapping[str, Any], ...] = ()
     objective: Mapping[str, Any] = field(default_factory=dict)
+    dynamic: tuple[Mapping[str, Any], ...] = ()  # each dynamic policy and its verdict
 
     @property
     def config(self) -> Configuration | None:
@@ -80,7 +82,7 @@ class Recommendation:
     def with_warnings(self, warnings: list[str]) -> Recommendation:
         return Recommendation(
             self.pick, self.reasons, self.runners_up, tuple(warnings), self.scalability,
-            self.objective,
+            self.objective, self.dynamic,
         )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
@@ -94,6 +96,7 @@ class Recommendation:
             "warnings": list(self.warnings),
             "scalability": [dict(s) for s in self.scalability],
             "objective": dict(self.objective),
+            "dynamic": [dict(d) for d in self.dynamic],
         }
 
     @classmethod
@@ -107,6 +110,7 @@ class Recommendation:
             warnings=tuple(data.get("warnings", ())),
             scalability=tuple(data.get("scalability", ())),
             objective=data.get("objective", {}),
+            dynamic=tuple(data.get("dynamic", ())),
         )
 
 

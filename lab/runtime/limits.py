@@ -287,7 +287,7 @@ async def record_limits(
             pending += limiter.take_events()
         if pending:
             try:
-                await client.rpush(key, *(orjson.dumps(e) for e in pending))
+                await client.rpush(key, *(orjson.dumps(list(e)) for e in pending))
                 pending = []
             except (redis.ConnectionError, redis.TimeoutError):
                 pass
@@ -296,5 +296,10 @@ async def record_limits(
 
 
 def read_limit_events(client: redis.Redis, queue: str) -> list[LimitEvent]:
-    """Every limit event the instances of `queue` wrote, in the order they arrived."""
-    return [LimitEvent(*orjson.loads(r)) for r in client.lrange(limits_key(queue), 0, -1)]
+    """Every limit event the instances of `queue` wrote, in the order they arrived (JSON has
+    no NaN: a missing figure comes back as NaN)."""
+    out = []
+    for record in client.lrange(limits_key(queue), 0, -1):
+        values: list[Any] = [math.nan if v is None else v for v in orjson.loads(record)]
+        out.append(LimitEvent(*values))
+    return out

@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 #: A worker that cannot reach its broker for this long exits (status 1).
 BROKER_LOST_S = 30.0
 
+#: How the error of an attempt that hit the job timeout begins (trials count them).
+TIMEOUT_ERROR = "timeout after"
+
 #: Longest single BLMOVE wait: bounds how long a stop waits for the waiter to come back.
 _BLOCK_S = 0.5
 
@@ -302,7 +305,7 @@ class Worker:
         except Exception as exc:
             self._observe(started, exc)
             if isinstance(exc, TimeoutError) and deadline.expired():
-                return f"timeout after {self.settings.job_timeout_s:g}s", None, None
+                return f"{TIMEOUT_ERROR} {self.settings.job_timeout_s:g}s", None, None
             return _describe(exc), getattr(exc, "retry_after_s", None), None
 
     def _observe(self, started: float, exc: Exception | None) -> None:

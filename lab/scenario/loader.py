@@ -23,6 +23,24 @@ Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
 
 
+#: Tags of a union routed by the YAML type of its input (`by_input_type`), with the JSON Schema
+#: type of each member; they never show in an error's path.
+INTEGER, NAME, MAPPING = "integer", "name", "mapping"
+_TYPE_TAGS = {INTEGER: "integer", NAME: "string", MAPPING: "object"}
+
+
+def by_input_type(value: Any) -> str | None:
+    """Discriminator of a union of an integer, a string and a mapping member, so that a bad
+    value is checked against the one member of its type: one clear error, not one per member."""
+    if isinstance(value, dict):
+        return MAPPING
+    if isinstance(value, str):
+        return NAME
+    if isinstance(value, int) and not isinstance(value, bool):
+        return INTEGER
+    return None
+
+
 class Problems(ValueError):
     """Cross-field problems, each at a path relative to the model that found them."""
 
@@ -131,7 +149,8 @@ def _issues(exc: ValidationError, schema: dict[str, Any]) -> Iterator[tuple[int,
             said = (
                 f"must be {allowed}" if allowed else str(e["msg"]).replace("Input should", "must")
             )
-            close = hint(value, node.get("enum", [])) if isinstance(value, str) else ""
+            names = node.get("enum", [node["const"]] if "const" in node else [])
+            close = hint(value, names) if isinstance(value, str) else ""
             yield 2, loc, f"{said}, got {_show(value)}{close}"
 
 
@@ -156,10 +175,12 @@ def _clean(loc: Loc, data: Any) -> Loc:
     for part in loc:
         if isinstance(data, dict):
             if part not in data and (
-                part == "[key]" or part in (data.get("kind"), data.get("dist"))
+                part == "[key]" or part in (data.get("kind"), data.get("dist"), MAPPING)
             ):
                 continue  # pydantic names the union member (or the key) it validated
             data = data.get(part)
+        elif part in (INTEGER, NAME) and not isinstance(data, list):
+            continue  # the member of a `by_input_type` union
         else:
             ok = isinstance(data, list) and isinstance(part, int) and part < len(data)
             data = data[part] if ok else None
@@ -202,6 +223,9 @@ def _schema_at(schema: dict[str, Any], loc: Loc) -> dict[str, Any]:
             node = node["properties"][part]
         elif part in tags:
             node = {"$ref": tags[part]}
+        elif part in _TYPE_TAGS and "oneOf" in node:
+            kind = _TYPE_TAGS[str(part)]
+            node = next((m for m in node["oneOf"] if _deref(schema, m).get("type") == kind), {})
         elif isinstance(extra, dict):
             node = extra
         else:
@@ -236,6 +260,9 @@ def _allowed(schema: dict[str, Any], node: dict[str, Any]) -> str:
         if "minimum" in node and "maximum" in node:
             bounds = [f"in [{node['minimum']:g}, {node['maximum']:g}]"]
         text = " ".join(["an integer" if kind == "integer" else "a number", *bounds])
+    elif members := node.get("oneOf"):
+        words = [_allowed(schema, _deref(schema, m)) or "a value" for m in members]
+        text = ", ".join(words[:-1]) + " or " + words[-1]
     elif kind == "array":
         items = _allowed(schema, _deref(schema, node.get("items", {})))
         text = ("a non-empty list" if node.get("minItems") else "a list") + f", each {items}"

@@ -19,18 +19,32 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictFloat,
     StrictInt,
+    Tag,
     field_validator,
     model_validator,
 )
 
+from lab.configuration import COLOCATED
 from lab.errors import ConfigError
 from lab.mocks.spec import ServiceSpec
 from lab.runtime.jobs import BUILTINS, job_type, resolve
+from lab.runtime.limits import ALGORITHMS, LimitSettings
 from lab.runtime.retry import DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy
-from lab.scenario.loader import Loc, Problems, hint, line_of, load_yaml_model
+from lab.scenario.loader import (
+    INTEGER,
+    MAPPING,
+    NAME,
+    Loc,
+    Problems,
+    by_input_type,
+    hint,
+    line_of,
+    load_yaml_model,
+)
 
 QUICK_ITEMS_MAX = 500  # automatic --quick: a backlog of at most this many items
 QUICK_DURATION_MAX_S = 5.0  # automatic --quick: arrivals for at most this long
@@ -104,6 +118,73 @@ class Ramp(_Strict):
     duration_s: PosFloat = Field(description="Length of the ramp, in seconds.")
 
 
+class Phase(_Strict):
+    """One step of a `step` arrival: a steady Poisson rate for a while."""
+
+    rate_per_s: NonNegFloat = Field(description="Mean arrival rate, in items per second.")
+    duration_s: PosFloat = Field(description="How long this rate lasts, in seconds.")
+
+
+class Step(_Strict):
+    """Open-loop arrivals whose rate changes at once, e.g. 100/s for 10 s then 600/s for 10 s:
+    what a fixed configuration sized for the first rate does at the second."""
+
+    kind: Literal["step"] = Field(default="step", description="Arrival mode.")
+    steps: Annotated[tuple[Phase, ...], Field(min_length=1)] = Field(
+        description="The rates in order, each with its duration."
+    )
+
+    @property
+    def duration_s(self) -> float:
+        return sum(p.duration_s for p in self.steps)
+
+    def scaled_to(self, duration_s: float) -> Step:
+        """The same shape, every step shortened in proportion (for --quick)."""
+        f = duration_s / self.duration_s
+        steps = tuple(p.model_copy(update={"duration_s": p.duration_s * f}) for p in self.steps)
+        return self.model_copy(update={"steps": steps})
+
+
+class Bursts(_Strict):
+    """Open-loop arrivals at a base rate, with a burst of `burst_s` every `every_s`."""
+
+    kind: Literal["bursts"] = Field(default="bursts", description="Arrival mode.")
+    base_per_s: NonNegFloat = Field(description="Rate between bursts, in items per second.")
+    burst_per_s: PosFloat = Field(description="Rate during a burst, in items per second.")
+    burst_s: PosFloat = Field(description="Length of one burst, in seconds.")
+    every_s: PosFloat = Field(description="A burst starts every this many seconds.")
+    first_s: NonNegFloat = Field(default=1.0, description="When the first burst starts, in s.")
+    duration_s: PosFloat = Field(description="How long items keep arriving, in seconds.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> Bursts:
+        if self.burst_s > self.every_s:
+            raise Problems(
+                (("burst_s",), f"must be <= every_s ({self.every_s:g}), got {self.burst_s:g}")
+            )
+        return self
+
+    def in_burst(self, t_s: float) -> bool:
+        return t_s >= self.first_s and (t_s - self.first_s) % self.every_s < self.burst_s
+
+    @property
+    def mean_per_s(self) -> float:
+        """The mean rate over `duration_s` (numerically: bursts may be cut by the end)."""
+        n = 1000
+        dt = self.duration_s / n
+        return (
+            sum(
+                self.burst_per_s if self.in_burst((i + 0.5) * dt) else self.base_per_s
+                for i in range(n)
+            )
+            / n
+        )
+
+    def scaled_to(self, duration_s: float) -> Bursts:
+        """Shorter: fewer bursts of the same shape (for --quick)."""
+        return self.model_copy(update={"duration_s": duration_s})
+
+
 class LocustArrival(_Strict):
     """Web traffic: Locust users post to the app under test, whose endpoint enqueues jobs."""
 
@@ -138,7 +219,9 @@ class LocustArrival(_Strict):
         return self.users / ((self.wait_min_s + self.wait_max_s) / 2 + 0.005)
 
 
-Arrival = Annotated[Backlog | Poisson | Ramp | LocustArrival, Field(discriminator="kind")]
+Arrival = Annotated[
+    Backlog | Poisson | Ramp | Step | Bursts | LocustArrival, Field(discriminator="kind")
+]
 
 Placement = Literal["separate", "colocated"]
 
@@ -158,6 +241,126 @@ class Workers(_Strict):
     @property
     def placements(self) -> tuple[Placement, ...]:
         return (self.placement,) if isinstance(self.placement, str) else self.placement
+
+
+# -- dynamic configurations: num_workers `auto`, instances `autoscale` --------------------------
+
+AUTO, AUTOSCALE = "auto", "autoscale"
+
+
+class AutoLimit(_Strict):
+    """`num_workers: {auto: {...}}`: each instance adapts its own slot limit (lab.runtime.limits)."""
+
+    min: PosInt = Field(default=LimitSettings.min, description="Fewest slots an instance keeps.")
+    max: PosInt = Field(default=LimitSettings.max, description="Most slots an instance may fill.")
+    initial: PosInt = Field(default=LimitSettings.initial, description="Slots at the start.")
+    algorithm: Literal[ALGORITHMS] = Field(  # type: ignore[valid-type]
+        default=LimitSettings.algorithm,
+        description="gradient: job latency against the no-load latency, and backs off on "
+        "429/503/timeouts; aimd: +1 per window until a 429/503/timeout, then x0.9.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoLimit:
+        if not self.min <= self.initial <= self.max:
+            raise Problems(
+                (
+                    ("initial",),
+                    f"must be in [min, max] = [{self.min}, {self.max}], got {self.initial}",
+                )
+            )
+        return self
+
+    def settings(self) -> LimitSettings:
+        """The runtime's settings."""
+        return LimitSettings(self.min, self.max, self.initial, self.algorithm)
+
+
+class AutoWorkers(_Strict):
+    """A `num_workers` entry `{auto: {min, max, initial, algorithm}}`; the string `auto` alone
+    takes the defaults."""
+
+    auto: AutoLimit = Field(default_factory=AutoLimit, description="The adaptive limit.")
+
+
+class Autoscale(_Strict):
+    """Instances that follow the backlog, like KEDA's Redis list scaler on a Kubernetes HPA:
+    desired = ceil(pending jobs / target_backlog_per_instance) within [min, max], scaled down
+    only to the highest desired count of the last `cooldown_s` (the stabilisation window)."""
+
+    min: PosInt = Field(default=1, description="Fewest instances (started before the clock).")
+    max: PosInt = Field(default=4, description="Most instances at once.")
+    target_backlog_per_instance: PosInt = Field(
+        default=100, description="Pending jobs one instance is meant to face (KEDA listLength)."
+    )
+    cooldown_s: NonNegFloat = Field(
+        default=5.0, description="Scale-down stabilisation window, in s (HPA: 300 by default)."
+    )
+    start_delay_s: NonNegFloat = Field(
+        default=0.0,
+        description="A new instance takes this long before it starts (a pod's "
+        "scheduling and image pull), in s; it costs instance-seconds meanwhile.",
+    )
+    poll_s: PosFloat = Field(
+        default=0.5, description="How often the backlog is read and a decision made, in s."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscale:
+        if self.max < self.min:
+            raise Problems((("max",), f"must be >= min ({self.min}), got {self.max}"))
+        return self
+
+
+class AutoscaleInstances(_Strict):
+    """An `instances` entry `{autoscale: {...}}`; the string `autoscale` alone takes defaults."""
+
+    autoscale: Autoscale = Field(default_factory=Autoscale, description="The autoscaler.")
+
+
+def _one_policy(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Integers listed once, and at most one dynamic entry (its label is its name alone)."""
+    _unique(tuple(v for v in values if isinstance(v, int)))
+    dynamic = [i for i, v in enumerate(values) if not isinstance(v, int)]
+    if len(dynamic) > 1:
+        raise Problems(*(((i,), "one dynamic entry per axis; list it once") for i in dynamic[1:]))
+    return values
+
+
+WorkersEntry = Annotated[
+    Annotated[PosInt, Tag(INTEGER)]
+    | Annotated[Literal["auto"], Tag(NAME)]
+    | Annotated[AutoWorkers, Tag(MAPPING)],
+    Discriminator(
+        by_input_type,
+        custom_error_type="num_workers",
+        custom_error_message="must be an integer >= 1, 'auto' or {auto: {min, max, initial, "
+        "algorithm}}",
+    ),
+]
+InstancesEntry = Annotated[
+    Annotated[PosInt, Tag(INTEGER)]
+    | Annotated[Literal["autoscale"], Tag(NAME)]
+    | Annotated[AutoscaleInstances, Tag(MAPPING)],
+    Discriminator(
+        by_input_type,
+        custom_error_type="instances",
+        custom_error_message="must be an integer >= 1, 'autoscale' or {autoscale: {min, max, "
+        "target_backlog_per_instance, cooldown_s, start_delay_s}}",
+    ),
+]
+WorkersAxis = Annotated[tuple[WorkersEntry, ...], Field(min_length=1), AfterValidator(_one_policy)]
+InstancesAxis = Annotated[
+    tuple[InstancesEntry, ...], Field(min_length=1), AfterValidator(_one_policy)
+]
+
+
+def axis_values(axis: tuple[Any, ...]) -> tuple[int | str, ...]:
+    """An axis as the plan and trials.csv hold it: integers, and `auto` or `autoscale`."""
+    return tuple(
+        v if isinstance(v, int | str) else AUTO if isinstance(v, AutoWorkers) else AUTOSCALE
+        for v in axis
+    )
 
 
 class Retry(_Strict):
@@ -204,7 +407,8 @@ class Workload(_Strict):
     )
     arrival: Arrival = Field(
         default_factory=Backlog,
-        description="How items arrive: backlog (all at once), or open-loop poisson or ramp.",
+        description="How items arrive: backlog (all at once), or open-loop poisson, ramp, step "
+        "or bursts, or web traffic (locust).",
     )
     cpu_ms_per_item: NonNegFloat = Field(
         default=0.0, description="CPU work added to every job, in ms per item it carries."
@@ -223,6 +427,10 @@ class Workload(_Strict):
             return self.items or 0
         if isinstance(a, LocustArrival):  # at batch_size 1
             return round(a.requests_per_s * a.duration_s * a.jobs_per_request)
+        if isinstance(a, Step):
+            return round(sum(p.rate_per_s * p.duration_s for p in a.steps))
+        if isinstance(a, Bursts):
+            return round(a.mean_per_s * a.duration_s)
         mean_per_s = a.rate_per_s if isinstance(a, Poisson) else (a.from_per_s + a.to_per_s) / 2
         return round(mean_per_s * a.duration_s)
 
@@ -242,8 +450,12 @@ class Workload(_Strict):
 class Quick(_Strict):
     """What `--quick` runs instead; a field left out takes its automatic small value."""
 
-    num_workers: Axis | None = Field(default=None, description=f"Default: {_AUTO}num_workers.")
-    instances: Axis | None = Field(default=None, description=f"Default: {_AUTO}instances.")
+    num_workers: WorkersAxis | None = Field(
+        default=None, description=f"Default: {_AUTO}num_workers, and its dynamic entry."
+    )
+    instances: InstancesAxis | None = Field(
+        default=None, description=f"Default: {_AUTO}instances, and its dynamic entry."
+    )
     batch_size: Axis | None = Field(default=None, description=f"Default: {_AUTO}batch_size.")
     repeats: PosInt | None = Field(default=None, description="Default: 1.")
     items: PosInt | None = Field(
@@ -258,8 +470,16 @@ class Quick(_Strict):
 class Sweep(_Strict):
     """The grid: every combination of the three axes is one trial, run `repeats` times."""
 
-    num_workers: Axis = Field(default=(1,), description="Async job slots per worker process.")
-    instances: Axis = Field(default=(1,), description="Worker processes.")
+    num_workers: WorkersAxis = Field(
+        default=(1,),
+        description="Async job slots per worker process; `auto` (or {auto: {min, max, initial, "
+        "algorithm}}) lets each instance adapt its own limit.",
+    )
+    instances: InstancesAxis = Field(
+        default=(1,),
+        description="Worker processes; {autoscale: {min, max, target_backlog_per_instance, "
+        "cooldown_s, start_delay_s}} (or `autoscale`) follows the backlog.",
+    )
     batch_size: Axis = Field(
         default=(1,),
         description="Items per job. With poisson/ramp the producer groups consecutive arrivals "
@@ -271,6 +491,18 @@ class Sweep(_Strict):
         default=120.0, description="A trial not drained by then is stopped, marked timed out."
     )
     quick: Quick | None = Field(default=None, description="The small grid `--quick` runs.")
+
+    @property
+    def auto_limit(self) -> AutoLimit:
+        """The settings of `num_workers: auto` (the defaults when given as the bare string)."""
+        found = [v.auto for v in self.num_workers if isinstance(v, AutoWorkers)]
+        return found[0] if found else AutoLimit()
+
+    @property
+    def autoscale(self) -> Autoscale:
+        """The settings of `instances: autoscale` (the defaults when given as the bare string)."""
+        found = [v.autoscale for v in self.instances if isinstance(v, AutoscaleInstances)]
+        return found[0] if found else Autoscale()
 
 
 class Slo(_Strict):
@@ -329,6 +561,12 @@ class Scenario(_Strict):
         elif (need := job_type(job).service_kind) and self.services[name].kind != need:
             kind = self.services[name].kind
             problems.append((("workload", "job"), f"{job} needs an {need} service, not {kind}"))
+        autoscaled = any(not isinstance(v, int) for v in self.sweep.instances)
+        if autoscaled and COLOCATED in self.workers.placements:
+            problems.append(
+                (("sweep", "instances"), "autoscale needs workers.placement separate: co-located "
+                 "instances are the web app's processes")
+            )  # fmt: skip
         if isinstance(self.workload.arrival, Backlog) and quick.duration_s is not None:
             problems.append(
                 (("sweep", "quick", "duration_s"), "poisson/ramp only; for a backlog use items")
@@ -354,16 +592,24 @@ class Scenario(_Strict):
         if isinstance(w.arrival, Backlog):
             workload: dict[str, Any] = {"items": q.items or min(w.items or 1, QUICK_ITEMS_MAX)}
         else:
-            duration_s = q.duration_s or min(w.arrival.duration_s, QUICK_DURATION_MAX_S)
-            workload = {"arrival": w.arrival.model_copy(update={"duration_s": duration_s})}
+            a = w.arrival
+            duration_s = q.duration_s or min(a.duration_s, QUICK_DURATION_MAX_S)
+            shorter = (
+                a.scaled_to(duration_s)
+                if isinstance(a, Step | Bursts)
+                else a.model_copy(update={"duration_s": duration_s})
+            )
+            workload = {"arrival": shorter}
         return self.model_copy(
             update={"sweep": s.model_copy(update=sweep), "workload": w.model_copy(update=workload)}
         )
 
 
-def _ends_and_middle(axis: tuple[int, ...]) -> tuple[int, ...]:
-    ordered = sorted(axis)
-    return tuple(sorted({ordered[0], ordered[len(ordered) // 2], ordered[-1]}))
+def _ends_and_middle(axis: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The smallest, middle and largest integer, and the dynamic entry if there is one."""
+    ordered = sorted(v for v in axis if isinstance(v, int))
+    ends = sorted({ordered[0], ordered[len(ordered) // 2], ordered[-1]}) if ordered else []
+    return (*ends, *(v for v in axis if not isinstance(v, int)))
 
 
 def scenario_json_schema() -> dict[str, Any]:

@@ -32,7 +32,7 @@ from lab.mocks.distributions import mean_ms
 from lab.producers.arrivals import expected_duration_s
 from lab.results import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunFolder
 from lab.runtime.jobs import job_type
-from lab.scenario.spec import Scenario, load_scenario
+from lab.scenario.spec import Scenario, axis_values, load_scenario
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
 
 #: Seconds a trial costs beyond its drain: processes to start, ready checks, stop.
@@ -42,12 +42,22 @@ TRIAL_OVERHEAD_S = 1.5
 def plan_trials(scenario: Scenario) -> list[TrialPlan]:
     """Every grid point x repeat (x placement), in an order shuffled by the scenario's seed."""
     s = scenario.sweep
-    axes = (s.num_workers, s.instances, s.batch_size, range(s.repeats), scenario.workers.placements)
+    axes = (
+        axis_values(s.num_workers), axis_values(s.instances), s.batch_size, range(s.repeats),
+        scenario.workers.placements,
+    )  # fmt: skip
     grid = list(itertools.product(*axes))
     random.Random(scenario.seed).shuffle(grid)
     return [
         TrialPlan(i, nw, inst, bs, rep, where) for i, (nw, inst, bs, rep, where) in enumerate(grid)
     ]
+
+
+def _most_slots(scenario: Scenario, plan: TrialPlan) -> int:
+    """Total slots, or at most that many for a dynamic policy (auto's max, autoscale's max)."""
+    nw = plan.num_workers if isinstance(plan.num_workers, int) else scenario.sweep.auto_limit.max
+    inst = plan.instances if isinstance(plan.instances, int) else scenario.sweep.autoscale.max
+    return nw * inst
 
 
 def estimate_trial_s(scenario: Scenario, plan: TrialPlan) -> float:
@@ -63,12 +73,15 @@ def estimate_trial_s(scenario: Scenario, plan: TrialPlan) -> float:
     )
     job_s = per_request_ms / 1000 * requests_per_job + w.cpu_ms_per_item * plan.batch_size / 1000
     jobs = math.ceil(w.expected_items / plan.batch_size)
-    slots = min(plan.concurrency, spec.capacity * plan.batch_size // max(1, requests_per_job) or 1)
+    slots = min(
+        _most_slots(scenario, plan),
+        spec.capacity * plan.batch_size // max(1, requests_per_job) or 1,
+    )
     drain_s = jobs * job_s / max(1, slots)
     if spec.rate_limit is not None:
         drain_s = max(drain_s, jobs * requests_per_job / spec.rate_limit.per_s)
     drain_s = min(max(drain_s, expected_duration_s(w.arrival)), scenario.sweep.trial_timeout_s)
-    return TRIAL_OVERHEAD_S + 0.2 * plan.instances + drain_s
+    return TRIAL_OVERHEAD_S + 0.2 * plan.initial_instances(scenario) + drain_s
 
 
 class ProgressLine:
@@ -171,7 +184,7 @@ def run_sweep(
                     logs=run.trial_logs(trial.trial_id),
                     options=opts,
                 )
-                run.add_trial(outcome.row, outcome.events, outcome.services)
+                run.add_trial(outcome.row, outcome.events, outcome.services, outcome.timeline)
                 progress.end(outcome.row)
     except (KeyboardInterrupt, SystemExit):
         run.mark(STATUS_INTERRUPTED)
@@ -205,7 +218,7 @@ def _print_plan(scenario: Scenario, plan: list[TrialPlan], stream: TextIO) -> No
         est = estimate_trial_s(scenario, p)
         total += est
         stream.write(
-            f"  {p.index + 1:3d}. {p.trial_id:24s} concurrency {p.concurrency:5d}  ~{est:5.1f}s\n"
+            f"  {p.index + 1:3d}. {p.trial_id:24s} concurrency {p.concurrency or 'dynamic':>7}  ~{est:5.1f}s\n"
         )
     caveat = (
         ""

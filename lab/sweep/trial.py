@@ -38,8 +38,11 @@ from lab.mocks.spec import spec_to_json
 from lab.producers.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
 from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
 from lab.runtime.jobs import job_type
+from lab.runtime.limits import read_limit_events
 from lab.runtime.queue import JobEvent, Queue
-from lab.scenario.spec import LocustArrival, Placement, Scenario
+from lab.scenario.spec import AUTO, LocustArrival, Placement, Scenario
+from lab.sweep.autoscale import AutoscaleHook
+from lab.sweep.dynamics import record
 from lab.sweep.resources import ResourceSampler, Usage
 from lab.sweep.trial_row import trial_row
 
@@ -62,8 +65,8 @@ class TrialPlan:
     """A grid point and a repeat; `index` is its place in the run's (shuffled) order."""
 
     index: int
-    num_workers: int
-    instances: int
+    num_workers: int | str  # or `auto`
+    instances: int | str  # or `autoscale`
     batch_size: int
     repeat: int
     placement: Placement = "separate"
@@ -77,8 +80,14 @@ class TrialPlan:
         return f"{self.configuration.label}-r{self.repeat}"
 
     @property
-    def concurrency(self) -> int:
-        return self.num_workers * self.instances
+    def concurrency(self) -> int | None:
+        return self.configuration.concurrency
+
+    def initial_instances(self, scenario: Scenario) -> int:
+        """Instances started before the clock: all of them, or the autoscaler's minimum."""
+        if isinstance(self.instances, int):
+            return self.instances
+        return scenario.sweep.autoscale.min
 
     def config(self) -> dict[str, Any]:
         """The trial's identity columns, in trials.csv order."""
@@ -105,6 +114,7 @@ class TrialOutcome:
     events: list[JobEvent]
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # mock stats by name
     usage: dict[str, Usage] = field(default_factory=dict)
+    timeline: dict[str, Any] | None = None  # limits and instances over time (dynamic only)
 
 
 def _http_json(url: str, body: dict[str, Any] | None = None) -> Any:
@@ -166,7 +176,8 @@ def _worker_flags(
     """The worker settings of instance `i` (broker, queue and job are added by the caller)."""
     w = scenario.workload
     flags = [
-        "--num-workers", str(plan.num_workers), "--instance-id", instance_id(plan, i),
+        "--num-workers", str(plan.num_workers), *_auto_flags(scenario, plan),
+        "--instance-id", instance_id(plan, i),
         "--max-attempts", str(w.retry.max_attempts), "--backoff-ms", str(w.retry.backoff_ms),
         "--max-backoff-ms", str(w.retry.max_backoff_ms), "--jitter", w.retry.jitter,
         "--job-timeout-s", str(w.job_timeout_s), "--heartbeat-ttl-s", str(options.heartbeat_ttl_s),
@@ -175,6 +186,24 @@ def _worker_flags(
     for name, url in urls.items():
         flags += ["--service", f"{name}={url}"]
     return flags
+
+
+def _auto_flags(scenario: Scenario, plan: TrialPlan) -> list[str]:
+    if plan.num_workers != AUTO:
+        return []
+    a = scenario.sweep.auto_limit
+    return ["--auto-min", str(a.min), "--auto-max", str(a.max), "--auto-initial", str(a.initial),
+            "--auto-algorithm", a.algorithm]  # fmt: skip
+
+
+def _worker_argv(
+    scenario: Scenario, plan: TrialPlan, common: list[str], urls: dict[str, str], i: int,
+    options: TrialOptions,
+) -> list[str]:  # fmt: skip
+    """`python -m lab.runtime.worker` for instance `i`; `common`: broker, queue and job."""
+    return python_module_argv(
+        "lab.runtime.worker", *common, *_worker_flags(scenario, plan, urls, i, options)
+    )
 
 
 def _base_args(scenario: Scenario) -> dict[str, Any]:
@@ -202,17 +231,16 @@ def _start_slots(
     needs_web = colocated or isinstance(w.arrival, LocustArrival)
     common = ["--broker", broker.url, "--queue", queue, "--job", w.job]
     grace = options.grace_s + 5
+    instances = plan.initial_instances(scenario)
     if not colocated:
-        for i in range(plan.instances):
-            argv = python_module_argv(
-                "lab.runtime.worker", *common, *_worker_flags(scenario, plan, urls, i, options)
-            )
+        for i in range(instances):
+            argv = _worker_argv(scenario, plan, common, urls, i, options)
             actors.start(f"worker-{i}", "worker", argv, grace_s=grace)
     if not needs_web:
         return None
     sock = stack.enter_context(_listening_socket())
     jobs_per_request = w.arrival.jobs_per_request if isinstance(w.arrival, LocustArrival) else 1
-    for i in range(plan.instances if colocated else 1):
+    for i in range(instances if colocated else 1):
         ready = actors.logs / f"web-{i}.ready.json"
         argv = python_module_argv(
             "lab.producers.webapp", *common, "--base-args", json.dumps(_base_args(scenario)),
@@ -261,6 +289,7 @@ class _Measured:
     timed_out: bool
     report: ProducerReport
     usage: dict[str, Usage]
+    autoscaled: dict[str, Any] | None  # AutoscaleHook.finish, when instances were autoscaled
 
 
 class _Trial:
@@ -290,7 +319,7 @@ class _Trial:
             queue = Queue(client, f"trial-{self.plan.trial_id}-{secrets.token_hex(3)}")
             queue.purge()
             services = _Actors(services_stack, self.logs)
-            urls = self._start_services(services)
+            urls = self.urls = self._start_services(services)
             with contextlib.ExitStack() as slots_stack:
                 slots = _Actors(slots_stack, self.logs)
                 web_url = _start_slots(
@@ -333,10 +362,11 @@ class _Trial:
             children=everyone,
         )
         _prepare_services(self.scenario, urls, self.items_planned)
-        expected = {instance_id(self.plan, i) for i in range(self.plan.instances)}
+        instances = self.plan.initial_instances(self.scenario)
+        expected = {instance_id(self.plan, i) for i in range(instances)}
         wait_for(
             lambda: queue.live_instances() >= expected,
-            what=f"{self.plan.instances} job instances to be ready",
+            what=f"{instances} job instances to be ready",
             timeout_s=READY_TIMEOUT_S,
             children=everyone,
         )
@@ -364,25 +394,58 @@ class _Trial:
                     queue, self.scenario.workload.job, self.jobs, _base_args(self.scenario),
                     clock_start,
                 )  # fmt: skip
+            hook = self._autoscale_hook(queue, slots, sampler)
+            workers = slots.of_role("worker")
             with drive as (sent, report):
                 timed_out = _Drain(
                     queue=queue,
                     sent=sent,
                     started=started,
                     timeout_s=self.scenario.sweep.trial_timeout_s,
-                    workers=slots.of_role("worker"),
+                    workers=hook.must_be_alive if hook else lambda: workers,
                     options=self.options,
                     items_planned=self.items_planned,
                     batch_size=self.plan.batch_size,
+                    tick=hook.tick if hook else None,
                 ).wait()
             wall_s = time.monotonic() - started
-        return _Measured(clock_start, wall_s, timed_out, report, sampler.usage)
+        autoscaled = hook.finish(wall_s) if hook else None
+        return _Measured(clock_start, wall_s, timed_out, report, sampler.usage, autoscaled)
+
+    def _autoscale_hook(
+        self, queue: Queue, slots: _Actors, sampler: ResourceSampler
+    ) -> AutoscaleHook | None:
+        """With `instances: autoscale`: what starts (and samples) more worker processes."""
+        if isinstance(self.plan.instances, int):
+            return None
+        common = [
+            "--broker",
+            self.broker.url,
+            "--queue",
+            queue.name,
+            "--job",
+            self.scenario.workload.job,
+        ]
+
+        def start(i: int) -> Child:
+            argv = _worker_argv(self.scenario, self.plan, common, self.urls, i, self.options)
+            child = slots.start(f"worker-{i}", "worker", argv, grace_s=self.options.grace_s + 5)
+            sampler.add(f"worker-{i}", "worker", child.pid)
+            return child
+
+        return AutoscaleHook(
+            self.scenario.sweep.autoscale,
+            start=start,
+            backlog=lambda: int(queue.client.llen(queue.keys.pending)),
+            initial=slots.of_role("worker"),
+        )
 
     def _collect(
         self, queue: Queue, service_stats: dict[str, Any], measured: _Measured
     ) -> TrialOutcome:
         """The job events and queue counters, then the queue's keys removed; the row."""
         events = queue.events()
+        limits = read_limit_events(queue.client, queue.name)
         recovered = queue.stats().get("recovered", 0)
         with self.broker.client() as client:
             Queue(client, queue.name).purge()
@@ -391,12 +454,18 @@ class _Trial:
             if self.locust
             else dict.fromkeys(LOCUST_COLUMNS, math.nan)
         )
-        row = trial_row(
-            self.plan.config(), self.scenario, events, service_stats, measured.usage,
-            measured.report, clock_start=measured.clock_start, wall_s=measured.wall_s,
-            timed_out=measured.timed_out, recovered=recovered, web=web,
+        p, m = self.plan, measured
+        dynamics = record(
+            num_workers=p.num_workers if isinstance(p.num_workers, int) else None,
+            instances=p.instances if isinstance(p.instances, int) else None,
+            wall_s=m.wall_s, clock_start=m.clock_start, limits=limits, autoscaled=m.autoscaled,
         )  # fmt: skip
-        return TrialOutcome(row=row, events=events, services=service_stats, usage=measured.usage)
+        row = trial_row(
+            p.config(), self.scenario, events, service_stats, m.usage, m.report,
+            clock_start=m.clock_start, wall_s=m.wall_s, timed_out=m.timed_out,
+            recovered=recovered, web=web, cost=dynamics.cost,
+        )  # fmt: skip
+        return TrialOutcome(row, events, service_stats, m.usage, dynamics.timeline)
 
 
 def run_trial(
@@ -480,10 +549,11 @@ class _Drain:
     sent: Callable[[], int | None]  # jobs sent once production ended, else None
     started: float  # time.monotonic() at the clock's start
     timeout_s: float
-    workers: list[Child]
+    workers: Callable[[], list[Child]]  # the worker processes that must be alive now
     options: TrialOptions
     items_planned: int
     batch_size: int
+    tick: Callable[[float], None] | None = None  # called every poll (the autoscaler)
 
     def wait(self) -> bool:
         """True if the trial timed out before draining."""
@@ -492,8 +562,10 @@ class _Drain:
             elapsed = time.monotonic() - self.started
             kill_at = self.options.kill_instance_after_s
             if kill_at is not None and not killed and elapsed >= kill_at:
-                self.workers[0].signal(signal.SIGKILL)
+                self.workers()[0].signal(signal.SIGKILL)
                 killed = True
+            if self.tick is not None:
+                self.tick(elapsed)
             stats = self.queue.stats()
             if self.options.on_progress is not None:
                 items_done = min(self.items_planned, stats.get("done", 0) * self.batch_size)
@@ -507,7 +579,7 @@ class _Drain:
                 return False
             if elapsed > self.timeout_s:
                 return True
-            for child in self.workers[1 if killed else 0 :]:
+            for child in self.workers()[1 if killed else 0 :]:
                 if not child.alive():
                     raise ServiceError(f"{child.name} exited during the trial: {child.log_tail()}")
             check_stop()

@@ -18,6 +18,7 @@ import numpy as np
 from lab.producers.arrivals import ProducerReport
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent
+from lab.runtime.worker import TIMEOUT_ERROR
 from lab.scenario.spec import Scenario
 from lab.sweep.resources import Usage, saturation
 
@@ -74,6 +75,7 @@ def job_figures(
         "jobs_per_s": len(done) / makespan_s if makespan_s > 0 else math.nan,
         "attempts": len(events),
         "retries": retries,
+        "timeouts": sum(1 for e in events if (e.error or "").startswith(TIMEOUT_ERROR)),
         "dead_letters": len(dead_only),
         "duplicate_jobs": ok_events - len(first_ok),
         "unfinished_jobs": jobs_enqueued - settled,
@@ -94,7 +96,7 @@ def job_figures(
 def bounds(
     figures: Mapping[str, Any],
     *,
-    concurrency: int,
+    concurrency: float,
     capacity: int | None,
     service_stats: Mapping[str, Any] | None,
     rate_limit_per_s: float | None,
@@ -149,12 +151,13 @@ def trial_row(
     config: Mapping[str, Any], scenario: Scenario, events: Sequence[JobEvent],
     services: Mapping[str, Mapping[str, Any]], usage: Mapping[str, Usage], report: ProducerReport,
     *, clock_start: float, wall_s: float, timed_out: bool, recovered: int,
-    web: Mapping[str, float],
+    web: Mapping[str, float], cost: Mapping[str, float],
 ) -> dict[str, Any]:  # fmt: skip
     """One row of trials.csv (lab.results.TRIAL_COLUMNS, in that order).
 
     `config` holds the trial's identity (trial_id, order, num_workers, instances, batch_size,
-    placement, repeat, concurrency); `web` the Locust figures (NaN without web traffic).
+    placement, repeat, concurrency); `web` the Locust figures (NaN without web traffic); `cost`
+    the dynamic configuration's columns (`lab.sweep.dynamics.cost_columns`).
     """
     w = scenario.workload
     target_spec = scenario.services[w.service]
@@ -179,7 +182,7 @@ def trial_row(
         **figures,
         **bounds(
             figures,
-            concurrency=int(config["concurrency"]),
+            concurrency=config["concurrency"] or cost["slots_mean"],  # dynamic: the mean slots
             capacity=target_spec.capacity,
             service_stats=target,
             rate_limit_per_s=rate_limit,
@@ -192,6 +195,7 @@ def trial_row(
         "service_max_in_flight": target.get("max", {}).get("in_flight", 0),
         "service_max_queue_depth": target.get("max", {}).get("queue_depth", 0),
         "producer_max_lag_s": report.max_lag_s,
+        **cost,
         "workers_cores": sum(u.cores for u in by_role["worker"]),
         "worker_peak_cores": max((u.peak_cores for u in by_role["worker"]), default=0.0),
         "worker_rss_max_mb": max((u.rss_max_mb for u in by_role["worker"]), default=0.0),

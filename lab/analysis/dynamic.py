@@ -1,0 +1,241 @@
+"""Dynamic policies against the best fixed configuration for the same scenario, measured.
+
+A dynamic policy is a configuration whose `num_workers` is `auto` (each instance adapts its
+slot limit) or whose `instances` is `autoscale` (instances follow the backlog). Each one is put
+next to two fixed configurations of the same batch size and placement, both from the same run:
+
+- the **best fixed**: the highest `objective.maximize` among those that meet the SLO (what a
+  sweep finds, knowing the service). Compared: throughput (within the noise or not), p99,
+  429s and timeouts, instance-seconds.
+- the **cheapest fixed that meets the SLO**: the fewest instance-seconds. A policy that meets
+  the SLO for less is cheaper; when no fixed configuration meets the SLO, that is said.
+
+Verdict: `wins` when the policy meets the SLO, the best fixed does not beat it beyond the noise,
+and it is cheaper or sheds load (fewer 429s and timeouts than the best fixed); `ties` when it
+only matches; `loses` otherwise. From its timeline (dynamics/<trial>.json): how long the slot
+limit took to settle, and, when the service browns out, how far it shed and how long it took
+to come back after.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lab.analysis.configs import NOISE_MARGIN, beats, per_config, slo_problems
+from lab.configuration import Configuration, label
+from lab.mocks.spec import Brownout
+from lab.scenario.spec import Objective
+
+#: The limit has settled once it stays within this fraction of its later median.
+SETTLE_BAND = 0.3
+
+#: After a brown-out, recovered once the slots are back to this share of their level before.
+RECOVERED_SHARE = 0.8
+
+#: Seconds before a brown-out whose slots are "the level before".
+BEFORE_S = 5.0
+
+
+def split_trials(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(fixed, dynamic) trials. Fixed knobs as int64; dynamic ones as text (`auto`, `2`)."""
+    fixed_mask = trials["num_workers"].map(_is_int) & trials["instances"].map(_is_int)
+    fixed = trials[fixed_mask].copy()
+    dynamic = trials[~fixed_mask].copy()
+    for knob in ("num_workers", "instances"):
+        fixed[knob] = fixed[knob].astype("int64")
+        dynamic[knob] = dynamic[knob].astype(str)
+    fixed["concurrency"] = fixed["num_workers"] * fixed["instances"]  # empty for dynamic rows
+    return fixed, dynamic
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer)
+
+
+def timeline_frame(timeline: Mapping[str, Any], part: str) -> pd.DataFrame:
+    """One table of a dynamics/<trial>.json: `slots`, `limits` or `instances`."""
+    table = timeline.get(part) or {"columns": [], "rows": []}
+    return pd.DataFrame(table["rows"], columns=table["columns"])
+
+
+def settle_s(slots: pd.DataFrame, until_s: float) -> float:
+    """When the total slot limit entered, for good until `until_s`, the band of ±SETTLE_BAND
+    around its median over the second half of [0, until_s]; NaN if it never did."""
+    part = slots[slots["t_s"] < until_s]
+    if part.empty:
+        return math.nan
+    later = part[part["t_s"] >= until_s / 2]["slots"]
+    mid = float(later.median()) if len(later) else math.nan
+    if not mid > 0:
+        return math.nan
+    outside = part[(part["slots"] - mid).abs() > SETTLE_BAND * mid]
+    if outside.empty:
+        return float(part["t_s"].iloc[0])
+    after = part[part["t_s"] > outside["t_s"].iloc[-1]]
+    return float(after["t_s"].iloc[0]) if len(after) else math.nan
+
+
+def brownout_response(slots: pd.DataFrame, window: Brownout) -> dict[str, float]:
+    """How a policy met the first brown-out of `window`: its slots before it, during it (as a
+    share of before), and the seconds after its end until they were back to RECOVERED_SHARE."""
+    start, end = window.start_s, window.start_s + window.duration_s
+    t, v = slots["t_s"], slots["slots"]
+    before = float(v[(t >= start - BEFORE_S) & (t < start)].median())
+    during = float(v[(t >= start) & (t < end)].mean())
+    back = t[(t >= end) & (v >= RECOVERED_SHARE * before)]
+    return {
+        "slots_before": before,
+        "slots_during_share": during / before if before > 0 else math.nan,
+        "recovery_s": float(back.iloc[0] - end) if len(back) else math.nan,
+    }
+
+
+def compare_policies(
+    trials: pd.DataFrame,
+    fixed: pd.DataFrame,
+    objective: Objective,
+    *,
+    timelines: Mapping[str, Mapping[str, Any]] | None = None,
+    brownouts: Sequence[Brownout] = (),
+    margin: float = NOISE_MARGIN,
+) -> tuple[pd.DataFrame, list[str]]:
+    """One row per dynamic policy with its comparison, and the sentences for the reasons.
+
+    `trials`: the dynamic trials (`split_trials`); `fixed`: the fixed configurations (the
+    analysis's `configs`, with `slo_problems`); `timelines`: dynamics/<trial>.json by trial id.
+    """
+    if trials.empty:
+        return pd.DataFrame(), []
+    metric = objective.maximize
+    policies = per_config(trials)
+    policies["slo_problems"] = [slo_problems(r, objective.slo) for _, r in policies.iterrows()]
+    rows, sentences = [], []
+    for _, policy in policies.iterrows():
+        same = _same_shape(fixed, policy)
+        ok = same[same["slo_problems"].map(len) == 0] if not same.empty else same
+        best = ok.loc[ok[metric].idxmax()] if not ok.empty else None
+        cheapest = ok.sort_values(["instance_seconds", metric], ascending=[True, False])
+        cheap = cheapest.iloc[0] if not cheapest.empty else None
+        mine = trials[_matches(trials, policy)]
+        row = {
+            "config": label(policy),
+            **{k: policy[k] for k in ("num_workers", "instances", "batch_size", "placement")},
+            **_figures(policy, metric),
+            **_dynamics(mine, timelines or {}, brownouts),
+            "best_fixed": None if best is None else label(best),
+            "cheapest_fixed": None if cheap is None else label(cheap),
+        }
+        if best is not None:
+            row |= {
+                "throughput_ratio": policy[metric] / best[metric] if best[metric] else math.nan,
+                "beaten_by_best": beats(best, policy, metric, margin),
+                "p99_ratio": policy["latency_p99_ms"] / best["latency_p99_ms"],
+                "best_overloads": best["service_rejected"] + best["timeouts"],
+                "best_instance_seconds": best["instance_seconds"],
+            }
+        if cheap is not None:
+            row["cheapest_instance_seconds"] = cheap["instance_seconds"]
+        row["verdict"] = _verdict(row, margin)
+        rows.append(row)
+        sentences.append(_sentence(row, metric))
+    return pd.DataFrame(rows), sentences
+
+
+def _same_shape(fixed: pd.DataFrame, policy: pd.Series) -> pd.DataFrame:
+    """The fixed configurations a policy competes with: same batch size and placement."""
+    if fixed.empty:
+        return fixed
+    return fixed[
+        (fixed["batch_size"] == policy["batch_size"]) & (fixed["placement"] == policy["placement"])
+    ]
+
+
+def _matches(trials: pd.DataFrame, policy: pd.Series) -> pd.Series:
+    mask = pd.Series(True, index=trials.index)
+    for knob in ("num_workers", "instances", "batch_size", "placement"):
+        mask &= trials[knob].astype(str) == str(policy[knob])
+    return mask
+
+
+def _figures(policy: pd.Series, metric: str) -> dict[str, Any]:
+    keys = [metric, "latency_p99_ms", "queue_wait_p99_ms", "error_rate", "service_rejected",
+            "timeouts", "instance_seconds", "slots_mean", "repeats"]  # fmt: skip
+    out = {k: policy[k] for k in keys}
+    out["overloads"] = policy["service_rejected"] + policy["timeouts"]
+    out["slo_problems"] = list(policy["slo_problems"])
+    return out
+
+
+def _dynamics(
+    trials: pd.DataFrame, timelines: Mapping[str, Mapping[str, Any]], brownouts: Sequence[Brownout]
+) -> dict[str, float]:
+    """Settling and brown-out figures, the mean over the policy's repeats with a timeline."""
+    found: list[dict[str, float]] = []
+    for trial_id, makespan in zip(trials["trial_id"], trials["makespan_s"], strict=True):
+        timeline = timelines.get(str(trial_id))
+        if timeline is None:
+            continue
+        slots = timeline_frame(timeline, "slots")
+        first = brownouts[0].start_s if brownouts else math.inf
+        figures = {"settle_s": settle_s(slots, min(first, float(makespan)))}
+        if first < makespan:
+            figures |= brownout_response(slots, brownouts[0])
+        found.append(figures)
+    if not found:
+        return {}
+    return {k: float(np.nanmean([f.get(k, math.nan) for f in found])) for k in found[0]}
+
+
+def _verdict(row: Mapping[str, Any], margin: float) -> str:
+    if row["slo_problems"]:
+        return "loses"
+    if row.get("best_fixed") is None:
+        return "wins"  # it meets the SLO and no fixed configuration does
+    if row["beaten_by_best"]:
+        return "loses"
+    cheap = row.get("cheapest_instance_seconds", math.nan)
+    cheaper = row["instance_seconds"] < (1 - margin) * cheap
+    gentler = row["overloads"] < row["best_overloads"]
+    return "wins" if cheaper or gentler else "ties"
+
+
+def _sentence(row: Mapping[str, Any], metric: str) -> str:
+    """The policy against the fixed configurations, in words: the reasons' dynamic lines."""
+    unit = metric.replace("_per_s", "/s")
+    head = f"dynamic {Configuration.of(row).describe()}: {row[metric]:,.0f} {unit}, p99 {row['latency_p99_ms']:,.0f} ms"
+    if row.get("best_fixed") is None:
+        it = f"nor did it ({'; '.join(row['slo_problems'])})" if row["slo_problems"] else "it did"
+        return (
+            f"{head}: {row['verdict']}: no fixed configuration of batch {row['batch_size']} met "
+            f"the SLO; {it}, with {row['instance_seconds']:,.1f} instance-seconds"
+        )
+    noise = "beaten beyond the noise" if row["beaten_by_best"] else "within the noise"
+    parts = [
+        f"{row['throughput_ratio']:.0%} of the best fixed {row['best_fixed']}'s {unit} ({noise})",
+        f"p99 {row['p99_ratio']:.2f}×",
+        f"429s and timeouts {row['overloads']:,.0f} vs {row['best_overloads']:,.0f}",
+        f"{row['instance_seconds']:,.1f} instance-seconds vs {row['best_instance_seconds']:,.1f}",
+    ]
+    if row.get("cheapest_fixed") not in (None, row["best_fixed"]):
+        parts.append(
+            f"the cheapest fixed that meets the SLO, {row['cheapest_fixed']}, used "
+            f"{row['cheapest_instance_seconds']:,.1f}"
+        )
+    if row["slo_problems"]:
+        parts.append(f"it breaks the SLO ({'; '.join(row['slo_problems'])})")
+    if math.isfinite(row.get("settle_s", math.nan)):
+        parts.append(f"its slots settled after {row['settle_s']:.1f} s")
+    if math.isfinite(row.get("slots_during_share", math.nan)):
+        recovery = row.get("recovery_s", math.nan)
+        back = (
+            f"back {recovery:.1f} s after it" if math.isfinite(recovery) else "not back by the end"
+        )
+        parts.append(
+            f"in the brown-out it kept {row['slots_during_share']:.0%} of its slots, {back}"
+        )
+    return f"{head}: {row['verdict']}: " + "; ".join(parts)
