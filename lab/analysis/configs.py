@@ -225,7 +225,7 @@ def slo_problems(row: pd.Series, slo: Slo) -> list[str]:
 
 
 def beats(best: pd.Series, other: pd.Series, metric: str, margin: float = NOISE_MARGIN) -> bool:
-    """True when `best` is better than `other` beyond the noise (style.md point 12)."""
+    """True when `best` is better than `other` beyond the noise (both tests must agree: a wide interval alone never makes a winner)."""
     if not other[metric] > 0:
         return True
     if best[metric] / other[metric] - 1 <= margin:

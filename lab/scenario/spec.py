@@ -1,6 +1,6 @@
 """The scenario: what to run, against which mock services, and what "best" means.
 
-A scenario file is a user-facing contract (design.md): field names are stable and new fields
+A scenario file is a user-facing contract: field names are stable and new fields
 come only with defaults. Loading is strict on purpose: an unknown key is an error with a
 did-you-mean, never a silently ignored setting, and every error names the file, the YAML line,
 the field path, the bad value and what is allowed, all in ONE `ConfigError` (exit code 2).

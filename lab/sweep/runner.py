@@ -161,7 +161,7 @@ def run_sweep(
         assert scenario_path is not None
         run = RunFolder.create(
             out_dir, scenario.name, Path(scenario_path).read_text(),
-            {"seed": scenario.seed, "quick": quick, "command": sys.argv, "trials_planned": [p.trial_id for p in plan]},
+            {"seed": scenario.seed, "quick": quick, "command": ["python", "-m", "lab.sweep", *sys.argv[1:]], "trials_planned": [p.trial_id for p in plan]},
         )  # fmt: skip
     done = set(run.completed_trials())
     todo = [p for p in plan if p.trial_id not in done]
