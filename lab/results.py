@@ -250,9 +250,8 @@ class RunFolder:
         jobs_dir = self.path / "jobs.parquet"
         jobs_dir.mkdir(exist_ok=True)
         events_frame(events, trial_id).to_parquet(jobs_dir / f"{trial_id}.parquet", index=False)
-        services_dir = self.path / "services"
-        services_dir.mkdir(exist_ok=True)
-        _atomic_write(services_dir / f"{trial_id}.json", _dump(services))
+        self.services_path(trial_id).parent.mkdir(exist_ok=True)
+        _atomic_write(self.services_path(trial_id), _dump(services))
         if timeline is not None:
             self.dynamics_path(trial_id).parent.mkdir(exist_ok=True)
             _atomic_write(self.dynamics_path(trial_id), _dump(timeline))
@@ -290,6 +289,15 @@ class RunFolder:
             numeric = values.map(lambda v: isinstance(v, int)).all()
             frame[knob] = values.astype("int64") if numeric and len(values) else values
         return frame
+
+    def services_path(self, trial_id: str) -> Path:
+        """Where one trial's mock statistics are kept (`GET /_lab/stats` of each, by name)."""
+        return self.path / "services" / f"{trial_id}.json"
+
+    def service_stats(self, trial_id: str) -> dict[str, Any]:
+        """One trial's mock statistics by service name ({} when the file is missing)."""
+        path = self.services_path(trial_id)
+        return dict(json.loads(path.read_text())) if path.exists() else {}
 
     def dynamics_path(self, trial_id: str) -> Path:
         """Where a dynamic trial's limits and instances over time are kept."""

@@ -308,6 +308,21 @@ def analyze_trials(
     return Analysis(objective, trials, configs, rec, fits, warnings, service, dynamic=policies)
 
 
+def choose(
+    ok: pd.DataFrame, objective: Objective, margin: float = NOISE_MARGIN
+) -> tuple[pd.Series, pd.DataFrame, pd.Series]:
+    """Among configurations that meet the SLO (not empty): the best by the objective, those
+    it does not beat beyond the noise, and the cheapest of them by `objective.prefer`."""
+    metric = objective.maximize
+    best = ok.loc[ok[metric].idxmax()]
+    tied = ok[[not beats(best, r, metric, margin) for _, r in ok.iterrows()]]
+    keys = [_PREFER_KEYS[p] for p in objective.prefer]
+    chosen = tied.sort_values(
+        [k for k, _ in keys] + [metric], ascending=[asc for _, asc in keys] + [False]
+    ).iloc[0]
+    return best, tied, chosen
+
+
 def _recommendation(
     configs: pd.DataFrame, objective: Objective, *, service: ServiceSpec | None,
     cpu_count: int | None, margin: float, fits: list[UslFit],
@@ -326,12 +341,7 @@ def _recommendation(
             f"({_slo_words(objective.slo)}); relax the SLO or change the scenario"
         )
         return None, [verdict, *context], []
-    best = ok.loc[ok[metric].idxmax()]
-    tied = ok[[not beats(best, r, metric, margin) for _, r in ok.iterrows()]]
-    keys = [_PREFER_KEYS[p] for p in objective.prefer]
-    chosen = tied.sort_values(
-        [k for k, _ in keys] + [metric], ascending=[asc for _, asc in keys] + [False]
-    ).iloc[0]
+    best, tied, chosen = choose(ok, objective, margin)
     reasons = [_choice_sentence(chosen, best, tied, ok, objective, margin), *context]
     if bool(chosen["harness_saturated"]):
         reasons.append(

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lab.analysis.configs import NOISE_MARGIN, beats, per_config, slo_problems
+from lab.analysis.configs import NOISE_MARGIN, beats, choose, per_config, slo_problems
 from lab.configuration import Configuration, label
 from lab.mocks.spec import Brownout
 from lab.scenario.spec import Objective
@@ -116,43 +116,47 @@ def compare_policies(
     policies["slo_problems"] = [slo_problems(r, objective.slo) for _, r in policies.iterrows()]
     rows, sentences = [], []
     for _, policy in policies.iterrows():
-        same = _same_shape(fixed, policy)
-        ok = same[same["slo_problems"].map(len) == 0] if not same.empty else same
-        best = ok.loc[ok[metric].idxmax()] if not ok.empty else None
-        cheapest = ok.sort_values(["instance_seconds", metric], ascending=[True, False])
-        cheap = cheapest.iloc[0] if not cheapest.empty else None
-        mine = trials[_matches(trials, policy)]
-        row = {
+        rivals = _rivals(fixed, policy)
+        row: dict[str, Any] = {
             "config": label(policy),
             **{k: policy[k] for k in ("num_workers", "instances", "batch_size", "placement")},
             **_figures(policy, metric),
-            **_dynamics(mine, timelines or {}, brownouts),
-            "best_fixed": None if best is None else label(best),
-            "cheapest_fixed": None if cheap is None else label(cheap),
+            **_dynamics(trials[_matches(trials, policy)], timelines or {}, brownouts),
         }
-        if best is not None:
+        ok = rivals[rivals["slo_problems"].map(len) == 0] if not rivals.empty else rivals
+        if not ok.empty:
+            best, _, pick = choose(ok, objective, margin)
+            cheapest = ok.sort_values(["instance_seconds", metric], ascending=[True, False]).iloc[0]
             row |= {
+                "best_fixed": label(best),
                 "throughput_ratio": policy[metric] / best[metric] if best[metric] else math.nan,
                 "beaten_by_best": beats(best, policy, metric, margin),
                 "p99_ratio": policy["latency_p99_ms"] / best["latency_p99_ms"],
-                "best_overloads": best["service_rejected"] + best["timeouts"],
-                "best_instance_seconds": best["instance_seconds"],
+                "fixed_pick": label(pick),
+                "pick_overloads": pick["service_rejected"] + pick["timeouts"],
+                "pick_instance_seconds": pick["instance_seconds"],
+                "cheapest_fixed": label(cheapest),
+                "cheapest_instance_seconds": cheapest["instance_seconds"],
             }
-        if cheap is not None:
-            row["cheapest_instance_seconds"] = cheap["instance_seconds"]
         row["verdict"] = _verdict(row, margin)
         rows.append(row)
         sentences.append(_sentence(row, metric))
     return pd.DataFrame(rows), sentences
 
 
-def _same_shape(fixed: pd.DataFrame, policy: pd.Series) -> pd.DataFrame:
-    """The fixed configurations a policy competes with: same batch size and placement."""
+def _rivals(fixed: pd.DataFrame, policy: pd.Series) -> pd.DataFrame:
+    """The fixed configurations a policy answers for: same batch size and placement, and the
+    same value of the knob it does not adapt (`auto` with 2 instances vs num_workers N with 2
+    instances; autoscaled with num_workers 4 vs N instances of num_workers 4)."""
     if fixed.empty:
         return fixed
-    return fixed[
-        (fixed["batch_size"] == policy["batch_size"]) & (fixed["placement"] == policy["placement"])
-    ]
+    mask = (fixed["batch_size"] == policy["batch_size"]) & (
+        fixed["placement"] == policy["placement"]
+    )
+    for knob in ("num_workers", "instances"):
+        if str(policy[knob]).isdigit():
+            mask &= fixed[knob] == int(policy[knob])
+    return fixed[mask]
 
 
 def _matches(trials: pd.DataFrame, policy: pd.Series) -> pd.Series:
@@ -186,48 +190,54 @@ def _dynamics(
         if first < makespan:
             figures |= brownout_response(slots, brownouts[0])
         found.append(figures)
-    if not found:
-        return {}
-    return {k: float(np.nanmean([f.get(k, math.nan) for f in found])) for k in found[0]}
+    return {k: _mean_known([f.get(k, math.nan) for f in found]) for k in found[0]} if found else {}
+
+
+def _mean_known(values: list[float]) -> float:
+    known = [v for v in values if math.isfinite(v)]
+    return sum(known) / len(known) if known else math.nan
 
 
 def _verdict(row: Mapping[str, Any], margin: float) -> str:
     if row["slo_problems"]:
         return "loses"
-    if row.get("best_fixed") is None:
-        return "wins"  # it meets the SLO and no fixed configuration does
+    if "best_fixed" not in row:
+        return "wins"  # it meets the SLO and no fixed configuration of its kind does
     if row["beaten_by_best"]:
         return "loses"
-    cheap = row.get("cheapest_instance_seconds", math.nan)
-    cheaper = row["instance_seconds"] < (1 - margin) * cheap
-    gentler = row["overloads"] < row["best_overloads"]
+    cheaper = row["instance_seconds"] < (1 - margin) * row["cheapest_instance_seconds"]
+    gentler = row["overloads"] < row["pick_overloads"]
     return "wins" if cheaper or gentler else "ties"
 
 
 def _sentence(row: Mapping[str, Any], metric: str) -> str:
     """The policy against the fixed configurations, in words: the reasons' dynamic lines."""
     unit = metric.replace("_per_s", "/s")
-    head = f"dynamic {Configuration.of(row).describe()}: {row[metric]:,.0f} {unit}, p99 {row['latency_p99_ms']:,.0f} ms"
-    if row.get("best_fixed") is None:
-        it = f"nor did it ({'; '.join(row['slo_problems'])})" if row["slo_problems"] else "it did"
+    head = (
+        f"dynamic {Configuration.of(row).describe()}: {row[metric]:,.0f} {unit}, p99 "
+        f"{row['latency_p99_ms']:,.0f} ms, {row['instance_seconds']:,.1f} instance-seconds"
+    )
+    broken = f"it breaks the SLO ({'; '.join(row['slo_problems'])})" if row["slo_problems"] else ""
+    if "best_fixed" not in row:
+        alone = broken.replace("it breaks", "nor does it meet") or "it does"
         return (
-            f"{head}: {row['verdict']}: no fixed configuration of batch {row['batch_size']} met "
-            f"the SLO; {it}, with {row['instance_seconds']:,.1f} instance-seconds"
+            f"{head}: {row['verdict']}: no fixed configuration of its kind meets the SLO; {alone}"
         )
     noise = "beaten beyond the noise" if row["beaten_by_best"] else "within the noise"
     parts = [
-        f"{row['throughput_ratio']:.0%} of the best fixed {row['best_fixed']}'s {unit} ({noise})",
+        f"{row['throughput_ratio']:.0%} of the best fixed {row['best_fixed']}'s {unit} ({noise}), "
         f"p99 {row['p99_ratio']:.2f}×",
-        f"429s and timeouts {row['overloads']:,.0f} vs {row['best_overloads']:,.0f}",
-        f"{row['instance_seconds']:,.1f} instance-seconds vs {row['best_instance_seconds']:,.1f}",
+        f"against the fixed pick {row['fixed_pick']}: 429s and timeouts {row['overloads']:,.0f} "
+        f"vs {row['pick_overloads']:,.0f}, instance-seconds {row['instance_seconds']:,.1f} vs "
+        f"{row['pick_instance_seconds']:,.1f}",
     ]
-    if row.get("cheapest_fixed") not in (None, row["best_fixed"]):
+    if row["cheapest_fixed"] != row["fixed_pick"]:
         parts.append(
             f"the cheapest fixed that meets the SLO, {row['cheapest_fixed']}, used "
-            f"{row['cheapest_instance_seconds']:,.1f}"
+            f"{row['cheapest_instance_seconds']:,.1f} instance-seconds"
         )
-    if row["slo_problems"]:
-        parts.append(f"it breaks the SLO ({'; '.join(row['slo_problems'])})")
+    if broken:
+        parts.append(broken)
     if math.isfinite(row.get("settle_s", math.nan)):
         parts.append(f"its slots settled after {row['settle_s']:.1f} s")
     if math.isfinite(row.get("slots_during_share", math.nan)):

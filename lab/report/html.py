@@ -24,8 +24,17 @@ from lab.analysis.configs import Analysis, Run, analyze, load_run
 from lab.analysis.recommendation import Recommendation
 from lab.configuration import label
 from lab.errors import exit_status
-from lab.report.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
+from lab.report.plots import (
+    DYNAMIC_CAPTION,
+    STANDARD,
+    WEB_CAPTION,
+    dynamic_timeline,
+    has_dynamic,
+    has_web,
+    web_latency_vs_workers,
+)
 from lab.results import RunFolder
+from lab.scenario.spec import axis_values
 
 #: Resolution of the embedded figures: sharp on a laptop screen, ~100 kB each.
 DPI = 100
@@ -187,7 +196,8 @@ def _scenario(run: Run) -> str:
                 ),
                 (
                     "grid",
-                    f"num_workers {list(sweep.num_workers)} × instances {list(sweep.instances)} × "
+                    f"num_workers {list(axis_values(sweep.num_workers))} × instances "
+                    f"{list(axis_values(sweep.instances))} × "
                     f"batch_size {list(sweep.batch_size)}, {sweep.repeats} repeat(s)",
                 ),
                 ("objective", f"maximize {o.maximize}; prefer {', '.join(o.prefer) or '-'}"),
@@ -233,6 +243,45 @@ def _web_section(analysis: Analysis) -> str:
     )
 
 
+_DYNAMIC_TABLE = [
+    ("config", "policy", ""), ("verdict", "verdict", ""), ("items_per_s", "items/s", ",.0f"),
+    ("throughput_ratio", "× best", ".0%"), ("latency_p99_ms", "p99 ms", ",.0f"),
+    ("p99_ratio", "p99 × best", ".2f"), ("best_fixed", "best fixed", ""),
+    ("overloads", "429s + timeouts", ",.0f"), ("pick_overloads", "the pick's", ",.0f"),
+    ("instance_seconds", "instance-s", ",.1f"), ("pick_instance_seconds", "the pick's", ",.1f"),
+    ("fixed_pick", "fixed pick", ""), ("cheapest_instance_seconds", "cheapest meeting SLO", ",.1f"),
+    ("settle_s", "settled after s", ",.1f"), ("slots_during_share", "slots in brown-out", ".0%"),
+    ("recovery_s", "back after s", ",.1f"),
+]  # fmt: skip
+
+
+def _dynamic_section(analysis: Analysis) -> str:
+    """Each dynamic policy against the fixed configurations, and the policies over time."""
+    if not has_dynamic(analysis):
+        return ""
+    head = "".join(f"<th>{escape(title)}</th>" for _, title, _ in _DYNAMIC_TABLE)
+    rows = []
+    for _, row in analysis.dynamic.iterrows():
+        cells = "".join(
+            f"<td>{_num(row.get(col), fmt) if fmt else escape(str(row.get(col) or '–'))}</td>"
+            for col, _, fmt in _DYNAMIC_TABLE
+        )
+        note = "; ".join(row["slo_problems"]) or "meets the SLO"
+        rows.append(f'<tr>{cells}<td class="l">{escape(note)}</td></tr>')
+    table = f'<table><tr>{head}<th class="l">SLO</th></tr>{"".join(rows)}</table>'
+    return (
+        "<h2>Dynamic policies</h2><p>Each policy against the fixed configurations of the same "
+        "batch size (and the same value of the knob it does not adapt), from this run: the "
+        "<i>best fixed</i> has the highest throughput within the SLO; the <i>fixed pick</i> is "
+        "what the sweep recommends among them; the cost is instance-seconds. A policy <i>wins</i> "
+        "when it meets the SLO, the best fixed does not beat it beyond the noise, and it is "
+        "cheaper or gets fewer 429s and timeouts than the pick.</p>"
+        f'<div class="wide">{table}</div>'
+        f'<figure><img alt="{escape(DYNAMIC_CAPTION)}" src="{figure_png(dynamic_timeline(analysis))}">'
+        f"<figcaption>{escape(DYNAMIC_CAPTION)}</figcaption></figure>"
+    )
+
+
 def render_report(analysis: Analysis) -> str:
     """The report's HTML text, self-contained. Needs an analysis of a run (`analyze(path)`)."""
     if analysis.run is None:
@@ -260,6 +309,7 @@ def render_report(analysis: Analysis) -> str:
         "<h2>Figures</h2>",
         figures,
         _web_section(analysis),
+        _dynamic_section(analysis),
         "<h2>Configurations</h2>",
         "<p>Means over repeats; the interval is Student-t 95 % (none with one repeat). "
         "<i>of bound</i>: throughput over the tighter of the Little's-law and capacity bounds. "

@@ -469,3 +469,100 @@ def standard_figures(analysis: Analysis) -> dict[str, Figure]:
     if has_web(analysis):
         figures["web"] = web_latency_vs_workers(analysis)
     return figures
+
+
+# -- dynamic policies --------------------------------------------------------------------------
+
+#: Width of the bins of the load curves, in seconds.
+LOAD_BIN_S = 0.5
+
+#: At most this many policies side by side in the timeline figure.
+MAX_POLICIES = 4
+
+DYNAMIC_CAPTION = (
+    "Dynamic policies over time (one trial each): the load and the jobs done, the job slots "
+    "(num_workers auto: the sum of the instances' limits) and the instances, and the service's "
+    "requests in flight and queued; brown-out windows shaded"
+)
+
+
+def has_dynamic(analysis: Analysis) -> bool:
+    """True when the run had a dynamic policy (num_workers auto, autoscaled instances)."""
+    return not analysis.dynamic.empty and analysis.run is not None
+
+
+def _per_s(times: pd.Series, weights: pd.Series, end_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Items per second in LOAD_BIN_S bins of `times` (seconds after the clock start)."""
+    edges = np.arange(0.0, max(end_s, LOAD_BIN_S) + LOAD_BIN_S, LOAD_BIN_S)
+    counts, _ = np.histogram(times, bins=edges, weights=weights)
+    return edges[:-1] + LOAD_BIN_S / 2, counts / LOAD_BIN_S
+
+
+def dynamic_timeline(analysis: Analysis) -> Figure:
+    """Each dynamic policy's first trial over time, a column each: the load (items arriving and
+    done per second), what the policy did (slots; instances and backlog when autoscaled), and
+    the service (requests in flight and queued), with the brown-outs shaded."""
+    from lab.analysis.dynamic import timeline_frame
+    from lab.results import RunFolder
+
+    assert analysis.run is not None
+    run, folder = analysis.run, RunFolder(analysis.run.path)
+    labels = list(analysis.dynamic["config"])[:MAX_POLICIES]
+    fig = Figure(
+        figsize=(max(PANEL_W_IN * len(labels), MIN_FIGURE_W_IN), 2.6 * 3 + 0.8),
+        layout="constrained",
+    )
+    axes = np.asarray(fig.subplots(3, len(labels), squeeze=False, sharex="col"))
+    fig.suptitle("Dynamic policies over time", fontsize=13, fontweight="bold")
+    target = run.scenario.workload.service
+    brownouts = analysis.service.brownouts if analysis.service is not None else []
+    for col, name in enumerate(labels):
+        trial = run.trials[[label(r) == name for _, r in run.trials.iterrows()]].iloc[0]
+        tid, start, end = str(trial["trial_id"]), float(trial["started_at"]), float(trial["wall_s"])
+        jobs = run.jobs[run.jobs["trial_id"] == tid]
+        load, work, service = axes[0][col], axes[1][col], axes[2][col]
+        first = jobs[jobs["attempt"] == 1]
+        load.plot(*_per_s(first["enqueued_at"] - start, first["items"], end), color="#1f77b4",
+                  label="arriving")  # fmt: skip
+        done = jobs[jobs["outcome"] == "ok"]
+        load.plot(*_per_s(done["finished_at"] - start, done["items"], end), color="#2ca02c",
+                  label="done")  # fmt: skip
+        load.set_title(tid)
+        load.set_ylabel("items/s")
+        timeline = folder.timeline(tid) or {}
+        slots = timeline_frame(timeline, "slots")
+        work.step(slots["t_s"], slots["slots"], where="post", color="#ff7f0e", label="job slots")
+        work.set_ylabel("job slots")
+        scaled = timeline_frame(timeline, "instances")
+        if not scaled.empty:
+            twin = work.twinx()
+            twin.step(scaled["t_s"], scaled["running"] + scaled["starting"], where="post",
+                      color="#9467bd", label="instances")  # fmt: skip
+            twin.set_ylabel("instances", color="#9467bd")
+            twin.yaxis.set_major_locator(MaxNLocator(integer=True))
+            twin.set_ylim(bottom=0)
+            load.plot(
+                scaled["t_s"], scaled["backlog"], ":", color="#7f7f7f", label="backlog (jobs)"
+            )
+        series = folder.service_stats(tid).get(target, {}).get("series", {})
+        service.plot(series.get("t_s", []), series.get("in_flight", []), color="#d62728",
+                     label="in flight")  # fmt: skip
+        service.plot(series.get("t_s", []), series.get("queue_depth", []), color="#8c564b",
+                     label="queued")  # fmt: skip
+        service.set_ylabel(f"{target} requests")
+        service.set_xlabel("seconds since the clock start")
+        for ax in (load, work, service):
+            for window in brownouts:
+                ax.axvspan(window.start_s, window.start_s + window.duration_s, color="grey",
+                           alpha=0.15, linewidth=0)  # fmt: skip
+            ax.set_xlim(0, end)
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+    handles = [h for ax in axes[:, 0] for h in ax.get_legend_handles_labels()[0]]
+    if any(not timeline_frame(folder.timeline(str(t)) or {}, "instances").empty
+           for t in run.trials["trial_id"]):  # fmt: skip
+        handles.append(Line2D([], [], color="#9467bd", label="instances (right axis)"))
+    if brownouts:
+        handles.append(Rectangle((0, 0), 1, 1, color="grey", alpha=0.15, label="brown-out"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    return fig

@@ -361,7 +361,6 @@ class _Trial:
             timeout_s=READY_TIMEOUT_S,
             children=everyone,
         )
-        _prepare_services(self.scenario, urls, self.items_planned)
         instances = self.plan.initial_instances(self.scenario)
         expected = {instance_id(self.plan, i) for i in range(instances)}
         wait_for(
@@ -370,6 +369,8 @@ class _Trial:
             timeout_s=READY_TIMEOUT_S,
             children=everyone,
         )
+        # last, so the services' epoch (their statistics, brown-outs) is the clock's start
+        _prepare_services(self.scenario, urls, self.items_planned)
 
     def _measure(
         self, queue: Queue, services: _Actors, slots: _Actors, web_url: str | None
