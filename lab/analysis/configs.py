@@ -277,9 +277,11 @@ def analyze_trials(
     cpu_count: int | None = None,
     margin: float = NOISE_MARGIN,
     timelines: Mapping[str, Mapping[str, Any]] | None = None,
+    jobs: pd.DataFrame | None = None,
 ) -> Analysis:
     """The analysis of a trials table (trials.csv's columns); `service` is the target's spec;
-    `timelines`: the dynamic trials' dynamics/<trial>.json by trial id."""
+    `timelines` (dynamics/<trial>.json by trial id) and `jobs` (the job events) tell how the
+    dynamic policies moved."""
     from lab.analysis.dynamic import compare_policies, split_trials  # it builds on this module
 
     fixed, dynamic_trials = split_trials(trials)
@@ -293,7 +295,7 @@ def analyze_trials(
     if configs.empty and not dynamic_trials.empty:
         reasons = ["no fixed configuration was run, so none is recommended; the dynamic ones:"]
     policies, verdicts = compare_policies(
-        dynamic_trials, configs, objective, timelines=timelines, margin=margin,
+        dynamic_trials, configs, objective, timelines=timelines, jobs=jobs, margin=margin,
         brownouts=service.brownouts if service is not None else (),
     )  # fmt: skip
     rec = Recommendation(
@@ -438,7 +440,7 @@ def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
     timelines = {tid: t for tid in run.trials["trial_id"] if (t := folder.timeline(str(tid)))}
     analysis = analyze_trials(
         run.trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin,
-        timelines=timelines,
+        timelines=timelines, jobs=run.jobs,
     )  # fmt: skip
     status = run.manifest.get("status")
     planned = len(run.manifest.get("trials_planned", []))

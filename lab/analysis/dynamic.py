@@ -34,10 +34,14 @@ from lab.scenario.spec import Objective
 #: The limit has settled once it stays within this fraction of its later median.
 SETTLE_BAND = 0.3
 
-#: After a brown-out, recovered once the slots are back to this share of their level before.
+#: After a brown-out, recovered once the items done per second (over 1 s) are back to this
+#: share of their rate before it...
 RECOVERED_SHARE = 0.8
 
-#: Seconds before a brown-out whose slots are "the level before".
+#: ...looked at every this many seconds.
+RATE_STEP_S = 0.25
+
+#: Seconds before a brown-out that are "before it".
 BEFORE_S = 5.0
 
 
@@ -80,18 +84,43 @@ def settle_s(slots: pd.DataFrame, until_s: float) -> float:
     return float(after["t_s"].iloc[0]) if len(after) else math.nan
 
 
-def brownout_response(slots: pd.DataFrame, window: Brownout) -> dict[str, float]:
-    """How a policy met the first brown-out of `window`: its slots before it, during it (as a
-    share of before), and the seconds after its end until they were back to RECOVERED_SHARE."""
-    start, end = window.start_s, window.start_s + window.duration_s
+def done_items(jobs: pd.DataFrame, trial: pd.Series) -> pd.DataFrame:
+    """A trial's successful jobs: `t_s` (their end, seconds after the clock start), `items`."""
+    mine = jobs[(jobs["trial_id"] == trial["trial_id"]) & (jobs["outcome"] == "ok")]
+    return pd.DataFrame(
+        {"t_s": mine["finished_at"] - float(trial["started_at"]), "items": mine["items"]}
+    )
+
+
+def recovery_s(done: pd.DataFrame, window: Brownout, end_s: float) -> float:
+    """Seconds after the brown-out `window` until the items done per second (over 1 s) were
+    back to RECOVERED_SHARE of their rate in the BEFORE_S before it; NaN if not by `end_s`."""
+    start, stop = window.start_s, window.start_s + window.duration_s
+    span = min(BEFORE_S, start)
+    if span <= 0:
+        return math.nan
+    before = done[(done["t_s"] >= start - span) & (done["t_s"] < start)]["items"].sum() / span
+    for at in np.arange(stop, end_s - 1.0, RATE_STEP_S):
+        if (
+            done[(done["t_s"] >= at) & (done["t_s"] < at + 1.0)]["items"].sum()
+            >= RECOVERED_SHARE * before
+        ):
+            return float(at - stop)
+    return math.nan
+
+
+def brownout_response(
+    slots: pd.DataFrame, done: pd.DataFrame, window: Brownout, end_s: float
+) -> dict[str, float]:
+    """How a policy met the brown-out `window`: its mean slots during it as a share of the
+    BEFORE_S before it, and its `recovery_s` after it (`done`: `done_items`)."""
+    start, stop = window.start_s, window.start_s + window.duration_s
     t, v = slots["t_s"], slots["slots"]
     before = float(v[(t >= start - BEFORE_S) & (t < start)].median())
-    during = float(v[(t >= start) & (t < end)].mean())
-    back = t[(t >= end) & (v >= RECOVERED_SHARE * before)]
+    during = float(v[(t >= start) & (t < stop)].mean())
     return {
-        "slots_before": before,
         "slots_during_share": during / before if before > 0 else math.nan,
-        "recovery_s": float(back.iloc[0] - end) if len(back) else math.nan,
+        "recovery_s": recovery_s(done, window, end_s),
     }
 
 
@@ -102,12 +131,14 @@ def compare_policies(
     *,
     timelines: Mapping[str, Mapping[str, Any]] | None = None,
     brownouts: Sequence[Brownout] = (),
+    jobs: pd.DataFrame | None = None,
     margin: float = NOISE_MARGIN,
 ) -> tuple[pd.DataFrame, list[str]]:
     """One row per dynamic policy with its comparison, and the sentences for the reasons.
 
     `trials`: the dynamic trials (`split_trials`); `fixed`: the fixed configurations (the
-    analysis's `configs`, with `slo_problems`); `timelines`: dynamics/<trial>.json by trial id.
+    analysis's `configs`, with `slo_problems`); `timelines`: dynamics/<trial>.json by trial id;
+    `jobs`: the run's job events (for the recovery after a brown-out).
     """
     if trials.empty:
         return pd.DataFrame(), []
@@ -121,7 +152,7 @@ def compare_policies(
             "config": label(policy),
             **{k: policy[k] for k in ("num_workers", "instances", "batch_size", "placement")},
             **_figures(policy, metric),
-            **_dynamics(trials[_matches(trials, policy)], timelines or {}, brownouts),
+            **_dynamics(trials[_matches(trials, policy)], timelines or {}, brownouts, jobs),
         }
         ok = rivals[rivals["slo_problems"].map(len) == 0] if not rivals.empty else rivals
         if not ok.empty:
@@ -176,19 +207,23 @@ def _figures(policy: pd.Series, metric: str) -> dict[str, Any]:
 
 
 def _dynamics(
-    trials: pd.DataFrame, timelines: Mapping[str, Mapping[str, Any]], brownouts: Sequence[Brownout]
+    trials: pd.DataFrame,
+    timelines: Mapping[str, Mapping[str, Any]],
+    brownouts: Sequence[Brownout],
+    jobs: pd.DataFrame | None,
 ) -> dict[str, float]:
     """Settling and brown-out figures, the mean over the policy's repeats with a timeline."""
     found: list[dict[str, float]] = []
-    for trial_id, makespan in zip(trials["trial_id"], trials["makespan_s"], strict=True):
-        timeline = timelines.get(str(trial_id))
+    for _, trial in trials.iterrows():
+        timeline = timelines.get(str(trial["trial_id"]))
         if timeline is None:
             continue
-        slots = timeline_frame(timeline, "slots")
+        slots, makespan = timeline_frame(timeline, "slots"), float(trial["makespan_s"])
         first = brownouts[0].start_s if brownouts else math.inf
-        figures = {"settle_s": settle_s(slots, min(first, float(makespan)))}
-        if first < makespan:
-            figures |= brownout_response(slots, brownouts[0])
+        figures = {"settle_s": settle_s(slots, min(first, makespan))}
+        if first < makespan and jobs is not None:
+            done = done_items(jobs, trial)
+            figures |= brownout_response(slots, done, brownouts[0], makespan)
         found.append(figures)
     return {k: _mean_known([f.get(k, math.nan) for f in found]) for k in found[0]} if found else {}
 

@@ -202,23 +202,39 @@ class GradientLimiter(Limiter):
     #: low by their noise (a lucky window), and would shrink the limit with no queueing at all.
     POOLED_WINDOWS = 4
 
+    #: Windows in a row with the job time over twice the tolerated latency, however far the
+    #: limit fell, before the no-load latency is re-learnt: shedding did not bring it down, so
+    #: the service itself is slower (a brown-out), not queueing behind our own jobs.
+    REPROBE_AFTER = 5
+
     def __init__(self, settings: LimitSettings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
         self._recent: deque[list[float]] = deque(maxlen=self.POOLED_WINDOWS)
+        self._slow_windows = 0
+        self._baseline_s: float | None = None  # the no-load latency before a re-learn...
+        self._relearnt_s = math.inf  # ...and the one re-learnt
 
     def _update(self, w: _Window, rtt: float, now: float) -> str:
         if math.isnan(rtt):
             return "hold"
         self._recent.append(w.rtts)
         pooled = statistics.median(x for rtts in self._recent for x in rtts)
-        if self.noload_s is None or now >= self._probe_at:
-            self.noload_s = pooled
+        reprobe = self._slow_windows >= self.REPROBE_AFTER
+        if self.noload_s is None or now >= self._probe_at or reprobe:
+            if reprobe and self._baseline_s is None:
+                self._baseline_s = self.noload_s
+            self.noload_s = self._relearnt_s = pooled
             self._probe_at = now + self.settings.probe_every_s
+            self._slow_windows = 0
+        elif self._baseline_s is not None and rtt < self._relearnt_s / 2:
+            # jobs got much faster than the re-learnt latency: the brown-out is over
+            self.noload_s, self._baseline_s = min(self._baseline_s, rtt), None
         else:
             self.noload_s = min(self.noload_s, pooled)
         if self._app_limited(w):
             return "hold"
         gradient = min(1.0, self.settings.tolerance * self.noload_s / rtt)
+        self._slow_windows = self._slow_windows + 1 if gradient < 0.5 else 0
         if self.slow_start:
             if gradient >= 1.0:
                 self._limit *= 2
