@@ -7,11 +7,13 @@ window the limit is updated once:
 
 - **gradient** (the default; latency-based, like Netflix concurrency-limits' Gradient/Vegas
   limits, brpc's auto limiter and Envoy's adaptive concurrency filter): the window's median job
-  time is compared with the no-load latency (the lowest window median seen, lowered smoothly,
+  time is compared with the no-load latency (the lowest median of the last few windows pooled,
   re-learnt every `probe_every_s`). gradient = clamp(tolerance x no-load / median, 0.5, 1);
   new limit = limit x gradient + sqrt(limit). While jobs wait nowhere the limit grows by
   sqrt(limit) a window; when they queue at the service it shrinks, to keep about sqrt(limit)
-  jobs waiting there.
+  jobs waiting there. When jobs stay over twice the tolerated latency for REPROBE_AFTER windows
+  however far the limit falls, the service itself is slower (a brown-out): the no-load latency
+  is re-learnt at the slower level, and the old one restored once jobs are fast again.
 - **aimd** (loss-based, like Netflix's AIMDLimit): +1 a window while no job is rejected.
 
 Both start in slow start (the limit doubles each window until the first sign of congestion),
