@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
+
+#: Doublings past this cannot matter (2**64 x any backoff exceeds any ceiling) and would only
+#: overflow a float: attempt 1,100 of a job would raise instead of waiting.
+_MAX_DOUBLINGS = 64
 
 
 @dataclass(frozen=True)
@@ -24,8 +29,8 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.backoff_ms < 0 or self.max_backoff_ms < 0:
-            raise ValueError("backoff_ms and max_backoff_ms must be >= 0")
+        if not (0 <= self.backoff_ms < math.inf and 0 <= self.max_backoff_ms < math.inf):
+            raise ValueError("backoff_ms and max_backoff_ms must be finite numbers >= 0")
         if self.jitter not in ("full", "none"):
             raise ValueError(f"jitter must be 'full' or 'none', got {self.jitter!r}")
 
@@ -35,7 +40,8 @@ class RetryPolicy:
 
     def delay_s(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait after failed attempt `attempt` (1-based) before the next one."""
-        ceiling_ms = min(self.max_backoff_ms, self.backoff_ms * 2 ** (attempt - 1))
+        doublings = min(max(attempt - 1, 0), _MAX_DOUBLINGS)
+        ceiling_ms = min(self.max_backoff_ms, self.backoff_ms * 2.0**doublings)
         if self.jitter == "full":
             return rng.uniform(0, ceiling_ms) / 1000
         return ceiling_ms / 1000

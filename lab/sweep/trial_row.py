@@ -113,9 +113,10 @@ def bounds(
     if service_stats and capacity:
         samples = service_stats.get("samples", {}).get("service_ms", [])
         served = service_stats.get("served", 0)
-        if samples and served:
+        mean_s = float(np.mean(samples)) / 1000 if samples else 0.0
+        if mean_s > 0 and served:  # a service of constant 0 ms has no capacity bound
             items_per_request = service_stats.get("served_items", served) / served
-            capacity_bound = capacity * items_per_request / (float(np.mean(samples)) / 1000)
+            capacity_bound = capacity * items_per_request / mean_s
             if rate_limit_per_s:
                 capacity_bound = min(capacity_bound, rate_limit_per_s * items_per_request)
     candidates = [b for b in (littles, capacity_bound) if not math.isnan(b)]
