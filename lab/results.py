@@ -370,6 +370,12 @@ class RunFolder:
                 return ""
             return d.read("scenario.yaml", limit=L.SCENARIO_BYTES_MAX).decode("utf-8", "replace")
 
+    def trial_logs(self, trial_id: str) -> Path:
+        """A new, empty folder for one trial's child-process logs (an earlier attempt's, from an
+        interrupted run, is moved aside): nothing planted in it can be written through."""
+        with self._dir("logs", create=True) as d:
+            return d.fresh_subdir(trial_id)
+
     @property
     def report_html(self) -> Path:
         """Where `lab.report` writes the run's self-contained report."""

@@ -1,6 +1,6 @@
 """The scenario: what to run, against which mock services, and what "best" means.
 
-A scenario file is a user-facing contract (design.md): field names are stable and new fields
+A scenario file is a user-facing contract: field names are stable and new fields
 come only with defaults. Loading is strict on purpose: an unknown key is an error with a
 did-you-mean, never a silently ignored setting, and every error names the file, the YAML line,
 the field path, the bad value and what is allowed, all in ONE `ConfigError` (exit code 2).
@@ -22,8 +22,8 @@ from lab import limits as L
 from lab.errors import ConfigError
 from lab.infra.broker import redact_url
 from lab.mocks.spec import ServiceSpec
-from lab.runtime.jobs import BUILTINS, find_job_module, resolve
-from lab.runtime.retry import RetryPolicy
+from lab.runtime.jobs import BUILTINS, find_job_module, job_type, resolve
+from lab.runtime.retry import DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy
 from lab.scenario.loader import line_of, load_yaml_model
 from lab.strict import Loc, Problems, Strict, hint, show, why
 
@@ -203,12 +203,17 @@ class Retry(_Strict):
     """How a failed attempt is retried: see lab.runtime.retry.RetryPolicy."""
 
     max_attempts: Annotated[int, Field(ge=1, le=L.MAX_ATTEMPTS_MAX)] = Field(
-        default=5, description="Attempts before dead-lettering."
+        default=DEFAULT_RETRY.max_attempts, description="Attempts before dead-lettering."
     )
-    backoff_ms: BackoffMs = Field(default=50.0, description="First backoff in ms; doubles.")
-    max_backoff_ms: BackoffMs = Field(default=30_000.0, description="Backoff ceiling, in ms.")
+    backoff_ms: BackoffMs = Field(
+        default=DEFAULT_RETRY.backoff_ms, description="First backoff in ms; doubles."
+    )
+    max_backoff_ms: BackoffMs = Field(
+        default=DEFAULT_RETRY.max_backoff_ms, description="Backoff ceiling, in ms."
+    )
     jitter: Literal["full", "none"] = Field(
-        default="full", description="full: wait uniform in [0, backoff]; none: exactly backoff."
+        default=DEFAULT_RETRY.jitter,
+        description="full: wait uniform in [0, backoff]; none: exactly backoff.",
     )
 
     def policy(self) -> RetryPolicy:
@@ -251,7 +256,9 @@ class Workload(_Strict):
         '\\ / * ? " < > | space , # :; not starting with _ - +), and no %.',
     )
     retry: Retry = Field(default_factory=Retry, description="Retry and backoff of failed jobs.")
-    job_timeout_s: Timeout = Field(default=30.0, description="Time limit of one attempt, in s.")
+    job_timeout_s: Timeout = Field(
+        default=DEFAULT_JOB_TIMEOUT_S, description="Time limit of one attempt, in s."
+    )
 
     @property
     def expected_items(self) -> int:
@@ -389,9 +396,9 @@ class Scenario(_Strict):
         if name not in self.services:
             known = f"{hint(name, self.services)}; known: {', '.join(sorted(self.services))}"
             problems.append((("workload", "service"), f"unknown service {name!r}{known}"))
-        elif job.startswith("opensearch.") and self.services[name].kind != "opensearch":
+        elif (need := job_type(job).service_kind) and self.services[name].kind != need:
             kind = self.services[name].kind
-            problems.append((("workload", "job"), f"{job} needs an opensearch service, not {kind}"))
+            problems.append((("workload", "job"), f"{job} needs an {need} service, not {kind}"))
         if isinstance(self.workload.arrival, Backlog) and quick.duration_s is not None:
             problems.append(
                 (("sweep", "quick", "duration_s"), "poisson/ramp only; for a backlog use items")
