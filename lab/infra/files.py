@@ -84,13 +84,14 @@ class Dir:
             fd = os.open(name, flags, 0o666, dir_fd=self.fd)
         except OSError as exc:
             raise _refusal(self.path / name, exc, "append to it") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            raise UnsafePath(
+                f"{self.path / name}: not a plain file (a FIFO, a device or a hard link); "
+                "cannot append to it"
+            )
         with os.fdopen(fd, "ab") as f:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-                raise UnsafePath(
-                    f"{self.path / name}: not a plain file (a FIFO, a device or a hard link); "
-                    "cannot append to it"
-                )
             f.write(data)
             f.flush()
             if fsync:
@@ -103,9 +104,10 @@ class Dir:
             fd = os.open(name, flags, dir_fd=self.fd)
         except OSError as exc:
             raise _refusal(self.path / name, exc, "read it") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafePath(f"{self.path / name}: not a regular file; cannot read it")
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise UnsafePath(f"{self.path / name}: not a regular file; cannot read it")
             try:
                 data = f.read(limit + 1)
             except OSError as exc:

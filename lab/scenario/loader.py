@@ -68,12 +68,13 @@ def read_text(path: str | Path, *, what: str) -> str:
         raise ConfigError(f"{where}: no such {what} file") from None
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read the {what}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(fd)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
         if stat.S_ISDIR(info.st_mode):
             raise ConfigError(f"{where}: is a directory, not a {what} file")
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{where}: not a regular file; give the {what} file itself")
+        raise ConfigError(f"{where}: not a regular file; give the {what} file itself")
+    with os.fdopen(fd, "rb") as f:
         try:
             raw = f.read(SCENARIO_BYTES_MAX + 1)
         except OSError as exc:
@@ -216,6 +217,7 @@ def _effective_keys(node: yaml.MappingNode) -> Iterator[tuple[str, int, int | No
     """(key, line, line of the `<<` it came through or None) of a mapping, merges included."""
     for key, value in node.value:
         if key.tag == _MERGE:
+            yield "<<", key.start_mark.line + 1, None  # two merge keys are two equal keys
             merged = value.value if isinstance(value, yaml.SequenceNode) else [value]
             for sub in merged:
                 if isinstance(sub, yaml.MappingNode):

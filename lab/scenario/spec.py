@@ -185,7 +185,9 @@ class Workers(_Strict):
     placement: (
         Placement
         | Annotated[
-            tuple[Placement, ...], Field(min_length=1, strict=False), AfterValidator(_unique)
+            tuple[Placement, ...],
+            Field(min_length=1, max_length=2, strict=False),
+            AfterValidator(_unique),
         ]
     ) = Field(
         default="separate",
@@ -350,7 +352,9 @@ class Objective(_Strict):
         default="items_per_s", description="The figure to maximize (backlog: min makespan)."
     )
     slo: Slo = Field(default_factory=Slo, description="Limits a recommendation must meet.")
-    prefer: Annotated[tuple[Preference, ...], Field(strict=False), AfterValidator(_unique)] = Field(
+    prefer: Annotated[
+        tuple[Preference, ...], Field(max_length=4, strict=False), AfterValidator(_unique)
+    ] = Field(
         default=("fewer_instances", "fewer_num_workers"),
         description="Tie-breakers, in order, among configurations within noise of the best.",
     )

@@ -280,6 +280,7 @@ class _Trial:
             sum(len(j.items) for j in self.jobs) or w.expected_items * plan.batch_size
         )
         self.token = new_token()  # the mocks' /_lab/ routes answer only to this trial
+
     def run(self) -> TrialOutcome:
         with self.broker.client() as client, contextlib.ExitStack() as services_stack:
             queue = Queue(client, f"trial-{self.plan.trial_id}-{secrets.token_hex(3)}")
