@@ -42,7 +42,7 @@ class Strict(BaseModel):
 
 def why(reason: str) -> FieldInfo:
     """The reason of a field's bounds, for `Annotated[int, Field(le=...), why("...")]`."""
-    return Field(json_schema_extra={WHY_KEY: reason})  # type: ignore[no-any-return]
+    return Field(json_schema_extra={WHY_KEY: reason})
 
 
 class Problems(ValueError):
@@ -224,6 +224,8 @@ def _allowed(schema: dict[str, Any], node: dict[str, Any]) -> str:
         text = f"a mapping with {node['discriminator']['propertyName']}: one of {tags}"
     elif "enum" in node or "const" in node:
         text = "one of " + ", ".join(map(repr, node.get("enum", [node.get("const")])))
+    elif kind == "boolean":
+        text = "true or false"
     elif kind in ("integer", "number"):
         text = " ".join(["an integer" if kind == "integer" else "a number", *_bounds(node)])
     elif kind == "array":

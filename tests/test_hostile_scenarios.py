@@ -256,11 +256,11 @@ def test_general_rule_every_number_list_text_and_mapping_has_an_upper_bound(
     unbounded = []
     for path, node in _schema_nodes(model.model_json_schema()):
         kind = node.get("type")
-        if kind in ("integer", "number") and not {"maximum", "exclusiveMaximum"} & set(node):
-            unbounded.append(path)
-        elif kind == "array" and "maxItems" not in node:
-            unbounded.append(path)
-        elif kind == "string" and not {"maxLength", "enum", "const"} & set(node):
+        if (
+            (kind in ("integer", "number") and not {"maximum", "exclusiveMaximum"} & set(node))
+            or (kind == "array" and "maxItems" not in node)
+            or (kind == "string" and not {"maxLength", "enum", "const"} & set(node))
+        ):
             unbounded.append(path)
         elif kind == "object" and node.get("additionalProperties") not in (False, None):
             unbounded.append(path)  # a mapping of user keys must cap them (maxProperties)
@@ -288,7 +288,7 @@ def _replace(data: Any, path: tuple[Any, ...], value: Any) -> Any:
     if not path:
         return value
     copy = dict(data) if isinstance(data, dict) else list(data)
-    copy[path[0]] = _replace(data[path[0]], path[1:], value)  # type: ignore[index]
+    copy[path[0]] = _replace(data[path[0]], path[1:], value)
     return copy
 
 

@@ -162,12 +162,21 @@ def directory(root: Path, *parts: str, create: bool = False) -> Iterator[Dir]:
             try:
                 new = os.open(part, _DIR | _NOFOLLOW, dir_fd=fd)
             except OSError as exc:
+                if exc.errno == errno.ENOTDIR and _is_link(part, fd):  # O_DIRECTORY says ENOTDIR
+                    exc = OSError(errno.ELOOP, "a symbolic link")
                 raise _refusal(path, exc, "open it as a directory") from None
             os.close(fd)
             fd = new
         yield Dir(fd, path)
     finally:
         os.close(fd)
+
+
+def _is_link(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def atomic_write(path: Path, data: bytes | str, *, mode: int = 0o666) -> None:

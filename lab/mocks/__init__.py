@@ -25,7 +25,20 @@ _EXPORTS = {
     "spec_to_json": "lab.mocks.spec",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "STATS_SCHEMA_VERSION",
+    "ServiceSpec",
+    "cdf",
+    "make_sampler",
+    "mean_ms",
+    "parse_spec",
+    "quantile",
+    "run",
+    "run_mock",
+    "serve",
+    "spec_from_json",
+    "spec_to_json",
+]
 
 if TYPE_CHECKING:
     from lab.mocks.distributions import cdf, make_sampler, mean_ms, quantile

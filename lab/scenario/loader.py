@@ -101,7 +101,7 @@ class _ValueProblem(Exception):
         self.node, self.exc = node, exc
 
 
-class _Loader(_Base):  # type: ignore[misc]
+class _Loader(_Base):
     """The safe loader, with every error of building one value tied to that value's node."""
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:

@@ -132,10 +132,12 @@ def run_sweep(
     stream = stream or sys.stdout
     if resume is not None:
         run = RunFolder.open(resume)
-        scenario = load_scenario(run.scenario_path)
+        source = run.scenario_path
+        scenario = load_scenario(source)
         quick = bool(run.manifest.get("quick", False))
     elif scenario_path is not None:
-        scenario = load_scenario(scenario_path)
+        source = Path(scenario_path)
+        scenario = load_scenario(source)
     else:
         raise ConfigError("give a scenario file, or --resume RUN_DIR")
     if quick:
@@ -144,11 +146,10 @@ def run_sweep(
     if dry_run:
         _print_plan(scenario, plan, stream)
         return None
-    import_job(scenario, run.scenario_path if resume is not None else scenario_path)  # now only
+    import_job(scenario, source)  # the user's module runs only now, when trials will run
     if resume is None:
-        assert scenario_path is not None
         run = RunFolder.create(
-            out_dir, scenario.name, read_text(scenario_path, what="scenario"),
+            out_dir, scenario.name, read_text(source, what="scenario"),
             {"seed": scenario.seed, "quick": quick, "command": ["python", "-m", "lab.sweep", *sys.argv[1:]], "trials_planned": [p.trial_id for p in plan]},
         )  # fmt: skip
     done = set(run.completed_trials())
