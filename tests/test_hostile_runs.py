@@ -179,7 +179,7 @@ def _edit_trials(run_dir: Path, column: str, value: str) -> None:
     (run_dir / "trials.csv").write_text("\n".join(lines) + "\n")
 
 
-TABLES: dict[str, tuple[Callable[[Path], None], str]] = {
+TABLES: dict[str, tuple[Callable[[Path], object], str]] = {
     "a word for num_workers": (
         lambda d: _edit_trials(d, "num_workers", "many"),
         "trials.csv: row 2, column num_workers: must be an integer >= 1, got 'many'",
@@ -223,7 +223,10 @@ TABLES: dict[str, tuple[Callable[[Path], None], str]] = {
 
 @pytest.mark.parametrize(("tamper", "fragment"), TABLES.values(), ids=TABLES.keys())
 def test_tables_are_type_checked_on_read(
-    run_dir: Path, tamper: Callable[[Path], None], fragment: str, capsys: pytest.CaptureFixture[str]
+    run_dir: Path,
+    tamper: Callable[[Path], object],
+    fragment: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     tamper(run_dir)
     assert fragment in refused(report_main, report(run_dir), capsys)

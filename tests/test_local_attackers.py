@@ -5,6 +5,7 @@ and (in test_mock_control.py) a mock's control routes need the run's token.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -103,10 +104,8 @@ def test_a_broker_password_never_reaches_a_command_line_or_a_shared_file(
         me = psutil.Process()
         while not done.is_set():
             for child in me.children(recursive=True):
-                try:
+                with contextlib.suppress(psutil.Error):
                     seen.append(" ".join(child.cmdline()))
-                except psutil.Error:
-                    pass
             time.sleep(0.01)
 
     watcher = threading.Thread(target=watch, daemon=True)

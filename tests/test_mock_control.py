@@ -46,9 +46,12 @@ async def test_control_routes_need_the_token_service_routes_do_not(kind: str) ->
 @pytest.mark.asyncio
 async def test_without_a_token_given_nobody_can_reset_an_in_process_mock() -> None:
     spec = parse_spec({"kind": "http_api"})
-    async with run_mock(spec) as url, aiohttp.ClientSession() as s:
-        async with s.post(f"{url}/_lab/reset", headers=control_headers("")) as r:
-            assert r.status == 401
+    async with (
+        run_mock(spec) as url,
+        aiohttp.ClientSession() as s,
+        s.post(f"{url}/_lab/reset", headers=control_headers("")) as r,
+    ):
+        assert r.status == 401
 
 
 @contextlib.contextmanager
