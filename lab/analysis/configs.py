@@ -22,15 +22,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lab.analysis.explain import explain, label, trial_warnings, unstable
+from lab.analysis.attribution import Context, attribute_configs, fill_older_layout
+from lab.analysis.explain import bottleneck_reason, explain, label, trial_warnings, unstable
 from lab.analysis.usl import UslFit, fit_usl
 from lab.mocks.spec import ServiceSpec
 from lab.results import STATUS_COMPLETE, RunFolder
 from lab.scenario.spec import Objective, Scenario, Slo
 
 #: recommendation.json history: 1 = schema_version, config, figures, reasons, runners_up,
-#: warnings, scalability, objective.
-SCHEMA_VERSION = 1
+#: warnings, scalability, objective; 2 = `bottleneck` and `evidence` beside the chosen
+#: configuration's figures, and `configs`: every configuration with its figures, bottleneck
+#: and evidence (lab.analysis.attribution).
+SCHEMA_VERSION = 2
 
 CONFIG = ["num_workers", "instances", "batch_size"]
 
@@ -261,7 +264,10 @@ def _entry(row: pd.Series) -> dict[str, Any]:
     config: dict[str, Any] = {k: int(row[k]) for k in CONFIG}
     if row[PLACEMENT] != SEPARATE:
         config[PLACEMENT] = str(row[PLACEMENT])
-    return {"config": config, "figures": figures}
+    return {
+        "config": config, "figures": figures, "bottleneck": row["bottleneck"],
+        "evidence": dict(row["evidence"]),
+    }  # fmt: skip
 
 
 def _fits(trials: pd.DataFrame) -> list[UslFit]:
@@ -279,17 +285,25 @@ def analyze_trials(
     service: ServiceSpec | None = None,
     cpu_count: int | None = None,
     margin: float = NOISE_MARGIN,
+    jobs: pd.DataFrame | None = None,
+    context: Context | None = None,
 ) -> Analysis:
-    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec."""
+    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec,
+    `jobs` the attempts (jobs.parquet, for the retry-wave detector), `context` what attribution
+    needs to know of the scenario (default: `service`, the SLO and a backlog)."""
+    if PLACEMENT not in trials:
+        trials = trials.assign(**{PLACEMENT: SEPARATE})
+    context = context or Context(service, objective.slo.max_error_rate, None, cpu_count)
     configs = per_config(trials)
+    attributed = attribute_configs(trials, jobs, context, [*CONFIG, PLACEMENT])
+    configs = configs.merge(attributed, on=[*CONFIG, PLACEMENT], how="left")
     configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
     fits = _fits(trials)
     warnings = trial_warnings(trials, cpu_count=cpu_count) + unstable(configs, objective.maximize)
-    rec = _recommendation(
-        configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
-    )
+    rec = _recommendation(configs, objective, margin=margin, fits=fits)
     rec |= {
         "schema_version": SCHEMA_VERSION,
+        "configs": [_entry(r) for _, r in configs.iterrows()],
         "warnings": warnings,
         "scalability": [_fit_entry(f) for f in fits],
         "objective": objective.model_dump(mode="json")
@@ -299,16 +313,13 @@ def analyze_trials(
 
 
 def _recommendation(
-    configs: pd.DataFrame, objective: Objective, *, service: ServiceSpec | None,
-    cpu_count: int | None, margin: float, fits: list[UslFit],
-) -> dict[str, Any]:  # fmt: skip
+    configs: pd.DataFrame, objective: Objective, *, margin: float, fits: list[UslFit]
+) -> dict[str, Any]:
     if configs.empty:
         return {"config": None, "figures": {}, "reasons": ["no trial finished"], "runners_up": []}
     metric = objective.maximize
     ok = configs[configs["slo_problems"].map(len) == 0]
-    context = explain(
-        configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
-    )
+    context = explain(configs, objective, margin=margin, fits=fits)
     if ok.empty:
         verdict = (
             "no configuration met the SLO and kept every item, so none is recommended "
@@ -321,7 +332,11 @@ def _recommendation(
     chosen = tied.sort_values(
         [k for k, _ in keys] + [metric], ascending=[asc for _, asc in keys] + [False]
     ).iloc[0]
-    reasons = [_choice_sentence(chosen, best, tied, ok, objective, margin), *context]
+    reasons = [
+        _choice_sentence(chosen, best, tied, ok, objective, margin),
+        bottleneck_reason(chosen),
+        *context,
+    ]
     if bool(chosen["harness_saturated"]):
         reasons.append(
             "caution: a trial of the chosen configuration saturated the lab itself, so its "
@@ -415,9 +430,15 @@ def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
     scenario = run.scenario
     service = scenario.services.get(scenario.workload.service)
     cpu_count = run.manifest.get("cpu_count")
-    analysis = analyze_trials(
-        run.trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin
+    context = Context.of(scenario, cpu_count)
+    folder = RunFolder(run.path)
+    trials = fill_older_layout(
+        run.trials, run.jobs, folder.services, scenario.workload.service, context
     )
+    analysis = analyze_trials(
+        trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin,
+        jobs=run.jobs, context=context,
+    )  # fmt: skip
     status = run.manifest.get("status")
     planned = len(run.manifest.get("trials_planned", []))
     extra = []

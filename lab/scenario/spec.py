@@ -29,7 +29,7 @@ from pydantic import (
 from lab.errors import ConfigError
 from lab.mocks.spec import ServiceSpec
 from lab.runtime.jobs import BUILTINS, resolve
-from lab.runtime.retry import RetryPolicy
+from lab.runtime.retry import AfterFloor, RetryPolicy
 from lab.scenario.loader import Loc, Problems, hint, line_of, load_yaml_model
 
 QUICK_ITEMS_MAX = 500  # automatic --quick: a backlog of at most this many items
@@ -168,6 +168,13 @@ class Retry(_Strict):
     max_backoff_ms: NonNegFloat = Field(default=30_000.0, description="Backoff ceiling, in ms.")
     jitter: Literal["full", "none"] = Field(
         default="full", description="full: wait uniform in [0, backoff]; none: exactly backoff."
+    )
+    after_floor: AfterFloor = Field(
+        default="jittered",
+        description="How a server's Retry-After (a floor, in whole seconds) is honoured. "
+        "jittered: wait the floor plus the backoff draw, so jobs rejected together come back "
+        "spread over the backoff window; exact: wait the floor itself (when the backoff is "
+        "shorter), so they come back together in one wave, a retry storm.",
     )
 
     def policy(self) -> RetryPolicy:

@@ -8,10 +8,11 @@ core, the trial measured the lab (`harness_saturated`).
 from __future__ import annotations
 
 import contextlib
+import statistics
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -25,13 +26,22 @@ SATURATED_CORES = 0.85
 
 @dataclass
 class Usage:
-    """One process over the trial: mean and peak cores, peak resident memory."""
+    """One process over the trial: mean, peak and steady cores, peak resident memory."""
 
     role: str  # "worker", "mock", "redis", "producer", "web" or "locust"
     cpu_s: float = 0.0
     cores: float = 0.0
     peak_cores: float = 0.0
     rss_max_mb: float = 0.0
+    window_cores: list[float] = field(default_factory=list)  # one per sampling window
+
+    @property
+    def steady_cores(self) -> float:
+        """The median over the sampling windows: the steady part, which start-up and the drain's
+        tail barely move (the mean over the trial when it had under three windows)."""
+        if len(self.window_cores) < 3:
+            return self.cores
+        return float(statistics.median(self.window_cores))
 
 
 class ResourceSampler:
@@ -87,7 +97,9 @@ class ResourceSampler:
                 usage.rss_max_mb = max(usage.rss_max_mb, self._rss_mb(proc))
                 before = last.get(name, self._first.get(name))
                 if cpu is not None and before is not None:
-                    usage.peak_cores = max(usage.peak_cores, (cpu - before) / (now - last_t))
+                    window = (cpu - before) / (now - last_t)
+                    usage.window_cores.append(window)
+                    usage.peak_cores = max(usage.peak_cores, window)
                     usage.cpu_s = cpu - (self._first.get(name) or 0.0)
                 last[name] = cpu
             last_t = now
