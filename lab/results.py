@@ -38,7 +38,8 @@ from lab.scenario.spec import Scenario, load_scenario
 
 #: Layout history: 1 = the first layout (this docstring); 2 = trials.csv gains `placement` and
 #: the web (Locust) columns; 3 = trials.csv gains `steady_items_per_s`, the service's rejections
-#: by kind, connections and utilization, `worker_steady_cores` and `bottleneck`. Readers accept
+#: by kind, connections and utilization, `worker_steady_cores`, `worker_cpu_demand` and
+#: `bottleneck`. Readers accept
 #: older layouts and fill the columns they lack.
 SCHEMA_VERSION = 3
 
@@ -108,6 +109,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "workers_cores": "mean cores used by all worker instances",
     "worker_peak_cores": "highest cores of one instance over a 0.25 s window",
     "worker_steady_cores": "the busiest instance's median cores over 0.25 s windows (the steady part)",
+    "worker_cpu_demand": "the busiest instance's median share of a 0.25 s window spent on or waiting for a core (1.0: it always wanted one, even if a busy machine did not give it)",
     "worker_rss_max_mb": "largest resident memory of one instance, MiB",
     "mock_cores": "mean cores of the busiest mock service",
     "redis_cores": "mean cores of the embedded redis-server (0 with broker.url)",

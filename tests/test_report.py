@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lab.analysis.configs import analyze
+from lab.analysis.configs import SCHEMA_VERSION, analyze
 from lab.report.html import main, render_report, write_report
 from lab.report.plots import STANDARD
 from lab.sweep.runner import run_sweep
@@ -62,6 +62,9 @@ def test_the_report_is_one_self_contained_file_with_every_figure(run_dir: Path) 
     config = rec["config"]
     assert f"num_workers = {config['num_workers']}" in text and "Why" in text
     assert "Configurations" in text and "Machine and run" in text and "quickstart" in text
+    # what held each configuration, in words: the capacity plateau of batch 1 says so
+    assert "What held each configuration" in text
+    assert "(305 items/s): held by the service's capacity: it serves 4" in text
 
 
 def test_scenario_text_is_escaped(run_dir: Path) -> None:
@@ -135,7 +138,7 @@ def test_a_sweep_ends_with_its_recommendation_and_report(tmp_path: Path) -> None
     run = run_sweep(scenario, out_dir=tmp_path / "results", stream=out)
     assert run is not None
     rec = json.loads((run.path / "recommendation.json").read_text())
-    assert rec["schema_version"] == 1 and rec["config"] is not None
+    assert rec["schema_version"] == SCHEMA_VERSION and rec["config"] is not None
     printed = out.getvalue()
     assert "recommended: num_workers=" in printed
     assert f"report: {run.path / 'report.html'}" in printed

@@ -15,7 +15,8 @@ shipped examples. A figure is held by the FIRST of these that the evidence shows
    were refused, or waited for a held one to close.
 6. `harness` / `broker`: a lab process (mock, producer, web app, Locust; or redis-server) used
    a full core: the figure measures the lab, not the configuration.
-7. `worker_cpu`: the busiest worker instance used `WORKER_FULL_CORE` of a core over the steady
+7. `worker_cpu`: the busiest worker instance used, or wanted (ran or waited runnable: on a
+   busy machine it may get less than it wants), `WORKER_FULL_CORE` of a core over the steady
    part: one process runs Python on one core, so only more instances raise the ceiling.
 8. `harness`: every core of the machine was busy (workers and lab competed for CPU).
 9. `retry_waste`: at least `RETRY_WASTE_SHARE` of the attempts failed and were retried, and no
@@ -235,6 +236,7 @@ def evidence(row: Mapping[str, Any], ctx: Context, waves: Waves) -> dict[str, An
     worker_cores = _num(row, "worker_steady_cores")
     if not math.isfinite(worker_cores):
         worker_cores = _ratio(_num(row, "workers_cores", 0), instances)
+    worker_demand = _num(row, "worker_cpu_demand", worker_cores)
     lab = {k: _num(row, k, 0) for k in _LAB_CORES}
     busiest = max(lab, key=lambda k: lab[k])
     workers_cores = _num(row, "workers_cores", 0)
@@ -276,6 +278,7 @@ def evidence(row: Mapping[str, Any], ctx: Context, waves: Waves) -> dict[str, An
         "error_share": _ratio(_num(row, "service_errors", 0), requests),
         "max_error_rate": ctx.max_error_rate,
         "worker_cores": worker_cores,
+        "worker_cpu_demand": worker_demand,
         "cpu_bound_items_per_s": cpu_bound,
         "lab_component": _LAB_CORES[busiest],
         "lab_cores": lab[busiest],
@@ -342,7 +345,7 @@ def decide(ev: Mapping[str, Any]) -> str:
         return "connection_limit"
     if ev["harness_saturated"]:
         return "broker" if ev["lab_component"] == "redis-server" else "harness"
-    if ev["worker_cores"] >= WORKER_FULL_CORE:
+    if max(ev["worker_cores"], ev["worker_cpu_demand"]) >= WORKER_FULL_CORE:
         return "worker_cpu"
     if ev["machine_saturated"]:
         return "harness"
@@ -419,9 +422,15 @@ def describe(bottleneck: str, ev: Mapping[str, Any]) -> str:
             f"refused, up to {ev['max_connections']:,.0f} open at once"
         )
     if bottleneck == "worker_cpu":
+        starved = (
+            f" and wanted one {ev['worker_cpu_demand']:.0%} of the time (the machine was busy: "
+            "it waited for the rest)"
+            if ev["worker_cpu_demand"] - ev["worker_cores"] > 0.1
+            else ""
+        )
         return (
             f"the workers' CPU: the busiest instance used {ev['worker_cores']:.2f} of a core in "
-            "the steady part (one process runs Python on one core): more instances would help"
+            f"the steady part{starved}; one process runs Python on one core"
         )
     if bottleneck == "broker":
         return f"the broker: redis-server used {ev['lab_cores']:.2f} cores, the figure measures the lab"
@@ -433,9 +442,7 @@ def describe(bottleneck: str, ev: Mapping[str, Any]) -> str:
             )
         return "the machine: every core was busy, so workers and lab competed for CPU"
     busy = ev["utilization"]
-    room = (
-        f"the service was busy {busy:.0%} of the run" if math.isfinite(busy) else "the service"
-    )
+    room = f"the service was busy {busy:.0%} of the run" if math.isfinite(busy) else "the service"
     return (
         f"concurrency: {ev['concurrency']:,.0f} slots at {ev['service_time_ms']:,.0f} ms a job "
         f"allow {_rate(ev['littles_bound_items_per_s'])} (Little's law) and it reached "
@@ -487,7 +494,7 @@ _SHOWN = {
                          "queue_full", "utilization", "capacity_bound_items_per_s"),
     "connection_limit": ("connection_limit", "offered_in_flight", "max_connections",
                          "connections_refused"),
-    "worker_cpu": ("worker_cores", "instances", "cpu_bound_items_per_s"),
+    "worker_cpu": ("worker_cores", "worker_cpu_demand", "instances", "cpu_bound_items_per_s"),
     "broker": ("lab_component", "lab_cores"),
     "harness": ("lab_component", "lab_cores", "harness_saturated", "machine_saturated"),
     "concurrency": ("service_time_ms", "littles_bound_items_per_s", "of_littles_bound",
@@ -513,6 +520,7 @@ _MEAN_OVER_REPEATS = (
     "littles_bound_items_per_s", "capacity_bound_items_per_s", "service_requests",
     "service_rejected", "service_errors", "service_rate_limited", "service_queue_full",
     "service_connections_refused", "service_utilization", "workers_cores", "worker_steady_cores",
+    "worker_cpu_demand",
     "mock_cores", "producer_cores", "web_cores", "locust_cores", "redis_cores",
     "unfinished_jobs", "dead_letters",
 )  # fmt: skip

@@ -198,6 +198,7 @@ def trial_row(
         "workers_cores": sum(u.cores for u in by_role["worker"]),
         "worker_peak_cores": max((u.peak_cores for u in by_role["worker"]), default=0.0),
         "worker_steady_cores": max((u.steady_cores for u in by_role["worker"]), default=0.0),
+        "worker_cpu_demand": max((u.steady_demand for u in by_role["worker"]), default=0.0),
         "worker_rss_max_mb": max((u.rss_max_mb for u in by_role["worker"]), default=0.0),
         "mock_cores": max((u.cores for u in by_role["mock"]), default=0.0),
         "redis_cores": sum(u.cores for u in by_role["redis"]),
