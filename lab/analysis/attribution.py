@@ -6,8 +6,12 @@ shipped examples. A figure is held by the FIRST of these that the evidence shows
 1. `errors`: the service failed more requests (5xx) than the SLO allows errors.
 2. `arrivals`: open-loop arrivals and the workers kept up (the last job ended soon after the
    last arrival): the offered load itself is the throughput.
-3. `rate_limit`: rate-limit 429s happened and the accepted request rate over the steady part
-   reached the limit (`RATE_LIMIT_REACHED` of it): the token bucket is the ceiling.
+3. `rate_limit`: rate-limit 429s happened, and either the accepted request rate over the
+   steady part reached the limit (`RATE_LIMIT_REACHED` of it) or at least `RETRY_WASTE_SHARE`
+   of all attempts were 429s: the slots offered more than the token bucket lets through, and
+   the Retry-After waits (the 429s' cost) are part of that limit. Except when those 429s came
+   back in waves and the limit was not reached: then `retry_waste`, since the tokens went
+   unused between the waves, a fault of the retries, not of the limit.
 4. `service_capacity`: more requests were outstanding than the service serves at once, its
    in-flight count reached its capacity and requests queued there (or got 429 "queue full"),
    and it was busy at least `CAPACITY_BUSY` of the run.
@@ -327,8 +331,12 @@ def decide(ev: Mapping[str, Any]) -> str:
     kept_up = ev["drain_tail_s"] <= ev["kept_up_tail_s"] and ev["unfinished"] == 0
     if ev["open_loop_s"] and kept_up:
         return "arrivals"
-    if ev["rate_limited"] > 0 and ev["of_rate_limit"] >= RATE_LIMIT_REACHED:
-        return "rate_limit"
+    if ev["rate_limited"] > 0:
+        heavy = ev["rejected_share"] >= RETRY_WASTE_SHARE
+        if heavy and ev["waves"] and not ev["of_rate_limit"] >= RATE_LIMIT_REACHED:
+            return "retry_waste"  # the tokens went unused between the waves
+        if heavy or ev["of_rate_limit"] >= RATE_LIMIT_REACHED:
+            return "rate_limit"
     if (
         ev["offered_in_flight"] >= ev["capacity"]
         and ev["max_in_flight"] >= ev["capacity"]
@@ -363,6 +371,10 @@ def _rate(v: float) -> str:
     return f"{v:,.0f}/s"
 
 
+def _slots(n: float) -> str:
+    return f"{n:,.0f} slot{'' if n == 1 else 's'}"
+
+
 def describe(bottleneck: str, ev: Mapping[str, Any]) -> str:
     """The constraint and its evidence in one plain sentence (no subject: 'nw16-in1-bs1: ...')."""
     if bottleneck == "errors":
@@ -377,13 +389,18 @@ def describe(bottleneck: str, ev: Mapping[str, Any]) -> str:
         )
     if bottleneck == "arrivals":
         return (
-            f"the work itself: only {ev['jobs']:,.0f} jobs for {ev['concurrency']:,.0f} slots, "
+            f"the work itself: only {ev['jobs']:,.0f} jobs for {_slots(ev['concurrency'])}, "
             "so more slots have nothing to run"
         )
     if bottleneck == "rate_limit":
+        cost = (
+            " (the rest of the limit went unused while rejected jobs sat out their Retry-After)"
+            if ev["of_rate_limit"] < RATE_LIMIT_REACHED
+            else ""
+        )
         return (
             f"the rate limit ({_rate(ev['rate_limit_per_s'])}): {_rate(ev['accepted_per_s'])} "
-            f"accepted in the steady part ({ev['of_rate_limit']:.0%} of the limit); "
+            f"accepted in the steady part ({ev['of_rate_limit']:.0%} of the limit{cost}); "
             f"{_429s(ev)}"
         )
     if bottleneck == "retry_waste":
@@ -444,7 +461,7 @@ def describe(bottleneck: str, ev: Mapping[str, Any]) -> str:
     busy = ev["utilization"]
     room = f"the service was busy {busy:.0%} of the run" if math.isfinite(busy) else "the service"
     return (
-        f"concurrency: {ev['concurrency']:,.0f} slots at {ev['service_time_ms']:,.0f} ms a job "
+        f"concurrency: {_slots(ev['concurrency'])} at {ev['service_time_ms']:,.0f} ms a job "
         f"allow {_rate(ev['littles_bound_items_per_s'])} (Little's law) and it reached "
         f"{ev['of_littles_bound']:.0%} of that; {room} (at most {ev['max_in_flight']:,.0f} of "
         f"{ev['capacity']:,.0f} in flight, nothing queued) and rejected {ev['rejected']:,.0f}"
@@ -476,7 +493,7 @@ def more_slots(ev: Mapping[str, Any]) -> str:
         return "more slots would help; no other bound is known to say how far"
     return (
         f"more slots would help, up to about {_rate(at)} ({bound}, "
-        f"{at / ev['items_per_s']:,.1f}× this) at about {ev['slots_for_next_bound']:,.0f} slots"
+        f"{at / ev['items_per_s']:,.1f}× this) at about {_slots(ev['slots_for_next_bound'])}"
     )
 
 
