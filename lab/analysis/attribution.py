@@ -331,6 +331,24 @@ def decide(ev: Mapping[str, Any]) -> str:
     kept_up = ev["drain_tail_s"] <= ev["kept_up_tail_s"] and ev["unfinished"] == 0
     if ev["open_loop_s"] and kept_up:
         return "arrivals"
+    limit = _service_limit(ev)
+    if limit is not None:
+        return limit
+    if ev["harness_saturated"]:
+        return "broker" if ev["lab_component"] == "redis-server" else "harness"
+    if max(ev["worker_cores"], ev["worker_cpu_demand"]) >= WORKER_FULL_CORE:
+        return "worker_cpu"
+    if ev["machine_saturated"]:
+        return "harness"
+    if ev["retry_share"] >= RETRY_WASTE_SHARE:
+        return "retry_waste"
+    if not ev["open_loop_s"] and 0 < ev["jobs"] <= ev["concurrency"]:
+        return "arrivals"
+    return "concurrency"
+
+
+def _service_limit(ev: Mapping[str, Any]) -> str | None:
+    """A limit of the service that was reached: its rate limit, capacity or connection limit."""
     if ev["rate_limited"] > 0:
         heavy = ev["rejected_share"] >= RETRY_WASTE_SHARE
         if heavy and ev["waves"] and not ev["of_rate_limit"] >= RATE_LIMIT_REACHED:
@@ -351,17 +369,7 @@ def decide(ev: Mapping[str, Any]) -> str:
         and (ev["connections_refused"] > 0 or ev["max_connections"] > limit)
     ):
         return "connection_limit"
-    if ev["harness_saturated"]:
-        return "broker" if ev["lab_component"] == "redis-server" else "harness"
-    if max(ev["worker_cores"], ev["worker_cpu_demand"]) >= WORKER_FULL_CORE:
-        return "worker_cpu"
-    if ev["machine_saturated"]:
-        return "harness"
-    if ev["retry_share"] >= RETRY_WASTE_SHARE:
-        return "retry_waste"
-    if not ev["open_loop_s"] and 0 < ev["jobs"] <= ev["concurrency"]:
-        return "arrivals"
-    return "concurrency"
+    return None
 
 
 # -- words --------------------------------------------------------------------------------------
