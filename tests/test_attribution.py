@@ -252,7 +252,7 @@ def test_the_recommendation_carries_every_configuration_with_its_word_and_eviden
     analysis = analyze_trials(
         pd.DataFrame([slow, storm]), Objective(), service=limited, jobs=jobs,
     )  # fmt: skip
-    rec = json.loads(json.dumps(analysis.recommendation, allow_nan=False))
+    rec = json.loads(json.dumps(analysis.recommendation.to_json(), allow_nan=False))
     assert rec["config"] == {"num_workers": 16, "instances": 1, "batch_size": 1}
     words = {c["config"]["num_workers"]: c["bottleneck"] for c in rec["configs"]}
     assert words == {4: "concurrency", 16: "retry_waste"}

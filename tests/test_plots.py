@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from lab.analysis.configs import Analysis, analyze_trials
 from lab.report import plots
@@ -41,7 +43,7 @@ def analysis() -> Analysis:
 
 
 def texts(fig: Figure) -> list[str]:
-    return [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+    return [t.get_text() for t in fig.findobj(Text)]
 
 
 @pytest.mark.parametrize("name", list(plots.STANDARD))
@@ -55,7 +57,7 @@ def test_each_figure_renders_with_a_title_labelled_axes_and_a_legend(
     for ax in data_axes:
         for axis_label in (ax.get_xlabel(), ax.get_ylabel()):
             assert axis_label and any(u in axis_label for u in UNITS), (name, axis_label)
-    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    legends = fig.legends + [leg for ax in fig.axes if (leg := ax.get_legend()) is not None]
     assert legends and all(leg.get_texts() for leg in legends)
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=40)
@@ -120,7 +122,7 @@ def test_the_heatmap_and_throughput_mark_each_bottleneck_with_a_legend(
     assert all(f"held by: {w}" in legend for w in words)
     assert "held by: rate_limit" not in legend  # only the kinds present
     shapes = {
-        str(c.get_paths()[0].vertices.round(2).tolist())
+        str(np.asarray(c.get_paths()[0].vertices).round(2).tolist())
         for ax in fig.axes
         for c in ax.collections
         if isinstance(c, PathCollection) and len(c.get_sizes()) and c.get_sizes()[0] in (55, 70)

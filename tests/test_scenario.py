@@ -122,7 +122,11 @@ def test_retry_storm_is_the_rate_limited_api_with_retries_at_the_exact_floor() -
     assert storm.workload.retry.after_floor == "exact"
     same_retries = storm.workload.retry.model_copy(update={"after_floor": "jittered"})
     assert same_retries == api.workload.retry
-    assert (storm.services, storm.sweep, storm.objective) == (api.services, api.sweep, api.objective)
+    assert (storm.services, storm.sweep, storm.objective) == (
+        api.services,
+        api.sweep,
+        api.objective,
+    )
 
 
 def test_after_floor_is_checked_and_defaults_to_jittered(tmp_path: Path) -> None:

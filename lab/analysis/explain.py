@@ -14,6 +14,7 @@ import pandas as pd
 
 from lab.analysis.attribution import describe, more_slots
 from lab.analysis.usl import UslFit
+from lab.configuration import label
 from lab.scenario.spec import Objective
 
 #: At most this many names in a list before "and N more".
@@ -100,12 +101,6 @@ def plateau(configs: pd.DataFrame, metric: str, *, margin: float) -> list[str]:
             f"{unit}, {label(at_knee)}; more concurrency adds under {margin:.0%}); {knee_words}"
         )
     return out
-
-
-def label(row: pd.Series | dict[str, Any]) -> str:
-    """A configuration as trial ids name it: nw16-in2-bs50 (nw16-in2-bs50-colo: colocated)."""
-    colocated = "-colo" if row.get("placement") == "colocated" else ""
-    return f"nw{int(row['num_workers'])}-in{int(row['instances'])}-bs{int(row['batch_size'])}{colocated}"
 
 
 def slo_edges(configs: pd.DataFrame, objective: Objective) -> list[str]:

@@ -37,8 +37,8 @@ class RetryPolicy:
     max_attempts: int = 5
     backoff_ms: float = 50.0
     max_backoff_ms: float = 30_000.0
-    jitter: str = "full"  # "full" or "none"
-    after_floor: str = "jittered"  # "jittered" or "exact"
+    jitter: Literal["full", "none"] = "full"
+    after_floor: AfterFloor = "jittered"
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -70,3 +70,10 @@ class RetryPolicy:
         if self.after_floor == "exact":
             return max(self.delay_s(attempt, rng), floor_s)
         return floor_s + self.delay_s(attempt, rng, at_least_ms=floor_s * 1000)
+
+
+#: The defaults every entry point uses (scenario files, the worker's flags).
+DEFAULT_RETRY = RetryPolicy()
+
+#: Time limit of one attempt, in seconds, unless a scenario or `--job-timeout-s` says otherwise.
+DEFAULT_JOB_TIMEOUT_S = 30.0
