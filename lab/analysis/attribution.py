@@ -17,8 +17,9 @@ shipped examples. A figure is held by the FIRST of these that the evidence shows
    and it was busy at least `CAPACITY_BUSY` of the run.
 5. `connection_limit`: the slots wanted more connections than the service holds: connections
    were refused, or waited for a held one to close.
-6. `harness` / `broker`: a lab process (mock, producer, web app, Locust; or redis-server) used
-   a full core: the figure measures the lab, not the configuration.
+6. `harness` / `broker`: a lab process (mock, producer, web app, Locust; or redis-server) was
+   near a full core (the sweep's `harness_saturated`, at 0.85 of a core): the figure measures
+   the lab, not the configuration.
 7. `worker_cpu`: the busiest worker instance used, or wanted (ran or waited runnable: on a
    busy machine it may get less than it wants), `WORKER_FULL_CORE` of a core over the steady
    part: one process runs Python on one core, so only more instances raise the ceiling.
