@@ -15,14 +15,13 @@ import pytest
 from lab.analysis.attribution import (
     BOTTLENECKS,
     Context,
-    Waves,
     decide,
     describe,
     evidence,
-    retry_waves,
     steady_items_per_s,
 )
 from lab.analysis.configs import analyze_trials
+from lab.analysis.waves import Waves, retry_waves
 from lab.mocks.spec import ServiceSpec
 from lab.results import TRIAL_COLUMNS
 from lab.scenario.spec import Objective

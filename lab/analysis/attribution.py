@@ -32,14 +32,14 @@ shipped examples. A figure is held by the FIRST of these that the evidence shows
     the service had room and rejected nothing; more slots would help, up to the next bound.
 
 Inputs are what the results folder holds: a trials.csv row, the trial's job attempts
-(jobs.parquet) and the scenario. The sweep calls `trial_bottleneck` when it writes a row, the
+(jobs.parquet, for the retry-wave detector in lab.analysis.waves) and the scenario. The sweep
+calls `trial_bottleneck` when it writes a row, the
 analysis `attribute_configs` when it reads a run, so both say the same word.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lab.analysis.waves import Waves, mean_waves, waves_of_events, waves_of_jobs
 from lab.mocks.spec import ServiceSpec
 from lab.producers.arrivals import expected_duration_s
 from lab.runtime.queue import OK, JobEvent
@@ -71,14 +72,6 @@ RETRY_WASTE_SHARE = 0.25
 KEPT_UP_TAIL_S = 0.5
 #: The steady part: between these quantiles of the items done (start-up and tail left out).
 STEADY_QUANTILES = (0.1, 0.9)
-#: Retry waves: retry starts are binned this finely, and an autocorrelation peak at least this
-#: high (at a lag of at least WAVE_MIN_SPACING_S) marks attempts that come back in step.
-WAVE_BIN_S = 0.05
-WAVE_PEAK = 0.3
-WAVE_MIN_SPACING_S = 0.2
-MIN_RETRIES_FOR_WAVES = 30
-
-_REJECTED = re.compile(r"\b429\b")
 
 
 @dataclass(frozen=True)
@@ -100,67 +93,6 @@ class Context:
             open_loop_s=duration_s or None,
             cpu_count=cpu_count,
         )
-
-
-@dataclass(frozen=True)
-class Waves:
-    """Did retries come back in step? From the start times of a trial's attempts."""
-
-    attempts: int
-    retries: int  # attempts after the first of their job
-    rejected_share: float  # of all attempts, the share answered 429
-    spacing_s: float | None  # the period of the waves, when there are waves
-    strength: float | None  # autocorrelation of retry starts at that period (None: too few)
-
-    @property
-    def waves(self) -> bool:
-        return self.spacing_s is not None
-
-
-def retry_waves(
-    started_at: Sequence[float] | np.ndarray,
-    attempt: Sequence[int] | np.ndarray,
-    errors: Sequence[str | None],
-) -> Waves:
-    """The retry-wave detector: bin the retry attempts' start times (WAVE_BIN_S) and look for a
-    periodic peak in their autocorrelation. Retries that honour one Retry-After exactly come back
-    one floor after their wave, so their starts repeat with that period; jittered ones do not."""
-    starts, tries = np.asarray(started_at, dtype=float), np.asarray(attempt)
-    rejected = sum(1 for e in errors if isinstance(e, str) and _REJECTED.search(e))
-    retry_starts = np.sort(starts[tries >= 2])
-    share = rejected / len(starts) if len(starts) else 0.0
-    base = Waves(len(starts), len(retry_starts), share, None, None)
-    if len(retry_starts) < MIN_RETRIES_FOR_WAVES:
-        return base
-    edges = np.arange(retry_starts[0], retry_starts[-1] + WAVE_BIN_S, WAVE_BIN_S)
-    counts = np.histogram(retry_starts, bins=edges)[0].astype(float)
-    centred = counts - counts.mean()
-    power = float((centred * centred).sum())
-    lags = len(counts) // 2
-    if power == 0 or lags * WAVE_BIN_S < 2 * WAVE_MIN_SPACING_S:
-        return Waves(base.attempts, base.retries, share, None, 0.0)
-    acf = np.array([(centred[: len(centred) - k] * centred[k:]).sum() / power for k in range(lags)])
-    # a period shows as a peak AFTER the autocorrelation has first fallen below zero; before
-    # that, neighbouring bins correlate only because the retry rate changes slowly
-    trough = int(np.argmax(acf < 0)) if (acf < 0).any() else lags
-    first = max(trough, round(WAVE_MIN_SPACING_S / WAVE_BIN_S))
-    if first >= lags:
-        return Waves(base.attempts, base.retries, share, None, 0.0)
-    lag = first + int(np.argmax(acf[first:]))
-    strength = float(acf[lag])
-    spacing = round(lag * WAVE_BIN_S, 3) if strength >= WAVE_PEAK else None
-    return Waves(base.attempts, base.retries, share, spacing, strength)
-
-
-def waves_of_events(events: Sequence[JobEvent]) -> Waves:
-    return retry_waves(
-        [e.started_at for e in events], [e.attempt for e in events], [e.error for e in events]
-    )
-
-
-def waves_of_jobs(jobs: pd.DataFrame) -> Waves:
-    """The detector on one trial's rows of jobs.parquet."""
-    return retry_waves(jobs["started_at"], jobs["attempt"], list(jobs["error"]))
 
 
 def steady_items_per_s(finished_at: Sequence[float], items: Sequence[int]) -> float:
@@ -572,7 +504,7 @@ def attribute_configs(
         row |= {c: part[c].mean() for c in _MEAN_OVER_REPEATS if c in part}
         row |= {c: part[c].max() for c in _MAX_OVER_REPEATS if c in part}
         row |= {c: bool(part[c].astype(bool).any()) for c in _ANY_OVER_REPEATS if c in part}
-        ev = evidence(row, ctx, _mean_waves(waves))
+        ev = evidence(row, ctx, mean_waves(waves))
         word = decide(ev)
         words = [
             decide(evidence(r, ctx, w)) for r, w in zip(part.to_dict("records"), waves, strict=True)
@@ -584,22 +516,6 @@ def attribute_configs(
         )  # fmt: skip
     columns = [*keys, "bottleneck", "evidence", "why", "trial_bottlenecks", "_evidence"]
     return pd.DataFrame(out, columns=columns)
-
-
-def _mean_waves(waves: list[Waves]) -> Waves:
-    """Repeats' waves as one: waves when most repeats had them, at their median spacing."""
-    known = [w for w in waves if w.attempts]
-    if not known:
-        return Waves(0, 0, math.nan, None, None)
-    spaced = [w.spacing_s for w in known if w.spacing_s is not None]
-    strengths = [w.strength for w in known if w.strength is not None]
-    return Waves(
-        attempts=round(float(np.mean([w.attempts for w in known]))),
-        retries=round(float(np.mean([w.retries for w in known]))),
-        rejected_share=float(np.mean([w.rejected_share for w in known])),
-        spacing_s=float(np.median(spaced)) if 2 * len(spaced) > len(known) else None,
-        strength=float(np.mean(strengths)) if strengths else None,
-    )
 
 
 def attribute_trials(trials: pd.DataFrame, jobs: pd.DataFrame | None, ctx: Context) -> pd.Series:
