@@ -33,8 +33,8 @@ shipped examples. A figure is held by the FIRST of these that the evidence shows
 
 Inputs are what the results folder holds: a trials.csv row, the trial's job attempts
 (jobs.parquet, for the retry-wave detector in lab.analysis.waves) and the scenario. The sweep
-calls `trial_bottleneck` when it writes a row, the
-analysis `attribute_configs` when it reads a run, so both say the same word.
+calls `trial_bottleneck` when it writes a row, the analysis `attribute_configs` when it reads a
+run, so both say the same word.
 """
 
 from __future__ import annotations
