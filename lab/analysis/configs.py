@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lab.analysis.explain import explain, trial_warnings, unstable
+from lab.analysis.attribution import Context, attribute_configs, fill_older_layout
+from lab.analysis.explain import bottleneck_reason, explain, trial_warnings, unstable
 from lab.analysis.recommendation import Candidate, Recommendation
 from lab.analysis.usl import UslFit, fit_usl
 from lab.configuration import SEPARATE, Configuration, label
@@ -258,7 +259,10 @@ def json_safe(value: Any) -> Any:
 def _candidate(row: pd.Series, within_noise: bool | None = None) -> Candidate:
     figures = {k: float(row[k]) for k in _FIGURES}
     figures |= {"concurrency": int(row["concurrency"]), "repeats": int(row["repeats"])}
-    return Candidate(Configuration.of(row), json_safe(figures), within_noise)
+    return Candidate(
+        Configuration.of(row), json_safe(figures), within_noise, str(row["bottleneck"]),
+        json_safe(dict(row["evidence"])),
+    )  # fmt: skip
 
 
 def _fits(trials: pd.DataFrame) -> list[UslFit]:
@@ -276,22 +280,30 @@ def analyze_trials(
     service: ServiceSpec | None = None,
     cpu_count: int | None = None,
     margin: float = NOISE_MARGIN,
-    timelines: Mapping[str, Mapping[str, Any]] | None = None,
     jobs: pd.DataFrame | None = None,
+    context: Context | None = None,
+    timelines: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Analysis:
-    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec;
-    `timelines` (dynamics/<trial>.json by trial id) and `jobs` (the job events) tell how the
-    dynamic policies moved."""
+    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec,
+    `jobs` the attempts (jobs.parquet, for the retry-wave detector and the dynamic policies'
+    recovery), `context` what attribution needs to know of the scenario (default: `service`,
+    the SLO and a backlog), `timelines` the dynamic trials' dynamics/<trial>.json by trial id.
+    Dynamic policies (num_workers auto, autoscaled instances) are kept apart from the fixed
+    configurations and compared with them (lab.analysis.dynamic)."""
     from lab.analysis.dynamic import compare_policies, split_trials  # it builds on this module
 
+    if PLACEMENT not in trials:
+        trials = trials.assign(**{PLACEMENT: SEPARATE})
+    context = context or Context(service, objective.slo.max_error_rate, None, cpu_count)
     fixed, dynamic_trials = split_trials(trials)
     configs = per_config(fixed)
+    if not configs.empty:  # an empty frame's key columns have no type to merge on
+        attributed = attribute_configs(fixed, jobs, context, [*CONFIG, PLACEMENT])
+        configs = configs.merge(attributed, on=[*CONFIG, PLACEMENT], how="left")
     configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
     fits = _fits(fixed)
     warnings = trial_warnings(trials, cpu_count=cpu_count) + unstable(configs, objective.maximize)
-    pick, reasons, runners = _recommendation(
-        configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
-    )
+    pick, reasons, runners = _recommendation(configs, objective, margin=margin, fits=fits)
     if configs.empty and not dynamic_trials.empty:
         reasons = ["no fixed configuration was run, so none is recommended; the dynamic ones:"]
     policies, verdicts = compare_policies(
@@ -305,6 +317,7 @@ def analyze_trials(
         tuple(warnings),
         tuple(json_safe(_fit_entry(f)) for f in fits),
         objective.model_dump(mode="json") | {"noise_margin": margin, "confidence": CONFIDENCE},
+        tuple(_candidate(r) for _, r in configs.iterrows()),
         tuple(json_safe(r) for r in policies.to_dict("records")),
     )
     return Analysis(objective, trials, configs, rec, fits, warnings, service, dynamic=policies)
@@ -326,17 +339,14 @@ def choose(
 
 
 def _recommendation(
-    configs: pd.DataFrame, objective: Objective, *, service: ServiceSpec | None,
-    cpu_count: int | None, margin: float, fits: list[UslFit],
-) -> tuple[Candidate | None, list[str], list[Candidate]]:  # fmt: skip
+    configs: pd.DataFrame, objective: Objective, *, margin: float, fits: list[UslFit]
+) -> tuple[Candidate | None, list[str], list[Candidate]]:
     """The pick (None when nothing qualifies), the reasons, the runners-up."""
     if configs.empty:
         return None, ["no trial finished"], []
     metric = objective.maximize
     ok = configs[configs["slo_problems"].map(len) == 0]
-    context = explain(
-        configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
-    )
+    context = explain(configs, objective, margin=margin, fits=fits)
     if ok.empty:
         verdict = (
             "no configuration met the SLO and kept every item, so none is recommended "
@@ -344,7 +354,11 @@ def _recommendation(
         )
         return None, [verdict, *context], []
     best, tied, chosen = choose(ok, objective, margin)
-    reasons = [_choice_sentence(chosen, best, tied, ok, objective, margin), *context]
+    reasons = [
+        _choice_sentence(chosen, best, tied, ok, objective, margin),
+        bottleneck_reason(chosen),
+        *context,
+    ]
     if bool(chosen["harness_saturated"]):
         reasons.append(
             "caution: a trial of the chosen configuration saturated the lab itself, so its "
@@ -436,11 +450,15 @@ def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
     scenario = run.scenario
     service = scenario.services.get(scenario.workload.service)
     cpu_count = run.manifest.get("cpu_count")
+    context = Context.of(scenario, cpu_count)
     folder = RunFolder(run.path)
-    timelines = {tid: t for tid in run.trials["trial_id"] if (t := folder.timeline(str(tid)))}
+    trials = fill_older_layout(
+        run.trials, run.jobs, folder.services, scenario.workload.service, context
+    )
+    timelines = {tid: t for tid in trials["trial_id"] if (t := folder.timeline(str(tid)))}
     analysis = analyze_trials(
-        run.trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin,
-        timelines=timelines, jobs=run.jobs,
+        trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin,
+        jobs=run.jobs, context=context, timelines=timelines,
     )  # fmt: skip
     status = run.manifest.get("status")
     planned = len(run.manifest.get("trials_planned", []))

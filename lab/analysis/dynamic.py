@@ -47,6 +47,8 @@ BEFORE_S = 5.0
 
 def split_trials(trials: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(fixed, dynamic) trials. Fixed knobs as int64; dynamic ones as text (`auto`, `2`)."""
+    if trials.empty:
+        return trials, trials.copy()
     fixed_mask = trials["num_workers"].map(_is_int) & trials["instances"].map(_is_int)
     fixed = trials[fixed_mask].copy()
     dynamic = trials[~fixed_mask].copy()
