@@ -497,7 +497,7 @@ def _check_trials(frame: pd.DataFrame, where: Path) -> None:
             bad = (values.notna() & ~named & numbers.isna()) | np.isinf(numbers.fillna(0))
             if column in _INT_COLUMNS:
                 empty_ok = dynamic if column == "concurrency" else named
-                bad |= (numbers.isna() & ~empty_ok) | (numbers % 1 != 0)
+                bad |= (numbers.isna() & ~empty_ok) | (numbers.notna() & (numbers % 1 != 0))
                 bad |= numbers < _INT_COLUMNS[column]
                 what = f"an integer >= {_INT_COLUMNS[column]}"
                 if column in _POLICIES:

@@ -309,7 +309,7 @@ def test_auto_bounds_the_slots_and_autoscaling_adds_instances_end_to_end(tmp_pat
     assert timeline is not None and max(r[3] for r in timeline["instances"]["rows"]) >= 1
 
     rec = json.loads((run.path / "recommendation.json").read_text())
-    assert rec["schema_version"] == 2
+    assert rec["schema_version"] == 3
     assert {d["config"] for d in rec["dynamic"]} == {
         "nwauto-in1-bs1", "nw2-inautoscale-bs1", "nwauto-inautoscale-bs1",
     }  # fmt: skip
