@@ -202,7 +202,7 @@ def _parse_json(data: bytes, where: str) -> Any:
 _INT_COLUMNS = {"order": 0, "num_workers": 1, "instances": 1, "batch_size": 1, "repeat": 0,
                 "concurrency": 1}  # fmt: skip
 _BOOL_COLUMNS = ("timed_out", "harness_saturated", "machine_saturated")
-_TEXT_COLUMNS = ("trial_id", "placement", "saturation_reason")
+_TEXT_COLUMNS = ("trial_id", "placement", "saturation_reason", "bottleneck")
 
 
 class RunFolder:
