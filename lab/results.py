@@ -34,11 +34,13 @@ import pandas as pd
 
 from lab.errors import ConfigError
 from lab.runtime.queue import JobEvent
+from lab.runtime.telemetry import RUNTIME_COLUMNS
 from lab.scenario.spec import Scenario, load_scenario
 
 #: Layout history: 1 = the first layout (this docstring); 2 = trials.csv gains `placement` and
-#: the web (Locust) columns. Readers accept older layouts and fill the columns they lack.
-SCHEMA_VERSION = 2
+#: the web (Locust) columns; 3 = the runtime's own columns (`slot_gap_*`, `exchange_*`).
+#: Readers accept older layouts and fill the columns they lack.
+SCHEMA_VERSION = 3
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_FAILED = (
     "running",
@@ -100,6 +102,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "workers_cores": "mean cores used by all worker instances",
     "worker_peak_cores": "highest cores of one instance over a 0.25 s window",
     "worker_rss_max_mb": "largest resident memory of one instance, MiB",
+    **RUNTIME_COLUMNS,
     "mock_cores": "mean cores of the busiest mock service",
     "redis_cores": "mean cores of the embedded redis-server (0 with broker.url)",
     "producer_cores": "mean cores of the lab's own process (producer, polling)",
@@ -239,8 +242,14 @@ class RunFolder:
         services_dir.mkdir(exist_ok=True)
         _atomic_write(services_dir / f"{trial_id}.json", _dump(services))
         new_file = not self.trials_csv.exists()
+        fields = list(TRIAL_COLUMNS)
+        if not new_file:  # a run resumed from an older layout keeps its own header
+            with self.trials_csv.open() as f:
+                fields = next(csv.reader(f), fields)
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(TRIAL_COLUMNS), lineterminator="\n")
+        writer = csv.DictWriter(
+            buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore"
+        )
         if new_file:
             writer.writeheader()
         writer.writerow(row)

@@ -1,6 +1,7 @@
 """`python -m lab.bench runtime`: how fast one worker instance drains a queue, and at what CPU cost.
 
-Method (the same as `../shared/peers/bench.py`, so the numbers sit beside the peers' table):
+Method (the same as `python -m lab.bench peers`, which sets the lab beside a bare event loop;
+this one uses the lab's own job handlers and counts finished jobs by the queue's `done`):
 1. A private redis-server (loopback TCP by default, like the peers'), the queue purged.
 2. The whole backlog enqueued BEFORE the worker starts (not timed).
 3. One worker process started; the harness polls the queue's `done` counter every 5 ms and
