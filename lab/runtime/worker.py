@@ -33,6 +33,7 @@ import collections
 import contextlib
 import functools
 import logging
+import math
 import os
 import random
 import secrets
@@ -127,7 +128,11 @@ class Worker:
         self._rng = random.Random(settings.seed)
         self._stop_requested = asyncio.Event()
         self._accepting = True
-        self._running: set[asyncio.Task[None]] = set()  # one task per job in a slot
+        # One task per job in a slot, with its deadline (loop time; in start order, and so in
+        # deadline order, since every attempt has the same timeout).
+        self._running: dict[asyncio.Task[None], float] = {}
+        self._expired: set[asyncio.Task[None]] = set()  # cancelled by their deadline
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._held: collections.deque[str] = collections.deque()  # claimed, waiting for a slot
         self._free_since: collections.deque[float] = (
             collections.deque()
@@ -178,8 +183,11 @@ class Worker:
             self.keys.scheduled, self.keys.dead, self.keys.events, self.keys.stats,
         ]  # fmt: skip
         connector = aiohttp.TCPConnector(limit=s.num_workers)  # the pool follows num_workers
+        # The attempt's own deadline bounds every request in it; a session-wide timeout on top
+        # would only cost a timer per request (about 15 % of aiohttp's calls per request).
+        timeout = aiohttp.ClientTimeout(total=None) if s.job_timeout_s else aiohttp.ClientTimeout()
         try:
-            async with aiohttp.ClientSession(connector=connector) as session:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
                 self._ctx = JobContext(
                     instance=self.instance_id, session=session, services=s.services
                 )
@@ -274,11 +282,35 @@ class Worker:
         if not self._accepting:
             return
         held, running, limit = self._held, self._running, self.slot_limit
+        timeout_s = self.settings.job_timeout_s
+        deadline = self._loop.time() + timeout_s if timeout_s is not None else math.inf
         while held and len(running) < limit:
             free_since = self._free_since.popleft() if self._free_since else time.time()
-            running.add(self._loop.create_task(self._run(held.popleft(), free_since)))
+            running[self._loop.create_task(self._run(held.popleft(), free_since))] = deadline
         if running:
             self._idle.clear()
+            if self._deadline_timer is None and timeout_s is not None:
+                self._arm_deadlines()
+
+    def _arm_deadlines(self) -> None:
+        """One timer for every running job's timeout, at the earliest deadline (the oldest job)."""
+        for deadline in self._running.values():
+            self._deadline_timer = self._loop.call_at(deadline, self._expire)
+            return
+        self._deadline_timer = None
+
+    def _expire(self) -> None:
+        """Cancel the jobs past their deadline; `_run` turns that into a timed-out attempt."""
+        now = self._loop.time()
+        late = []
+        for task, deadline in self._running.items():
+            if deadline > now:
+                break
+            late.append(task)
+        for task in late:
+            self._expired.add(task)
+            task.cancel()
+        self._arm_deadlines()
 
     async def _run(self, payload: str, free_since: float) -> None:
         """One attempt of one job, in a slot; the slot frees when it ends (cancelled or not)."""
@@ -300,17 +332,18 @@ class Worker:
             except ConfigError as exc:  # unknown job name: retrying cannot help
                 error, retryable = str(exc), False
             else:
-                timeout_s = self.settings.job_timeout_s
-                deadline = asyncio.timeout(timeout_s)
                 try:
-                    async with deadline:
-                        extra = await execute(handler, self._ctx, msg["args"])
+                    extra = await execute(handler, self._ctx, msg["args"])
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is None or task not in self._expired:
+                        raise  # a stop, not a timeout
+                    self._expired.discard(task)
+                    task.uncancel()
+                    error = f"timeout after {self.settings.job_timeout_s:g}s"
                 except Exception as exc:
-                    if isinstance(exc, TimeoutError) and deadline.expired():
-                        error = f"timeout after {timeout_s:g}s"
-                    else:
-                        error = _describe(exc)
-                        retry_after_s = getattr(exc, "retry_after_s", None)
+                    error = _describe(exc)
+                    retry_after_s = getattr(exc, "retry_after_s", None)
             self._settle(job_id, msg, started, error, retry_after_s, retryable, extra)
         except Exception as exc:  # a bug of the runtime, not of the job: end the instance
             self._fail(exc)
@@ -342,7 +375,7 @@ class Worker:
             ]
         self._events.append(
             encode_event(
-                job_id, name, self.instance_id, enqueued, started, finished, attempt, outcome,
+                job_id, name, self.settings.instance_id, enqueued, started, finished, attempt, outcome,
                 item_count(args), error, dict(extra) if extra else None,
             )
         )  # fmt: skip
@@ -350,7 +383,9 @@ class Worker:
     def _slot_freed(self) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._running.discard(task)
+            del self._running[task]
+            if self._expired:  # a handler that turned its cancellation into another error
+                self._expired.discard(task)
         self._free_since.append(time.time())
         if self._held:
             self._fill_slots()  # a prefetched job takes the slot at once
