@@ -12,7 +12,9 @@ into a temporary venv, thread per slot):
   claimed only for a free slot).
 - `lab-pf1`: the same with `--prefetch 1`.
 
-Method, per cell (runtime x scenario x concurrency C), the cells interleaved per repeat:
+Method, per cell (runtime x scenario x concurrency C); each repeat runs every cell, the
+runtimes of a cell back to back in an order rotated per repeat, so that a drifting load on the
+machine hits them alike:
 1. A private redis-server on loopback TCP (flushed per cell) and a bare loopback HTTP server
    that answers `GET /sleep?ms=50` after 50 ms (`lab.bench.sleep_server`), both started here.
 2. The N jobs enqueued BEFORE the worker starts (not timed).
@@ -310,8 +312,9 @@ def run_benchmark(ns: argparse.Namespace, workdir: Path) -> list[Row]:
         if "io" in ns.scenarios:
             cells += [("io", c, max(ns.min_jobs, ns.jobs_per_slot * c)) for c in ns.io_levels]
         for repeat in range(ns.repeats):
-            for rt in chosen:
-                for scenario, conc, jobs in cells:
+            for scenario, conc, jobs in cells:  # the runtimes of one cell back to back,
+                shift = repeat % len(chosen)  # in an order rotated per repeat
+                for rt in chosen[shift:] + chosen[:shift]:
                     row = measure(
                         rt, redis_url=broker.url, redis_pid=broker.child.pid, mock_url=mock_url,
                         mock_pid=mock_pid, workdir=workdir,

@@ -134,9 +134,8 @@ class Worker:
         self._expired: set[asyncio.Task[None]] = set()  # cancelled by their deadline
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._held: collections.deque[str] = collections.deque()  # claimed, waiting for a slot
-        self._free_since: collections.deque[float] = (
-            collections.deque()
-        )  # when each free slot freed
+        # When each free slot freed, oldest first (for the slot gap).
+        self._free_since: collections.deque[float] = collections.deque()
         self._reserved = 0  # jobs asked for by exchanges still on the wire
         self._exchanges = 0  # exchanges still on the wire
         self._flush_handle: asyncio.Handle | None = None
@@ -264,15 +263,20 @@ class Worker:
 
     async def _flush_outcomes(self) -> None:
         """The last acks and events: wait for the exchanges on the wire, send what is left."""
-        for _ in range(3):
+        for attempt in range(4):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wire_idle.wait(), 10)
             if not self._has_outcomes():
                 return
-            with contextlib.suppress(redis.ConnectionError):
+            if attempt == 3:
+                break
+            try:
                 await self._wire.connect()
-            self._exchange()
-            await asyncio.sleep(0)  # let an exchange that could not be sent report it
+            except redis.ConnectionError:
+                await asyncio.sleep(_RETRY_EXCHANGE_S)
+            else:
+                self._exchange()
+                await asyncio.sleep(0)  # let an exchange that could not be sent report it
         log.error("%s could not write its last outcomes; its jobs may run again", self.instance_id)
 
     # -- the job slots --------------------------------------------------------------------------
