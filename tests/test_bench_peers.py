@@ -15,7 +15,7 @@ def row(runtime: str, scenario: str, conc: int, rate: float, repeat: int = 0) ->
         repeat=repeat, runtime=runtime, scenario=scenario, conc=conc, jobs=100, completed=100,
         timed_out=False, rate_steady=rate, bound=bound,
         efficiency=rate / bound if bound else None, cpu_us_per_job=100.0, worker_cores=0.5,
-        mock_max_in_flight=conc, mock_cores=0.1, redis_cores=0.1,
+        mock_max_in_flight=conc, mock_cores=0.1, redis_cores=0.1, load_1m=0.5,
         slot_gap_p50_ms=0.5 if runtime == "lab" else float("nan"),
         slot_gap_p99_ms=1.5 if runtime == "lab" else float("nan"),
     )  # fmt: skip

@@ -47,16 +47,16 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import psutil
 import redis
 
+from lab.bench.harness import cpu_seconds, sleep_server
 from lab.bench.peer_jobs import COUNTER_KEY
 from lab.infra.broker import start_broker
-from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn, wait_for
+from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn
 from lab.runtime.queue import Queue
 from lab.runtime.telemetry import runtime_figures
 
@@ -96,6 +96,7 @@ class Row:
     mock_max_in_flight: int | None
     mock_cores: float
     redis_cores: float
+    load_1m: float  # the machine's 1-minute load average at the cell's end (others' work too)
     slot_gap_p50_ms: float = math.nan
     slot_gap_p99_ms: float = math.nan
     exchange_rtt_p50_ms: float = math.nan
@@ -166,43 +167,11 @@ def dramatiq_runtime(workdir: Path) -> Runtime:
     return Runtime("dramatiq", argv, enqueue, env=env)
 
 
-def _tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its descendants (reaped children included)."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return math.nan
-    total = 0.0
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            t = p.cpu_times()
-            total += t.user + t.system + t.children_user + t.children_system
-    return total
-
-
 def _http_json(url: str, *, post: bool = False) -> dict[str, int]:
     req = urllib.request.Request(url, method="POST" if post else "GET")
     with urllib.request.urlopen(req, timeout=10) as resp:
         result: dict[str, int] = json.load(resp)
         return result
-
-
-@contextlib.contextmanager
-def _sleep_server(workdir: Path) -> Iterator[tuple[str, int]]:
-    ready = workdir / "sleep-server.json"
-    argv = python_module_argv("lab.bench.sleep_server", "--ready-file", str(ready))
-    log_path = workdir / "sleep-server.log"
-    with spawn(argv, name="sleep-server", log_path=log_path, env=env_with_pythonpath()) as child:
-        wait_for(ready.exists, what="the sleep server", timeout_s=30, children=[child])
-        yield str(json.loads(ready.read_text())["url"]), child.pid
-
-
-def _cpu_s(pid: int) -> float:
-    with contextlib.suppress(psutil.NoSuchProcess):
-        t = psutil.Process(pid).cpu_times()
-        return float(t.user + t.system)
-    return math.nan
 
 
 def measure(
@@ -236,7 +205,7 @@ def measure(
         lo, hi = max(1, math.ceil(0.1 * jobs)), max(1, math.floor(0.9 * jobs))
         samples: dict[str, tuple[float, int, float]] = {}
         log_path = workdir / "logs" / f"{rt.name}-{scenario}-c{conc}-r{repeat}.log"
-        others0 = _cpu_s(mock_pid), _cpu_s(redis_pid)
+        others0 = cpu_seconds(mock_pid), cpu_seconds(redis_pid)
         with spawn(rt.argv(conc), name=rt.name, log_path=log_path, env=env) as child:
             t0 = time.perf_counter()
             count, timed_out = 0, False
@@ -245,7 +214,7 @@ def measure(
                 count = int(client.get(COUNTER_KEY) or 0)
                 for label, mark in (("lo", lo), ("hi", hi)):
                     if label not in samples and count >= mark:
-                        samples[label] = (now, count, _tree_cpu_s(child.pid))
+                        samples[label] = (now, count, cpu_seconds(child.pid, tree=True))
                 if count >= jobs:
                     break
                 if now - t0 > deadline_s:
@@ -253,9 +222,9 @@ def measure(
                     break
                 _check_alive(child)
                 time.sleep(0.005)
-            end = (now, count, _tree_cpu_s(child.pid))
+            end = (now, count, cpu_seconds(child.pid, tree=True))
             mock_cores, redis_cores = (
-                (_cpu_s(pid) - before) / (now - t0)
+                (cpu_seconds(pid) - before) / (now - t0)
                 for pid, before in zip((mock_pid, redis_pid), others0, strict=True)
             )
             mock = _http_json(f"{mock_url}/stats")
@@ -278,7 +247,7 @@ def measure(
         timed_out=timed_out, rate_steady=rate, bound=bound,
         efficiency=rate / bound if bound else None, cpu_us_per_job=cpu_us, worker_cores=cores,
         mock_max_in_flight=mock["max_in_flight"] if kind == "io" else None,
-        mock_cores=mock_cores, redis_cores=redis_cores,
+        mock_cores=mock_cores, redis_cores=redis_cores, load_1m=os.getloadavg()[0],
         **{k: v for k, v in figures.items() if k in _FIGURE_FIELDS},
     )  # fmt: skip
 
@@ -298,7 +267,7 @@ def _check_alive(child: Child) -> None:
 
 def run_benchmark(ns: argparse.Namespace, workdir: Path) -> list[Row]:
     rows: list[Row] = []
-    with start_broker(transport="tcp") as broker, _sleep_server(workdir) as (mock_url, mock_pid):
+    with start_broker(transport="tcp") as broker, sleep_server(workdir) as (mock_url, mock_pid):
         assert broker.child is not None
         runtimes = {
             "bare": bare_runtime(ns.loop),
@@ -336,7 +305,8 @@ def _describe(r: Row) -> str:
     return (
         f"[r{r.repeat}] {r.runtime:9s} {r.scenario:4s} C={r.conc:<4d} {r.rate_steady:8.0f} jobs/s "
         f"{eff}  cpu {r.cpu_us_per_job:5.0f} µs/job  cores {r.worker_cores:.2f}"
-        f" (mock {r.mock_cores:.2f}, redis {r.redis_cores:.2f}, in flight {r.mock_max_in_flight})"
+        f" (mock {r.mock_cores:.2f}, redis {r.redis_cores:.2f}, in flight {r.mock_max_in_flight},"
+        f" load {r.load_1m:.1f})"
         f"{'  TIMED OUT' if r.timed_out else ''}{gap}"
     )
 
@@ -473,7 +443,11 @@ def main(argv: list[str]) -> int:
     if ns.csv:
         write_csv(rows, ns.csv)
     print()
-    print(f"{machine()}; median of {ns.repeats} repeats; loop: {ns.loop}")
+    loads = sorted(r.load_1m for r in rows)
+    print(
+        f"{machine()}; median of {ns.repeats} repeats; loop: {ns.loop}; machine load (1-minute"
+        f" average) {loads[0]:.1f} to {loads[-1]:.1f}, median {statistics.median(loads):.1f}"
+    )
     print()
     print(format_table(rows, ns.io_levels, ns.noop_conc))
     return 0
