@@ -68,3 +68,11 @@ def test_03_loco_case_measures_the_speedups() -> None:
     assert "× nw1-in1-bs1" in text  # a measured speed-up over the default
     assert "nw1-in1-bs1: held by concurrency: 1 slot at" in text
     assert images == 5  # two comparisons, throughput x 2, the heatmap
+
+
+@pytest.mark.timeout(180)
+def test_06_dynamic_policies_compares_each_with_the_best_fixed_setting() -> None:
+    text, images = outputs(execute("06_dynamic_policies.ipynb"))
+    assert "dynamic num_workers=auto, instances=1" in text  # a verdict, in words
+    assert "best fixed" in text and "instance-seconds" in text
+    assert images == 1  # the policies over time

@@ -1,4 +1,4 @@
-"""`python -m lab.bench {runtime,mocks,dynamic} [options]`: dispatch to one benchmark's `main`."""
+"""`python -m lab.bench {runtime,mocks,peers,dynamic} [options]`: dispatch to one benchmark's `main`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 BENCHMARKS = {
     "runtime": "lab.bench.runtime",
     "mocks": "lab.bench.mocks",
+    "peers": "lab.bench.peers",
     "dynamic": "lab.bench.dynamic",
 }
 

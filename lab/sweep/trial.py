@@ -452,6 +452,7 @@ class _Trial:
         events = queue.events()
         limits = read_limit_events(queue.client, queue.name)
         recovered = queue.stats().get("recovered", 0)
+        runtime = queue.runtime_stats()
         with self.broker.client() as client:
             Queue(client, queue.name).purge()
         web = (
@@ -468,7 +469,7 @@ class _Trial:
         row = trial_row(
             p.config(), self.scenario, events, service_stats, m.usage, m.report,
             clock_start=m.clock_start, wall_s=m.wall_s, timed_out=m.timed_out,
-            recovered=recovered, web=web, cost=dynamics.cost,
+            recovered=recovered, web=web, cost=dynamics.cost, runtime=runtime,
         )  # fmt: skip
         return TrialOutcome(row, events, service_stats, m.usage, dynamics.timeline)
 
