@@ -130,6 +130,31 @@ def test_every_window_with_a_drop_multiplies_the_limit_by_the_backoff(algorithm:
 
 
 @pytest.mark.parametrize("algorithm", ["gradient", "aimd"])
+def test_after_a_rejection_the_limit_falls_to_what_the_service_let_through(algorithm: str) -> None:
+    lim, clock = limiter(algorithm=algorithm, initial=40, max=64)
+    for _ in range(19):  # one window: 19 jobs of 50 ms, then a 429, in 0.1 s
+        clock.now += 0.005
+        lim.on_sample(0.05, 40, dropped=False)
+    clock.now += 0.005
+    lim.on_sample(0.002, 40, dropped=True)
+    # 19 jobs / 0.1 s x 0.05 s = 9.5 at once got through; x1.25 tolerance: 11
+    assert lim.take_events()[-1][2:4] == (11, "drop")
+
+
+def test_a_rejected_job_holds_its_slot_for_a_typical_job_time() -> None:
+    lim, clock = limiter(initial=16)
+    for _ in range(20):  # jobs take 50 ms
+        clock.now += 0.01
+        lim.on_sample(0.05, 16, dropped=False)
+    before = lim.limit
+    for _ in range(3):  # three 429s in a row, within the same millisecond
+        lim.on_sample(0.001, 16, dropped=True)
+    assert lim.limit == before - 3  # their slots wait...
+    clock.now += 0.051
+    assert lim.limit == before  # ...one job time, then ask again
+
+
+@pytest.mark.parametrize("algorithm", ["gradient", "aimd"])
 def test_the_limit_stays_within_min_and_max_whatever_it_sees(algorithm: str) -> None:
     lim, clock = limiter(algorithm=algorithm, initial=5, min=3, max=20)
     rng = random.Random(7)

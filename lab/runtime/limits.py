@@ -17,9 +17,14 @@ window the limit is updated once:
 - **aimd** (loss-based, like Netflix's AIMDLimit): +1 a window while no job is rejected.
 
 Both start in slow start (the limit doubles each window until the first sign of congestion),
-both multiply the limit by `backoff` on a window with a drop (a 429, a 503 or a timeout: the
-service said it is overloaded), and neither grows while fewer than half the slots are busy
-(nothing was learnt about more). Other errors are ignored: a bug is not congestion.
+and neither grows while fewer than half the slots are busy (nothing was learnt about more). On
+a window with a drop (a 429, a 503 or a timeout: the service said it is overloaded) both
+multiply the limit by `backoff`, and cap it at `tolerance` x the concurrency the service let
+through in that window (Little's law: successes per second x their median time): a rate limit
+admits a fixed number of jobs at once, and the limit drops to it in one window. A rejection
+comes back in a millisecond, so its slot would be turned away again and again; each drop holds
+its slot for a typical job time (`limit` counts it out). Other errors are ignored: a bug is not
+congestion.
 
 Each window is recorded (`LimitEvent`) and written to the queue's `limits` list by
 `record_limits`, so the trial can keep the limit of every instance over time.
@@ -130,13 +135,18 @@ class Limiter:
         self.noload_s: float | None = None
         self._probe_at = clock() + settings.probe_every_s
         self._window = _Window(clock())
+        self._typical_s = 0.0  # the last window's median job time
+        self._penalty: deque[float] = deque()  # when each recent drop gives its slot back
         self.events: list[LimitEvent] = []
         self.mark("start")
 
     @property
     def limit(self) -> int:
-        """The slots this instance may fill now."""
-        return int(self._limit)
+        """The slots this instance may fill now: the limit, less the slots of recent drops."""
+        penalty, now = self._penalty, self._clock()
+        while penalty and penalty[0] <= now:
+            penalty.popleft()
+        return max(self.settings.min, int(self._limit) - len(penalty))
 
     def on_sample(self, rtt_s: float, in_flight: int, *, dropped: bool) -> None:
         """One finished attempt: its duration, the jobs in flight when it ended (itself
@@ -145,6 +155,9 @@ class Limiter:
         w = self._window
         if dropped:
             w.drops += 1
+            # A rejection comes back at once; its slot would ask again at once and be turned
+            # away again, hundreds of times a second. It holds the slot for a typical job time.
+            self._penalty.append(now + self._typical_s)
         else:
             w.rtts.append(rtt_s)
         if in_flight > w.max_in_flight:
@@ -153,8 +166,13 @@ class Limiter:
             return
         self._window = _Window(now)
         rtt = statistics.median(w.rtts) if w.rtts else math.nan
+        if w.rtts:
+            self._typical_s = rtt
         if w.drops:
             self._limit *= self.settings.backoff
+            if w.rtts:  # Little's law: the jobs the service let through were this many at once
+                admitted = len(w.rtts) / (now - w.started) * rtt
+                self._limit = min(self._limit, self.settings.tolerance * admitted)
             self.slow_start = False
             reason = "drop"
         else:
@@ -168,7 +186,7 @@ class Limiter:
         fastest = min(w.rtts) if w.rtts else 0.0
         if elapsed < min(s.max_window_s, max(s.min_window_s, 2 * fastest)):
             return False
-        return w.jobs >= min(10, max(1, self.limit // 2)) or elapsed >= s.max_window_s
+        return w.jobs >= min(10, max(1, int(self._limit) // 2)) or elapsed >= s.max_window_s
 
     def _update(self, w: _Window, rtt: float, now: float) -> str:
         """The new `_limit` after a window without drops; returns the reason."""
@@ -182,7 +200,7 @@ class Limiter:
         noload = math.nan if self.noload_s is None else self.noload_s * 1000
         self.events.append(
             LimitEvent(
-                self.instance, self._wall(), self.limit, reason, rtt_s * 1000, noload,
+                self.instance, self._wall(), int(self._limit), reason, rtt_s * 1000, noload,
                 w.jobs, w.drops,
             )
         )  # fmt: skip
