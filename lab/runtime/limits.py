@@ -9,9 +9,10 @@ window the limit is updated once:
   limits, brpc's auto limiter and Envoy's adaptive concurrency filter): the window's median job
   time is compared with the no-load latency (the lowest median of the last few windows pooled,
   re-learnt every `probe_every_s`). gradient = clamp(tolerance x no-load / median, 0.5, 1);
-  new limit = limit x gradient + sqrt(limit). While jobs wait nowhere the limit grows by
-  sqrt(limit) a window; when they queue at the service it shrinks, to keep about sqrt(limit)
-  jobs waiting there. When jobs stay over twice the tolerated latency for REPROBE_AFTER windows
+  new limit = limit x gradient + sqrt(limit) (+ 1 within CALM_AFTER windows of a drop, to
+  probe a limit that rejects gently). While jobs wait nowhere the limit grows by sqrt(limit) a
+  window; when they queue at the service it shrinks, to keep about sqrt(limit) jobs waiting
+  there. When jobs stay over twice the tolerated latency for REPROBE_AFTER windows
   however far the limit falls, the service itself is slower (a brown-out): the no-load latency
   is re-learnt at the slower level, and the old one restored once jobs are fast again.
 - **aimd** (loss-based, like Netflix's AIMDLimit): +1 a window while no job is rejected.
@@ -20,7 +21,7 @@ Both start in slow start (the limit doubles each window until the first sign of 
 and neither grows while fewer than half the slots are busy (nothing was learnt about more). On
 a window with a drop (a 429, a 503 or a timeout: the service said it is overloaded) both
 multiply the limit by `backoff`, and cap it at `tolerance` x the concurrency the service let
-through in that window (Little's law: successes per second x their median time): a rate limit
+through in that window (Little's law: successes per second x their mean time): a rate limit
 admits a fixed number of jobs at once, and the limit drops to it in one window. A rejection
 comes back in a millisecond, so its slot would be turned away again and again; each drop holds
 its slot for a typical job time (`limit` counts it out). Other errors are ignored: a bug is not
@@ -136,6 +137,7 @@ class Limiter:
         self._probe_at = clock() + settings.probe_every_s
         self._window = _Window(clock())
         self._typical_s = 0.0  # the last window's median job time
+        self.windows_since_drop = 1_000_000
         self._penalty: deque[float] = deque()  # when each recent drop gives its slot back
         self.events: list[LimitEvent] = []
         self.mark("start")
@@ -171,11 +173,13 @@ class Limiter:
         if w.drops:
             self._limit *= self.settings.backoff
             if w.rtts:  # Little's law: the jobs the service let through were this many at once
-                admitted = len(w.rtts) / (now - w.started) * rtt
+                admitted = sum(w.rtts) / (now - w.started)
                 self._limit = min(self._limit, self.settings.tolerance * admitted)
             self.slow_start = False
+            self.windows_since_drop = 0
             reason = "drop"
         else:
+            self.windows_since_drop += 1
             reason = self._update(w, rtt, now)
         self._limit = min(float(self.settings.max), max(float(self.settings.min), self._limit))
         self._record(reason, w, rtt)
@@ -227,6 +231,9 @@ class GradientLimiter(Limiter):
     #: the service itself is slower (a brown-out), not queueing behind our own jobs.
     REPROBE_AFTER = 5
 
+    #: Windows without a drop before the limit grows by sqrt(limit) again rather than by 1.
+    CALM_AFTER = 10
+
     def __init__(self, settings: LimitSettings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
         self._recent: deque[list[float]] = deque(maxlen=self.POOLED_WINDOWS)
@@ -260,7 +267,9 @@ class GradientLimiter(Limiter):
                 self._limit *= 2
                 return "slow_start"
             self.slow_start = False
-        self._limit = self._limit * max(0.5, gradient) + math.sqrt(self._limit)
+        # near a limit that rejects, probe gently (+1); far from one, by sqrt(limit)
+        headroom = math.sqrt(self._limit) if self.windows_since_drop > self.CALM_AFTER else 1.0
+        self._limit = self._limit * max(0.5, gradient) + headroom
         return "gradient"
 
 
