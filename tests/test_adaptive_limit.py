@@ -155,6 +155,21 @@ def test_a_rejected_job_holds_its_slot_for_a_typical_job_time() -> None:
 
 
 @pytest.mark.parametrize("algorithm", ["gradient", "aimd"])
+def test_it_does_not_grow_before_the_servers_retry_after(algorithm: str) -> None:
+    lim, clock = limiter(algorithm=algorithm, initial=8)
+    lim.on_sample(0.001, 8, dropped=True, retry_after_s=1.0)
+    while clock.now < 0.9:  # calm windows, every slot busy: it would grow...
+        clock.now += 0.01
+        lim.on_sample(0.02, lim.limit, dropped=False)
+    held = lim.limit
+    assert held <= 8  # ...but the server asked for a second
+    while clock.now < 1.5:
+        clock.now += 0.01
+        lim.on_sample(0.02, lim.limit, dropped=False)
+    assert lim.limit > held
+
+
+@pytest.mark.parametrize("algorithm", ["gradient", "aimd"])
 def test_the_limit_stays_within_min_and_max_whatever_it_sees(algorithm: str) -> None:
     lim, clock = limiter(algorithm=algorithm, initial=5, min=3, max=20)
     rng = random.Random(7)

@@ -24,8 +24,8 @@ multiply the limit by `backoff`, and cap it at `tolerance` x the concurrency the
 through in that window (Little's law: successes per second x their mean time): a rate limit
 admits a fixed number of jobs at once, and the limit drops to it in one window. A rejection
 comes back in a millisecond, so its slot would be turned away again and again; each drop holds
-its slot for a typical job time (`limit` counts it out). Other errors are ignored: a bug is not
-congestion.
+its slot for a typical job time (`limit` counts it out), and the limit does not grow before
+the server's Retry-After, if it gave one. Other errors are ignored: a bug is not congestion.
 
 Each window is recorded (`LimitEvent`) and written to the queue's `limits` list by
 `record_limits`, so the trial can keep the limit of every instance over time.
@@ -138,6 +138,7 @@ class Limiter:
         self._window = _Window(clock())
         self._typical_s = 0.0  # the last window's median job time
         self.windows_since_drop = 1_000_000
+        self._grow_after = -math.inf  # a server's Retry-After: no growth before it
         self._penalty: deque[float] = deque()  # when each recent drop gives its slot back
         self.events: list[LimitEvent] = []
         self.mark("start")
@@ -150,13 +151,17 @@ class Limiter:
             penalty.popleft()
         return max(self.settings.min, int(self._limit) - len(penalty))
 
-    def on_sample(self, rtt_s: float, in_flight: int, *, dropped: bool) -> None:
+    def on_sample(
+        self, rtt_s: float, in_flight: int, *, dropped: bool, retry_after_s: float | None = None
+    ) -> None:
         """One finished attempt: its duration, the jobs in flight when it ended (itself
-        included), and whether the service turned it away (429, 503, timeout)."""
+        included), and whether the service turned it away (429, 503, timeout), with the
+        Retry-After it asked for: the limit does not grow until then."""
         now = self._clock()
         w = self._window
         if dropped:
             w.drops += 1
+            self._grow_after = max(self._grow_after, now + (retry_after_s or 0.0))
             # A rejection comes back at once; its slot would ask again at once and be turned
             # away again, hundreds of times a second. It holds the slot for a typical job time.
             self._penalty.append(now + self._typical_s)
@@ -180,7 +185,10 @@ class Limiter:
             reason = "drop"
         else:
             self.windows_since_drop += 1
+            before = self._limit
             reason = self._update(w, rtt, now)
+            if now < self._grow_after and self._limit > before:
+                self._limit, reason = before, "hold"
         self._limit = min(float(self.settings.max), max(float(self.settings.min), self._limit))
         self._record(reason, w, rtt)
 

@@ -370,18 +370,23 @@ class Worker:
                     error = _describe(exc)
                     retry_after_s = getattr(exc, "retry_after_s", None)
                     if is_overload(exc):  # other errors say nothing about load
-                        self._observe(started, overload=True)
+                        self._observe(started, overload=True, retry_after_s=retry_after_s)
             self._settle(job_id, msg, started, error, retry_after_s, retryable, extra)
         except Exception as exc:  # a bug of the runtime, not of the job: end the instance
             self._fail(exc)
         finally:
             self._slot_freed()
 
-    def _observe(self, started: float, *, overload: bool) -> None:
-        """Feed the `auto` limiter one finished attempt: its time, or an overload."""
+    def _observe(
+        self, started: float, *, overload: bool, retry_after_s: float | None = None
+    ) -> None:
+        """Feed the `auto` limiter one finished attempt: its time, or an overload (with the
+        server's Retry-After)."""
         if self._limiter is not None:
             rtt_s = time.time() - started
-            self._limiter.on_sample(rtt_s, len(self._running), dropped=overload)
+            self._limiter.on_sample(
+                rtt_s, len(self._running), dropped=overload, retry_after_s=retry_after_s
+            )
 
     def _settle(
         self, job_id: str, msg: dict[str, Any], started: float, error: str | None,
