@@ -183,12 +183,14 @@ class Limiter:
             self.slow_start = False
             self.windows_since_drop = 0
             reason = "drop"
-        else:
-            self.windows_since_drop += 1
+        elif now < self._grow_after:  # the server asked for time: nothing grows meanwhile
             before = self._limit
             reason = self._update(w, rtt, now)
-            if now < self._grow_after and self._limit > before:
+            if self._limit > before:
                 self._limit, reason = before, "hold"
+        else:
+            self.windows_since_drop += 1
+            reason = self._update(w, rtt, now)
         self._limit = min(float(self.settings.max), max(float(self.settings.min), self._limit))
         self._record(reason, w, rtt)
 
@@ -239,7 +241,8 @@ class GradientLimiter(Limiter):
     #: the service itself is slower (a brown-out), not queueing behind our own jobs.
     REPROBE_AFTER = 5
 
-    #: Windows without a drop before the limit grows by sqrt(limit) again rather than by 1.
+    #: Windows without a drop (after any Retry-After) before the limit grows by sqrt(limit)
+    #: again rather than by 1.
     CALM_AFTER = 10
 
     def __init__(self, settings: LimitSettings, **kwargs: Any) -> None:
