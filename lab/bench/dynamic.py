@@ -7,7 +7,9 @@ the same run, so a busy machine shifts both sides.
 
 1. match: `num_workers: auto` (no prior knowledge: min 1, max 256, initial 4) added to the
    num_workers axis of a capacity-bound scenario (quickstart, batch 1), a rate-limited one
-   (rate_limited_api) and a connection-limited database (below); auto against the best fixed
+   (rate_limited_api, and with 4x its backlog: every 429 costs its job the server's Retry-After,
+   a tail whose share shrinks with a longer backlog) and a connection-limited database
+   (below); auto against the best fixed
    num_workers at the same instance count: throughput, p99, and how long its limit took to
    settle.
 2. brownout: a backlog against a service that is 5x slower for 10 s. The best fixed
@@ -115,9 +117,13 @@ def match(out: Path, repeats: int) -> list[dict[str, Any]]:
     """Experiment 1: auto against the best fixed num_workers, per scenario and instance count."""
     quickstart = _shipped("quickstart.yaml")
     quickstart["sweep"] |= {"batch_size": [1]}  # batch 50 is 8 jobs: nothing to adapt to
+    longer = _shipped("rate_limited_api.yaml")  # a 429's Retry-After is a tail: how much of it
+    longer["workload"]["items"] *= 4  # is the probing, how much the backlog's length
+    longer["sweep"] |= {"num_workers": [10, 16]}
     cases = {
         "capacity-bound (quickstart, batch 1)": quickstart,
         "rate-limited (rate_limited_api)": _shipped("rate_limited_api.yaml"),
+        "rate-limited, 4x the backlog": longer,
         "connection-limited (database, 20 connections)": yaml.safe_load(CONNECTION_LIMITED),
     }
     rows = []
