@@ -31,8 +31,11 @@ from lab.configuration import Configuration, label
 from lab.mocks.spec import Brownout
 from lab.scenario.spec import Objective
 
-#: The limit has settled once it stays within this fraction of its later median.
+#: The limit has settled once it stays within this fraction of its later median...
 SETTLE_BAND = 0.3
+
+#: ...its median over this many seconds, that is.
+SMOOTH_S = 1.0
 
 #: After a brown-out, recovered once the items done per second (over 1 s) are back to this
 #: share of their rate before it...
@@ -70,11 +73,15 @@ def timeline_frame(timeline: Mapping[str, Any], part: str) -> pd.DataFrame:
 
 
 def settle_s(slots: pd.DataFrame, until_s: float) -> float:
-    """When the total slot limit entered, for good until `until_s`, the band of ±SETTLE_BAND
-    around its median over the second half of [0, until_s]; NaN if it never did."""
+    """When the total slot limit (its median over the last SMOOTH_S: a probe of one window is
+    not a swing) entered, for good until `until_s`, the band of ±SETTLE_BAND around its median
+    over the second half of [0, until_s]; NaN if it never did."""
     part = slots[slots["t_s"] < until_s]
     if part.empty:
         return math.nan
+    step_s = float(part["t_s"].diff().median()) if len(part) > 1 else SMOOTH_S
+    smooth = part["slots"].rolling(max(1, round(SMOOTH_S / step_s)), min_periods=1).median()
+    part = part.assign(slots=smooth)
     later = part[part["t_s"] >= until_s / 2]["slots"]
     mid = float(later.median()) if len(later) else math.nan
     if not mid > 0:
