@@ -287,9 +287,12 @@ def _sentence(row: Mapping[str, Any], metric: str) -> str:
     if math.isfinite(row.get("slots_during_share", math.nan)):
         recovery = row.get("recovery_s", math.nan)
         back = (
-            f"back {recovery:.1f} s after it" if math.isfinite(recovery) else "not back by the end"
+            f"back to {RECOVERED_SHARE:.0%} of their rate before {recovery:.1f} s after it"
+            if math.isfinite(recovery)
+            else "not back to their rate before by the end"
         )
         parts.append(
-            f"in the brown-out it kept {row['slots_during_share']:.0%} of its slots, {back}"
+            f"in the brown-out its slots were {row['slots_during_share']:.0%} of their level "
+            f"before it; its items done per second were {back}"
         )
     return f"{head}: {row['verdict']}: " + "; ".join(parts)
