@@ -6,6 +6,8 @@ results/<scenario>/<YYYYmmdd-HHMMSS>/
     trials.csv             one row per trial (columns: TRIAL_COLUMNS)
     jobs.parquet/          per-job events, one parquet file per trial (read it as one dataset)
     services/<trial>.json  each mock service's statistics for the trial
+    faults/<trial>.json    what went wrong in the trial, when, and how long recovery took
+                           (only for trials with a fault or an instance exit)
     recommendation.json    the chosen configuration, its figures and the reasons (lab.analysis.configs)
     report.html            the self-contained report (lab.report)
     logs/<trial>/          worker and mock logs
@@ -37,8 +39,10 @@ from lab.runtime.queue import JobEvent
 from lab.scenario.spec import Scenario, load_scenario
 
 #: Layout history: 1 = the first layout (this docstring); 2 = trials.csv gains `placement` and
-#: the web (Locust) columns. Readers accept older layouts and fill the columns they lack.
-SCHEMA_VERSION = 2
+#: the web (Locust) columns; 3 = trials.csv gains `failed`, `failure_reason` and the fault
+#: columns, and `faults/<trial>.json` appears. Readers accept older layouts and fill the columns
+#: they lack.
+SCHEMA_VERSION = 3
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_FAILED = (
     "running",
@@ -60,6 +64,8 @@ TRIAL_COLUMNS: dict[str, str] = {
     "started_at": "clock start, epoch seconds (all instances ready)",
     "wall_s": "clock start to drained (or timed out), seconds",
     "timed_out": "true when the trial hit sweep.trial_timeout_s before draining",
+    "failed": "true when the work could not finish: timed out, or every instance exited",
+    "failure_reason": "why it failed, in words (empty when it did not)",
     "jobs_enqueued": "jobs the producer sent",
     "items_enqueued": "items the producer sent",
     "jobs_done": "jobs that succeeded (each counted once)",
@@ -91,6 +97,10 @@ TRIAL_COLUMNS: dict[str, str] = {
     "lost_items": "items the service never received (by id; empty when it cannot tell)",
     "duplicate_items": "items the service received more than once (by id)",
     "recovered_jobs": "jobs put back after an instance's heartbeat expired",
+    "instance_crashes": "worker instances that exited during the trial: any signal or exit code, injected or not",
+    "faults_injected": "faults of the scenario's `faults` applied (one that fell due after the trial drained is not)",
+    "recovery_s": "the longest recovery, s: an exit until its jobs were back in the queue; a restart until the service was up; a pause until the broker answered",
+    "dip_ratio": "items/s while faults lasted (each until its recovery) over items/s before the first one: 1 no dip, 0 a standstill",
     "service_requests": "requests the target service received",
     "service_rejected": "of them, rejected (429: queue full, rate limit)",
     "service_errors": "of them, failed with 5xx",
@@ -223,9 +233,13 @@ class RunFolder:
         return [row["trial_id"] for row in csv.DictReader(io.StringIO(text))]
 
     def add_trial(
-        self, row: Mapping[str, Any], events: list[JobEvent], services: Mapping[str, Any]
+        self,
+        row: Mapping[str, Any],
+        events: list[JobEvent],
+        services: Mapping[str, Any],
+        faults: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Store one finished trial: events and service stats first, its trials.csv row last."""
+        """Store one finished trial: events, service stats and faults first, its row last."""
         if list(row) != list(TRIAL_COLUMNS):
             missing, extra = set(TRIAL_COLUMNS) - set(row), set(row) - set(TRIAL_COLUMNS)
             raise ValueError(
@@ -238,6 +252,9 @@ class RunFolder:
         services_dir = self.path / "services"
         services_dir.mkdir(exist_ok=True)
         _atomic_write(services_dir / f"{trial_id}.json", _dump(services))
+        if faults:
+            (self.path / "faults").mkdir(exist_ok=True)
+            _atomic_write(self.path / "faults" / f"{trial_id}.json", _dump(faults))
         new_file = not self.trials_csv.exists()
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(TRIAL_COLUMNS), lineterminator="\n")
@@ -265,7 +282,17 @@ class RunFolder:
         ).reindex(columns=list(TRIAL_COLUMNS))  # an older layout lacks newer columns: NaN...
         # ...but layout 1 had one placement (cast first: an all-empty column reads as float)
         frame["placement"] = frame["placement"].astype(object).fillna("separate").astype(str)
+        # ...and before layout 3 only a timeout failed a trial, and no instance crashed
+        frame["failed"] = frame["failed"].astype(object).fillna(frame["timed_out"]).astype(bool)
+        frame["failure_reason"] = frame["failure_reason"].astype(object).fillna("").astype(str)
+        frame["instance_crashes"] = frame["instance_crashes"].fillna(0)
+        frame["faults_injected"] = frame["faults_injected"].fillna(0)
         return frame
+
+    def faults(self, trial_id: str) -> list[dict[str, Any]]:
+        """What went wrong in one trial (`lab.sweep.faults.FaultRecord` fields); [] if nothing."""
+        path = self.path / "faults" / f"{trial_id}.json"
+        return list(json.loads(path.read_text())) if path.exists() else []
 
     def scenario(self) -> Scenario:
         """The scenario the run used, from its own copy (a user job module is not imported)."""

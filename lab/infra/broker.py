@@ -43,9 +43,10 @@ class Broker:
     def embedded(self) -> bool:
         return self.child is not None
 
-    def client(self) -> redis.Redis:
-        """A synchronous client, for the harness (enqueue, stats, cleanup)."""
-        return redis.Redis.from_url(self.url)
+    def client(self, *, socket_timeout: float | None = None) -> redis.Redis:
+        """A synchronous client, for the harness (enqueue, stats, cleanup); `socket_timeout`
+        bounds each reply, so a broker that hangs is noticed instead of waited on forever."""
+        return redis.Redis.from_url(self.url, socket_timeout=socket_timeout)
 
 
 def redis_server_candidates() -> list[str | None]:

@@ -8,6 +8,10 @@ Control routes bypass the load model (no rate limit, no capacity, no connection 
   GET  /_lab/health  `{"ok": true, "kind": ...}`
   opensearch only: POST /_lab/seed `{"index": "x", "ids": [...]}`, GET /_lab/docs?index=x
 
+With a state file (`--state-file`), a stopped mock writes its statistics and documents there and
+a mock started on it continues from them: a restart inside one trial keeps the trial's figures
+and the id ledger whole, as a real node keeps its data on disk.
+
 The server is aiohttp's low-level `web.Server` (no router, no middlewares): the mocks route by
 hand, which keeps per-request overhead close to a bare aiohttp app, and the server's
 connection hooks feed the connection limit.
@@ -137,6 +141,14 @@ async def _sample_forever(service: MockService) -> None:
         await asyncio.sleep(max(0.0, next_at - loop.time()))
 
 
+def _read_state(path: Path | None) -> dict[str, Any] | None:
+    """A previous process's state, when there is one (read before serving: a few ms)."""
+    if path is None or not path.exists():
+        return None
+    state: dict[str, Any] = json.loads(path.read_text())
+    return state
+
+
 @contextlib.asynccontextmanager
 async def run_mock(
     spec: ServiceSpec,
@@ -145,15 +157,19 @@ async def run_mock(
     port: int = 0,
     shutdown_grace_s: float = SHUTDOWN_GRACE_S,
     sock: socket.socket | None = None,
+    state_file: Path | None = None,
 ) -> AsyncIterator[str]:
     """Serve `spec` in this event loop; yields the base URL (`http://127.0.0.1:PORT`).
 
     `sock`, a listening socket handed over by a parent, replaces host and port: the parent
     knows the URL before this process starts, and no port can be taken in between.
-    On exit, requests still in flight get `shutdown_grace_s` to finish, then are cancelled.
+    On exit, requests still in flight get `shutdown_grace_s` to finish, then are cancelled;
+    then the state goes to `state_file` (read back at start when it exists).
     """
     bind = check_loopback(sock.getsockname()[0] if sock is not None else host)
     service = make_service(spec)
+    if (state := _read_state(state_file)) is not None:
+        service.restore(state)
     server = _TrackingServer(
         _dispatcher(service), tracker=service.model.connections, access_log=None
     )
@@ -177,6 +193,8 @@ async def run_mock(
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
         await runner.cleanup()
+        if state_file is not None:  # after the in-flight requests: their writes are in it
+            write_ready_file(state_file, service.state())
 
 
 async def serve(
@@ -187,6 +205,7 @@ async def serve(
     ready_file: Path | None = None,
     on_ready: Callable[[str], None] | None = None,
     sock: socket.socket | None = None,
+    state_file: Path | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly; announce readiness once listening."""
     loop = asyncio.get_running_loop()
@@ -194,7 +213,7 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with run_mock(spec, host=host, port=port, sock=sock) as url:
+        async with run_mock(spec, host=host, port=port, sock=sock, state_file=state_file) as url:
             if ready_file is not None:
                 write_ready_file(ready_file, {"url": url, "pid": os.getpid(), "kind": spec.kind})
             if on_ready is not None:
@@ -214,7 +233,13 @@ def run(
     ready_file: Path | None = None,
     on_ready: Callable[[str], None] | None = None,
     sock: socket.socket | None = None,
+    state_file: Path | None = None,
 ) -> None:
     """Own an event loop (uvloop when installed) and `serve` on it until a stop signal."""
     check_loopback(sock.getsockname()[0] if sock is not None else host)
-    run_main(serve(spec, host=host, port=port, ready_file=ready_file, on_ready=on_ready, sock=sock))
+    run_main(
+        serve(
+            spec, host=host, port=port, ready_file=ready_file, on_ready=on_ready, sock=sock,
+            state_file=state_file,
+        )
+    )  # fmt: skip
