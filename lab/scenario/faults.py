@@ -78,7 +78,10 @@ class Fault(BaseModel):
             raise Problems(((), f"give exactly one action ({words}); {got}"))
         action = given[0]
         allowed = ACTIONS[action][1]
-        extra = [f for f in ("count", "signal", "for_s", "name") if f in self.model_fields_set]
+        fields = type(self).model_fields
+        extra = [
+            f for f in ("count", "signal", "for_s", "name") if getattr(self, f) != fields[f].default
+        ]
         problems: list[tuple[Loc, str]] = [
             ((f,), f"not used by {action}") for f in extra if f not in allowed
         ]
