@@ -103,11 +103,10 @@ class OutsideKiller:
             aim = self._aim.setdefault(trial_id, self.rng.uniform(self.low, self.high))
             if done / enqueued >= aim:
                 victim = self.rng.choice(sorted(procs, key=lambda p: p.pid))
+                target = _flag(victim, "--instance-id") or "?"  # read while it is alive
                 with contextlib.suppress(psutil.Error):
                     victim.send_signal(signal.SIGKILL)
-                    self.kills.append(
-                        Kill(trial_id, _flag(victim, "--instance-id") or "?", done / enqueued)
-                    )
+                    self.kills.append(Kill(trial_id, target, done / enqueued))
                 self._hit.add(trial_id)
 
 
@@ -260,7 +259,7 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--items", type=int, default=15000)
-    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--seed", type=int, default=17)
     p.add_argument("--skip-broker", action="store_true", help="only the instance crashes")
     ns = p.parse_args(argv)

@@ -111,6 +111,7 @@ class TrialFaults:
         self.todo = sorted(schedule, key=lambda f: f.at_s)
         self.records: list[FaultRecord] = []
         self.applied = 0
+        self.exits: list[FaultRecord] = []  # one per instance seen to exit, in order
         self._seen_exit: set[str] = set()
         self._killed: dict[str, FaultRecord] = {}  # instance -> the kill that should end it
         self._recovering: list[_Exit] = []
@@ -139,8 +140,7 @@ class TrialFaults:
         """Why the work cannot finish, when no instance is left; None while one runs."""
         if any(c.alive() for c in self.instances.values()):
             return None
-        how = [r for r in self.records if r.action in ("kill", "exit")]
-        said = "; ".join(f"{r.target} {r.detail} at {r.at_s:.1f} s" for r in how)
+        said = "; ".join(f"{r.target} {r.detail} at {r.at_s:.1f} s" for r in self.exits)
         return f"every instance exited ({said})"
 
     def __enter__(self) -> TrialFaults:
@@ -173,8 +173,9 @@ class TrialFaults:
                     record = self._record(elapsed_s, "stall", child.name, f"for {fault.for_s:g} s")
                     child.signal(signal.SIGSTOP)
                     self._stalled[instance] = (elapsed_s + fault.for_s, record)
-            if not chosen:
-                self._record(elapsed_s, fault.action, "instance", "no instance left to hit")
+            if not chosen:  # every instance is frozen: nothing to do, nothing to recover from
+                record = self._record(elapsed_s, fault.action, "-", "no instance left to hit")
+                record.recovered_s = 0.0
         elif fault.restart:
             assert fault.name is not None
             handle = self.services[fault.name]
@@ -219,6 +220,7 @@ class TrialFaults:
                 record.note = words
             else:
                 record.detail = how
+            self.exits.append(record)
             self._recovering.append(_Exit(record, instance))
 
     def _watch_recovery(self, now_s: float) -> None:
@@ -258,7 +260,13 @@ class TrialFaults:
 
     def figures(self, events: Sequence[JobEvent], *, clock_start: float) -> dict[str, Any]:
         """The trial row's fault columns (FAULT_COLUMNS)."""
-        return fault_figures(self.records, events, clock_start=clock_start, applied=self.applied)
+        return fault_figures(
+            self.records,
+            events,
+            clock_start=clock_start,
+            applied=self.applied,
+            exits=len(self.exits),
+        )
 
 
 def fault_summary(row: Mapping[str, Any]) -> str:
@@ -280,16 +288,16 @@ def fault_figures(
     *,
     clock_start: float,
     applied: int,
+    exits: int,
 ) -> dict[str, Any]:
-    """`instance_crashes`, `faults_injected`, `recovery_s` (the longest recovery of an exit, a
-    restart or a pause) and `dip_ratio` (items/s inside the fault windows over items/s before
-    the first fault)."""
-    exits = [r for r in records if r.action in ("kill", "exit")]
+    """`instance_crashes` (`exits`), `faults_injected` (`applied`), `recovery_s` (the longest
+    recovery of an exit, a restart or a pause) and `dip_ratio` (items/s inside the fault
+    windows over items/s before the first fault)."""
     recoveries = [
         r.recovered_s for r in records if r.action != "stall" and r.recovered_s is not None
     ]
     return {
-        "instance_crashes": len(exits),
+        "instance_crashes": exits,
         "faults_injected": applied,
         "recovery_s": max(recoveries) if recoveries else math.nan,
         "dip_ratio": dip_ratio(records, events, clock_start=clock_start),
