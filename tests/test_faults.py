@@ -12,6 +12,7 @@ import signal
 import socket
 import sys
 import textwrap
+import threading
 import time
 from html import escape
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 import redis
 
 from lab.bench.faults import OutsideKiller, broker_url, running_sweep, sweep_processes
-from lab.errors import ConfigError, ServiceError
+from lab.errors import ConfigError, HarnessError, ServiceError
 from lab.infra.broker import Broker
 from lab.infra.procs import env_with_pythonpath, python_module_argv, spawn, wait_for
 from lab.report.faults import TIMELINE_CAPTION
@@ -197,6 +198,36 @@ def test_a_service_restart_and_a_broker_pause_keep_every_item_and_the_ledger_who
     restart, pause = outcome.faults
     assert restart["action"] == "restart" and restart["recovered_s"] > 0
     assert pause["action"] == "pause" and pause["recovered_s"] > 0
+
+
+def test_a_mock_that_dies_mid_trial_is_a_broken_harness_with_one_message(
+    broker: Broker, tmp_path: Path
+) -> None:
+    scenario = load_scenario(write(tmp_path, SMALL))
+    plan = TrialPlan(index=0, num_workers=2, instances=2, batch_size=1, repeat=0)
+    me = psutil.Process()
+
+    def kill_the_mock_once_work_flows() -> None:
+        with broker.client() as client:
+            wait_for(
+                lambda: any(client.scan_iter(match=f"lab:{{trial-{plan.trial_id}-*}}:events")),
+                what="the trial's first finished job",
+                timeout_s=60,
+            )
+        for proc in sweep_processes(me, "lab.mocks"):
+            proc.send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_mock_once_work_flows)
+    killer.start()
+    with pytest.raises(HarnessError) as broken:
+        run_trial(scenario, plan, broker=broker, logs=tmp_path / "logs")
+    killer.join()
+    assert broken.value.exit_code == 2
+    message = str(broken.value)
+    assert message.startswith(
+        f"the mock service search was killed by SIGKILL during trial {plan.trial_id}"
+    )
+    assert not sweep_processes(me, "lab.")  # the trial stopped every child it had started
 
 
 def test_a_worker_that_cannot_import_its_handler_stops_the_run_with_the_real_error(
