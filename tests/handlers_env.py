@@ -9,7 +9,7 @@ from typing import Any
 from lab.runtime.jobs import JobContext
 
 if os.environ.get("LAB_TEST_BREAK_HANDLER_IMPORT"):
-    import lab_test_missing_dependency  # type: ignore[import-not-found]  # noqa: F401
+    import lab_test_missing_dependency  # noqa: F401
 
 
 async def ok(ctx: JobContext, args: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ import pandas as pd
 import psutil
 import redis
 
+from lab.infra.broker import BROKER_URL_ENV
 from lab.infra.procs import env_with_pythonpath, python_module_argv
 from lab.results import RunFolder
 from lab.runtime.queue import Queue
@@ -57,13 +58,13 @@ def _flag(proc: psutil.Process, flag: str) -> str | None:
 
 
 def broker_url(sweep: psutil.Process) -> str | None:
-    """The private broker's URL: the unix socket its redis-server listens on (None before it
-    runs; redis-server rewrites its command line, so the socket is read from the kernel)."""
-    for proc in sweep_processes(sweep, "redis-server"):
+    """The sweep's broker URL, password included, as its worker processes got it (from their
+    environment: this process runs as the same user); None while no worker runs."""
+    for proc in sweep_processes(sweep, "lab.runtime.worker"):
         with contextlib.suppress(psutil.Error):
-            for conn in proc.net_connections(kind="unix"):
-                if conn.laddr:
-                    return f"unix://{conn.laddr}"
+            url = proc.environ().get(BROKER_URL_ENV)
+            if url:
+                return url
     return None
 
 

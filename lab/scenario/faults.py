@@ -16,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
+from pydantic import Field, model_validator
 
-from lab.scenario.loader import Loc, Problems, hint
+from lab import limits as L
+from lab.strict import Loc, Problems, Strict, hint, why
 
-_NonNeg = Annotated[StrictFloat, Field(ge=0)]
-_Pos = Annotated[StrictFloat, Field(gt=0)]
+_At = Annotated[float, Field(ge=0, le=L.TIMEOUT_S_MAX), why(L.TIMEOUT_WHY)]
+_For = Annotated[float, Field(gt=0, le=L.DURATION_S_MAX), why(L.DURATION_WHY)]
 
 #: The action keys, the one value each takes, and the fields each action allows besides `at_s`.
 ACTIONS: dict[str, tuple[str, frozenset[str]]] = {
@@ -33,12 +34,10 @@ ACTIONS: dict[str, tuple[str, frozenset[str]]] = {
 _REQUIRED = {"stall": ("for_s",), "restart": ("name",), "pause": ("for_s",)}
 
 
-class Fault(BaseModel):
+class Fault(Strict):
     """One fault: `at_s` and exactly one of kill, stall, restart or pause."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    at_s: _NonNeg = Field(description="When, in seconds after the trial's clock start.")
+    at_s: _At = Field(description="When, in seconds after the trial's clock start.")
     kill: Literal["instance"] | None = Field(
         default=None,
         description="Kill worker instances (chosen by the scenario's seed) with `signal`: a "
@@ -60,14 +59,18 @@ class Fault(BaseModel):
         description="The broker answers no client for `for_s` (Redis CLIENT PAUSE); only with "
         "the lab's private broker (broker.url null).",
     )
-    count: StrictInt = Field(default=1, ge=1, description="kill, stall: how many instances.")
+    count: Annotated[int, Field(ge=1, le=L.INSTANCES_MAX), why(L.INSTANCES_WHY)] = Field(
+        default=1, description="kill, stall: how many instances."
+    )
     signal: Literal["SIGKILL", "SIGTERM"] = Field(
         default="SIGKILL",
         description="kill: SIGKILL (a crash: nothing is put back until the heartbeat expires) "
         "or SIGTERM (a graceful stop: the instance puts its jobs back itself).",
     )
-    for_s: _Pos | None = Field(default=None, description="stall, pause: how long, in seconds.")
-    name: str | None = Field(default=None, description="restart: the key of `services`.")
+    for_s: _For | None = Field(default=None, description="stall, pause: how long, in seconds.")
+    name: Annotated[str, Field(max_length=L.NAME_CHARS_MAX)] | None = Field(
+        default=None, description="restart: the key of `services`."
+    )
 
     @model_validator(mode="after")
     def _one_action(self) -> Fault:

@@ -70,7 +70,7 @@ class ServiceHandle:
 def broker_lost(broker: Broker, trial_id: str, exc: BaseException) -> HarnessError:
     """The one message for a broker that stopped answering during a trial."""
     said = str(exc).rstrip(". ") or type(exc).__name__
-    text = f"the broker at {broker.url} stopped answering during trial {trial_id}: {said}"
+    text = f"the broker at {broker.display_url} stopped answering during trial {trial_id}: {said}"
     if broker.child is not None:
         how = broker.child.exit_description() if not broker.child.alive() else "stopped answering"
         text += (
