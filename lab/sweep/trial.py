@@ -470,6 +470,7 @@ class _Trial:
         """The job events and queue counters, then the queue's keys removed; the row."""
         events = queue.events()
         recovered = queue.stats().get("recovered", 0)
+        runtime = queue.runtime_stats()
         with self.broker.client() as client:
             Queue(client, queue.name).purge()
         web = (
@@ -482,6 +483,7 @@ class _Trial:
             measured.report, clock_start=measured.clock_start, wall_s=measured.wall_s,
             timed_out=measured.timed_out, failure=measured.failure, recovered=recovered,
             faults=measured.faults.figures(events, clock_start=measured.clock_start), web=web,
+            runtime=runtime,
         )  # fmt: skip
         return TrialOutcome(
             row=row, events=events, services=service_stats, usage=measured.usage,
