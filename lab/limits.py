@@ -117,3 +117,13 @@ BULK_BODY_BYTES_MAX = 100 * 1024 * 1024
 
 SEED_IDS_PER_REQUEST = 10_000
 """Ids per `/_lab/seed` request when a trial puts a delete workload's documents in place."""
+
+# -- faults -----------------------------------------------------------------------------------------
+
+FAULTS_MAX = 100
+"""Faults injected into one trial: each is a signal, a restart or a pause the drain loop applies."""
+HEARTBEAT_TTL_S_MIN = 0.1
+HEARTBEAT_TTL_WHY = "a worker beats every TTL/3 and each beat is a Redis round trip"
+STATE_BYTES_MAX = 256 * 1024 * 1024
+"""A restarted mock's state: ITEMS_MAX ids with versions and write counts (~60 MB of JSON),
+its samples and its time series."""

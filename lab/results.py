@@ -6,6 +6,8 @@ results/<scenario>/<YYYYmmdd-HHMMSS>/
     trials.csv             one row per trial (columns: TRIAL_COLUMNS)
     jobs.parquet/          per-job events, one parquet file per trial (read it as one dataset)
     services/<trial>.json  each mock service's statistics for the trial
+    faults/<trial>.json    what went wrong in the trial, when, and how long recovery took
+                           (only for trials with a fault or an instance exit)
     recommendation.json    the chosen configuration, its figures and the reasons (lab.analysis.configs)
     report.html            the self-contained report (lab.report)
     logs/<trial>/          worker and mock logs
@@ -52,9 +54,11 @@ from lab.strict import Strict, show, validate
 #: Layout history: 1 = the first layout (this docstring); 2 = trials.csv gains `placement` and
 #: the web (Locust) columns; 3 = trials.csv gains `steady_items_per_s`, the service's rejections
 #: by kind, connections and utilization, `worker_steady_cores`, `worker_cpu_demand`,
-#: `bottleneck` and the runtime's own columns (`slot_gap_*`, `exchange_*`). Readers accept
-#: older layouts and fill the columns they lack.
-SCHEMA_VERSION = 3
+#: `bottleneck` and the runtime's own columns (`slot_gap_*`, `exchange_*`); 4 = trials.csv gains
+#: `failed`, `failure_reason`, `instance_crashes`, `faults_injected`, `recovery_s` and
+#: `dip_ratio`, and `faults/<trial>.json` appears. Readers accept older layouts and fill the
+#: columns they lack.
+SCHEMA_VERSION = 4
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_FAILED = (
     "running",
@@ -76,6 +80,8 @@ TRIAL_COLUMNS: dict[str, str] = {
     "started_at": "clock start, epoch seconds (all instances ready)",
     "wall_s": "clock start to drained (or timed out), seconds",
     "timed_out": "true when the trial hit sweep.trial_timeout_s before draining",
+    "failed": "true when the work could not finish: timed out, or every instance exited",
+    "failure_reason": "why it failed, in words (empty when it did not)",
     "jobs_enqueued": "jobs the producer sent",
     "items_enqueued": "items the producer sent",
     "jobs_done": "jobs that succeeded (each counted once)",
@@ -108,6 +114,10 @@ TRIAL_COLUMNS: dict[str, str] = {
     "lost_items": "items the service never received (by id; empty when it cannot tell)",
     "duplicate_items": "items the service received more than once (by id)",
     "recovered_jobs": "jobs put back after an instance's heartbeat expired",
+    "instance_crashes": "worker instances that exited during the trial: any signal or exit code, injected or not",
+    "faults_injected": "faults of the scenario's `faults` applied (one that fell due after the trial drained is not)",
+    "recovery_s": "the longest recovery, s: an exit until its jobs were back in the queue; a restart until the service was up; a pause until the broker answered",
+    "dip_ratio": "items/s while faults lasted (each until its recovery) over items/s before the first one: 1 no dip, 0 a standstill",
     "service_requests": "requests the target service received",
     "service_rejected": "rejected requests and connections (429: queue full, rate limit; 503: connection limit)",
     "service_errors": "of them, failed with 5xx",
@@ -202,9 +212,9 @@ def _parse_json(data: bytes, where: str) -> Any:
 
 
 _INT_COLUMNS = {"order": 0, "num_workers": 1, "instances": 1, "batch_size": 1, "repeat": 0,
-                "concurrency": 1}  # fmt: skip
-_BOOL_COLUMNS = ("timed_out", "harness_saturated", "machine_saturated")
-_TEXT_COLUMNS = ("trial_id", "placement", "saturation_reason", "bottleneck")
+                "concurrency": 1, "instance_crashes": 0, "faults_injected": 0}  # fmt: skip
+_BOOL_COLUMNS = ("timed_out", "failed", "harness_saturated", "machine_saturated")
+_TEXT_COLUMNS = ("trial_id", "placement", "saturation_reason", "bottleneck", "failure_reason")
 
 
 class RunFolder:
@@ -318,9 +328,13 @@ class RunFolder:
             raise ConfigError(f"{self.trials_csv}: not a trials table ({exc})") from None
 
     def add_trial(
-        self, row: Mapping[str, Any], events: list[JobEvent], services: Mapping[str, Any]
+        self,
+        row: Mapping[str, Any],
+        events: list[JobEvent],
+        services: Mapping[str, Any],
+        faults: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Store one finished trial: events and service stats first, its trials.csv row last."""
+        """Store one finished trial: events, service stats and faults first, its row last."""
         if list(row) != list(TRIAL_COLUMNS):
             missing, extra = set(TRIAL_COLUMNS) - set(row), set(row) - set(TRIAL_COLUMNS)
             raise ValueError(
@@ -331,6 +345,9 @@ class RunFolder:
             events_frame(events, trial_id).to_parquet(f, index=False)
         with self._dir("services", create=True) as d:
             d.write(f"{trial_id}.json", _dump(services))
+        if faults:
+            with self._dir("faults", create=True) as d:
+                d.write(f"{trial_id}.json", _dump(faults))
         buffer = io.StringIO()
         with self._dir() as d:
             new_file = not d.exists("trials.csv")
@@ -373,8 +390,26 @@ class RunFolder:
         frame = frame.reindex(columns=list(TRIAL_COLUMNS))  # an older layout lacks newer columns
         # ...but layout 1 had one placement (cast first: an all-empty column reads as float)
         frame["placement"] = frame["placement"].astype(object).fillna("separate").astype(str)
+        # ...and before layout 4 only a timeout failed a trial, and no instance crashed
+        frame["failed"] = frame["failed"].astype(object).fillna(frame["timed_out"])
+        frame["failure_reason"] = frame["failure_reason"].astype(object).fillna("")
+        frame[["instance_crashes", "faults_injected"]] = frame[
+            ["instance_crashes", "faults_injected"]
+        ].fillna(0)
         _check_trials(frame, self.trials_csv)
+        frame["failed"] = frame["failed"].astype(bool)
         return frame
+
+    def faults(self, trial_id: str) -> list[dict[str, Any]]:
+        """What went wrong in one trial (`lab.sweep.faults.FaultRecord` fields); [] if nothing."""
+        name = f"{trial_id}.json"
+        with contextlib.suppress(UnsafePath), self._dir("faults") as d:
+            if d.exists(name):
+                data = _parse_json(d.read(name, limit=L.JSON_BYTES_MAX), str(d.path / name))
+                if not isinstance(data, list):
+                    raise ConfigError(f"{d.path / name}: must be a JSON list, got {show(data)}")
+                return data
+        return []
 
     def scenario(self) -> Scenario:
         """The scenario the run used, from its own copy (a user job module is not looked up)."""

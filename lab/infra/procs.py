@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,6 +49,23 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     return setup
 
 
+#: A line that names an error: a Python exception (`ModuleNotFoundError: ...`), or a lab CLI's
+#: one-line message (`lab.runtime.worker: ...`).
+_ERROR_LINE = re.compile(r"^(?:[\w.]+(?:Error|Exception|Exit|Interrupt)\b|lab(?:\.\w+)+: )")
+
+
+def describe_returncode(code: int | None) -> str:
+    """How a process ended, in words: 'exited with code 1', 'was killed by SIGKILL'."""
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 @dataclass
 class Child:
     """A running child process and where its output goes."""
@@ -69,6 +87,23 @@ class Child:
             return ""
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
+
+    def exit_description(self) -> str:
+        """How the child ended ('exited with code 2', 'was killed by SIGKILL'), or 'is still running'."""
+        return describe_returncode(self.popen.poll())
+
+    def last_words(self, lines: int = 12) -> str:
+        """Why it ended, for an error message: the error line it wrote (a Python exception, a
+        lab CLI's message), then its last lines; or that it wrote nothing (a signal, say)."""
+        tail = [line for line in self.log_tail(lines).splitlines() if line.strip()]
+        where = f" ({self.log_path})" if self.log_path is not None else ""
+        if not tail:
+            return f"it wrote nothing{where}"
+        error = next((line for line in reversed(tail) if _ERROR_LINE.match(line)), tail[-1])
+        if tail == [error]:
+            return f"{error}{where}"
+        shown = "\n".join(f"  | {line}" for line in tail)
+        return f"{error}\n  its last output{where}:\n{shown}"
 
     def signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -159,8 +194,8 @@ def wait_for(
         for child in children:
             if not child.alive():
                 raise ServiceError(
-                    f"{child.name} exited with code {child.popen.returncode} while waiting for "
-                    f"{what}; its last output:\n{child.log_tail()}"
+                    f"{child.name} {child.exit_description()} while waiting for {what}: "
+                    f"{child.last_words()}"
                 )
         if check():
             return
