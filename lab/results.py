@@ -23,7 +23,6 @@ size limit and checked types. Problems are one ConfigError naming the file.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -43,7 +42,7 @@ from pydantic import ConfigDict, Field
 
 from lab import limits as L
 from lab.errors import ConfigError
-from lab.infra.files import Dir, UnsafePath, directory, refuse_links
+from lab.infra.files import Dir, directory, refuse_links
 from lab.runtime.queue import JobEvent
 from lab.scenario.spec import Scenario, load_scenario
 from lab.strict import Strict, show, validate
@@ -187,8 +186,12 @@ def _parse_json(data: bytes, where: str) -> Any:
         raise ConfigError(f"{where}: not valid JSON: {str(exc)[:200]}") from None
 
 
-_INT_COLUMNS = {"order": 0, "num_workers": 1, "instances": 1, "batch_size": 1, "repeat": 0,
-                "concurrency": 1}  # fmt: skip
+_INT_COLUMNS = {  # (least, most): what the scenario's bounds let a run write
+    "order": (0, L.TRIALS_MAX), "num_workers": (1, L.NUM_WORKERS_MAX),
+    "instances": (1, L.INSTANCES_MAX), "batch_size": (1, L.BATCH_SIZE_MAX),
+    "repeat": (0, L.REPEATS_MAX), "concurrency": (1, L.CONCURRENCY_MAX),
+}  # fmt: skip
+_FIGURE_MAX = 1e15
 _BOOL_COLUMNS = ("timed_out", "harness_saturated", "machine_saturated")
 _TEXT_COLUMNS = ("trial_id", "placement", "saturation_reason")
 
@@ -384,10 +387,11 @@ class RunFolder:
     def jobs(self) -> pd.DataFrame:
         """Every job attempt of every trial (jobs.parquet/*.parquet), read without following links."""
         frames = []
-        with contextlib.suppress(UnsafePath), self._dir("jobs.parquet") as d:
-            for name in d.names():
-                if name.endswith(".parquet"):
-                    frames.append(_read_parquet(d, name))
+        with self._dir() as root:
+            present = root.exists("jobs.parquet")
+        if present:
+            with self._dir("jobs.parquet") as d:
+                frames = [_read_parquet(d, n) for n in d.names() if n.endswith(".parquet")]
         return pd.concat(frames, ignore_index=True) if frames else events_frame([], "")
 
 
@@ -404,7 +408,8 @@ def _read_parquet(d: Dir, name: str) -> pd.DataFrame:
 
 
 def _check_trials(frame: pd.DataFrame, where: Path) -> None:
-    """Every column holds what the analysis expects: ConfigError at the first cell that does not."""
+    """Every column holds what the analysis expects (ConfigError at the first cell that does
+    not); numeric columns are converted in place, so a number too long for int64 is a float."""
 
     def fail(column: str, rows: pd.Series, what: str) -> None:
         i = int(rows.to_numpy().nonzero()[0][0])
@@ -416,26 +421,33 @@ def _check_trials(frame: pd.DataFrame, where: Path) -> None:
     for column in frame.columns:
         values = frame[column]
         if column in _TEXT_COLUMNS:
-            empty_ok = column != "trial_id"
-            text = values.map(
-                lambda v, empty_ok=empty_ok: isinstance(v, str) or (empty_ok and v != v)
+            empty_ok = column == "saturation_reason"
+            allowed = ("separate", "colocated") if column == "placement" else None
+            ok = values.map(
+                lambda v, empty_ok=empty_ok, allowed=allowed: (
+                    (isinstance(v, str) and (allowed is None or v in allowed))
+                    or (empty_ok and v != v)
+                )
             )
-            if not text.all():
-                fail(column, ~text, "text")
+            if not ok.all():
+                fail(column, ~ok, "one of " + ", ".join(allowed) if allowed else "text")
         elif column in _BOOL_COLUMNS:
             ok = values.map(lambda v: isinstance(v, bool | np.bool_) or v != v)
             if not ok.all():
                 fail(column, ~ok, "True or False")
         else:
-            numbers = pd.to_numeric(values, errors="coerce")
+            numbers = pd.to_numeric(values, errors="coerce").astype(float)
             bad = (values.notna() & numbers.isna()) | np.isinf(numbers.fillna(0))
             if column in _INT_COLUMNS:
-                bad |= numbers.isna() | (numbers % 1 != 0) | (numbers < _INT_COLUMNS[column])
-                what = f"an integer >= {_INT_COLUMNS[column]}"
-            else:
-                what = "a finite number or empty"
+                least, most = _INT_COLUMNS[column]
+                bad |= numbers.isna() | (numbers % 1 != 0) | (numbers < least) | (numbers > most)
+                what = f"an integer in [{least}, {most:,}]"
+            else:  # no figure the lab writes comes near; squares and sums of it stay finite
+                bad |= numbers.abs() > _FIGURE_MAX
+                what = f"a number of magnitude at most {_FIGURE_MAX:g}, or empty"
             if bad.any():
                 fail(column, bad, what)
+            frame[column] = numbers.astype("int64") if column in _INT_COLUMNS else numbers
     if frame["trial_id"].duplicated().any():
         fail("trial_id", frame["trial_id"].duplicated(), "listed once")
 
