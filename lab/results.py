@@ -48,8 +48,11 @@ from lab.scenario.spec import Scenario, load_scenario
 from lab.strict import Strict, show, validate
 
 #: Layout history: 1 = the first layout (this docstring); 2 = trials.csv gains `placement` and
-#: the web (Locust) columns. Readers accept older layouts and fill the columns they lack.
-SCHEMA_VERSION = 2
+#: the web (Locust) columns; 3 = trials.csv gains `steady_items_per_s`, the service's rejections
+#: by kind, connections and utilization, `worker_steady_cores`, `worker_cpu_demand` and
+#: `bottleneck`. Readers accept
+#: older layouts and fill the columns they lack.
+SCHEMA_VERSION = 3
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_FAILED = (
     "running",
@@ -78,6 +81,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "makespan_s": "clock start to the last job's end, seconds",
     "items_per_s": "items_done / makespan_s: the throughput",
     "jobs_per_s": "jobs_done / makespan_s",
+    "steady_items_per_s": "items/s between the 10th and 90th percentile of the items done (the steady part: no start-up, no drain tail)",
     "attempts": "job attempts, retries included",
     "retries": "failed attempts that were retried",
     "dead_letters": "jobs that used up their attempts",
@@ -103,13 +107,20 @@ TRIAL_COLUMNS: dict[str, str] = {
     "duplicate_items": "items the service received more than once (by id)",
     "recovered_jobs": "jobs put back after an instance's heartbeat expired",
     "service_requests": "requests the target service received",
-    "service_rejected": "of them, rejected (429: queue full, rate limit)",
+    "service_rejected": "rejected requests and connections (429: queue full, rate limit; 503: connection limit)",
     "service_errors": "of them, failed with 5xx",
     "service_max_in_flight": "most requests the service served at once",
     "service_max_queue_depth": "most requests waiting in the service's queue",
+    "service_rate_limited": "of the rejected, 429s of the rate limit (token bucket empty, with Retry-After)",
+    "service_queue_full": "of the rejected, 429s because every slot was busy and the waiting room full",
+    "service_connections_refused": "connections refused (or given up waiting) at the service's connection limit (503)",
+    "service_max_connections": "most TCP connections open at the service at once",
+    "service_utilization": "how busy the service was: served x mean service time / (capacity x makespan)",
     "producer_max_lag_s": "how late the producer sent a job, at worst",
     "workers_cores": "mean cores used by all worker instances",
     "worker_peak_cores": "highest cores of one instance over a 0.25 s window",
+    "worker_steady_cores": "the busiest instance's median cores over 0.25 s windows (the steady part)",
+    "worker_cpu_demand": "the busiest instance's median share of a 0.25 s window spent on or waiting for a core (1.0: it always wanted one, even if a busy machine did not give it)",
     "worker_rss_max_mb": "largest resident memory of one instance, MiB",
     "mock_cores": "mean cores of the busiest mock service",
     "redis_cores": "mean cores of the embedded redis-server (0 with broker.url)",
@@ -126,6 +137,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "harness_saturated": "a mock, Redis or the producer was near a full core: the figure measures the lab",
     "machine_saturated": "every core was busy: the figure holds for this machine only",
     "saturation_reason": "which component, and how busy",
+    "bottleneck": "what held the throughput, one word (lab.analysis.attribution): concurrency, service_capacity, rate_limit, connection_limit, worker_cpu, broker, harness, retry_waste, arrivals or errors",
 }
 
 
@@ -383,6 +395,11 @@ class RunFolder:
     def report_html(self) -> Path:
         """Where `lab.report` writes the run's self-contained report."""
         return self.path / "report.html"
+
+    def services(self, trial_id: str) -> dict[str, Any]:
+        """The mock services' statistics of one trial, by service name (empty when absent)."""
+        path = self.path / "services" / f"{trial_id}.json"
+        return dict(json.loads(path.read_text())) if path.exists() else {}
 
     def jobs(self) -> pd.DataFrame:
         """Every job attempt of every trial (jobs.parquet/*.parquet), read without following links."""

@@ -112,8 +112,31 @@ def test_quickstart_matches_its_brief() -> None:
 
 def test_rate_limited_api_drains_a_burst_through_the_limit() -> None:
     s = load_scenario(ROOT / "scenarios" / "rate_limited_api.yaml")
-    assert s.services["payments"].rate_limit == RateLimit(per_s=100, burst=100)
-    assert (s.workload.arrival, s.workload.items) == (Backlog(), 500)
+    assert s.services["payments"].rate_limit == RateLimit(per_s=200, burst=20)
+    assert (s.workload.arrival, s.workload.items) == (Backlog(), 1000)
+    assert s.workload.retry.after_floor == "jittered"
+
+
+def test_retry_storm_is_the_rate_limited_api_with_retries_at_the_exact_floor() -> None:
+    storm = load_scenario(ROOT / "scenarios" / "retry_storm.yaml")
+    api = load_scenario(ROOT / "scenarios" / "rate_limited_api.yaml")
+    assert storm.workload.retry.after_floor == "exact"
+    same_retries = storm.workload.retry.model_copy(update={"after_floor": "jittered"})
+    assert same_retries == api.workload.retry
+    assert (storm.services, storm.sweep, storm.objective) == (
+        api.services,
+        api.sweep,
+        api.objective,
+    )
+
+
+def test_after_floor_is_checked_and_defaults_to_jittered(tmp_path: Path) -> None:
+    s = load_scenario(write(tmp_path, MINIMAL))
+    assert s.workload.retry.after_floor == "jittered"
+    assert s.workload.retry.policy().after_floor == "jittered"
+    bad = MINIMAL.replace("items: 10", "items: 10\n  retry: {after_floor: exactly}")
+    message = error_of(write(tmp_path, bad, "bad.yaml"))
+    assert "workload.retry.after_floor" in message and "exactly" in message
 
 
 def test_arrivals_derive_their_item_count(tmp_path: Path) -> None:
@@ -129,7 +152,7 @@ def test_defaults_fill_in(tmp_path: Path) -> None:
     w = s.workload
     assert (w.arrival, w.cpu_ms_per_item, w.index, w.job_timeout_s) == (Backlog(), 0, "lab", 30)
     assert w.retry.policy() == RetryPolicy(
-        max_attempts=5, backoff_ms=50, max_backoff_ms=30_000, jitter="full"
+        max_attempts=5, backoff_ms=50, max_backoff_ms=30_000, jitter="full", after_floor="jittered"
     )
     sw = s.sweep
     assert (sw.num_workers, sw.instances, sw.batch_size, sw.repeats) == ((1,), (1,), (1,), 1)

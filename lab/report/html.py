@@ -106,7 +106,7 @@ _TABLE = [
     ("latency_p99_ms", "p99 ms", ",.0f"), ("latency_p99_worst_ms", "worst p99 ms", ",.0f"),
     ("error_rate", "errors", ".1%"), ("retries", "retries", ",.0f"),
     ("service_rejected", "429s", ",.0f"), ("bound_ratio", "of bound", ".0%"),
-    ("workers_cores", "worker cores", ".2f"),
+    ("workers_cores", "worker cores", ".2f"), ("bottleneck", "held by", ""),
 ]  # fmt: skip
 
 
@@ -135,6 +135,17 @@ def _configs_table(analysis: Analysis) -> str:
         rows.append(f'<tr class="{css}">{cells}<td class="l">{escape(note)}</td></tr>')
     table = f'<table><tr>{head}<th class="l">notes</th></tr>{"".join(rows)}</table>'
     return f'<div class="wide">{table}</div>'
+
+
+def _bottlenecks(analysis: Analysis) -> str:
+    """What held each configuration, in words, best first (lab.analysis.attribution)."""
+    metric = analysis.objective.maximize
+    items = "".join(
+        f"<li><b>{escape(label(row))}</b> ({_num(row[metric])} {escape(metric.replace('_per_s', '/s'))}): "
+        f"held by {escape(str(row['why']))}</li>"
+        for _, row in analysis.configs.sort_values(metric, ascending=False).iterrows()
+    )
+    return f"<ul>{items}</ul>"
 
 
 def _fits_table(analysis: Analysis) -> str:
@@ -266,6 +277,12 @@ def render_report(analysis: Analysis) -> str:
         "<i>of bound</i>: throughput over the tighter of the Little's-law and capacity bounds. "
         "Greyed: ruled out by the SLO, lost items or a timeout.</p>",
         _configs_table(analysis),
+        "<h2>What held each configuration</h2>",
+        "<p>The binding constraint of each configuration, from its own evidence (repeats "
+        "aggregated): concurrency, the service's capacity, its rate limit or connection limit, "
+        "the workers' CPU, the broker or the lab itself, retries, the arrivals, or errors. The "
+        "heatmap and the throughput figure mark it with the same words.</p>",
+        _bottlenecks(analysis),
         "<h2>Scalability fit (Universal Scalability Law)</h2>",
         _fits_table(analysis),
         "<h2>Scenario</h2>",

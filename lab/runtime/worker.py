@@ -54,7 +54,7 @@ from lab.runtime.queue import (
     decode_job,
     encode_job,
 )
-from lab.runtime.retry import DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy
+from lab.runtime.retry import AFTER_FLOOR, DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy
 from lab.runtime.wire import WireConnection
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ class Worker:
             self._acks.append(job_id)
         elif retryable and self.settings.retry.should_retry(attempt):
             outcome = RETRY
-            delay_s = max(self.settings.retry.delay_s(attempt, self._rng), retry_after_s or 0.0)
+            delay_s = self.settings.retry.retry_delay_s(attempt, self._rng, retry_after_s)
             retry = encode_job(job_id, name, args, msg["enq"], attempt + 1)
             self._retries += [job_id, repr(finished + delay_s), retry]
         else:
@@ -454,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff-ms", type=float, default=DEFAULT_RETRY.backoff_ms)
     p.add_argument("--max-backoff-ms", type=float, default=DEFAULT_RETRY.max_backoff_ms)
     p.add_argument("--jitter", choices=["full", "none"], default=DEFAULT_RETRY.jitter)
+    p.add_argument(
+        "--after-floor",
+        choices=AFTER_FLOOR,
+        default=DEFAULT_RETRY.after_floor,
+        help="a Retry-After floor: jittered (floor + backoff draw) or exact (the floor itself)",
+    )
     p.add_argument("--job-timeout-s", type=float, default=DEFAULT_JOB_TIMEOUT_S, help="0 for none")
     p.add_argument(
         "--grace-s", type=float, default=10.0, help="on SIGTERM, how long in-flight jobs may finish"
@@ -474,7 +480,9 @@ def settings_from_args(ns: argparse.Namespace) -> WorkerSettings:
     if not ns.broker:
         raise ConfigError(f"give --broker URL, or set {BROKER_URL_ENV}")
     try:
-        retry = RetryPolicy(ns.max_attempts, ns.backoff_ms, ns.max_backoff_ms, ns.jitter)
+        retry = RetryPolicy(
+            ns.max_attempts, ns.backoff_ms, ns.max_backoff_ms, ns.jitter, ns.after_floor
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return WorkerSettings(

@@ -23,7 +23,7 @@ from lab.errors import ConfigError
 from lab.infra.broker import redact_url
 from lab.mocks.spec import ServiceSpec
 from lab.runtime.jobs import BUILTINS, find_job_module, job_type, resolve
-from lab.runtime.retry import DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy
+from lab.runtime.retry import DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, AfterFloor, RetryPolicy
 from lab.scenario.loader import line_of, load_yaml_model
 from lab.strict import Loc, Problems, Strict, hint, show, why
 
@@ -216,6 +216,13 @@ class Retry(_Strict):
     jitter: Literal["full", "none"] = Field(
         default=DEFAULT_RETRY.jitter,
         description="full: wait uniform in [0, backoff]; none: exactly backoff.",
+    )
+    after_floor: AfterFloor = Field(
+        default=DEFAULT_RETRY.after_floor,
+        description="How a server's Retry-After (a floor, in whole seconds) is honoured. "
+        "jittered: wait the floor plus the backoff draw, so jobs rejected together come back "
+        "spread over the backoff window; exact: wait the floor itself (when the backoff is "
+        "shorter), so they come back together in one wave, a retry storm.",
     )
 
     def policy(self) -> RetryPolicy:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from lab.analysis.attribution import Context, service_columns, steady_items_per_s, trial_bottleneck
 from lab.producers.arrivals import ProducerReport
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent
@@ -72,6 +73,9 @@ def job_figures(
         "makespan_s": makespan_s,
         "items_per_s": items_done / makespan_s if makespan_s > 0 else math.nan,
         "jobs_per_s": len(done) / makespan_s if makespan_s > 0 else math.nan,
+        "steady_items_per_s": steady_items_per_s(
+            [e.finished_at for e in done], [e.items for e in done]
+        ),
         "attempts": len(events),
         "retries": retries,
         "dead_letters": len(dead_only),
@@ -192,9 +196,12 @@ def trial_row(
         "service_errors": target.get("errors", 0),
         "service_max_in_flight": target.get("max", {}).get("in_flight", 0),
         "service_max_queue_depth": target.get("max", {}).get("queue_depth", 0),
+        **service_columns(target, target_spec, figures["makespan_s"]),
         "producer_max_lag_s": report.max_lag_s,
         "workers_cores": sum(u.cores for u in by_role["worker"]),
         "worker_peak_cores": max((u.peak_cores for u in by_role["worker"]), default=0.0),
+        "worker_steady_cores": max((u.steady_cores for u in by_role["worker"]), default=0.0),
+        "worker_cpu_demand": max((u.steady_demand for u in by_role["worker"]), default=0.0),
         "worker_rss_max_mb": max((u.rss_max_mb for u in by_role["worker"]), default=0.0),
         "mock_cores": max((u.cores for u in by_role["mock"]), default=0.0),
         "redis_cores": sum(u.cores for u in by_role["redis"]),
@@ -206,4 +213,5 @@ def trial_row(
         "machine_saturated": machine,
         "saturation_reason": why,
     }
+    row["bottleneck"] = trial_bottleneck(row, Context.of(scenario, os.cpu_count()), events)
     return row
