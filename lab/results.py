@@ -28,6 +28,7 @@ import io
 import json
 import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -189,6 +190,39 @@ class Manifest(Strict):
     )
 
 
+_Count = Annotated[int, Field(ge=0, le=10**15)]
+
+
+class _Samples(Strict):
+    model_config = ConfigDict(extra="allow")
+    service_ms: Annotated[
+        list[Annotated[float, Field(ge=0, le=1e15)]], Field(max_length=L.SAMPLES_CAP_MAX)
+    ] = Field(default_factory=list)
+
+
+class _Maxima(Strict):
+    model_config = ConfigDict(extra="allow")
+    connections: _Count = 0
+
+
+class ServiceStats(Strict):
+    """One mock's `/_lab/stats` document as read back from services/<trial>.json: the keys the
+    analysis reads, typed; the rest kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    served: _Count = 0
+    served_items: _Count = 0
+    requests: _Count = 0
+    rejected: _Count = 0
+    errors: _Count = 0
+    rejections: Annotated[
+        dict[Annotated[str, Field(max_length=100)], _Count], Field(max_length=64)
+    ] = Field(default_factory=dict)
+    samples: _Samples = Field(default_factory=_Samples)
+    max: _Maxima = Field(default_factory=_Maxima)
+
+
 def _parse_json(data: bytes, where: str) -> Any:
     try:
         return json.loads(data.decode("utf-8"))
@@ -204,6 +238,7 @@ _INT_COLUMNS = {  # (least, most): what the scenario's bounds let a run write
     "repeat": (0, L.REPEATS_MAX), "concurrency": (1, L.CONCURRENCY_MAX),
 }  # fmt: skip
 _FIGURE_MAX = 1e15
+_TRIAL_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 _BOOL_COLUMNS = ("timed_out", "harness_saturated", "machine_saturated")
 _TEXT_COLUMNS = ("trial_id", "placement", "saturation_reason")
 
@@ -397,9 +432,22 @@ class RunFolder:
         return self.path / "report.html"
 
     def services(self, trial_id: str) -> dict[str, Any]:
-        """The mock services' statistics of one trial, by service name (empty when absent)."""
-        path = self.path / "services" / f"{trial_id}.json"
-        return dict(json.loads(path.read_text())) if path.exists() else {}
+        """The mock services' statistics of one trial, by service name (empty when absent);
+        the parts the analysis reads are type-checked (`ServiceStats`)."""
+        name = f"{trial_id}.json"
+        with self._dir() as root:
+            if not root.exists("services"):
+                return {}
+        with self._dir("services") as d:
+            if not d.exists(name):
+                return {}
+            where = str(d.path / name)
+            data = _parse_json(d.read(name, limit=L.SERVICES_JSON_BYTES_MAX), where)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: must be a JSON object, got {show(data)}")
+        for service, stats in data.items():
+            validate(ServiceStats, stats, where=f"{where}: {show(service)}")
+        return data
 
     def jobs(self) -> pd.DataFrame:
         """Every job attempt of every trial (jobs.parquet/*.parquet), read without following links."""
@@ -437,7 +485,11 @@ def _check_trials(frame: pd.DataFrame, where: Path) -> None:
 
     for column in frame.columns:
         values = frame[column]
-        if column in _TEXT_COLUMNS:
+        if column == "trial_id":  # it names files: services/<trial_id>.json, logs/<trial_id>/
+            ok = values.map(lambda v: isinstance(v, str) and _TRIAL_ID.fullmatch(v) is not None)
+            if not ok.all():
+                fail(column, ~ok, "a trial id (letters, digits, _ . -, not starting with . or -)")
+        elif column in _TEXT_COLUMNS:
             empty_ok = column == "saturation_reason"
             allowed = ("separate", "colocated") if column == "placement" else None
             ok = values.map(

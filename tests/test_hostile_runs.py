@@ -19,7 +19,7 @@ from lab.errors import ConfigError
 from lab.infra.files import UnsafePath, atomic_write, directory, refuse_links
 from lab.infra.procs import env_with_pythonpath
 from lab.report.html import main as report_main
-from lab.results import RunFolder
+from lab.results import SCHEMA_VERSION, RunFolder
 from lab.sweep.runner import main as sweep_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +139,7 @@ MANIFESTS: dict[str, tuple[bytes | None, str]] = {
     "no status": (b'{"schema_version": 2}', "status: required"),
     "a later layout": (
         b'{"schema_version": 99, "status": "complete"}',
-        "results layout version 99, this lab reads up to 2",
+        f"results layout version 99, this lab reads up to {SCHEMA_VERSION}",
     ),
     "NaN": (b'{"schema_version": 2, "status": "complete", "updated_at": NaN}', "updated_at"),
     "a directory": (None, "manifest.json: not a regular file"),
@@ -199,6 +199,20 @@ TABLES: dict[str, tuple[Callable[[Path], object], str]] = {
     "an unknown placement": (
         lambda d: _edit_trials(d, "placement", "moon"),
         "column placement: must be one of separate, colocated, got 'moon'",
+    ),
+    "a trial id that climbs out": (
+        lambda d: _edit_trials(d, "trial_id", "../../../etc/passwd"),
+        "column trial_id: must be a trial id",
+    ),
+    "services that are not a mapping": (
+        lambda d: next((d / "services").iterdir()).write_text("[1, 2]"),
+        ".json: must be a JSON object, got [1, 2]",
+    ),
+    "service statistics of the wrong type": (
+        lambda d: next((d / "services").iterdir()).write_text(
+            '{"search": {"served": "many", "samples": {"service_ms": [1, 2]}}}'
+        ),
+        "served: must be an integer in [0, 1,000,000,000,000,000], got 'many'",
     ),
     "a flag that is not a flag": (
         lambda d: _edit_trials(d, "timed_out", "maybe"),
@@ -342,6 +356,15 @@ def test_general_rule_any_cell_is_read_and_analysed_or_refused(run_dir: Path) ->
             else:
                 outcomes["ok"] += 1
     assert outcomes["ok"] > 0 and outcomes["refused"] > 0
+
+
+def test_a_name_is_one_path_component(tmp_path: Path) -> None:
+    with directory(tmp_path) as d:
+        for name in ("../x", "a/b", "..", "", "."):
+            with pytest.raises(UnsafePath, match="is not a file name"):
+                d.write(name, b"x")
+    with pytest.raises(UnsafePath, match="is not a file name"), directory(tmp_path, ".."):
+        pass
 
 
 def test_a_child_log_is_never_written_through_a_link(tmp_path: Path, victim: Path) -> None:
