@@ -240,7 +240,7 @@ _INT_COLUMNS = {  # (least, most): what the scenario's bounds let a run write
 _FIGURE_MAX = 1e15
 _TRIAL_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 _BOOL_COLUMNS = ("timed_out", "harness_saturated", "machine_saturated")
-_TEXT_COLUMNS = ("trial_id", "placement", "saturation_reason")
+_TEXT_COLUMNS = ("trial_id", "placement", "saturation_reason", "bottleneck")
 
 
 class RunFolder:
@@ -490,7 +490,7 @@ def _check_trials(frame: pd.DataFrame, where: Path) -> None:
             if not ok.all():
                 fail(column, ~ok, "a trial id (letters, digits, _ . -, not starting with . or -)")
         elif column in _TEXT_COLUMNS:
-            empty_ok = column == "saturation_reason"
+            empty_ok = column != "placement"
             allowed = ("separate", "colocated") if column == "placement" else None
             ok = values.map(
                 lambda v, empty_ok=empty_ok, allowed=allowed: (
