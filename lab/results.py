@@ -442,7 +442,10 @@ class RunFolder:
     def faults(self, trial_id: str) -> list[dict[str, Any]]:
         """What went wrong in one trial (`lab.sweep.faults.FaultRecord` fields); [] if nothing."""
         name = f"{trial_id}.json"
-        with contextlib.suppress(UnsafePath), self._dir("faults") as d:
+        with self._dir() as root:
+            if not root.exists("faults"):
+                return []
+        with self._dir("faults") as d:
             if d.exists(name):
                 data = _parse_json(d.read(name, limit=L.JSON_BYTES_MAX), str(d.path / name))
                 if not isinstance(data, list):
