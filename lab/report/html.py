@@ -24,6 +24,7 @@ from lab.analysis.configs import Analysis, Run, analyze, load_run
 from lab.analysis.recommendation import Recommendation
 from lab.configuration import label
 from lab.errors import exit_status
+from lab.infra.broker import redact_url
 from lab.report.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
 from lab.results import RunFolder
 
@@ -187,7 +188,7 @@ def _scenario(run: Run) -> str:
         + (f", rate limit {spec.rate_limit.per_s:g}/s" if spec.rate_limit else "")
         for name, spec in s.services.items()
     )
-    text = (run.path / "scenario.yaml").read_text() if (run.path / "scenario.yaml").exists() else ""
+    text = redact_url(RunFolder(run.path).scenario_text())  # a broker password stays out
     return (
         _definitions(
             [
@@ -303,11 +304,7 @@ def write_report(run_dir: str | Path, *, analysis: Analysis | None = None) -> Pa
     folder = RunFolder.open(Path(run_dir))
     if analysis is None or analysis.run is None:
         analysis = analyze(load_run(folder.path))
-    path = folder.report_html
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_report(analysis), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return folder.write_text(folder.report_html.name, render_report(analysis))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,9 +3,14 @@ dead-letter list."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Literal
+
+#: Doublings past this cannot matter (2**64 x any backoff exceeds any ceiling) and would only
+#: overflow a float: attempt 1,100 of a job would raise instead of waiting.
+_MAX_DOUBLINGS = 64
 
 AfterFloor = Literal["jittered", "exact"]
 
@@ -43,8 +48,8 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        if self.backoff_ms < 0 or self.max_backoff_ms < 0:
-            raise ValueError("backoff_ms and max_backoff_ms must be >= 0")
+        if not (0 <= self.backoff_ms < math.inf and 0 <= self.max_backoff_ms < math.inf):
+            raise ValueError("backoff_ms and max_backoff_ms must be finite numbers >= 0")
         if self.jitter not in ("full", "none"):
             raise ValueError(f"jitter must be 'full' or 'none', got {self.jitter!r}")
         if self.after_floor not in AFTER_FLOOR:
@@ -57,8 +62,8 @@ class RetryPolicy:
     def delay_s(self, attempt: int, rng: random.Random, *, at_least_ms: float = 0.0) -> float:
         """The backoff draw after failed attempt `attempt` (1-based), in seconds; the window is
         the exponential ceiling, widened to `at_least_ms`, capped at max_backoff_ms."""
-        ceiling_ms = self.backoff_ms * 2 ** (attempt - 1)
-        ceiling_ms = min(self.max_backoff_ms, max(ceiling_ms, at_least_ms))
+        doublings = min(max(attempt - 1, 0), _MAX_DOUBLINGS)
+        ceiling_ms = min(self.max_backoff_ms, max(self.backoff_ms * 2.0**doublings, at_least_ms))
         if self.jitter == "full":
             return rng.uniform(0, ceiling_ms) / 1000
         return ceiling_ms / 1000

@@ -24,8 +24,7 @@ import signal
 import socket
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,9 @@ from typing import Any
 from lab.configuration import COLOCATED, Configuration
 from lab.errors import ServiceError
 from lab.infra.broker import Broker
+from lab.infra.files import atomic_write
 from lab.infra.procs import Child, check_stop, python_module_argv, spawn, terminate_all, wait_for
+from lab.mocks.control import TOKEN_ENV, MockControl, new_token
 from lab.mocks.spec import spec_to_json
 from lab.producers.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
 from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
@@ -107,13 +108,6 @@ class TrialOutcome:
     usage: dict[str, Usage] = field(default_factory=dict)
 
 
-def _http_json(url: str, body: dict[str, Any] | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
 @contextlib.contextmanager
 def _listening_socket() -> Iterator[socket.socket]:
     """A loopback socket bound here and handed to children: its URL is known before they are
@@ -140,6 +134,7 @@ class _Actors:
         ready: Path | None = None,
         pass_fds: tuple[int, ...] = (),
         grace_s: float = 5.0,
+        env: Mapping[str, str] | None = None,
     ) -> Child:
         if ready is not None:
             ready.unlink(missing_ok=True)  # a resumed trial must not trust the last attempt's file
@@ -151,6 +146,7 @@ class _Actors:
                 log_path=self.logs / f"{name}.log",
                 pass_fds=pass_fds,
                 grace_s=grace_s,
+                env=env,
             )
         )
         self.children[name] = (role, child)
@@ -201,14 +197,15 @@ def _start_slots(
     w = scenario.workload
     colocated = plan.placement == COLOCATED
     needs_web = colocated or isinstance(w.arrival, LocustArrival)
-    common = ["--broker", broker.url, "--queue", queue, "--job", w.job]
+    common = ["--queue", queue, "--job", w.job]
+    env = broker.child_env()  # the broker URL (and any password in it) never goes on argv
     grace = options.grace_s + 5
     if not colocated:
         for i in range(plan.instances):
             argv = python_module_argv(
                 "lab.runtime.worker", *common, *_worker_flags(scenario, plan, urls, i, options)
             )
-            actors.start(f"worker-{i}", "worker", argv, grace_s=grace)
+            actors.start(f"worker-{i}", "worker", argv, grace_s=grace, env=env)
     if not needs_web:
         return None
     sock = stack.enter_context(_listening_socket())
@@ -229,21 +226,19 @@ def _start_slots(
             ready=ready,
             pass_fds=(sock.fileno(),),
             grace_s=grace,
+            env=env,
         )
     return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def _prepare_services(scenario: Scenario, urls: dict[str, str], items: int) -> None:
+def _prepare_services(scenario: Scenario, mocks: dict[str, MockControl], items: int) -> None:
     """Before the clock: documents in place for a job type that acts on existing ids (deletes),
     every counter at zero."""
     w = scenario.workload
     if job_type(w.job).seeds_ids:
-        _http_json(
-            f"{urls[w.service]}/_lab/seed",
-            {"index": w.index, "ids": [str(i) for i in range(items)]},
-        )
-    for url in urls.values():
-        _http_json(f"{url}/_lab/reset", {})
+        mocks[w.service].seed(w.index, [str(i) for i in range(items)])
+    for mock in mocks.values():
+        mock.reset()
 
 
 def derive_seed(scenario_seed: int, *parts: object) -> int:
@@ -285,6 +280,7 @@ class _Trial:
         self.items_planned = (
             sum(len(j.items) for j in self.jobs) or w.expected_items * plan.batch_size
         )
+        self.token = new_token()  # the mocks' /_lab/ routes answer only to this trial
 
     def run(self) -> TrialOutcome:
         with self.broker.client() as client, contextlib.ExitStack() as services_stack:
@@ -302,22 +298,32 @@ class _Trial:
                 measured = self._measure(queue, services, slots, web_url)
                 terminate_all(slots.of_role("worker", "web"))  # graceful stops overlap
             # the slots are stopped: every ack is written; the services are still up
-            service_stats = {name: _http_json(f"{url}/_lab/stats") for name, url in urls.items()}
+            service_stats = {name: self._mock(url).stats() for name, url in urls.items()}
         return self._collect(queue, service_stats, measured)
 
+    def _mock(self, url: str) -> MockControl:
+        return MockControl(url, self.token)
+
     def _start_services(self, actors: _Actors) -> dict[str, str]:
-        """Each mock service in its own process, on a socket bound here; returns their URLs."""
+        """Each mock service in its own process, on a socket bound here; returns their URLs.
+
+        The spec goes through a file (a command line has a length limit, a spec with many
+        brown-outs does not), the control token through the environment (argv is public)."""
         urls: dict[str, str] = {}
+        env = {**os.environ, TOKEN_ENV: self.token}
         for name, spec in self.scenario.services.items():
             seed = derive_seed(self.scenario.seed, self.plan.repeat, "mock", name, spec.seed)
-            seeded = spec.model_copy(update={"seed": seed})
+            spec_file = self.logs / f"mock-{name}.spec.json"
+            atomic_write(spec_file, spec_to_json(spec.model_copy(update={"seed": seed})))
             ready = self.logs / f"mock-{name}.ready.json"
             with _listening_socket() as sock:
                 argv = python_module_argv(
-                    "lab.mocks", spec.kind, "--spec-json", spec_to_json(seeded),
+                    "lab.mocks", spec.kind, "--spec-file", str(spec_file),
                     "--ready-file", str(ready), "--listen-fd", str(sock.fileno()),
                 )  # fmt: skip
-                actors.start(f"mock-{name}", "mock", argv, ready=ready, pass_fds=(sock.fileno(),))
+                actors.start(
+                    f"mock-{name}", "mock", argv, ready=ready, pass_fds=(sock.fileno(),), env=env
+                )
                 urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
         return urls
 
@@ -333,7 +339,8 @@ class _Trial:
             timeout_s=READY_TIMEOUT_S,
             children=everyone,
         )
-        _prepare_services(self.scenario, urls, self.items_planned)
+        mocks = {name: self._mock(url) for name, url in urls.items()}
+        _prepare_services(self.scenario, mocks, self.items_planned)
         expected = {instance_id(self.plan, i) for i in range(self.plan.instances)}
         wait_for(
             lambda: queue.live_instances() >= expected,
@@ -385,6 +392,7 @@ class _Trial:
         """The job events and queue counters, then the queue's keys removed; the row."""
         events = queue.events()
         recovered = queue.stats().get("recovered", 0)
+        runtime = queue.runtime_stats()
         with self.broker.client() as client:
             Queue(client, queue.name).purge()
         web = (
@@ -395,7 +403,7 @@ class _Trial:
         row = trial_row(
             self.plan.config(), self.scenario, events, service_stats, measured.usage,
             measured.report, clock_start=measured.clock_start, wall_s=measured.wall_s,
-            timed_out=measured.timed_out, recovered=recovered, web=web,
+            timed_out=measured.timed_out, recovered=recovered, web=web, runtime=runtime,
         )  # fmt: skip
         return TrialOutcome(row=row, events=events, services=service_stats, usage=measured.usage)
 

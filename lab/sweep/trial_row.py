@@ -19,6 +19,7 @@ from lab.analysis.attribution import Context, service_columns, steady_items_per_
 from lab.producers.arrivals import ProducerReport
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent
+from lab.runtime.telemetry import runtime_figures
 from lab.scenario.spec import Scenario
 from lab.sweep.resources import Usage, saturation
 
@@ -118,9 +119,10 @@ def bounds(
     if service_stats and capacity:
         samples = service_stats.get("samples", {}).get("service_ms", [])
         served = service_stats.get("served", 0)
-        if samples and served:
+        mean_s = float(np.mean(samples)) / 1000 if samples else 0.0
+        if mean_s > 0 and served:  # a service of constant 0 ms has no capacity bound
             items_per_request = service_stats.get("served_items", served) / served
-            capacity_bound = capacity * items_per_request / (float(np.mean(samples)) / 1000)
+            capacity_bound = capacity * items_per_request / mean_s
             if rate_limit_per_s:
                 capacity_bound = min(capacity_bound, rate_limit_per_s * items_per_request)
     candidates = [b for b in (littles, capacity_bound) if not math.isnan(b)]
@@ -153,12 +155,13 @@ def trial_row(
     config: Mapping[str, Any], scenario: Scenario, events: Sequence[JobEvent],
     services: Mapping[str, Mapping[str, Any]], usage: Mapping[str, Usage], report: ProducerReport,
     *, clock_start: float, wall_s: float, timed_out: bool, recovered: int,
-    web: Mapping[str, float],
+    web: Mapping[str, float], runtime: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:  # fmt: skip
     """One row of trials.csv (lab.results.TRIAL_COLUMNS, in that order).
 
     `config` holds the trial's identity (trial_id, order, num_workers, instances, batch_size,
-    placement, repeat, concurrency); `web` the Locust figures (NaN without web traffic).
+    placement, repeat, concurrency); `web` the Locust figures (NaN without web traffic);
+    `runtime` the worker instances' records of their own cost (`lab.runtime.telemetry`).
     """
     w = scenario.workload
     target_spec = scenario.services[w.service]
@@ -202,6 +205,7 @@ def trial_row(
         "worker_steady_cores": max((u.steady_cores for u in by_role["worker"]), default=0.0),
         "worker_cpu_demand": max((u.steady_demand for u in by_role["worker"]), default=0.0),
         "worker_rss_max_mb": max((u.rss_max_mb for u in by_role["worker"]), default=0.0),
+        **runtime_figures(runtime),
         "mock_cores": max((u.cores for u in by_role["mock"]), default=0.0),
         "redis_cores": sum(u.cores for u in by_role["redis"]),
         "producer_cores": sum(u.cores for u in by_role["producer"]),
