@@ -117,7 +117,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "instance_crashes": "worker instances that exited during the trial: any signal or exit code, injected or not",
     "faults_injected": "faults of the scenario's `faults` applied (one that fell due after the trial drained is not)",
     "recovery_s": "the longest recovery, s: an exit until its jobs were back in the queue; a restart until the service was up; a pause until the broker answered",
-    "dip_ratio": "items/s while faults lasted (each until its recovery) over items/s before the first one: 1 no dip, 0 a standstill",
+    "dip_ratio": "items/s while faults lasted (each until its recovery) over items/s before the first one: 1 no dip, 0 a standstill, above 1 catching up on a backlog",
     "service_requests": "requests the target service received",
     "service_rejected": "rejected requests and connections (429: queue full, rate limit; 503: connection limit)",
     "service_errors": "of them, failed with 5xx",
