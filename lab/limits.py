@@ -23,6 +23,9 @@ YAML_DEPTH_MAX = 32
 JSON_BYTES_MAX = 16 * 1024 * 1024
 """Largest JSON file read back from a run folder (manifest.json holds the planned trial ids)."""
 
+SERVICES_JSON_BYTES_MAX = 64 * 1024 * 1024
+"""One trial's services/<trial>.json (SAMPLES_CAP_MAX samples and an hour of series, pretty)."""
+
 CSV_BYTES_MAX = 64 * 1024 * 1024
 """Largest trials.csv read back: TRIALS_MAX rows of ~2 KiB, with room to spare."""
 

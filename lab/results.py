@@ -25,12 +25,12 @@ size limit and checked types. Problems are one ConfigError naming the file.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -45,7 +45,7 @@ from pydantic import ConfigDict, Field
 
 from lab import limits as L
 from lab.errors import ConfigError
-from lab.infra.files import Dir, UnsafePath, directory, refuse_links
+from lab.infra.files import Dir, directory, refuse_links
 from lab.runtime.queue import JobEvent
 from lab.runtime.telemetry import RUNTIME_COLUMNS
 from lab.scenario.spec import Scenario, load_scenario
@@ -202,6 +202,39 @@ class Manifest(Strict):
     )
 
 
+_Count = Annotated[int, Field(ge=0, le=10**15)]
+
+
+class _Samples(Strict):
+    model_config = ConfigDict(extra="allow")
+    service_ms: Annotated[
+        list[Annotated[float, Field(ge=0, le=1e15)]], Field(max_length=L.SAMPLES_CAP_MAX)
+    ] = Field(default_factory=list)
+
+
+class _Maxima(Strict):
+    model_config = ConfigDict(extra="allow")
+    connections: _Count = 0
+
+
+class ServiceStats(Strict):
+    """One mock's `/_lab/stats` document as read back from services/<trial>.json: the keys the
+    analysis reads, typed; the rest kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    served: _Count = 0
+    served_items: _Count = 0
+    requests: _Count = 0
+    rejected: _Count = 0
+    errors: _Count = 0
+    rejections: Annotated[
+        dict[Annotated[str, Field(max_length=100)], _Count], Field(max_length=64)
+    ] = Field(default_factory=dict)
+    samples: _Samples = Field(default_factory=_Samples)
+    max: _Maxima = Field(default_factory=_Maxima)
+
+
 def _parse_json(data: bytes, where: str) -> Any:
     try:
         return json.loads(data.decode("utf-8"))
@@ -211,8 +244,14 @@ def _parse_json(data: bytes, where: str) -> Any:
         raise ConfigError(f"{where}: not valid JSON: {str(exc)[:200]}") from None
 
 
-_INT_COLUMNS = {"order": 0, "num_workers": 1, "instances": 1, "batch_size": 1, "repeat": 0,
-                "concurrency": 1, "instance_crashes": 0, "faults_injected": 0}  # fmt: skip
+_INT_COLUMNS = {  # (least, most): what the scenario's bounds let a run write
+    "order": (0, L.TRIALS_MAX), "num_workers": (1, L.NUM_WORKERS_MAX),
+    "instances": (1, L.INSTANCES_MAX), "batch_size": (1, L.BATCH_SIZE_MAX),
+    "repeat": (0, L.REPEATS_MAX), "concurrency": (1, L.CONCURRENCY_MAX),
+    "instance_crashes": (0, L.INSTANCES_MAX), "faults_injected": (0, L.FAULTS_MAX),
+}  # fmt: skip
+_FIGURE_MAX = 1e15
+_TRIAL_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 _BOOL_COLUMNS = ("timed_out", "failed", "harness_saturated", "machine_saturated")
 _TEXT_COLUMNS = ("trial_id", "placement", "saturation_reason", "bottleneck", "failure_reason")
 
@@ -403,7 +442,10 @@ class RunFolder:
     def faults(self, trial_id: str) -> list[dict[str, Any]]:
         """What went wrong in one trial (`lab.sweep.faults.FaultRecord` fields); [] if nothing."""
         name = f"{trial_id}.json"
-        with contextlib.suppress(UnsafePath), self._dir("faults") as d:
+        with self._dir() as root:
+            if not root.exists("faults"):
+                return []
+        with self._dir("faults") as d:
             if d.exists(name):
                 data = _parse_json(d.read(name, limit=L.JSON_BYTES_MAX), str(d.path / name))
                 if not isinstance(data, list):
@@ -438,17 +480,31 @@ class RunFolder:
         return self.path / "report.html"
 
     def services(self, trial_id: str) -> dict[str, Any]:
-        """The mock services' statistics of one trial, by service name (empty when absent)."""
-        path = self.path / "services" / f"{trial_id}.json"
-        return dict(json.loads(path.read_text())) if path.exists() else {}
+        """The mock services' statistics of one trial, by service name (empty when absent);
+        the parts the analysis reads are type-checked (`ServiceStats`)."""
+        name = f"{trial_id}.json"
+        with self._dir() as root:
+            if not root.exists("services"):
+                return {}
+        with self._dir("services") as d:
+            if not d.exists(name):
+                return {}
+            where = str(d.path / name)
+            data = _parse_json(d.read(name, limit=L.SERVICES_JSON_BYTES_MAX), where)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: must be a JSON object, got {show(data)}")
+        for service, stats in data.items():
+            validate(ServiceStats, stats, where=f"{where}: {show(service)}")
+        return data
 
     def jobs(self) -> pd.DataFrame:
         """Every job attempt of every trial (jobs.parquet/*.parquet), read without following links."""
         frames = []
-        with contextlib.suppress(UnsafePath), self._dir("jobs.parquet") as d:
-            for name in d.names():
-                if name.endswith(".parquet"):
-                    frames.append(_read_parquet(d, name))
+        with self._dir() as root:
+            present = root.exists("jobs.parquet")
+        if present:
+            with self._dir("jobs.parquet") as d:
+                frames = [_read_parquet(d, n) for n in d.names() if n.endswith(".parquet")]
         return pd.concat(frames, ignore_index=True) if frames else events_frame([], "")
 
 
@@ -465,7 +521,8 @@ def _read_parquet(d: Dir, name: str) -> pd.DataFrame:
 
 
 def _check_trials(frame: pd.DataFrame, where: Path) -> None:
-    """Every column holds what the analysis expects: ConfigError at the first cell that does not."""
+    """Every column holds what the analysis expects (ConfigError at the first cell that does
+    not); numeric columns are converted in place, so a number too long for int64 is a float."""
 
     def fail(column: str, rows: pd.Series, what: str) -> None:
         i = int(rows.to_numpy().nonzero()[0][0])
@@ -476,27 +533,38 @@ def _check_trials(frame: pd.DataFrame, where: Path) -> None:
 
     for column in frame.columns:
         values = frame[column]
-        if column in _TEXT_COLUMNS:
-            empty_ok = column != "trial_id"
-            text = values.map(
-                lambda v, empty_ok=empty_ok: isinstance(v, str) or (empty_ok and v != v)
+        if column == "trial_id":  # it names files: services/<trial_id>.json, logs/<trial_id>/
+            ok = values.map(lambda v: isinstance(v, str) and _TRIAL_ID.fullmatch(v) is not None)
+            if not ok.all():
+                fail(column, ~ok, "a trial id (letters, digits, _ . -, not starting with . or -)")
+        elif column in _TEXT_COLUMNS:
+            empty_ok = column != "placement"
+            allowed = ("separate", "colocated") if column == "placement" else None
+            ok = values.map(
+                lambda v, empty_ok=empty_ok, allowed=allowed: (
+                    (isinstance(v, str) and (allowed is None or v in allowed))
+                    or (empty_ok and v != v)
+                )
             )
-            if not text.all():
-                fail(column, ~text, "text")
+            if not ok.all():
+                fail(column, ~ok, "one of " + ", ".join(allowed) if allowed else "text")
         elif column in _BOOL_COLUMNS:
             ok = values.map(lambda v: isinstance(v, bool | np.bool_) or v != v)
             if not ok.all():
                 fail(column, ~ok, "True or False")
         else:
-            numbers = pd.to_numeric(values, errors="coerce")
+            numbers = pd.to_numeric(values, errors="coerce").astype(float)
             bad = (values.notna() & numbers.isna()) | np.isinf(numbers.fillna(0))
             if column in _INT_COLUMNS:
-                bad |= numbers.isna() | (numbers % 1 != 0) | (numbers < _INT_COLUMNS[column])
-                what = f"an integer >= {_INT_COLUMNS[column]}"
-            else:
-                what = "a finite number or empty"
+                least, most = _INT_COLUMNS[column]
+                bad |= numbers.isna() | (numbers % 1 != 0) | (numbers < least) | (numbers > most)
+                what = f"an integer in [{least}, {most:,}]"
+            else:  # no figure the lab writes comes near; squares and sums of it stay finite
+                bad |= numbers.abs() > _FIGURE_MAX
+                what = f"a number of magnitude at most {_FIGURE_MAX:g}, or empty"
             if bad.any():
                 fail(column, bad, what)
+            frame[column] = numbers.astype("int64") if column in _INT_COLUMNS else numbers
     if frame["trial_id"].duplicated().any():
         fail("trial_id", frame["trial_id"].duplicated(), "listed once")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import re
@@ -27,10 +28,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from lab.errors import ServiceError
+from lab.infra.files import UnsafePath
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+_TAIL_BYTES = 64 * 1024
 _pending_stop: int | None = None  # the stop signal received, until it has been raised
 _defer_stop = 0  # > 0 while a child is being spawned: the signal is only recorded
 
@@ -82,10 +85,16 @@ class Child:
         return self.popen.poll() is None
 
     def log_tail(self, lines: int = 20) -> str:
-        """The last lines the child wrote, to put in an error message."""
-        if self.log_path is None or not self.log_path.exists():
+        """The last lines the child wrote (of its last 64 KiB), to put in an error message."""
+        if self.log_path is None:
             return ""
-        text = self.log_path.read_text(errors="replace").splitlines()
+        try:
+            fd = os.open(self.log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return ""
+        with os.fdopen(fd, "rb") as f:
+            f.seek(max(0, os.fstat(fd).st_size - _TAIL_BYTES))
+            text = f.read(_TAIL_BYTES).decode(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
     def exit_description(self) -> str:
@@ -137,7 +146,17 @@ def spawn(
     out: IO[Any] | int = subprocess.DEVNULL
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = log_path.open("ab")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:  # never through a link planted where the log goes
+            out = os.fdopen(os.open(log_path, flags, 0o644), "ab")
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(
+                    f"{log_path}: is a symbolic link; the lab never writes through one"
+                ) from None
+            raise ServiceError(
+                f"{log_path}: cannot write the log of {name}: {exc.strerror}"
+            ) from None
     global _defer_stop
     _defer_stop += 1  # a stop signal now would orphan the child: hold it until it is ours
     try:
