@@ -20,8 +20,6 @@ import math
 import os
 import random
 import secrets
-import signal
-import socket
 import threading
 import time
 import urllib.request
@@ -33,13 +31,20 @@ from typing import Any
 from lab.configuration import COLOCATED, Configuration
 from lab.errors import ServiceError
 from lab.infra.broker import Broker
-from lab.infra.procs import Child, check_stop, python_module_argv, spawn, terminate_all, wait_for
-from lab.mocks.spec import spec_to_json
+from lab.infra.procs import check_stop, python_module_argv, spawn, wait_for
+from lab.mocks.spec import ServiceSpec
 from lab.producers.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
 from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import JobEvent, Queue
 from lab.scenario.spec import LocustArrival, Placement, Scenario
+from lab.sweep.placement import (
+    Processes,
+    TrialPlacement,
+    listening_socket,
+    open_placement,
+    url_of,
+)
 from lab.sweep.resources import ResourceSampler, Usage
 from lab.sweep.trial_row import trial_row
 
@@ -105,6 +110,15 @@ class TrialOutcome:
     events: list[JobEvent]
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # mock stats by name
     usage: dict[str, Usage] = field(default_factory=dict)
+    placement: dict[str, Any] | None = None  # what ran where, with a cluster (placement.record)
+
+
+class TrialFailed(ServiceError):
+    """The trial drained but must not count (a node was lost): the reason, and what it measured."""
+
+    def __init__(self, reason: str, outcome: TrialOutcome) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
 
 
 def _http_json(url: str, body: dict[str, Any] | None = None) -> Any:
@@ -112,52 +126,6 @@ def _http_json(url: str, body: dict[str, Any] | None = None) -> Any:
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())
-
-
-@contextlib.contextmanager
-def _listening_socket() -> Iterator[socket.socket]:
-    """A loopback socket bound here and handed to children: its URL is known before they are
-    up (so everything can start at once), and no port can be taken in between."""
-    with socket.create_server(("127.0.0.1", 0), backlog=1024) as sock:
-        sock.set_inheritable(True)
-        yield sock
-
-
-class _Actors:
-    """The trial's child processes by name, with their role for CPU accounting."""
-
-    def __init__(self, stack: contextlib.ExitStack, logs: Path) -> None:
-        self.stack, self.logs = stack, logs
-        self.children: dict[str, tuple[str, Child]] = {}
-        self.ready_files: list[Path] = []
-
-    def start(
-        self,
-        name: str,
-        role: str,
-        argv: list[str],
-        *,
-        ready: Path | None = None,
-        pass_fds: tuple[int, ...] = (),
-        grace_s: float = 5.0,
-    ) -> Child:
-        if ready is not None:
-            ready.unlink(missing_ok=True)  # a resumed trial must not trust the last attempt's file
-            self.ready_files.append(ready)
-        child = self.stack.enter_context(
-            spawn(
-                argv,
-                name=name,
-                log_path=self.logs / f"{name}.log",
-                pass_fds=pass_fds,
-                grace_s=grace_s,
-            )
-        )
-        self.children[name] = (role, child)
-        return child
-
-    def of_role(self, *roles: str) -> list[Child]:
-        return [c for role, c in self.children.values() if role in roles]
 
 
 def _worker_flags(
@@ -187,14 +155,13 @@ def _base_args(scenario: Scenario) -> dict[str, Any]:
 
 
 def _start_slots(
-    actors: _Actors,
+    place: TrialPlacement,
     scenario: Scenario,
     plan: TrialPlan,
     broker: Broker,
     queue: str,
     urls: dict[str, str],
     options: TrialOptions,
-    stack: contextlib.ExitStack,
 ) -> str | None:
     """Start the job slots (and the web app when there is one); returns the web app's URL."""
     w = scenario.workload
@@ -203,14 +170,17 @@ def _start_slots(
     common = ["--broker", broker.url, "--queue", queue, "--job", w.job]
     grace = options.grace_s + 5
     if not colocated:
-        for i in range(plan.instances):
-            argv = python_module_argv(
-                "lab.runtime.worker", *common, *_worker_flags(scenario, plan, urls, i, options)
-            )
-            actors.start(f"worker-{i}", "worker", argv, grace_s=grace)
+        place.start_workers(
+            {
+                instance_id(plan, i): [*common, *_worker_flags(scenario, plan, urls, i, options)]
+                for i in range(plan.instances)
+            },
+            grace_s=grace,
+        )
     if not needs_web:
         return None
-    sock = stack.enter_context(_listening_socket())
+    actors = place.driver
+    sock = actors.stack.enter_context(listening_socket())
     jobs_per_request = w.arrival.jobs_per_request if isinstance(w.arrival, LocustArrival) else 1
     for i in range(plan.instances if colocated else 1):
         ready = actors.logs / f"web-{i}.ready.json"
@@ -229,7 +199,7 @@ def _start_slots(
             pass_fds=(sock.fileno(),),
             grace_s=grace,
         )
-    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+    return url_of(sock)
 
 
 def _prepare_services(scenario: Scenario, urls: dict[str, str], items: int) -> None:
@@ -286,78 +256,70 @@ class _Trial:
         )
 
     def run(self) -> TrialOutcome:
-        with self.broker.client() as client, contextlib.ExitStack() as services_stack:
+        cluster = self.scenario.cluster
+        with (
+            self.broker.client() as client,
+            open_placement(cluster, self.broker, self.logs) as place,
+        ):
             queue = Queue(client, f"trial-{self.plan.trial_id}-{secrets.token_hex(3)}")
             queue.purge()
-            services = _Actors(services_stack, self.logs)
-            urls = self._start_services(services)
-            with contextlib.ExitStack() as slots_stack:
-                slots = _Actors(slots_stack, self.logs)
-                web_url = _start_slots(
-                    slots, self.scenario, self.plan, self.broker, queue.name, urls, self.options,
-                    slots_stack,
-                )  # fmt: skip
-                self._wait_ready(queue, services, slots, urls)
-                measured = self._measure(queue, services, slots, web_url)
-                terminate_all(slots.of_role("worker", "web"))  # graceful stops overlap
+            urls = place.start_services(self._seeded_services())
+            web_url = _start_slots(
+                place, self.scenario, self.plan, self.broker, queue.name, urls, self.options
+            )
+            self._wait_ready(queue, place, urls)
+            measured = self._measure(queue, place, web_url)
+            place.stop_workers()
             # the slots are stopped: every ack is written; the services are still up
             service_stats = {name: _http_json(f"{url}/_lab/stats") for name, url in urls.items()}
-        return self._collect(queue, service_stats, measured)
+            outcome = self._collect(queue, service_stats, measured, place)
+            failure = place.failure()
+        if failure is not None:
+            raise TrialFailed(f"trial {self.plan.trial_id} failed: {failure}", outcome)
+        return outcome
 
-    def _start_services(self, actors: _Actors) -> dict[str, str]:
-        """Each mock service in its own process, on a socket bound here; returns their URLs."""
-        urls: dict[str, str] = {}
-        for name, spec in self.scenario.services.items():
-            seed = derive_seed(self.scenario.seed, self.plan.repeat, "mock", name, spec.seed)
-            seeded = spec.model_copy(update={"seed": seed})
-            ready = self.logs / f"mock-{name}.ready.json"
-            with _listening_socket() as sock:
-                argv = python_module_argv(
-                    "lab.mocks", spec.kind, "--spec-json", spec_to_json(seeded),
-                    "--ready-file", str(ready), "--listen-fd", str(sock.fileno()),
-                )  # fmt: skip
-                actors.start(f"mock-{name}", "mock", argv, ready=ready, pass_fds=(sock.fileno(),))
-                urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        return urls
+    def _seeded_services(self) -> dict[str, ServiceSpec]:
+        """The scenario's mock services, each with the trial's own seed."""
+        return {
+            name: spec.model_copy(
+                update={
+                    "seed": derive_seed(
+                        self.scenario.seed, self.plan.repeat, "mock", name, spec.seed
+                    )
+                }
+            )
+            for name, spec in self.scenario.services.items()
+        }
 
-    def _wait_ready(
-        self, queue: Queue, services: _Actors, slots: _Actors, urls: dict[str, str]
-    ) -> None:
+    def _wait_ready(self, queue: Queue, place: TrialPlacement, urls: dict[str, str]) -> None:
         """Every service and slot up, the services seeded and zeroed: the clock may start."""
-        everyone = services.of_role("mock") + slots.of_role("worker", "web")
-        ready_files = services.ready_files + slots.ready_files
-        wait_for(
-            lambda: all(p.exists() for p in ready_files),
-            what="the mock services and web app",
-            timeout_s=READY_TIMEOUT_S,
-            children=everyone,
-        )
+        wait_for(place.started, what="the mock services and web app", timeout_s=READY_TIMEOUT_S)
         _prepare_services(self.scenario, urls, self.items_planned)
         expected = {instance_id(self.plan, i) for i in range(self.plan.instances)}
+
+        def instances_up() -> bool:
+            place.check()
+            return queue.live_instances() >= expected
+
         wait_for(
-            lambda: queue.live_instances() >= expected,
+            instances_up,
             what=f"{self.plan.instances} job instances to be ready",
             timeout_s=READY_TIMEOUT_S,
-            children=everyone,
         )
 
-    def _measure(
-        self, queue: Queue, services: _Actors, slots: _Actors, web_url: str | None
-    ) -> _Measured:
+    def _measure(self, queue: Queue, place: TrialPlacement, web_url: str | None) -> _Measured:
         """Start the clock, produce the work, wait until it drained, sampling CPU and RSS."""
-        pids = {
-            name: (role, c.pid) for name, (role, c) in (services.children | slots.children).items()
-        }
+        pids = place.local_pids()
         pids["producer"] = ("producer", os.getpid())
         if self.broker.child is not None:
             pids["redis"] = ("redis", self.broker.child.pid)
         sampler = ResourceSampler(pids)
-        with sampler.running():
+        with sampler.running(), place.sampling() as remote_usage:
             clock_start, started = time.time(), time.monotonic()
             if self.locust is not None:
                 assert web_url is not None
                 drive = _drive_with_locust(
-                    queue, self.locust, web_url, slots, sampler, self.plan.batch_size
+                    queue, self.locust, web_url, place.driver, sampler, self.plan.batch_size
                 )
             else:
                 drive = _drive_with_producer(
@@ -370,19 +332,24 @@ class _Trial:
                     sent=sent,
                     started=started,
                     timeout_s=self.scenario.sweep.trial_timeout_s,
-                    workers=slots.of_role("worker"),
+                    place=place,
                     options=self.options,
                     items_planned=self.items_planned,
                     batch_size=self.plan.batch_size,
                 ).wait()
             wall_s = time.monotonic() - started
-        return _Measured(clock_start, wall_s, timed_out, report, sampler.usage)
+        return _Measured(clock_start, wall_s, timed_out, report, sampler.usage | remote_usage)
 
     def _collect(
-        self, queue: Queue, service_stats: dict[str, Any], measured: _Measured
+        self,
+        queue: Queue,
+        service_stats: dict[str, Any],
+        measured: _Measured,
+        place: TrialPlacement,
     ) -> TrialOutcome:
-        """The job events and queue counters, then the queue's keys removed; the row."""
-        events = queue.events()
+        """The job events (on one clock) and queue counters, then the queue's keys removed; the
+        row."""
+        events, clock_start = place.on_one_clock(queue.events(), measured.clock_start)
         recovered = queue.stats().get("recovered", 0)
         with self.broker.client() as client:
             Queue(client, queue.name).purge()
@@ -393,10 +360,14 @@ class _Trial:
         )
         row = trial_row(
             self.plan.config(), self.scenario, events, service_stats, measured.usage,
-            measured.report, clock_start=measured.clock_start, wall_s=measured.wall_s,
+            measured.report, clock_start=clock_start, wall_s=measured.wall_s,
             timed_out=measured.timed_out, recovered=recovered, web=web,
         )  # fmt: skip
-        return TrialOutcome(row=row, events=events, services=service_stats, usage=measured.usage)
+        row |= place.saturation(measured.usage)
+        return TrialOutcome(
+            row=row, events=events, services=service_stats, usage=measured.usage,
+            placement=place.record(),
+        )  # fmt: skip
 
 
 def run_trial(
@@ -443,7 +414,7 @@ def _drive_with_locust(
     queue: Queue,
     arrival: LocustArrival,
     web_url: str,
-    slots: _Actors,
+    slots: Processes,
     sampler: ResourceSampler,
     batch_size: int,
 ) -> Iterator[tuple[Callable[[], int | None], ProducerReport]]:
@@ -480,7 +451,7 @@ class _Drain:
     sent: Callable[[], int | None]  # jobs sent once production ended, else None
     started: float  # time.monotonic() at the clock's start
     timeout_s: float
-    workers: list[Child]
+    place: TrialPlacement
     options: TrialOptions
     items_planned: int
     batch_size: int
@@ -492,7 +463,7 @@ class _Drain:
             elapsed = time.monotonic() - self.started
             kill_at = self.options.kill_instance_after_s
             if kill_at is not None and not killed and elapsed >= kill_at:
-                self.workers[0].signal(signal.SIGKILL)
+                self.place.kill_worker(0)
                 killed = True
             stats = self.queue.stats()
             if self.options.on_progress is not None:
@@ -507,8 +478,6 @@ class _Drain:
                 return False
             if elapsed > self.timeout_s:
                 return True
-            for child in self.workers[1 if killed else 0 :]:
-                if not child.alive():
-                    raise ServiceError(f"{child.name} exited during the trial: {child.log_tail()}")
+            self.place.check()
             check_stop()
             time.sleep(POLL_S)

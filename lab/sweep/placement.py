@@ -1,0 +1,256 @@
+"""Where a trial's processes run: this host (`LocalPlacement`) or a Ray cluster (`RayPlacement`,
+in `lab.sweep.ray_placement`, imported only when a scenario names a cluster).
+
+A trial asks its placement for the mock services and the worker instances, then, while it runs,
+whether everything is still up, for the CPU and RSS of what runs elsewhere, and at the end for
+the job events on one clock and a record of what ran where. The producer, the clock, the
+embedded Redis, the web app and Locust always run on this host (the driver): `driver` holds the
+processes the trial starts there itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from lab.errors import ServiceError
+from lab.infra.broker import Broker
+from lab.infra.procs import Child, python_module_argv, spawn, terminate_all
+from lab.mocks.spec import ServiceSpec, spec_to_json
+from lab.runtime.queue import JobEvent
+from lab.scenario.spec import Cluster
+from lab.sweep.resources import Usage
+
+
+@contextlib.contextmanager
+def listening_socket(host: str = "127.0.0.1") -> Iterator[socket.socket]:
+    """A socket bound here and handed to a child: its URL is known before the child is up (so
+    everything can start at once), and no port can be taken in between."""
+    with socket.create_server((host, 0), backlog=1024) as sock:
+        sock.set_inheritable(True)
+        yield sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def mock_argv(kind: str, spec_json: str, sock: socket.socket, ready: Path) -> list[str]:
+    """`python -m lab.mocks` serving `spec_json` on the inherited socket `sock`."""
+    return python_module_argv(
+        "lab.mocks", kind, "--spec-json", spec_json, "--ready-file", str(ready),
+        "--listen-fd", str(sock.fileno()),
+    )  # fmt: skip
+
+
+class Processes:
+    """Child processes on this host by name, with their role for CPU accounting."""
+
+    def __init__(self, stack: contextlib.ExitStack, logs: Path) -> None:
+        self.stack, self.logs = stack, logs
+        self.children: dict[str, tuple[str, Child]] = {}
+        self.ready_files: list[Path] = []
+        self.killed: set[str] = set()  # stopped on purpose (failure injection): not a failure
+
+    def start(
+        self,
+        name: str,
+        role: str,
+        argv: list[str],
+        *,
+        ready: Path | None = None,
+        pass_fds: tuple[int, ...] = (),
+        grace_s: float = 5.0,
+    ) -> Child:
+        if ready is not None:
+            ready.unlink(missing_ok=True)  # a resumed trial must not trust the last attempt's file
+            self.ready_files.append(ready)
+        child = self.stack.enter_context(
+            spawn(
+                argv,
+                name=name,
+                log_path=self.logs / f"{name}.log",
+                pass_fds=pass_fds,
+                grace_s=grace_s,
+            )
+        )
+        self.children[name] = (role, child)
+        return child
+
+    def of_role(self, *roles: str) -> list[Child]:
+        return [c for role, c in self.children.values() if role in roles]
+
+    def pids(self) -> dict[str, tuple[str, int]]:
+        """name -> (role, pid), for the resource sampler."""
+        return {name: (role, c.pid) for name, (role, c) in self.children.items()}
+
+    def check(self) -> None:
+        """Raise ServiceError, with the child's last output, if one exited unasked."""
+        for name, (_, child) in self.children.items():
+            if name not in self.killed and not child.alive():
+                raise ServiceError(
+                    f"{child.name} exited with code {child.popen.returncode} during the trial; "
+                    f"its last output:\n{child.log_tail()}"
+                )
+
+    def started(self) -> bool:
+        """Every child that writes a ready file wrote it (ServiceError if one died first)."""
+        self.check()
+        return all(p.exists() for p in self.ready_files)
+
+
+class TrialPlacement(Protocol):
+    """Where one trial's mock services and worker instances run. A context manager: leaving it
+    stops every process and actor it started, on every exit path."""
+
+    driver: Processes  # processes on this host that the trial starts itself (web app, Locust)
+
+    def __enter__(self) -> TrialPlacement: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    def start_services(self, specs: Mapping[str, ServiceSpec]) -> dict[str, str]:
+        """Start each mock service; returns their URLs at once (they may not be up yet)."""
+        ...
+
+    def start_workers(self, args: Mapping[str, Sequence[str]], *, grace_s: float) -> None:
+        """Start one `python -m lab.runtime.worker ARGS` per instance id."""
+        ...
+
+    def started(self) -> bool:
+        """Every service and driver process announced it is up; ServiceError if one died."""
+        ...
+
+    def check(self) -> None:
+        """ServiceError if a process the trial needs died (a lost node may only be recorded)."""
+        ...
+
+    def kill_worker(self, index: int) -> None:
+        """Failure injection: SIGKILL worker instance `index`."""
+        ...
+
+    def stop_workers(self) -> None:
+        """Stop every worker instance (and the web app) gracefully, all at once, and reap them."""
+        ...
+
+    def sampling(self) -> contextlib.AbstractContextManager[dict[str, Usage]]:
+        """CPU and RSS of the processes `local_pids` does not cover, filled in when the block
+        ends (sampled where they run)."""
+        ...
+
+    def local_pids(self) -> dict[str, tuple[str, int]]:
+        """name -> (role, pid) of the trial's processes on this host, for the driver's sampler."""
+        ...
+
+    def on_one_clock(
+        self, events: list[JobEvent], clock_start: float
+    ) -> tuple[list[JobEvent], float]:
+        """The events and the clock's start, every time on one clock."""
+        ...
+
+    def saturation(self, usage: Mapping[str, Usage]) -> dict[str, Any]:
+        """harness_saturated, machine_saturated and saturation_reason when they must be judged
+        per node rather than for this host ({} to keep the trial row's own)."""
+        ...
+
+    def failure(self) -> str | None:
+        """Why the trial must fail although it drained (a node was lost), else None."""
+        ...
+
+    def record(self) -> dict[str, Any] | None:
+        """What ran where (nodes, clocks, per-node resources), for the run folder; None here."""
+        ...
+
+
+class LocalPlacement:
+    """Everything on this host, each mock and each worker instance a child process."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> LocalPlacement:
+        self.services = Processes(self._stack, self.logs)
+        # the slots stop before the services (their stack closes first): every ack is written
+        # while the services can still be asked for their statistics
+        self._slots_stack = self._stack.enter_context(contextlib.ExitStack())
+        self.driver = Processes(self._slots_stack, self.logs)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stack.close()
+
+    def start_services(self, specs: Mapping[str, ServiceSpec]) -> dict[str, str]:
+        """Each mock service in its own process, on a socket bound here."""
+        urls: dict[str, str] = {}
+        for name, spec in specs.items():
+            ready = self.logs / f"mock-{name}.ready.json"
+            with listening_socket() as sock:
+                argv = mock_argv(spec.kind, spec_to_json(spec), sock, ready)
+                self.services.start(
+                    f"mock-{name}", "mock", argv, ready=ready, pass_fds=(sock.fileno(),)
+                )
+                urls[name] = url_of(sock)
+        return urls
+
+    def start_workers(self, args: Mapping[str, Sequence[str]], *, grace_s: float) -> None:
+        for i, worker_args in enumerate(args.values()):
+            argv = python_module_argv("lab.runtime.worker", *worker_args)
+            self.driver.start(f"worker-{i}", "worker", argv, grace_s=grace_s)
+
+    def started(self) -> bool:
+        return self.services.started() and self.driver.started()
+
+    def check(self) -> None:
+        self.services.check()
+        self.driver.check()
+
+    def kill_worker(self, index: int) -> None:
+        child = self.driver.of_role("worker")[index]
+        self.driver.killed.add(child.name)
+        child.signal(signal.SIGKILL)
+
+    def stop_workers(self) -> None:
+        terminate_all(self.driver.of_role("worker", "web"))  # graceful stops overlap
+        self._slots_stack.close()
+
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[dict[str, Usage]]:
+        yield {}  # every process is here: the driver's sampler sees them all
+
+    def local_pids(self) -> dict[str, tuple[str, int]]:
+        return self.services.pids() | self.driver.pids()
+
+    def on_one_clock(
+        self, events: list[JobEvent], clock_start: float
+    ) -> tuple[list[JobEvent], float]:
+        return events, clock_start  # one host, one clock
+
+    def saturation(self, usage: Mapping[str, Usage]) -> dict[str, Any]:
+        return {}
+
+    def failure(self) -> str | None:
+        return None
+
+    def record(self) -> dict[str, Any] | None:
+        return None
+
+
+def open_placement(cluster: Cluster | None, broker: Broker, logs: Path) -> TrialPlacement:
+    """The placement a scenario asks for: this host, or its Ray cluster (connected by
+    `lab.sweep.ray_placement.connect` for the sweep)."""
+    if cluster is None:
+        return LocalPlacement(logs)
+    from lab.sweep.ray_placement import RayPlacement  # Ray is an optional extra: lab[ray]
+
+    return RayPlacement(cluster, broker, logs)
