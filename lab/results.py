@@ -6,6 +6,7 @@ results/<scenario>/<YYYYmmdd-HHMMSS>/
     trials.csv             one row per trial (columns: TRIAL_COLUMNS)
     jobs.parquet/          per-job events, one parquet file per trial (read it as one dataset)
     services/<trial>.json  each mock service's statistics for the trial
+    placement/<trial>.json with a cluster: which node ran what, clock offsets, per-node CPU
     recommendation.json    the chosen configuration, its figures and the reasons (lab.analysis.configs)
     report.html            the self-contained report (lab.report)
     logs/<trial>/          worker and mock logs
@@ -223,9 +224,14 @@ class RunFolder:
         return [row["trial_id"] for row in csv.DictReader(io.StringIO(text))]
 
     def add_trial(
-        self, row: Mapping[str, Any], events: list[JobEvent], services: Mapping[str, Any]
+        self,
+        row: Mapping[str, Any],
+        events: list[JobEvent],
+        services: Mapping[str, Any],
+        placement: Mapping[str, Any] | None = None,
     ) -> None:
-        """Store one finished trial: events and service stats first, its trials.csv row last."""
+        """Store one finished trial: events, service stats (and, with a cluster, what ran
+        where) first, its trials.csv row last."""
         if list(row) != list(TRIAL_COLUMNS):
             missing, extra = set(TRIAL_COLUMNS) - set(row), set(row) - set(TRIAL_COLUMNS)
             raise ValueError(
@@ -238,6 +244,9 @@ class RunFolder:
         services_dir = self.path / "services"
         services_dir.mkdir(exist_ok=True)
         _atomic_write(services_dir / f"{trial_id}.json", _dump(services))
+        if placement is not None:
+            self.placement_json(trial_id).parent.mkdir(exist_ok=True)
+            _atomic_write(self.placement_json(trial_id), _dump(placement))
         new_file = not self.trials_csv.exists()
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=list(TRIAL_COLUMNS), lineterminator="\n")
@@ -270,6 +279,10 @@ class RunFolder:
     def scenario(self) -> Scenario:
         """The scenario the run used, from its own copy (a user job module is not imported)."""
         return load_scenario(self.path / "scenario.yaml", resolve_job=False)
+
+    def placement_json(self, trial_id: str) -> Path:
+        """Where a trial placed on a cluster records which node ran what."""
+        return self.path / "placement" / f"{trial_id}.json"
 
     def trial_logs(self, trial_id: str) -> Path:
         """The folder of one trial's child-process logs."""

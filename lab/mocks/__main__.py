@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="serve on this inherited listening socket (a parent bound it: no port race)",
     )
+    parser.add_argument(
+        "--allow-network",
+        action="store_true",
+        help="serve on a non-loopback address a parent bound (a Ray node's own address, so "
+        "workers on other hosts reach the mock); loopback only without it",
+    )
     parser.add_argument("--spec-json", help="the whole ServiceSpec as JSON (flags override)")
     group = parser.add_argument_group("spec fields (see lab.mocks.spec.ServiceSpec)")
     for name, field in ServiceSpec.model_fields.items():
@@ -112,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             ready_file=args.ready_file,
             on_ready=lambda url: print(url, flush=True),
             sock=sock,
+            allow_network=args.allow_network,
         )
 
     return exit_status("lab.mocks", serve)

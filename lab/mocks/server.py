@@ -55,8 +55,11 @@ def make_service(spec: ServiceSpec) -> MockService:
     return SERVICES[spec.kind](spec)
 
 
-def check_loopback(host: str) -> str:
-    """The address to bind: loopback only, so a mock is never reachable from the network."""
+def check_loopback(host: str, *, allow_network: bool = False) -> str:
+    """The address to bind: loopback only, so a mock is never reachable from the network, unless
+    `allow_network` (a cluster node's own address, for workers on other hosts)."""
+    if allow_network:
+        return host
     if host == "localhost":
         return "127.0.0.1"
     try:
@@ -145,6 +148,7 @@ async def run_mock(
     port: int = 0,
     shutdown_grace_s: float = SHUTDOWN_GRACE_S,
     sock: socket.socket | None = None,
+    allow_network: bool = False,
 ) -> AsyncIterator[str]:
     """Serve `spec` in this event loop; yields the base URL (`http://127.0.0.1:PORT`).
 
@@ -152,7 +156,9 @@ async def run_mock(
     knows the URL before this process starts, and no port can be taken in between.
     On exit, requests still in flight get `shutdown_grace_s` to finish, then are cancelled.
     """
-    bind = check_loopback(sock.getsockname()[0] if sock is not None else host)
+    bind = check_loopback(
+        sock.getsockname()[0] if sock is not None else host, allow_network=allow_network
+    )
     service = make_service(spec)
     server = _TrackingServer(
         _dispatcher(service), tracker=service.model.connections, access_log=None
@@ -187,6 +193,7 @@ async def serve(
     ready_file: Path | None = None,
     on_ready: Callable[[str], None] | None = None,
     sock: socket.socket | None = None,
+    allow_network: bool = False,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly; announce readiness once listening."""
     loop = asyncio.get_running_loop()
@@ -194,7 +201,9 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with run_mock(spec, host=host, port=port, sock=sock) as url:
+        async with run_mock(
+            spec, host=host, port=port, sock=sock, allow_network=allow_network
+        ) as url:
             if ready_file is not None:
                 write_ready_file(ready_file, {"url": url, "pid": os.getpid(), "kind": spec.kind})
             if on_ready is not None:
@@ -214,7 +223,13 @@ def run(
     ready_file: Path | None = None,
     on_ready: Callable[[str], None] | None = None,
     sock: socket.socket | None = None,
+    allow_network: bool = False,
 ) -> None:
     """Own an event loop (uvloop when installed) and `serve` on it until a stop signal."""
-    check_loopback(sock.getsockname()[0] if sock is not None else host)
-    run_main(serve(spec, host=host, port=port, ready_file=ready_file, on_ready=on_ready, sock=sock))
+    check_loopback(sock.getsockname()[0] if sock is not None else host, allow_network=allow_network)
+    run_main(
+        serve(
+            spec, host=host, port=port, ready_file=ready_file, on_ready=on_ready, sock=sock,
+            allow_network=allow_network,
+        )
+    )  # fmt: skip

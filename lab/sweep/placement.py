@@ -11,19 +11,23 @@ processes the trial starts there itself.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
 import signal
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any, Protocol
 
-from lab.errors import ServiceError
+from pydantic import ValidationError
+
+from lab.errors import ConfigError, ServiceError
 from lab.infra.broker import Broker
 from lab.infra.procs import Child, python_module_argv, spawn, terminate_all
 from lab.mocks.spec import ServiceSpec, spec_to_json
 from lab.runtime.queue import JobEvent
-from lab.scenario.spec import Cluster
+from lab.scenario.spec import Cluster, Scenario
 from lab.sweep.resources import Usage
 
 
@@ -246,11 +250,53 @@ class LocalPlacement:
         return None
 
 
+@contextlib.contextmanager
+def connect_cluster(cluster: Cluster | None) -> Iterator[None]:
+    """This process connected to the scenario's cluster for the block (a sweep); nothing
+    without one. ConfigError when the cluster needs the `ray` package and it is missing."""
+    if cluster is None:
+        yield
+        return
+    if cluster.address == "local":  # read when ray is imported: a local Ray stays on loopback
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    with _ray_placement().connected(cluster):
+        yield
+
+
+def _ray_placement() -> ModuleType:
+    """lab.sweep.ray_placement, or a ConfigError saying how to install Ray (an optional extra)."""
+    try:
+        return importlib.import_module("lab.sweep.ray_placement")
+    except ImportError as exc:
+        if exc.name is None or exc.name.split(".")[0] != "ray":
+            raise
+        raise ConfigError(
+            "cluster: engine ray needs the ray package: pip install 'lab[ray]'"
+        ) from None
+
+
+def with_cluster(scenario: Scenario, flag: str) -> Scenario:
+    """The scenario with `--cluster FLAG` in place of its own `cluster`: auto, local,
+    ray://host:port, or none (this host only). ConfigError for anything else."""
+    if flag == "none":
+        return scenario.model_copy(update={"cluster": None})
+    try:
+        cluster = Cluster(engine="ray", address=flag)
+    except ValidationError as exc:
+        problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"--cluster: {problem}, or none") from None
+    if "colocated" in scenario.workers.placements:
+        raise ConfigError(
+            "--cluster: the scenario's workers.placement colocated runs the slots in the web app "
+            "on this host; use separate with a cluster"
+        )
+    return scenario.model_copy(update={"cluster": cluster})
+
+
 def open_placement(cluster: Cluster | None, broker: Broker, logs: Path) -> TrialPlacement:
     """The placement a scenario asks for: this host, or its Ray cluster (connected by
     `lab.sweep.ray_placement.connect` for the sweep)."""
     if cluster is None:
         return LocalPlacement(logs)
-    from lab.sweep.ray_placement import RayPlacement  # Ray is an optional extra: lab[ray]
-
-    return RayPlacement(cluster, broker, logs)
+    placement: TrialPlacement = _ray_placement().RayPlacement(cluster, broker, logs)
+    return placement

@@ -1,0 +1,591 @@
+"""Trials placed on a Ray cluster (scenario field `cluster`, docs/ray.md).
+
+Each mock service and each worker instance runs in a Ray actor of its own
+(`lab.sweep.ray_actor.ComponentActor`, which owns the process), pinned by the driver to a node:
+each mock service gets a node of its own where the cluster has room, so it never shares cores
+with workers by accident; the instances go round-robin over the other nodes (the driver's
+node last). The producer, the clock, the embedded Redis, the web app and Locust stay on the
+driver. Pinning (node affinity) rather than a SPREAD placement group: the spread is exact and
+recorded, and actors reserve no CPU, which a placement group's bundles would have to.
+
+The trial's job events are moved onto the broker's clock (`lab.sweep.clocks`); the record of a
+trial (`RunFolder.add_trial` writes it to `placement/<trial>.json`) says which node ran what,
+each node's clock offset and CPU, and the bound on the latency error.
+
+A node lost mid-trial (its actors die): if other instances remain, the trial drains with them
+(the lost instances' jobs come back to the queue: at-least-once, duplicates counted) and then
+fails with the reason; a lost mock, or no instance left, fails it at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import psutil
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+import lab
+from lab.errors import BrokerError, ConfigError, ServiceError
+from lab.infra.broker import Broker
+from lab.infra.procs import terminate_all
+from lab.mocks.spec import ServiceSpec, spec_to_json
+from lab.runtime.queue import JobEvent
+from lab.scenario.spec import Cluster
+from lab.sweep.clocks import (
+    ClockOffset,
+    latency_error_bound_s,
+    measure_offset,
+    on_reference_clock,
+    over_the_trial,
+)
+from lab.sweep.placement import Processes
+from lab.sweep.ray_actor import ComponentActor
+from lab.sweep.resources import Usage, machine_busy, saturation
+
+log = logging.getLogger(__name__)
+
+#: Format of placement/<trial>.json. History: 1 = the first (nodes, components, clock, lost).
+RECORD_VERSION = 1
+
+#: How long actors may take to start, plus this much per actor (a node starts a few at once).
+START_TIMEOUT_S, START_PER_ACTOR_S = 60.0, 2.0
+
+#: How long a service may take to announce it is up once its actor runs.
+READY_TIMEOUT_S = 60.0
+
+#: The drain checks the actors at most this often.
+CHECK_EVERY_S = 0.2
+
+_Remote = ray.remote(ComponentActor)
+
+#: The dashboard stays off: nothing of the lab's listens beyond what the trial needs.
+_INIT: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+
+
+@contextlib.contextmanager
+def connected(cluster: Cluster) -> Iterator[None]:
+    """This process connected to `cluster` for the block (a sweep), then disconnected; a
+    connection made before (a test, a notebook) is used as it is and left open."""
+    if ray.is_initialized():
+        yield
+        return
+    _connect(cluster)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _connect(cluster: Cluster) -> None:
+    try:
+        if cluster.address == "local":  # a one-node Ray of our own, on loopback
+            ray.init(include_dashboard=False, num_cpus=os.cpu_count(), **_INIT)
+        else:  # ship this lab's code, so every node runs the driver's version
+            code = {"py_modules": [str(Path(lab.__file__).parent)], "excludes": ["__pycache__"]}
+            ray.init(address=cluster.address, runtime_env=code, **_INIT)
+    except ConnectionError as exc:
+        raise ServiceError(
+            f"cluster.address {cluster.address}: no Ray cluster answered ({exc}). Start one "
+            "(`ray start --head`), set RAY_ADDRESS, or use address: local"
+        ) from None
+
+
+def _ensure_connected(cluster: Cluster) -> None:
+    if not ray.is_initialized():
+        _connect(cluster)  # a trial run on its own; Ray disconnects when the process exits
+
+
+@dataclass(frozen=True)
+class Node:
+    """An alive node of the cluster, as the driver sees it."""
+
+    node_id: str
+    ip: str
+    resources: Mapping[str, float]
+
+    @property
+    def label(self) -> str:
+        return f"{self.ip} ({self.node_id[:12]})"
+
+
+def alive_nodes() -> list[Node]:
+    return sorted(
+        (
+            Node(n["NodeID"], n["NodeManagerAddress"], dict(n.get("Resources", {})))
+            for n in ray.nodes()
+            if n.get("Alive")
+        ),
+        key=lambda n: n.node_id,
+    )
+
+
+def _this_host_addresses() -> set[str]:
+    addresses = {"127.0.0.1", "::1", "localhost", socket.gethostname()}
+    for entries in psutil.net_if_addrs().values():
+        addresses |= {a.address.split("%")[0] for a in entries}
+    return addresses
+
+
+def check_broker(broker: Broker, nodes: Sequence[Node]) -> None:
+    """The embedded broker (a unix socket or loopback port here) serves nodes on this host only."""
+    if not broker.embedded:
+        return
+    here = _this_host_addresses()
+    elsewhere = sorted({n.ip for n in nodes if n.ip not in here})
+    if elsewhere:
+        raise ConfigError(
+            f"cluster: nodes {', '.join(elsewhere)} are not this host and cannot reach the "
+            "lab's private Redis; set broker.url to a Redis every node reaches "
+            "(e.g. redis://<this host's address>:6379/0)"
+        )
+
+
+def _eligible(nodes: Sequence[Node], resource: str | None, field_name: str) -> list[Node]:
+    chosen = [n for n in nodes if resource is None or n.resources.get(resource, 0) > 0]
+    if not chosen:
+        offered = sorted({r for n in nodes for r in n.resources if not r.startswith("node:")})
+        raise ConfigError(
+            f"cluster.{field_name}: no alive node offers resource {resource!r}; "
+            f"the nodes offer: {', '.join(offered)}"
+        )
+    return chosen
+
+
+def service_nodes(
+    nodes: Sequence[Node], services: Sequence[str], cluster: Cluster, driver_node: str | None
+) -> tuple[dict[str, Node], list[str]]:
+    """A node of its own for each service, leaving at least one node for the workers; where the
+    cluster has no room, the least busy one, with a warning."""
+    eligible = _eligible(nodes, cluster.services_resource, "services_resource")
+    for_workers = {
+        n.node_id for n in _eligible(nodes, cluster.workers_resource, "workers_resource")
+    }
+    chosen: dict[str, Node] = {}
+    warnings: list[str] = []
+    for name in services:
+        taken = {n.node_id for n in chosen.values()}
+
+        def cost(n: Node, taken: set[str] = taken) -> tuple[int, int, bool, str]:
+            shared = sum(c.node_id == n.node_id for c in chosen.values())
+            starves = n.node_id in for_workers and not (for_workers - taken - {n.node_id})
+            return shared, int(starves), n.node_id == driver_node, n.node_id
+
+        best = min(eligible, key=cost)
+        if best.node_id in taken:
+            warnings.append(f"mock {name} shares node {best.label} with another mock: no room")
+        chosen[name] = best
+    return chosen, warnings
+
+
+def worker_nodes(
+    nodes: Sequence[Node],
+    instances: Sequence[str],
+    cluster: Cluster,
+    services: Mapping[str, Node],
+    driver_node: str | None,
+) -> tuple[dict[str, Node], list[str]]:
+    """Instances round-robin over the nodes no mock uses (this driver's node last); over every
+    eligible node, with a warning, when the mocks use them all."""
+    eligible = _eligible(nodes, cluster.workers_resource, "workers_resource")
+    busy = {n.node_id for n in services.values()}
+    free = [n for n in eligible if n.node_id not in busy]
+    warnings = []
+    if not free:
+        free = list(eligible)
+        names = ", ".join(sorted(services))
+        warnings.append(
+            f"mock(s) {names} share nodes with worker instances: the cluster has no room"
+        )
+    free.sort(key=lambda n: (n.node_id == driver_node, n.node_id))
+    return {inst: free[i % len(free)] for i, inst in enumerate(instances)}, warnings
+
+
+@dataclass
+class _Component:
+    """One actor and the process it owns."""
+
+    name: str
+    role: str  # "mock" or "worker"
+    node: Node
+    actor: Any
+    instance: str | None = None
+    watch: Any = None  # the ObjectRef of its wait_exit call
+    lost: str | None = None  # why, when its actor (or node) died
+    killed: bool = False  # SIGKILLed on purpose
+    stopped: bool = False
+    facts: dict[str, Any] = field(default_factory=dict)  # its node's, and the pids
+
+
+@dataclass
+class _Clocks:
+    producer: ClockOffset | None = None
+    nodes: dict[str, ClockOffset] = field(default_factory=dict)
+
+
+class RayPlacement:
+    """A trial's mocks and instances in Ray actors; see the module docstring."""
+
+    def __init__(self, cluster: Cluster, broker: Broker, logs: Path) -> None:
+        self.cluster, self.broker, self.logs = cluster, broker, logs
+        self._stack = contextlib.ExitStack()
+        self._components: dict[str, _Component] = {}
+        self._warnings: list[str] = []
+        self._before, self._after = _Clocks(), _Clocks()
+        self._facts: dict[str, dict[str, Any]] = {}  # node id -> hostname, cpu_count
+        self._timings: dict[str, float] = {}
+        self._last_check = 0.0
+        self._workers_started_at = 0.0
+        self._ready: list[Any] = []  # the services' wait_ready calls
+
+    # -- lifetime ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> RayPlacement:
+        _ensure_connected(self.cluster)
+        self.nodes = alive_nodes()
+        check_broker(self.broker, self.nodes)
+        self._driver_node: str | None = ray.get_runtime_context().get_node_id()
+        if self._driver_node not in {n.node_id for n in self.nodes}:
+            self._driver_node = None  # a Ray Client driver is no node of the cluster
+        self._stack.callback(self._teardown)
+        self.driver = Processes(self._stack.enter_context(contextlib.ExitStack()), self.logs)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stack.close()
+
+    def _teardown(self) -> None:
+        """Stop every process (workers first), bring its log home, then end every actor."""
+        for role in ("worker", "mock"):
+            self._stop(c for c in self._components.values() if c.role == role)
+        for c in self._components.values():
+            with contextlib.suppress(Exception):
+                ray.kill(c.actor, no_restart=True)
+
+    def _stop(self, components: Iterator[_Component]) -> None:
+        todo = {c.actor.stop.remote(): c for c in components if not (c.lost or c.stopped)}
+        if not todo:
+            return
+        ready, _ = ray.wait(list(todo), num_returns=len(todo), timeout=60)
+        for ref in ready:
+            c = todo[ref]
+            c.stopped = True
+            try:
+                (self.logs / f"{c.name}.log").write_text(ray.get(ref))
+            except ray.exceptions.RayError as exc:  # its actor, or its node, is gone
+                c.lost = c.lost or _first_line(exc)
+
+    # -- starting ---------------------------------------------------------------------------------
+
+    def _actors(self, wanted: Mapping[str, tuple[str, Node, str | None]]) -> list[_Component]:
+        made = []
+        for name, (role, node, instance) in wanted.items():
+            actor = _Remote.options(
+                num_cpus=0,
+                max_restarts=0,
+                max_task_retries=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+            ).remote(name, role)
+            self._components[name] = c = _Component(name, role, node, actor, instance)
+            made.append(c)
+        return made
+
+    def _get(self, refs: list[Any], what: str, timeout_s: float) -> list[Any]:
+        try:
+            return list(ray.get(refs, timeout=timeout_s))
+        except ray.exceptions.GetTimeoutError:
+            raise ServiceError(f"{what}: not done after {timeout_s:.0f}s") from None
+        except ray.exceptions.RayTaskError as exc:
+            raise ServiceError(f"{what}: {exc.cause if exc.cause else _first_line(exc)}") from None
+        except ray.exceptions.RayError as exc:
+            raise ServiceError(f"{what}: {_first_line(exc)}") from None
+
+    def start_services(self, specs: Mapping[str, ServiceSpec]) -> dict[str, str]:
+        began = time.monotonic()
+        chosen, warnings = service_nodes(self.nodes, list(specs), self.cluster, self._driver_node)
+        self._warnings += warnings
+        made = self._actors({f"mock-{n}": ("mock", chosen[n], None) for n in specs})
+        timeout_s = START_TIMEOUT_S + START_PER_ACTOR_S * len(made)
+        urls = self._get(
+            [c.actor.start_mock.remote(s.kind, spec_to_json(s)) for c, s in zip(made, specs.values(), strict=True)],
+            "starting the mock services' actors",
+            timeout_s,
+        )  # fmt: skip
+        self._ready = [c.actor.wait_ready.remote(READY_TIMEOUT_S) for c in made]
+        self._watch(made)
+        self._timings["services_started_s"] = time.monotonic() - began
+        return dict(zip(specs, urls, strict=True))
+
+    def start_workers(self, args: Mapping[str, Sequence[str]], *, grace_s: float) -> None:
+        self._workers_started_at = began = time.monotonic()
+        services = {c.name: c.node for c in self._components.values() if c.role == "mock"}
+        chosen, warnings = worker_nodes(
+            self.nodes, list(args), self.cluster, services, self._driver_node
+        )
+        self._warnings += warnings
+        made = self._actors(
+            {f"worker-{i}": ("worker", chosen[inst], inst) for i, inst in enumerate(args)}
+        )
+        timeout_s = START_TIMEOUT_S + START_PER_ACTOR_S * len(made)
+        self._get(
+            [c.actor.start_worker.remote(list(args[c.instance or ""]), grace_s) for c in made],
+            f"starting {len(made)} worker instances' actors",
+            timeout_s,
+        )
+        self._watch(made)
+        self._timings["workers_spawned_s"] = time.monotonic() - began
+
+    def _watch(self, components: list[_Component]) -> None:
+        for c in components:
+            c.watch = c.actor.wait_exit.remote()
+
+    # -- while it runs ----------------------------------------------------------------------------
+
+    def started(self) -> bool:
+        self.check(force=True)
+        if self._ready:
+            done, _ = ray.wait(self._ready, num_returns=len(self._ready), timeout=0)
+            if len(done) < len(self._ready):
+                return False
+            self._get(done, "waiting for the mock services", 10)
+            self._ready = []
+        return self.driver.started()
+
+    def check(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_check < CHECK_EVERY_S:
+            return
+        self._last_check = now
+        self.driver.check()
+        watched = {c.watch: c for c in self._components.values() if c.watch is not None}
+        if not watched:
+            return
+        ended, _ = ray.wait(list(watched), num_returns=len(watched), timeout=0)
+        for ref in ended:
+            c = watched[ref]
+            c.watch = None
+            try:
+                code, tail = ray.get(ref)
+            except ray.exceptions.RayError as exc:  # the actor is gone: its node, or itself
+                c.lost = _first_line(exc)
+                continue
+            if not c.killed:
+                raise ServiceError(
+                    f"{c.name} on node {c.node.label} exited with code {code} during the trial; "
+                    f"its last output:\n{tail}"
+                )
+        lost_mocks = [c for c in self._components.values() if c.role == "mock" and c.lost]
+        if lost_mocks:
+            raise ServiceError(f"the trial cannot go on: {self._losses(lost_mocks)}")
+        workers = [c for c in self._components.values() if c.role == "worker"]
+        if workers and all(c.lost or c.killed for c in workers):
+            raise ServiceError(f"no worker instance is left: {self._losses(workers)}")
+
+    def _losses(self, components: Sequence[_Component]) -> str:
+        """Which nodes lost which components, and whether Ray already counts the node dead."""
+        alive = {n.node_id for n in alive_nodes()}
+        by_node: dict[str, list[_Component]] = defaultdict(list)
+        for c in components:
+            if c.lost:
+                by_node[c.node.node_id].append(c)
+        parts = []
+        for lost in by_node.values():
+            node = lost[0].node
+            state = "was lost" if node.node_id not in alive else "lost its actors"
+            names = ", ".join(c.name for c in lost)
+            parts.append(
+                f"Ray node {node.label} {state} mid-trial ({names} ran there: {lost[0].lost})"
+            )
+        return "; ".join(parts)
+
+    def kill_worker(self, index: int) -> None:
+        c = self._components[f"worker-{index}"]
+        c.killed = True
+        self._get([c.actor.kill.remote()], f"killing {c.name}", 30)
+
+    def stop_workers(self) -> None:
+        terminate_all(self.driver.of_role("worker", "web"))
+        self._stop(c for c in self._components.values() if c.role == "worker")
+        self.driver.stack.close()
+
+    # -- measuring --------------------------------------------------------------------------------
+
+    def local_pids(self) -> dict[str, tuple[str, int]]:
+        return self.driver.pids()
+
+    def _live(self) -> list[_Component]:
+        return [c for c in self._components.values() if not (c.lost or c.stopped)]
+
+    def _measure_clocks(self, into: _Clocks) -> None:
+        """The producer's clock and one actor's per node, against the broker's."""
+        with self.broker.client() as client:
+            into.producer = measure_offset(client)
+        one_per_node = {c.node.node_id: c for c in self._live()}
+        refs = {node: c.actor.clock.remote(self.broker.url) for node, c in one_per_node.items()}
+        for node, ref in refs.items():
+            try:
+                into.nodes[node] = ray.get(ref, timeout=30)
+            except ray.exceptions.RayTaskError as exc:
+                label = one_per_node[node].node.label
+                raise BrokerError(
+                    f"node {label} cannot reach the broker at {self.broker.url}: {exc.cause}"
+                ) from None
+            except ray.exceptions.RayError as exc:
+                one_per_node[node].lost = _first_line(exc)
+
+    @contextlib.contextmanager
+    def sampling(self) -> Iterator[dict[str, Usage]]:
+        """Clocks measured before and after, CPU and RSS sampled inside every actor."""
+        self._timings["ready_s"] = time.monotonic() - self._workers_started_at
+        self._measure_clocks(self._before)
+        live = self._live()
+        self._get([c.actor.start_sampling.remote() for c in live], "starting the samplers", 30)
+        described = self._get([c.actor.describe.remote() for c in live], "describing nodes", 30)
+        for c, facts in zip(live, described, strict=True):
+            c.facts = facts
+            self._facts[c.node.node_id] = facts
+        usage: dict[str, Usage] = {}
+        yield usage
+        live = self._live()
+        refs = [c.actor.stop_sampling.remote() for c in live]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=30)
+        for ref in ready:
+            with contextlib.suppress(ray.exceptions.RayError):  # lost since: check() says so
+                usage |= ray.get(ref)
+        self._measure_clocks(self._after)
+
+    def _offsets(self) -> dict[str, ClockOffset]:
+        return {
+            node: over_the_trial(before, self._after.nodes.get(node, before))
+            for node, before in self._before.nodes.items()
+        }
+
+    def on_one_clock(
+        self, events: list[JobEvent], clock_start: float
+    ) -> tuple[list[JobEvent], float]:
+        assert self._before.producer is not None, "sampling() measures the clocks first"
+        offsets = self._offsets()
+        instance_offsets = {
+            c.instance: offsets[c.node.node_id].offset_s
+            for c in self._components.values()
+            if c.instance is not None and c.node.node_id in offsets
+        }
+        producer = self._before.producer.offset_s
+        corrected = on_reference_clock(
+            events, instance_offsets=instance_offsets, producer_offset_s=producer
+        )
+        return corrected, clock_start - producer
+
+    def _node_of(self, name: str) -> str:
+        c = self._components.get(name.removeprefix("ray-"))
+        return c.node.node_id if c else "driver"
+
+    def _host_of(self, node: str) -> str:
+        return str(self._facts.get(node, {}).get("hostname", socket.gethostname()))
+
+    def saturation(self, usage: Mapping[str, Usage]) -> dict[str, Any]:
+        """Harness saturation per node (a mock, Redis or the producer near a full core there),
+        machine saturation per host (nodes on one host share its cores)."""
+        by_node: dict[str, dict[str, Usage]] = defaultdict(dict)
+        for name, u in usage.items():
+            by_node[self._node_of(name)][name] = u
+        by_host: dict[str, dict[str, Usage]] = defaultdict(dict)
+        reasons, harness, machine = [], False, False
+        for node, part in sorted(by_node.items()):
+            by_host[self._host_of(node)] |= part
+            node_harness, _, why = saturation(part, cpu_count=self._cpus(node))
+            if node_harness:
+                harness = True
+                reasons.append(f"node {node[:12]}: {why}")
+        for host, part in sorted(by_host.items()):
+            cpus = max((self._cpus(n) for n in by_node if self._host_of(n) == host), default=1)
+            busy = machine_busy(part, cpu_count=cpus)
+            if busy:
+                machine = True
+                reasons.append(f"host {host}: {busy}")
+        return {
+            "harness_saturated": harness,
+            "machine_saturated": machine,
+            "saturation_reason": "; ".join(reasons),
+        }
+
+    def _cpus(self, node: str) -> int:
+        if node == "driver":
+            return os.cpu_count() or 1
+        return int(self._facts.get(node, {}).get("cpu_count", 1))
+
+    def failure(self) -> str | None:
+        lost = [c for c in self._components.values() if c.lost]
+        if not lost:
+            return None
+        return f"{self._losses(lost)}; the other instances finished the work"
+
+    def record(self) -> dict[str, Any]:
+        offsets = self._offsets()
+        producer = over_the_trial(
+            self._before.producer or ClockOffset(0.0, 0.0),
+            self._after.producer or self._before.producer or ClockOffset(0.0, 0.0),
+        )
+        worker_nodes_used = {
+            c.node.node_id for c in self._components.values() if c.role == "worker"
+        }
+        nodes: dict[str, Any] = {}
+        for node in self.nodes:
+            mine = sorted(
+                c.name for c in self._components.values() if c.node.node_id == node.node_id
+            )
+            if not mine:
+                continue
+            nodes[node.node_id] = {
+                "ip": node.ip,
+                **{k: v for k, v in self._facts.get(node.node_id, {}).items() if k in ("hostname", "cpu_count")},
+                "resources": {k: v for k, v in node.resources.items() if not k.startswith("node:")},
+                "components": mine,
+                "clock": offsets[node.node_id].to_json() if node.node_id in offsets else None,
+                "driver": node.node_id == self._driver_node,
+            }  # fmt: skip
+        return {
+            "schema_version": RECORD_VERSION,
+            "engine": "ray",
+            "address": self.cluster.address,
+            "driver": {"hostname": socket.gethostname(), "node_id": self._driver_node},
+            "nodes": nodes,
+            "components": {
+                c.name: {
+                    "role": c.role,
+                    "node_id": c.node.node_id,
+                    "instance": c.instance,
+                    "pid": c.facts.get("pid"),
+                    "actor_pid": c.facts.get("actor_pid"),
+                    "lost": c.lost,
+                }
+                for c in self._components.values()
+            },
+            "clock": {
+                "reference": "the broker's clock (Redis TIME); every time in jobs.parquet is on it",
+                "producer": producer.to_json(),
+                "latency_error_bound_ms": 1000
+                * latency_error_bound_s(
+                    producer, [offsets[n] for n in worker_nodes_used if n in offsets]
+                ),
+            },
+            "startup_s": dict(self._timings),
+            "warnings": list(self._warnings),
+        }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
