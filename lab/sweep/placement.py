@@ -14,7 +14,6 @@ import contextlib
 import importlib
 import os
 import signal
-import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -25,32 +24,11 @@ from pydantic import ValidationError
 from lab.errors import ConfigError, ServiceError
 from lab.infra.broker import Broker
 from lab.infra.procs import Child, python_module_argv, spawn, terminate_all
+from lab.infra.sockets import listening_socket, served_argv, url_of
 from lab.mocks.spec import ServiceSpec, spec_to_json
 from lab.runtime.queue import JobEvent
 from lab.scenario.spec import Cluster, Scenario
 from lab.sweep.resources import Usage
-
-
-@contextlib.contextmanager
-def listening_socket(host: str = "127.0.0.1") -> Iterator[socket.socket]:
-    """A socket bound here and handed to a child: its URL is known before the child is up (so
-    everything can start at once), and no port can be taken in between."""
-    with socket.create_server((host, 0), backlog=1024) as sock:
-        sock.set_inheritable(True)
-        yield sock
-
-
-def url_of(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
-
-
-def mock_argv(kind: str, spec_json: str, sock: socket.socket, ready: Path) -> list[str]:
-    """`python -m lab.mocks` serving `spec_json` on the inherited socket `sock`."""
-    return python_module_argv(
-        "lab.mocks", kind, "--spec-json", spec_json, "--ready-file", str(ready),
-        "--listen-fd", str(sock.fileno()),
-    )  # fmt: skip
 
 
 class Processes:
@@ -200,7 +178,7 @@ class LocalPlacement:
         for name, spec in specs.items():
             ready = self.logs / f"mock-{name}.ready.json"
             with listening_socket() as sock:
-                argv = mock_argv(spec.kind, spec_to_json(spec), sock, ready)
+                argv = served_argv("lab.mocks", mock_args(spec), sock, ready)
                 self.services.start(
                     f"mock-{name}", "mock", argv, ready=ready, pass_fds=(sock.fileno(),)
                 )
@@ -291,6 +269,12 @@ def with_cluster(scenario: Scenario, flag: str) -> Scenario:
             "on this host; use separate with a cluster"
         )
     return scenario.model_copy(update={"cluster": cluster})
+
+
+def mock_args(spec: ServiceSpec) -> list[str]:
+    """The arguments of `python -m lab.mocks` that serve `spec` (the socket and ready file
+    come with `served_argv`)."""
+    return [spec.kind, "--spec-json", spec_to_json(spec)]
 
 
 def open_placement(cluster: Cluster | None, broker: Broker, logs: Path) -> TrialPlacement:

@@ -35,8 +35,8 @@ import redis
 
 from lab.errors import ServiceError
 from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn
+from lab.infra.sockets import listening_socket, served_argv, url_of
 from lab.sweep.clocks import ClockOffset, measure_offset
-from lab.sweep.placement import listening_socket, mock_argv, url_of
 from lab.sweep.resources import ResourceSampler, Usage
 
 #: The most of a component's log the driver brings home (its tail).
@@ -74,12 +74,13 @@ class ComponentActor:
         pid = self._child.pid if self._child else None
         return {**node_facts(), "actor_pid": os.getpid(), "pid": pid}
 
-    async def start_mock(self, kind: str, spec_json: str) -> str:
-        """Start the mock on a socket bound to this node's address; returns its URL at once."""
+    async def start_mock(self, args: list[str]) -> str:
+        """Start `python -m lab.mocks ARGS` on a socket bound to this node's address; returns
+        its URL at once."""
         ip = ray.util.get_node_ip_address()
         self._ready = self._dir / "ready.json"
         with listening_socket(ip) as sock:
-            argv = mock_argv(kind, spec_json, sock, self._ready)
+            argv = served_argv("lab.mocks", args, sock, self._ready)
             if not ipaddress.ip_address(ip).is_loopback:
                 argv.append("--allow-network")  # workers on other nodes must reach it
             self._spawn(argv, pass_fds=(sock.fileno(),), grace_s=5.0)

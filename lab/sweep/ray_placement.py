@@ -39,7 +39,7 @@ import lab
 from lab.errors import BrokerError, ConfigError, ServiceError
 from lab.infra.broker import Broker
 from lab.infra.procs import terminate_all
-from lab.mocks.spec import ServiceSpec, spec_to_json
+from lab.mocks.spec import ServiceSpec
 from lab.runtime.queue import JobEvent
 from lab.scenario.spec import Cluster
 from lab.sweep.clocks import (
@@ -49,7 +49,7 @@ from lab.sweep.clocks import (
     on_reference_clock,
     over_the_trial,
 )
-from lab.sweep.placement import Processes
+from lab.sweep.placement import Processes, mock_args
 from lab.sweep.ray_actor import ComponentActor
 from lab.sweep.resources import Usage, machine_busy, saturation
 
@@ -319,7 +319,7 @@ class RayPlacement:
         made = self._actors({f"mock-{n}": ("mock", chosen[n], None) for n in specs})
         timeout_s = START_TIMEOUT_S + START_PER_ACTOR_S * len(made)
         urls = self._get(
-            [c.actor.start_mock.remote(s.kind, spec_to_json(s)) for c, s in zip(made, specs.values(), strict=True)],
+            [c.actor.start_mock.remote(mock_args(s)) for c, s in zip(made, specs.values(), strict=True)],
             "starting the mock services' actors",
             timeout_s,
         )  # fmt: skip
@@ -530,7 +530,7 @@ class RayPlacement:
         lost = [c for c in self._components.values() if c.lost]
         if not lost:
             return None
-        return f"{self._losses(lost)}; the other instances finished the work"
+        return f"{self._losses(lost)}; the other instances drained the queue"
 
     def record(self) -> dict[str, Any]:
         offsets = self._offsets()

@@ -32,19 +32,14 @@ from lab.configuration import COLOCATED, Configuration
 from lab.errors import ServiceError
 from lab.infra.broker import Broker
 from lab.infra.procs import check_stop, python_module_argv, spawn, wait_for
+from lab.infra.sockets import listening_socket, url_of
 from lab.mocks.spec import ServiceSpec
 from lab.producers.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
 from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import JobEvent, Queue
 from lab.scenario.spec import LocustArrival, Placement, Scenario
-from lab.sweep.placement import (
-    Processes,
-    TrialPlacement,
-    listening_socket,
-    open_placement,
-    url_of,
-)
+from lab.sweep.placement import Processes, TrialPlacement, open_placement
 from lab.sweep.resources import ResourceSampler, Usage
 from lab.sweep.trial_row import trial_row
 
@@ -275,7 +270,13 @@ class _Trial:
             outcome = self._collect(queue, service_stats, measured, place)
             failure = place.failure()
         if failure is not None:
-            raise TrialFailed(f"trial {self.plan.trial_id} failed: {failure}", outcome)
+            row = outcome.row
+            raise TrialFailed(
+                f"trial {self.plan.trial_id} failed: {failure} ({row['items_done']} of "
+                f"{row['items_enqueued']} items done, lost: {row['lost_items']}, duplicated: "
+                f"{row['duplicate_items']})",
+                outcome,
+            )
         return outcome
 
     def _seeded_services(self) -> dict[str, ServiceSpec]:
