@@ -85,6 +85,13 @@ def leftovers() -> list[str]:
     return found
 
 
+def running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def assert_nothing_left() -> None:
     """Killing an actor is asynchronous: allow its process a few seconds to go."""
     deadline = time.monotonic() + 20
@@ -95,15 +102,16 @@ def assert_nothing_left() -> None:
 
 @pytest.fixture(scope="module")
 def nodes() -> Iterator[dict[str, Any]]:
-    """A three-node cluster: the head (the driver's), `svc` (for mocks), `spare`."""
+    """A three-node cluster: the head (the driver's), `svc` (for mocks), `spare`. Two CPUs a
+    node, as this machine has: Ray then starts two actor processes at once per node."""
     assert ray is not None
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 1, "resources": {"head": 1}, "include_dashboard": False},
+        head_node_args={"num_cpus": 2, "resources": {"head": 1}, "include_dashboard": False},
     )
     try:
-        extra = {"svc": cluster.add_node(num_cpus=1, resources={"svc": 1})}
-        extra["spare"] = cluster.add_node(num_cpus=1, resources={"spare": 1, "wrk": 1})
+        cluster.add_node(num_cpus=2, resources={"svc": 1})
+        cluster.add_node(num_cpus=2, resources={"spare": 1, "wrk": 1})
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
         by_label = {
@@ -128,7 +136,7 @@ def test_a_trial_spreads_instances_over_nodes_and_gives_the_mock_its_own(
     nodes: dict[str, Any], broker: Broker, tmp_path: Path
 ) -> None:
     scenario = load_scenario(write(tmp_path, SCENARIO))
-    plan = trial(instances=3)
+    plan = trial(instances=2)
     logs = tmp_path / "logs"
     outcome = run_trial(scenario, plan, broker=broker, logs=logs)
     row, record = outcome.row, outcome.placement
@@ -139,7 +147,7 @@ def test_a_trial_spreads_instances_over_nodes_and_gives_the_mock_its_own(
     ids = nodes["ids"]
     where = {name: c["node_id"] for name, c in record["components"].items()}
     assert where["mock-search"] == ids["svc"]
-    workers = {where[f"worker-{i}"] for i in range(3)}
+    workers = {where["worker-0"], where["worker-1"]}
     assert workers == {ids["head"], ids["spare"]}  # spread; none beside the mock
     # the events name their instances, and every instance ran on the node it was placed on
     instances = {c["instance"]: c["node_id"] for c in record["components"].values()}
@@ -153,14 +161,13 @@ def test_a_trial_spreads_instances_over_nodes_and_gives_the_mock_its_own(
         assert abs(node["clock"]["offset_ms"]) <= node["clock"]["error_ms"] + 1.0
     assert 0 < bound_ms < 1000
     # CPU and RSS sampled inside the actors, per component
-    assert {"mock-search", "worker-0", "worker-1", "worker-2", "producer"} <= set(outcome.usage)
+    assert {"mock-search", "worker-0", "worker-1", "producer"} <= set(outcome.usage)
     assert outcome.usage["worker-0"].rss_max_mb > 0
     assert "harness_saturated" in row and isinstance(row["saturation_reason"], str)
     # the processes' logs came home
     assert (logs / "worker-0.log").exists() and (logs / "mock-search.log").exists()
     assert_nothing_left()
-    for c in record["components"].values():
-        assert not psutil.pid_exists(c["actor_pid"]) or c["actor_pid"] == os.getpid()
+    assert not any(running(c["pid"]) for c in record["components"].values())
 
 
 @needs_ray
@@ -175,7 +182,9 @@ def test_ctrl_c_mid_trial_ends_every_actor_and_process(
 
     options = TrialOptions(on_progress=interrupt)
     with stop_on_signals(), pytest.raises(KeyboardInterrupt):
-        run_trial(scenario, trial(), broker=broker, logs=tmp_path / "logs", options=options)
+        run_trial(
+            scenario, trial(instances=1), broker=broker, logs=tmp_path / "logs", options=options
+        )
     assert_nothing_left()
 
 
@@ -184,7 +193,7 @@ def test_a_node_lost_mid_trial_fails_the_trial_and_loses_no_item(
     nodes: dict[str, Any], broker: Broker, tmp_path: Path
 ) -> None:
     cluster = nodes["cluster"]
-    doomed = cluster.add_node(num_cpus=1, resources={"wrk": 1, "doomed": 1})
+    doomed = cluster.add_node(num_cpus=2, resources={"wrk": 1, "doomed": 1})
     cluster.wait_for_nodes()
     doomed_id = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and "doomed" in n["Resources"])
     text = SCENARIO.replace(
@@ -201,7 +210,7 @@ def test_a_node_lost_mid_trial_fails_the_trial_and_loses_no_item(
     options = TrialOptions(heartbeat_ttl_s=1.0, on_progress=kill_the_node)
     with pytest.raises(TrialFailed) as failed:
         run_trial(
-            scenario, trial(instances=4), broker=broker, logs=tmp_path / "logs", options=options
+            scenario, trial(instances=2), broker=broker, logs=tmp_path / "logs", options=options
         )
     assert killed.is_set()
     reason = str(failed.value)
@@ -210,7 +219,7 @@ def test_a_node_lost_mid_trial_fails_the_trial_and_loses_no_item(
     assert outcome.placement is not None
     lost = {n for n, c in outcome.placement["components"].items() if c["lost"]}
     on_doomed = {n for n, c in outcome.placement["components"].items() if c["node_id"] == doomed_id}
-    assert lost == on_doomed and len(lost) == 2
+    assert lost == on_doomed and len(lost) == 1  # one of the two instances ran there
     # at-least-once: the survivors finished every item; the service saw each one
     row, totals = outcome.row, outcome.services["search"]["opensearch"]["totals"]
     assert row["items_done"] == 300 and row["unfinished_jobs"] == 0

@@ -267,12 +267,15 @@ class RayPlacement:
         self._stack.close()
 
     def _teardown(self) -> None:
-        """Stop every process (workers first), bring its log home, then end every actor."""
-        for role in ("worker", "mock"):
-            self._stop(c for c in self._components.values() if c.role == role)
-        for c in self._components.values():
-            with contextlib.suppress(Exception):
-                ray.kill(c.actor, no_restart=True)
+        """Stop every process (workers first), bring its log home, then end every actor (even
+        when a second Ctrl-C cuts the stops short)."""
+        try:
+            for role in ("worker", "mock"):
+                self._stop(c for c in self._components.values() if c.role == role)
+        finally:
+            for c in self._components.values():
+                with contextlib.suppress(Exception):
+                    ray.kill(c.actor, no_restart=True)
 
     def _stop(self, components: Iterator[_Component]) -> None:
         todo = {c.actor.stop.remote(): c for c in components if not (c.lost or c.stopped)}
@@ -390,7 +393,7 @@ class RayPlacement:
         if lost_mocks:
             raise ServiceError(f"the trial cannot go on: {self._losses(lost_mocks)}")
         workers = [c for c in self._components.values() if c.role == "worker"]
-        if workers and all(c.lost or c.killed for c in workers):
+        if any(c.lost for c in workers) and all(c.lost or c.killed for c in workers):
             raise ServiceError(f"no worker instance is left: {self._losses(workers)}")
 
     def _losses(self, components: Sequence[_Component]) -> str:
