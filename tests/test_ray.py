@@ -164,6 +164,9 @@ def test_a_trial_spreads_instances_over_nodes_and_gives_the_mock_its_own(
     assert {"mock-search", "worker-0", "worker-1", "producer"} <= set(outcome.usage)
     assert outcome.usage["worker-0"].rss_max_mb > 0
     assert "harness_saturated" in row and isinstance(row["saturation_reason"], str)
+    assert {"mock", "ray"} <= set(record["nodes"][ids["svc"]]["cores"])  # judged per node
+    assert "worker" in record["nodes"][ids["spare"]]["cores"]
+    assert "producer" in record["driver"]["cores"]
     # the processes' logs came home
     assert (logs / "worker-0.log").exists() and (logs / "mock-search.log").exists()
     assert_nothing_left()

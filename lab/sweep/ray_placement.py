@@ -25,7 +25,7 @@ import os
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -51,15 +51,16 @@ from lab.sweep.clocks import (
 )
 from lab.sweep.placement import Processes, mock_args
 from lab.sweep.ray_actor import ComponentActor
-from lab.sweep.resources import Usage, machine_busy, saturation
+from lab.sweep.resources import Usage, harness_busy, machine_busy
 
 log = logging.getLogger(__name__)
 
 #: Format of placement/<trial>.json. History: 1 = the first (nodes, components, clock, lost).
 RECORD_VERSION = 1
 
-#: How long actors may take to start, plus this much per actor (a node starts a few at once).
-START_TIMEOUT_S, START_PER_ACTOR_S = 60.0, 2.0
+#: Starting actors fails when none of them came up for this long (a node starts them a few at
+#: a time, each a Python process importing Ray: 100 of them take minutes on 2 busy cores).
+START_STALL_S = 90.0
 
 #: How long a service may take to announce it is up once its actor runs.
 READY_TIMEOUT_S = 60.0
@@ -244,6 +245,7 @@ class RayPlacement:
         self._before, self._after = _Clocks(), _Clocks()
         self._facts: dict[str, dict[str, Any]] = {}  # node id -> hostname, cpu_count
         self._timings: dict[str, float] = {}
+        self._node_usage: dict[str, dict[str, Any]] = {}  # per node: cores, RSS, saturation
         self._last_check = 0.0
         self._workers_started_at = 0.0
         self._ready: list[Any] = []  # the services' wait_ready calls
@@ -305,6 +307,21 @@ class RayPlacement:
             made.append(c)
         return made
 
+    def _started(self, refs: list[Any], what: str) -> list[Any]:
+        """The results of `refs`, waiting as long as they keep coming: ServiceError when none
+        came for START_STALL_S."""
+        pending, last = list(refs), time.monotonic()
+        while pending:
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            if done:
+                last = time.monotonic()
+            elif time.monotonic() - last > START_STALL_S:
+                started = len(refs) - len(pending)
+                raise ServiceError(
+                    f"{what}: {started} of {len(refs)} up, none more for {START_STALL_S:.0f}s"
+                )
+        return self._get(refs, what, START_STALL_S)
+
     def _get(self, refs: list[Any], what: str, timeout_s: float) -> list[Any]:
         try:
             return list(ray.get(refs, timeout=timeout_s))
@@ -320,11 +337,9 @@ class RayPlacement:
         chosen, warnings = service_nodes(self.nodes, list(specs), self.cluster, self._driver_node)
         self._warnings += warnings
         made = self._actors({f"mock-{n}": ("mock", chosen[n], None) for n in specs})
-        timeout_s = START_TIMEOUT_S + START_PER_ACTOR_S * len(made)
-        urls = self._get(
+        urls = self._started(
             [c.actor.start_mock.remote(mock_args(s)) for c, s in zip(made, specs.values(), strict=True)],
             "starting the mock services' actors",
-            timeout_s,
         )  # fmt: skip
         self._ready = [c.actor.wait_ready.remote(READY_TIMEOUT_S) for c in made]
         self._watch(made)
@@ -341,11 +356,9 @@ class RayPlacement:
         made = self._actors(
             {f"worker-{i}": ("worker", chosen[inst], inst) for i, inst in enumerate(args)}
         )
-        timeout_s = START_TIMEOUT_S + START_PER_ACTOR_S * len(made)
-        self._get(
+        self._started(
             [c.actor.start_worker.remote(list(args[c.instance or ""]), grace_s) for c in made],
             f"starting {len(made)} worker instances' actors",
-            timeout_s,
         )
         self._watch(made)
         self._timings["workers_spawned_s"] = time.monotonic() - began
@@ -505,21 +518,24 @@ class RayPlacement:
         for name, u in usage.items():
             by_node[self._node_of(name)][name] = u
         by_host: dict[str, dict[str, Usage]] = defaultdict(dict)
-        reasons, harness, machine = [], False, False
+        reasons: list[str] = []
         for node, part in sorted(by_node.items()):
             by_host[self._host_of(node)] |= part
-            node_harness, _, why = saturation(part, cpu_count=self._cpus(node))
-            if node_harness:
-                harness = True
-                reasons.append(f"node {node[:12]}: {why}")
+            busy = harness_busy(part)
+            reasons += [f"node {node[:12]}: {why}" for why in busy]
+            self._node_usage[node] = {
+                "cores": _by_role(part, lambda us: sum(u.cores for u in us)),
+                "rss_max_mb": _by_role(part, lambda us: max(u.rss_max_mb for u in us)),
+                "harness_saturated": bool(busy),
+            }
+        machine = False
         for host, part in sorted(by_host.items()):
             cpus = max((self._cpus(n) for n in by_node if self._host_of(n) == host), default=1)
-            busy = machine_busy(part, cpu_count=cpus)
-            if busy:
+            if busy_host := machine_busy(part, cpu_count=cpus):
                 machine = True
-                reasons.append(f"host {host}: {busy}")
+                reasons.append(f"host {host}: {busy_host}")
         return {
-            "harness_saturated": harness,
+            "harness_saturated": any(n["harness_saturated"] for n in self._node_usage.values()),
             "machine_saturated": machine,
             "saturation_reason": "; ".join(reasons),
         }
@@ -557,13 +573,18 @@ class RayPlacement:
                 "resources": {k: v for k, v in node.resources.items() if not k.startswith("node:")},
                 "components": mine,
                 "clock": offsets[node.node_id].to_json() if node.node_id in offsets else None,
+                **self._node_usage.get(node.node_id, {}),
                 "driver": node.node_id == self._driver_node,
             }  # fmt: skip
         return {
             "schema_version": RECORD_VERSION,
             "engine": "ray",
             "address": self.cluster.address,
-            "driver": {"hostname": socket.gethostname(), "node_id": self._driver_node},
+            "driver": {
+                "hostname": socket.gethostname(),
+                "node_id": self._driver_node,
+                **self._node_usage.get("driver", {}),
+            },
             "nodes": nodes,
             "components": {
                 c.name: {
@@ -587,6 +608,15 @@ class RayPlacement:
             "startup_s": dict(self._timings),
             "warnings": list(self._warnings),
         }
+
+
+def _by_role(
+    usage: Mapping[str, Usage], figure: Callable[[list[Usage]], float]
+) -> dict[str, float]:
+    roles: dict[str, list[Usage]] = defaultdict(list)
+    for u in usage.values():
+        roles[u.role].append(u)
+    return {role: round(figure(us), 3) for role, us in sorted(roles.items())}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -116,16 +116,21 @@ def saturation(usage: Mapping[str, Usage], *, cpu_count: int) -> tuple[bool, boo
     machine saturated: every core was busy, so workers and services competed for CPU; the figure
     holds for this machine only.
     """
-    reasons = [
-        f"{name} used {u.cores:.2f} cores"
-        for name, u in usage.items()
-        if u.role in HARNESS_ROLES and u.cores >= SATURATED_CORES
-    ]
+    reasons = harness_busy(usage)
     harness = bool(reasons)
     busy = machine_busy(usage, cpu_count=cpu_count)
     if busy:
         reasons.append(busy)
     return harness, bool(busy), "; ".join(reasons)
+
+
+def harness_busy(usage: Mapping[str, Usage]) -> list[str]:
+    """The harness components (a mock, Redis, the producer...) that used most of a core."""
+    return [
+        f"{name} used {u.cores:.2f} cores"
+        for name, u in usage.items()
+        if u.role in HARNESS_ROLES and u.cores >= SATURATED_CORES
+    ]
 
 
 def machine_busy(usage: Mapping[str, Usage], *, cpu_count: int) -> str:
