@@ -14,7 +14,8 @@ Method:
 3. wide: 100 instances x 4 slots, http.call against an http_api mock that answers after exactly
    1 s (capacity 1,000, so it never queues), 4,000 items: throughput against the Little's-law
    bound of 400 items/s, and the start-up of the 100 instances (from creating their actors to
-   every instance's heartbeat in Redis, the moment the clock may start).
+   every instance's heartbeat in Redis, the moment the clock may start). `wide-local` runs the
+   same trial as local processes, the peer that tells Ray's cost from the machine's limit.
 
 Each result is printed as one JSON line. Run it on a quiet machine; it starts about 110 Python
 processes for the wide trial (its Ray actors and worker processes, ~12 GB of memory).
@@ -144,15 +145,16 @@ def same(broker: Broker, tmp: Path, repeats: int) -> dict[str, Any]:
     }
 
 
-def wide(broker: Broker, tmp: Path, instances: int) -> dict[str, Any]:
-    """`instances` x 4 slots against a 1 s service, through Ray."""
+def wide(broker: Broker, tmp: Path, instances: int, *, ray: bool = True) -> dict[str, Any]:
+    """`instances` x 4 slots against a 1 s service, through Ray (or, as the peer, locally)."""
     plan = TrialPlan(index=0, num_workers=4, instances=instances, batch_size=1, repeat=0)
-    outcome, total_s = _trial(_scenario(WIDE, ray=True), plan, broker, tmp / "wide")
+    where = "ray" if ray else "local"
+    outcome, total_s = _trial(_scenario(WIDE, ray=ray), plan, broker, tmp / f"wide-{where}")
     row, record = outcome.row, outcome.placement or {}
     bound = plan.concurrency / 1.0
     nodes = record.get("nodes", {})
     return {
-        "bench": "wide",
+        "bench": f"wide-{where}",
         "instances": instances,
         "items_per_s": row["items_per_s"],
         "littles_bound_items_per_s": bound,
@@ -174,12 +176,15 @@ def wide(broker: Broker, tmp: Path, instances: int) -> dict[str, Any]:
         "workers_cores": row["workers_cores"],
         "mock_cores": row["mock_cores"],
         "redis_cores": row["redis_cores"],
+        "actors_cores": sum(u.cores for u in outcome.usage.values() if u.role == "ray"),
     }
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m lab.bench ray", description=__doc__.split("\n")[0])
-    p.add_argument("which", nargs="*", choices=["same", "wide"], default=["same", "wide"])
+    p.add_argument(
+        "which", nargs="*", choices=["same", "wide", "wide-local"], default=["same", "wide"]
+    )
     p.add_argument("--nodes", type=int, default=3, help="nodes of the loopback cluster (3)")
     p.add_argument("--repeats", type=int, default=5, help="runs of the small trial each way (5)")
     p.add_argument("--instances", type=int, default=100, help="instances of the wide trial (100)")
@@ -192,4 +197,6 @@ def main(argv: list[str]) -> int:
                 print(json.dumps(same(broker, Path(tmp), ns.repeats)), flush=True)
             if "wide" in ns.which:
                 print(json.dumps(wide(broker, Path(tmp), ns.instances)), flush=True)
+            if "wide-local" in ns.which:  # the peer: the same trial without Ray, same machine
+                print(json.dumps(wide(broker, Path(tmp), ns.instances, ray=False)), flush=True)
     return 0
