@@ -306,7 +306,9 @@ def test_cluster_field_and_flag_errors_name_what_is_allowed(
         load_scenario(bad)
     scenario = load_scenario(write(tmp_path, SCENARIO))
     assert with_cluster(scenario, "none").cluster is None
-    assert with_cluster(scenario, "ray://head:10001").cluster.address == "ray://head:10001"  # type: ignore[union-attr]
+    overridden = with_cluster(scenario, "ray://head:10001").cluster
+    assert overridden is not None and overridden.address == "ray://head:10001"
+    assert overridden.services_resource == "svc"  # the scenario's other cluster fields stay
     colocated = SCENARIO + "workers: {placement: colocated}\n"
     with pytest.raises(
         ConfigError, match=r"workers\.placement: colocated slots run in the web app"

@@ -254,12 +254,13 @@ def _ray_placement() -> ModuleType:
 
 
 def with_cluster(scenario: Scenario, flag: str) -> Scenario:
-    """The scenario with `--cluster FLAG` in place of its own `cluster`: auto, local,
-    ray://host:port, or none (this host only). ConfigError for anything else."""
+    """The scenario with `--cluster FLAG` as its cluster's address (its other cluster fields
+    kept): auto, local, ray://host:port, or none (this host only). ConfigError otherwise."""
     if flag == "none":
         return scenario.model_copy(update={"cluster": None})
+    fields = scenario.cluster.model_dump() if scenario.cluster else {"engine": "ray"}
     try:
-        cluster = Cluster(engine="ray", address=flag)
+        cluster = Cluster.model_validate(fields | {"address": flag})
     except ValidationError as exc:
         problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
         raise ConfigError(f"--cluster: {problem}, or none") from None
@@ -278,8 +279,8 @@ def mock_args(spec: ServiceSpec) -> list[str]:
 
 
 def open_placement(cluster: Cluster | None, broker: Broker, logs: Path) -> TrialPlacement:
-    """The placement a scenario asks for: this host, or its Ray cluster (connected by
-    `lab.sweep.ray_placement.connect` for the sweep)."""
+    """The placement a scenario asks for: this host, or its Ray cluster (which
+    `connect_cluster` connects once for a sweep)."""
     if cluster is None:
         return LocalPlacement(logs)
     placement: TrialPlacement = _ray_placement().RayPlacement(cluster, broker, logs)
