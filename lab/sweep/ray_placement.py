@@ -205,9 +205,7 @@ def worker_nodes(
     if not free:
         free = list(eligible)
         names = ", ".join(sorted(services))
-        warnings.append(
-            f"mock(s) {names} share nodes with worker instances: the cluster has no room"
-        )
+        warnings.append(f"{names} share(s) a node with worker instances: the cluster has no room")
     free.sort(key=lambda n: (n.node_id == driver_node, n.node_id))
     return {inst: free[i % len(free)] for i, inst in enumerate(instances)}, warnings
 
