@@ -268,7 +268,7 @@ def test_clock_correction_on_injected_offsets(broker: Broker) -> None:
 @needs_ray
 def test_node_assignment_leaves_room_and_says_when_there_is_none() -> None:
     from lab.scenario.spec import Cluster
-    from lab.sweep.ray_placement import Node, service_nodes, worker_nodes
+    from lab.sweep.ray_cluster import Node, service_nodes, worker_nodes
 
     cluster = Cluster(engine="ray")
     three = [Node(i, "127.0.0.1", {"CPU": 1.0}) for i in ("a", "b", "c")]
@@ -290,7 +290,7 @@ def test_node_assignment_leaves_room_and_says_when_there_is_none() -> None:
 
 @needs_ray
 def test_the_embedded_broker_serves_nodes_on_this_host_only(broker: Broker) -> None:
-    from lab.sweep.ray_placement import Node, check_broker
+    from lab.sweep.ray_cluster import Node, check_broker
 
     check_broker(broker, [Node("a", "127.0.0.1", {})])
     with pytest.raises(ConfigError, match=r"set broker\.url to a Redis every node reaches"):

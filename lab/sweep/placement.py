@@ -237,14 +237,15 @@ def connect_cluster(cluster: Cluster | None) -> Iterator[None]:
         return
     if cluster.address == "local":  # read when ray is imported: a local Ray stays on loopback
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    with _ray_placement().connected(cluster):
+    with _ray_module("ray_cluster").connected(cluster):
         yield
 
 
-def _ray_placement() -> ModuleType:
-    """lab.sweep.ray_placement, or a ConfigError saying how to install Ray (an optional extra)."""
+def _ray_module(name: str) -> ModuleType:
+    """lab.sweep.NAME, a module that imports Ray, or a ConfigError saying how to install Ray
+    (an optional extra)."""
     try:
-        return importlib.import_module("lab.sweep.ray_placement")
+        return importlib.import_module(f"lab.sweep.{name}")
     except ImportError as exc:
         if exc.name is None or exc.name.split(".")[0] != "ray":
             raise
@@ -283,5 +284,5 @@ def open_placement(cluster: Cluster | None, broker: Broker, logs: Path) -> Trial
     `connect_cluster` connects once for a sweep)."""
     if cluster is None:
         return LocalPlacement(logs)
-    placement: TrialPlacement = _ray_placement().RayPlacement(cluster, broker, logs)
+    placement: TrialPlacement = _ray_module("ray_placement").RayPlacement(cluster, broker, logs)
     return placement
