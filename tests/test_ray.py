@@ -32,7 +32,7 @@ from lab.sweep.clocks import (
 )
 from lab.sweep.placement import with_cluster
 from lab.sweep.runner import main
-from lab.sweep.trial import TrialFailed, TrialOptions, TrialPlan, run_trial
+from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
 
 # Read when ray is imported: Ray then binds and connects on 127.0.0.1 only.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -40,7 +40,7 @@ try:
     import ray
     from ray.cluster_utils import Cluster
 except ImportError:  # pragma: no cover - the suite installs lab[ray]
-    ray = None
+    ray = None  # type: ignore[assignment]
 
 needs_ray = pytest.mark.skipif(
     ray is None, reason="the ray package is not installed: pip install -e '.[dev,ray]'"
@@ -142,6 +142,7 @@ def test_a_trial_spreads_instances_over_nodes_and_gives_the_mock_its_own(
     row, record = outcome.row, outcome.placement
     assert row["items_done"] == 60 and row["lost_items"] == 0 and row["duplicate_items"] == 0
     assert row["unfinished_jobs"] == 0 and row["items_per_s"] > 0
+    assert not row["failed"] and outcome.faults == []
 
     assert record is not None
     ids = nodes["ids"]
@@ -202,7 +203,8 @@ def test_a_node_lost_mid_trial_fails_the_trial_and_loses_no_item(
     text = SCENARIO.replace(
         "services_resource: svc", "services_resource: svc, workers_resource: wrk"
     )
-    scenario = load_scenario(write(tmp_path, text.replace("items: 60", "items: 300")))
+    text = text.replace("items: 60", "items: 300") + "workers: {heartbeat_ttl_s: 1.0}\n"
+    scenario = load_scenario(write(tmp_path, text))
     killed = threading.Event()
 
     def kill_the_node(done: int, planned: int, elapsed_s: float) -> None:
@@ -210,21 +212,22 @@ def test_a_node_lost_mid_trial_fails_the_trial_and_loses_no_item(
             killed.set()
             cluster.remove_node(doomed, allow_graceful=False)
 
-    options = TrialOptions(heartbeat_ttl_s=1.0, on_progress=kill_the_node)
-    with pytest.raises(TrialFailed) as failed:
-        run_trial(
-            scenario, trial(instances=2), broker=broker, logs=tmp_path / "logs", options=options
-        )
-    assert killed.is_set()
-    reason = str(failed.value)
-    assert doomed_id[:12] in reason and "mid-trial" in reason
-    outcome = failed.value.outcome
-    assert outcome.placement is not None
+    options = TrialOptions(on_progress=kill_the_node)
+    outcome = run_trial(
+        scenario, trial(instances=2), broker=broker, logs=tmp_path / "logs", options=options
+    )
+    assert killed.is_set() and outcome.placement is not None
+    row = outcome.row
+    assert row["failed"] and "mid-trial" in row["failure_reason"]
+    assert doomed_id[:12] in row["failure_reason"]
     lost = {n for n, c in outcome.placement["components"].items() if c["lost"]}
     on_doomed = {n for n, c in outcome.placement["components"].items() if c["node_id"] == doomed_id}
     assert lost == on_doomed and len(lost) == 1  # one of the two instances ran there
-    # at-least-once: the survivors finished every item; the service saw each one
-    row, totals = outcome.row, outcome.services["search"]["opensearch"]["totals"]
+    # measured as a fault: the instance's exit, and how long its jobs took to come back
+    exits = [f for f in outcome.faults if f["action"] == "exit"]
+    assert [f["target"] for f in exits] == sorted(lost) and row["instance_crashes"] == 1
+    # at-least-once: the survivor finished every item; the service saw each one
+    totals = outcome.services["search"]["opensearch"]["totals"]
     assert row["items_done"] == 300 and row["unfinished_jobs"] == 0
     assert row["lost_items"] == 0 and totals["unique_ids_written"] == 300
     assert row["duplicate_items"] == totals["writes"] - 300
@@ -309,6 +312,9 @@ def test_cluster_field_and_flag_errors_name_what_is_allowed(
     overridden = with_cluster(scenario, "ray://head:10001").cluster
     assert overridden is not None and overridden.address == "ray://head:10001"
     assert overridden.services_resource == "svc"  # the scenario's other cluster fields stay
+    restart = SCENARIO + "faults: [{at_s: 1, restart: service, name: search}]\n"
+    with pytest.raises(ConfigError, match=r"faults\[0\]\.restart: restarting a mock service"):
+        load_scenario(write(tmp_path, restart))
     colocated = SCENARIO + "workers: {placement: colocated}\n"
     with pytest.raises(
         ConfigError, match=r"workers\.placement: colocated slots run in the web app"

@@ -22,12 +22,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lab.analysis.explain import explain, trial_warnings, unstable
+from lab.analysis.attribution import Context, attribute_configs, fill_older_layout
+from lab.analysis.explain import bottleneck_reason, explain, trial_warnings, unstable
+from lab.analysis.faults import fault_warnings
 from lab.analysis.recommendation import Candidate, Recommendation
 from lab.analysis.usl import UslFit, fit_usl
 from lab.configuration import SEPARATE, Configuration, label
 from lab.mocks.spec import ServiceSpec
 from lab.results import STATUS_COMPLETE, RunFolder
+from lab.scenario.faults import Fault
 from lab.scenario.spec import Objective, Scenario, Slo
 
 CONFIG = ["num_workers", "instances", "batch_size"]
@@ -182,6 +185,7 @@ def per_config(trials: pd.DataFrame) -> pd.DataFrame:
         lost_items=("lost_items", _sum_known),
         duplicate_items=("duplicate_items", _sum_known),
         timed_out=("timed_out", "any"),
+        failed=("failed", "any"),
         harness_saturated=("harness_saturated", "any"),
         machine_saturated=("machine_saturated", "any"),
         littles_bound_items_per_s=("littles_bound_items_per_s", "mean"),
@@ -208,6 +212,8 @@ def slo_problems(row: pd.Series, slo: Slo) -> list[str]:
     problems = []
     if bool(row["timed_out"]):
         problems.append("timed out")
+    elif bool(row["failed"]):
+        problems.append("a trial could not finish")
     if slo.p99_latency_ms is not None and row["latency_p99_worst_ms"] > slo.p99_latency_ms:
         problems.append(f"p99 {row['latency_p99_worst_ms']:,.0f} ms > {slo.p99_latency_ms:,.0f} ms")
     if row["error_rate"] > slo.max_error_rate:
@@ -218,7 +224,7 @@ def slo_problems(row: pd.Series, slo: Slo) -> list[str]:
 
 
 def beats(best: pd.Series, other: pd.Series, metric: str, margin: float = NOISE_MARGIN) -> bool:
-    """True when `best` is better than `other` beyond the noise (style.md point 12)."""
+    """True when `best` is better than `other` beyond the noise (both tests must agree: a wide interval alone never makes a winner)."""
     if not other[metric] > 0:
         return True
     if best[metric] / other[metric] - 1 <= margin:
@@ -251,11 +257,14 @@ def json_safe(value: Any) -> Any:
 def _candidate(row: pd.Series, within_noise: bool | None = None) -> Candidate:
     figures = {k: float(row[k]) for k in _FIGURES}
     figures |= {"concurrency": int(row["concurrency"]), "repeats": int(row["repeats"])}
-    return Candidate(Configuration.of(row), json_safe(figures), within_noise)
+    return Candidate(
+        Configuration.of(row), json_safe(figures), within_noise, str(row["bottleneck"]),
+        json_safe(dict(row["evidence"])),
+    )  # fmt: skip
 
 
 def _fits(trials: pd.DataFrame) -> list[UslFit]:
-    usable = trials[~trials["timed_out"].astype(bool)]
+    usable = trials[~trials["failed"].astype(bool)]
     return [
         fit_usl(part["concurrency"], part["items_per_s"], batch_size=int(batch))
         for batch, part in usable.groupby("batch_size", sort=True)
@@ -269,15 +278,29 @@ def analyze_trials(
     service: ServiceSpec | None = None,
     cpu_count: int | None = None,
     margin: float = NOISE_MARGIN,
+    jobs: pd.DataFrame | None = None,
+    context: Context | None = None,
+    faults: tuple[Fault, ...] = (),
 ) -> Analysis:
-    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec."""
+    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec,
+    `jobs` the attempts (jobs.parquet, for the retry-wave detector), `context` what attribution
+    needs to know of the scenario (default: `service`, the SLO and a backlog), `faults` the
+    scenario's (to tell planned instance exits from the others)."""
+    if PLACEMENT not in trials:
+        trials = trials.assign(**{PLACEMENT: SEPARATE})
+    context = context or Context(service, objective.slo.max_error_rate, None, cpu_count)
     configs = per_config(trials)
+    if not configs.empty:  # an empty frame's key columns have no type to merge on
+        attributed = attribute_configs(trials, jobs, context, [*CONFIG, PLACEMENT])
+        configs = configs.merge(attributed, on=[*CONFIG, PLACEMENT], how="left")
     configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
     fits = _fits(trials)
-    warnings = trial_warnings(trials, cpu_count=cpu_count) + unstable(configs, objective.maximize)
-    pick, reasons, runners = _recommendation(
-        configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
+    warnings = (
+        trial_warnings(trials, cpu_count=cpu_count)
+        + fault_warnings(trials, faults)
+        + unstable(configs, objective.maximize)
     )
+    pick, reasons, runners = _recommendation(configs, objective, margin=margin, fits=fits)
     rec = Recommendation(
         pick,
         tuple(reasons),
@@ -285,22 +308,20 @@ def analyze_trials(
         tuple(warnings),
         tuple(json_safe(_fit_entry(f)) for f in fits),
         objective.model_dump(mode="json") | {"noise_margin": margin, "confidence": CONFIDENCE},
+        tuple(_candidate(r) for _, r in configs.iterrows()),
     )
     return Analysis(objective, trials, configs, rec, fits, warnings, service)
 
 
 def _recommendation(
-    configs: pd.DataFrame, objective: Objective, *, service: ServiceSpec | None,
-    cpu_count: int | None, margin: float, fits: list[UslFit],
-) -> tuple[Candidate | None, list[str], list[Candidate]]:  # fmt: skip
+    configs: pd.DataFrame, objective: Objective, *, margin: float, fits: list[UslFit]
+) -> tuple[Candidate | None, list[str], list[Candidate]]:
     """The pick (None when nothing qualifies), the reasons, the runners-up."""
     if configs.empty:
         return None, ["no trial finished"], []
     metric = objective.maximize
     ok = configs[configs["slo_problems"].map(len) == 0]
-    context = explain(
-        configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
-    )
+    context = explain(configs, objective, margin=margin, fits=fits)
     if ok.empty:
         verdict = (
             "no configuration met the SLO and kept every item, so none is recommended "
@@ -313,7 +334,11 @@ def _recommendation(
     chosen = tied.sort_values(
         [k for k, _ in keys] + [metric], ascending=[asc for _, asc in keys] + [False]
     ).iloc[0]
-    reasons = [_choice_sentence(chosen, best, tied, ok, objective, margin), *context]
+    reasons = [
+        _choice_sentence(chosen, best, tied, ok, objective, margin),
+        bottleneck_reason(chosen),
+        *context,
+    ]
     if bool(chosen["harness_saturated"]):
         reasons.append(
             "caution: a trial of the chosen configuration saturated the lab itself, so its "
@@ -405,9 +430,15 @@ def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
     scenario = run.scenario
     service = scenario.services.get(scenario.workload.service)
     cpu_count = run.manifest.get("cpu_count")
-    analysis = analyze_trials(
-        run.trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin
+    context = Context.of(scenario, cpu_count)
+    folder = RunFolder(run.path)
+    trials = fill_older_layout(
+        run.trials, run.jobs, folder.services, scenario.workload.service, context
     )
+    analysis = analyze_trials(
+        trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin,
+        jobs=run.jobs, context=context, faults=scenario.faults,
+    )  # fmt: skip
     status = run.manifest.get("status")
     planned = len(run.manifest.get("trials_planned", []))
     extra = []

@@ -1,11 +1,17 @@
-"""`python -m lab.bench {runtime,mocks,ray} [options]`: dispatch to one benchmark's `main`."""
+"""`python -m lab.bench {runtime,mocks,peers,faults,ray} [options]`: dispatch to one benchmark's `main`."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = {"runtime": "lab.bench.runtime", "mocks": "lab.bench.mocks", "ray": "lab.bench.ray"}
+BENCHMARKS = {
+    "runtime": "lab.bench.runtime",
+    "mocks": "lab.bench.mocks",
+    "peers": "lab.bench.peers",
+    "faults": "lab.bench.faults",
+    "ray": "lab.bench.ray",
+}
 
 
 def main(argv: list[str]) -> int:

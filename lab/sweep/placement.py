@@ -11,24 +11,28 @@ processes the trial starts there itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
+import itertools
 import os
-import signal
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from lab.errors import ConfigError, ServiceError
+from lab.errors import ConfigError
 from lab.infra.broker import Broker
+from lab.infra.files import atomic_write
 from lab.infra.procs import Child, python_module_argv, spawn, terminate_all
 from lab.infra.sockets import listening_socket, served_argv, url_of
+from lab.mocks.control import TOKEN_ENV
 from lab.mocks.spec import ServiceSpec, spec_to_json
 from lab.runtime.queue import JobEvent
 from lab.scenario.spec import Cluster, Scenario
-from lab.sweep.resources import Usage
+from lab.sweep.faults import ProcessLike, ServiceHandle
+from lab.sweep.resources import ResourceSampler, Usage
 
 
 class Processes:
@@ -38,7 +42,6 @@ class Processes:
         self.stack, self.logs = stack, logs
         self.children: dict[str, tuple[str, Child]] = {}
         self.ready_files: list[Path] = []
-        self.killed: set[str] = set()  # stopped on purpose (failure injection): not a failure
 
     def start(
         self,
@@ -49,6 +52,7 @@ class Processes:
         ready: Path | None = None,
         pass_fds: tuple[int, ...] = (),
         grace_s: float = 5.0,
+        env: Mapping[str, str] | None = None,
     ) -> Child:
         if ready is not None:
             ready.unlink(missing_ok=True)  # a resumed trial must not trust the last attempt's file
@@ -60,6 +64,7 @@ class Processes:
                 log_path=self.logs / f"{name}.log",
                 pass_fds=pass_fds,
                 grace_s=grace_s,
+                env=env,
             )
         )
         self.children[name] = (role, child)
@@ -72,18 +77,8 @@ class Processes:
         """name -> (role, pid), for the resource sampler."""
         return {name: (role, c.pid) for name, (role, c) in self.children.items()}
 
-    def check(self) -> None:
-        """Raise ServiceError, with the child's last output, if one exited unasked."""
-        for name, (_, child) in self.children.items():
-            if name not in self.killed and not child.alive():
-                raise ServiceError(
-                    f"{child.name} exited with code {child.popen.returncode} during the trial; "
-                    f"its last output:\n{child.log_tail()}"
-                )
-
     def started(self) -> bool:
-        """Every child that writes a ready file wrote it (ServiceError if one died first)."""
-        self.check()
+        """Every child that writes a ready file wrote it."""
         return all(p.exists() for p in self.ready_files)
 
 
@@ -99,24 +94,40 @@ class TrialPlacement(Protocol):
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
 
-    def start_services(self, specs: Mapping[str, ServiceSpec]) -> dict[str, str]:
-        """Start each mock service; returns their URLs at once (they may not be up yet)."""
+    def start_services(
+        self, specs: Mapping[str, ServiceSpec], *, token: str, restartable: Collection[str]
+    ) -> dict[str, str]:
+        """Start each mock service (its /_lab/ routes answer `token`; those in `restartable`
+        keep their state across a restart); returns their URLs at once (maybe not up yet)."""
         ...
 
-    def start_workers(self, args: Mapping[str, Sequence[str]], *, grace_s: float) -> None:
-        """Start one `python -m lab.runtime.worker ARGS` per instance id."""
+    def start_workers(
+        self, args: Mapping[str, Sequence[str]], *, grace_s: float, env: Mapping[str, str]
+    ) -> None:
+        """Start one `python -m lab.runtime.worker ARGS` per instance id, with `env` added to
+        its environment (the broker's URL)."""
+        ...
+
+    def watched(self) -> list[Child]:
+        """The trial's processes on this host, watched until the clock starts (one that exits
+        then fails the trial with its own last words)."""
         ...
 
     def started(self) -> bool:
-        """Every service and driver process announced it is up; ServiceError if one died."""
+        """Every service and driver process announced it is up (ServiceError if one elsewhere
+        died)."""
         ...
 
     def check(self) -> None:
-        """ServiceError if a process the trial needs died (a lost node may only be recorded)."""
+        """ServiceError if a process elsewhere died before the clock started (the ones here are
+        `watched`)."""
         ...
 
-    def kill_worker(self, index: int) -> None:
-        """Failure injection: SIGKILL worker instance `index`."""
+    def fault_targets(
+        self, sampler: ResourceSampler
+    ) -> tuple[list[ProcessLike], dict[str, ServiceHandle]]:
+        """The instances in order and the mock services, as `lab.sweep.faults` watches and
+        hurts them (a restarted mock is added to `sampler`)."""
         ...
 
     def stop_workers(self) -> None:
@@ -144,7 +155,7 @@ class TrialPlacement(Protocol):
         ...
 
     def failure(self) -> str | None:
-        """Why the trial must fail although it drained (a node was lost), else None."""
+        """Why the trial fails although it may have drained (a node was lost), else None."""
         ...
 
     def record(self) -> dict[str, Any] | None:
@@ -170,41 +181,80 @@ class LocalPlacement:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        terminate_all(self.driver.of_role("worker", "web"))  # on any exit: stops overlap
         self._stack.close()
 
-    def start_services(self, specs: Mapping[str, ServiceSpec]) -> dict[str, str]:
-        """Each mock service in its own process, on a socket bound here."""
+    def start_services(
+        self, specs: Mapping[str, ServiceSpec], *, token: str, restartable: Collection[str]
+    ) -> dict[str, str]:
+        """Each mock service in its own process, on a socket bound here.
+
+        The spec goes through a file (a command line has a length limit, a spec with many
+        brown-outs does not), the control token through the environment (argv is public). The
+        socket stays open here for the whole trial, so a restarted mock serves the same address
+        (connections made meanwhile wait in its backlog)."""
         urls: dict[str, str] = {}
+        env = {**os.environ, TOKEN_ENV: token}
+        self._service_starts: dict[str, Callable[[], Child]] = {}
         for name, spec in specs.items():
+            spec_file = self.logs / f"mock-{name}.spec.json"
+            atomic_write(spec_file, spec_to_json(spec))
             ready = self.logs / f"mock-{name}.ready.json"
-            with listening_socket() as sock:
-                argv = served_argv("lab.mocks", mock_args(spec), sock, ready)
-                self.services.start(
-                    f"mock-{name}", "mock", argv, ready=ready, pass_fds=(sock.fileno(),)
-                )
-                urls[name] = url_of(sock)
+            sock = self.services.stack.enter_context(listening_socket())
+            argv = served_argv("lab.mocks", mock_args(spec.kind, spec_file), sock, ready)
+            if name in restartable:  # a restart keeps the trial's figures and documents
+                state = self.logs / f"mock-{name}.state.json"
+                state.unlink(missing_ok=True)  # never an earlier attempt's
+                argv += ["--state-file", str(state)]
+            self._service_starts[name] = functools.partial(
+                self.services.start, f"mock-{name}", "mock", argv, ready=ready,
+                pass_fds=(sock.fileno(),), env=env,
+            )  # fmt: skip
+            self._service_starts[name]()
+            urls[name] = url_of(sock)
         return urls
 
-    def start_workers(self, args: Mapping[str, Sequence[str]], *, grace_s: float) -> None:
+    def start_workers(
+        self, args: Mapping[str, Sequence[str]], *, grace_s: float, env: Mapping[str, str]
+    ) -> None:
         for i, worker_args in enumerate(args.values()):
             argv = python_module_argv("lab.runtime.worker", *worker_args)
-            self.driver.start(f"worker-{i}", "worker", argv, grace_s=grace_s)
+            self.driver.start(
+                f"worker-{i}", "worker", argv, grace_s=grace_s, env={**os.environ, **env}
+            )
+
+    def watched(self) -> list[Child]:
+        return self.services.of_role("mock") + self.driver.of_role("worker", "web")
 
     def started(self) -> bool:
         return self.services.started() and self.driver.started()
 
     def check(self) -> None:
-        self.services.check()
-        self.driver.check()
+        pass  # every process is here, and watched
 
-    def kill_worker(self, index: int) -> None:
-        child = self.driver.of_role("worker")[index]
-        self.driver.killed.add(child.name)
-        child.signal(signal.SIGKILL)
+    def fault_targets(
+        self, sampler: ResourceSampler
+    ) -> tuple[list[ProcessLike], dict[str, ServiceHandle]]:
+        restarts = itertools.count(1)
+
+        def start_again(name: str) -> Child:
+            child = self._service_starts[name]()
+            sampler.add(f"mock-{name}-restart{next(restarts)}", "mock", child.pid)
+            return child
+
+        services = {
+            name: ServiceHandle(
+                child=self.services.children[f"mock-{name}"][1],
+                start_again=functools.partial(start_again, name),
+                ready=(self.logs / f"mock-{name}.ready.json").exists,
+            )
+            for name in self._service_starts
+        }
+        return list(self.driver.of_role("worker")), services
 
     def stop_workers(self) -> None:
         terminate_all(self.driver.of_role("worker", "web"))  # graceful stops overlap
-        self._slots_stack.close()
+        self._slots_stack.close()  # then each is reaped
 
     @contextlib.contextmanager
     def sampling(self) -> Iterator[dict[str, Usage]]:
@@ -273,10 +323,10 @@ def with_cluster(scenario: Scenario, flag: str) -> Scenario:
     return scenario.model_copy(update={"cluster": cluster})
 
 
-def mock_args(spec: ServiceSpec) -> list[str]:
-    """The arguments of `python -m lab.mocks` that serve `spec` (the socket and ready file
-    come with `served_argv`)."""
-    return [spec.kind, "--spec-json", spec_to_json(spec)]
+def mock_args(kind: str, spec_file: Path) -> list[str]:
+    """The arguments of `python -m lab.mocks` that serve the spec in `spec_file` (the socket
+    and the ready file come with `served_argv`)."""
+    return [kind, "--spec-file", str(spec_file)]
 
 
 def open_placement(cluster: Cluster | None, broker: Broker, logs: Path) -> TrialPlacement:

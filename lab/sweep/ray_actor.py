@@ -22,11 +22,10 @@ import contextlib
 import ipaddress
 import os
 import shutil
-import signal
 import socket
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import ray
 import redis
 
 from lab.errors import ServiceError
+from lab.infra.files import atomic_write
 from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn
 from lab.infra.sockets import listening_socket, served_argv, url_of
 from lab.sweep.clocks import ClockOffset, measure_offset
@@ -74,29 +74,43 @@ class ComponentActor:
         pid = self._child.pid if self._child else None
         return {**node_facts(), "actor_pid": os.getpid(), "pid": pid}
 
-    async def start_mock(self, args: list[str]) -> str:
-        """Start `python -m lab.mocks ARGS` on a socket bound to this node's address; returns
-        its URL at once."""
+    async def start_mock(self, kind: str, spec_json: str, env: Mapping[str, str]) -> str:
+        """Start the mock serving `spec_json` on a socket bound to this node's address, with
+        `env` (its control token) added to its environment; returns its URL at once."""
+        from lab.sweep.placement import mock_args  # heavy (the mocks' spec): mocks only
+
         ip = ray.util.get_node_ip_address()
         self._ready = self._dir / "ready.json"
+        spec_file = self._dir / "spec.json"
+        atomic_write(spec_file, spec_json)
         with listening_socket(ip) as sock:
-            argv = served_argv("lab.mocks", args, sock, self._ready)
+            argv = served_argv("lab.mocks", mock_args(kind, spec_file), sock, self._ready)
             if not ipaddress.ip_address(ip).is_loopback:
                 argv.append("--allow-network")  # workers on other nodes must reach it
-            self._spawn(argv, pass_fds=(sock.fileno(),), grace_s=5.0)
+            self._spawn(argv, env, pass_fds=(sock.fileno(),), grace_s=5.0)
             return url_of(sock)
 
-    async def start_worker(self, args: Sequence[str], grace_s: float) -> int:
-        """Start `python -m lab.runtime.worker ARGS`; returns its pid."""
-        return self._spawn(python_module_argv("lab.runtime.worker", *args), grace_s=grace_s)
+    async def start_worker(
+        self, args: Sequence[str], grace_s: float, env: Mapping[str, str]
+    ) -> int:
+        """Start `python -m lab.runtime.worker ARGS` with `env` (the broker's URL) added to its
+        environment; returns its pid."""
+        return self._spawn(python_module_argv("lab.runtime.worker", *args), env, grace_s=grace_s)
 
-    def _spawn(self, argv: list[str], *, pass_fds: tuple[int, ...] = (), grace_s: float) -> int:
+    def _spawn(
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        *,
+        pass_fds: tuple[int, ...] = (),
+        grace_s: float,
+    ) -> int:
         self._child = self._stack.enter_context(
             spawn(
                 argv,
                 name=self.name,
                 log_path=self._log,
-                env=env_with_pythonpath(),
+                env={**env_with_pythonpath(), **env},
                 pass_fds=pass_fds,
                 grace_s=grace_s,
             )
@@ -108,8 +122,8 @@ class ComponentActor:
             raise ServiceError(f"{self.name}: nothing started")
         if not self._child.alive():
             raise ServiceError(
-                f"{self.name} on {socket.gethostname()} exited with code "
-                f"{self._child.popen.returncode}; its last output:\n{self._child.log_tail()}"
+                f"{self.name} on {socket.gethostname()} {self._child.exit_description()}: "
+                f"{self._child.last_words()}"
             )
         return self._child
 
@@ -122,13 +136,15 @@ class ComponentActor:
                 raise ServiceError(f"{self.name} was not up after {timeout_s:.0f}s")
             await asyncio.sleep(0.01)
 
-    async def wait_exit(self) -> tuple[int | None, str]:
-        """Until the process exits: its exit code and last output (the driver's watch)."""
+    async def wait_exit(self) -> tuple[str, str]:
+        """Until the process exits: how it ended and its last words (the driver's watch)."""
         child = self._child
         # polled, not waited on in a thread: `stop` must stay the only one to reap the child
         while child is not None and child.alive():  # noqa: ASYNC110
             await asyncio.sleep(WATCH_S)
-        return (child.popen.returncode if child else None), (child.log_tail() if child else "")
+        if child is None:
+            return "was never started", ""
+        return child.exit_description(), child.last_words()
 
     async def clock(self, broker_url: str) -> ClockOffset:
         """This node's clock against the broker's (the trial's reference clock)."""
@@ -147,10 +163,10 @@ class ComponentActor:
         self._sampling.close()
         return dict(self._sampler.usage) if self._sampler else {}
 
-    async def kill(self) -> None:
-        """Failure injection: SIGKILL the process (the actor stays)."""
+    async def signal(self, signum: int) -> None:
+        """Send the process a signal (faults: kill, stall, resume); the actor stays."""
         if self._child is not None:
-            self._child.signal(signal.SIGKILL)
+            self._child.signal(signum)
 
     async def stop(self) -> str:
         """Stop the process gracefully (SIGTERM, its grace, then SIGKILL) and hand back the tail

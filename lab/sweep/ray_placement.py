@@ -25,7 +25,7 @@ import os
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -34,10 +34,11 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from lab.errors import BrokerError, ServiceError
+from lab.errors import BrokerError, ConfigError, ServiceError
 from lab.infra.broker import Broker
-from lab.infra.procs import terminate_all
-from lab.mocks.spec import ServiceSpec
+from lab.infra.procs import Child, terminate_all
+from lab.mocks.control import TOKEN_ENV
+from lab.mocks.spec import ServiceSpec, spec_to_json
 from lab.runtime.queue import JobEvent
 from lab.scenario.spec import Cluster
 from lab.sweep.clocks import (
@@ -47,7 +48,8 @@ from lab.sweep.clocks import (
     on_reference_clock,
     over_the_trial,
 )
-from lab.sweep.placement import Processes, mock_args
+from lab.sweep.faults import ProcessLike, ServiceHandle
+from lab.sweep.placement import Processes
 from lab.sweep.ray_actor import ComponentActor
 from lab.sweep.ray_cluster import (
     Node,
@@ -57,7 +59,7 @@ from lab.sweep.ray_cluster import (
     service_nodes,
     worker_nodes,
 )
-from lab.sweep.resources import Usage, harness_busy, machine_busy
+from lab.sweep.resources import ResourceSampler, Usage, harness_busy, machine_busy
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,8 @@ class _Component:
     instance: str | None = None
     watch: Any = None  # the ObjectRef of its wait_exit call
     lost: str | None = None  # why, when its actor (or node) died
-    killed: bool = False  # SIGKILLed on purpose
+    ended: str | None = None  # how its process ended ("exited with code 1"), when it did
+    last_words: str = ""
     stopped: bool = False
     facts: dict[str, Any] = field(default_factory=dict)  # its node's, and the pids
 
@@ -197,13 +200,17 @@ class RayPlacement:
         except ray.exceptions.RayError as exc:
             raise ServiceError(f"{what}: {_first_line(exc)}") from None
 
-    def start_services(self, specs: Mapping[str, ServiceSpec]) -> dict[str, str]:
+    def start_services(
+        self, specs: Mapping[str, ServiceSpec], *, token: str, restartable: Collection[str]
+    ) -> dict[str, str]:
+        # restartable services are refused with a cluster when the scenario is loaded
         began = time.monotonic()
         chosen, warnings = service_nodes(self.nodes, list(specs), self.cluster, self._driver_node)
         self._warnings += warnings
         made = self._actors({f"mock-{n}": ("mock", chosen[n], None) for n in specs})
+        env = {TOKEN_ENV: token}
         urls = self._started(
-            [c.actor.start_mock.remote(mock_args(s)) for c, s in zip(made, specs.values(), strict=True)],
+            [c.actor.start_mock.remote(s.kind, spec_to_json(s), env) for c, s in zip(made, specs.values(), strict=True)],
             "starting the mock services' actors",
         )  # fmt: skip
         self._ready = [c.actor.wait_ready.remote(READY_TIMEOUT_S) for c in made]
@@ -211,7 +218,9 @@ class RayPlacement:
         self._timings["services_started_s"] = time.monotonic() - began
         return dict(zip(specs, urls, strict=True))
 
-    def start_workers(self, args: Mapping[str, Sequence[str]], *, grace_s: float) -> None:
+    def start_workers(
+        self, args: Mapping[str, Sequence[str]], *, grace_s: float, env: Mapping[str, str]
+    ) -> None:
         self._workers_started_at = began = time.monotonic()
         services = {c.name: c.node for c in self._components.values() if c.role == "mock"}
         chosen, warnings = worker_nodes(
@@ -222,7 +231,10 @@ class RayPlacement:
             {f"worker-{i}": ("worker", chosen[inst], inst) for i, inst in enumerate(args)}
         )
         self._started(
-            [c.actor.start_worker.remote(list(args[c.instance or ""]), grace_s) for c in made],
+            [
+                c.actor.start_worker.remote(list(args[c.instance or ""]), grace_s, dict(env))
+                for c in made
+            ],
             f"starting {len(made)} worker instances' actors",
         )
         self._watch(made)
@@ -235,7 +247,7 @@ class RayPlacement:
     # -- while it runs ----------------------------------------------------------------------------
 
     def started(self) -> bool:
-        self.check(force=True)
+        self.check()
         if self._ready:
             done, _ = ray.wait(self._ready, num_returns=len(self._ready), timeout=0)
             if len(done) < len(self._ready):
@@ -244,12 +256,31 @@ class RayPlacement:
             self._ready = []
         return self.driver.started()
 
-    def check(self, *, force: bool = False) -> None:
+    def watched(self) -> list[Child]:
+        return self.driver.of_role("worker", "web")
+
+    def check(self) -> None:
+        """Before the clock: ServiceError if any process exited or any actor was lost."""
+        self.refresh(force=True)
+        for c in self._components.values():
+            if c.lost:
+                raise ServiceError(
+                    f"{c.name} on Ray node {c.node.label} was lost before the trial started: "
+                    f"{c.lost}"
+                )
+            if c.ended:
+                raise ServiceError(
+                    f"{c.name} on Ray node {c.node.label} {c.ended} before the trial started: "
+                    f"{c.last_words}"
+                )
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Notice the processes that ended and the actors lost since the last look (one
+        non-blocking `ray.wait` over every watch, at most every CHECK_EVERY_S)."""
         now = time.monotonic()
         if not force and now - self._last_check < CHECK_EVERY_S:
             return
         self._last_check = now
-        self.driver.check()
         watched = {c.watch: c for c in self._components.values() if c.watch is not None}
         if not watched:
             return
@@ -258,21 +289,25 @@ class RayPlacement:
             c = watched[ref]
             c.watch = None
             try:
-                code, tail = ray.get(ref)
+                c.ended, c.last_words = ray.get(ref)
             except ray.exceptions.RayError as exc:  # the actor is gone: its node, or itself
                 c.lost = _first_line(exc)
-                continue
-            if not c.killed:
-                raise ServiceError(
-                    f"{c.name} on node {c.node.label} exited with code {code} during the trial; "
-                    f"its last output:\n{tail}"
-                )
-        lost_mocks = [c for c in self._components.values() if c.role == "mock" and c.lost]
-        if lost_mocks:
-            raise ServiceError(f"the trial cannot go on: {self._losses(lost_mocks)}")
-        workers = [c for c in self._components.values() if c.role == "worker"]
-        if any(c.lost for c in workers) and all(c.lost or c.killed for c in workers):
-            raise ServiceError(f"no worker instance is left: {self._losses(workers)}")
+
+    def fault_targets(
+        self, sampler: ResourceSampler
+    ) -> tuple[list[ProcessLike], dict[str, ServiceHandle]]:
+        workers = sorted(
+            (c for c in self._components.values() if c.role == "worker"),
+            key=lambda c: int(c.name.rsplit("-", 1)[1]),
+        )
+        services = {
+            c.name.removeprefix("mock-"): ServiceHandle(
+                child=_RemoteProcess(self, c), start_again=_no_restart, ready=lambda: True
+            )
+            for c in self._components.values()
+            if c.role == "mock"
+        }
+        return [_RemoteProcess(self, c) for c in workers], services
 
     def _losses(self, components: Sequence[_Component]) -> str:
         """Which nodes lost which components, and whether Ray already counts the node dead."""
@@ -290,11 +325,6 @@ class RayPlacement:
                 f"Ray node {node.label} {state} mid-trial ({names} ran there: {lost[0].lost})"
             )
         return "; ".join(parts)
-
-    def kill_worker(self, index: int) -> None:
-        c = self._components[f"worker-{index}"]
-        c.killed = True
-        self._get([c.actor.kill.remote()], f"killing {c.name}", 30)
 
     def stop_workers(self) -> None:
         terminate_all(self.driver.of_role("worker", "web"))
@@ -473,6 +503,34 @@ class RayPlacement:
             "startup_s": dict(self._timings),
             "warnings": list(self._warnings),
         }
+
+
+class _RemoteProcess:
+    """A component's process as `lab.sweep.faults` watches and hurts a local `Child`."""
+
+    def __init__(self, placement: RayPlacement, component: _Component) -> None:
+        self._placement, self._c = placement, component
+        self.name = component.name
+
+    def alive(self) -> bool:
+        self._placement.refresh()
+        return not (self._c.lost or self._c.ended)
+
+    def signal(self, signum: int) -> None:
+        if not (self._c.lost or self._c.ended):
+            self._c.actor.signal.remote(int(signum))  # fire and forget, like os.kill
+
+    def exit_description(self) -> str:
+        if self._c.lost:
+            return f"was lost with its actor on Ray node {self._c.node.label}"
+        return self._c.ended or "is still running"
+
+    def last_words(self, lines: int = 12) -> str:
+        return self._c.lost or self._c.last_words
+
+
+def _no_restart() -> ProcessLike:
+    raise ConfigError("restarting a mock service is for this host only, not with a cluster")
 
 
 def _by_role(

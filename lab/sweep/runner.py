@@ -8,7 +8,9 @@
 Trials run in a shuffled order (seeded), so slow drift of the machine does not favour one
 configuration. Ctrl-C (or SIGTERM) stops within seconds, stops every child process, marks the
 run interrupted and prints the command that resumes it. Bad input exits with status 2 and
-writes nothing.
+writes nothing. A worker instance that dies is part of a trial's figures and a trial that could
+not finish is recorded as failed; only a broken harness (the broker, a mock) stops the run: one
+message, exit status 2, the run marked failed and resumable.
 """
 
 from __future__ import annotations
@@ -24,15 +26,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from lab.analysis.configs import analyze
-from lab.errors import ConfigError, LabError
+from lab.errors import ConfigError, HarnessError, LabError
 from lab.infra.broker import start_broker
 from lab.infra.procs import check_stop, stop_on_signals
 from lab.mocks.distributions import mean_ms
 from lab.producers.arrivals import expected_duration_s
 from lab.results import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunFolder
 from lab.runtime.jobs import job_type
-from lab.scenario.spec import Scenario, load_scenario
+from lab.scenario.loader import read_text
+from lab.scenario.spec import Scenario, import_job, load_scenario
+from lab.sweep.faults import fault_summary
 from lab.sweep.placement import connect_cluster, with_cluster
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
 
@@ -109,7 +112,8 @@ class ProgressLine:
 
     def end(self, row: dict[str, object]) -> None:
         self.trial_times.append(time.monotonic() - self._trial_start)
-        flags = " TIMED OUT" if row["timed_out"] else ""
+        flags = f" FAILED: {row['failure_reason']}" if row["failed"] else ""
+        flags += fault_summary(row)
         flags += " harness-saturated" if row["harness_saturated"] else ""
         line = (
             f"{self.label} {row['items_per_s']:>9,.0f} items/s  p99 {row['latency_p99_ms']:>7,.0f} ms  "
@@ -134,11 +138,13 @@ def run_sweep(
     stream = stream or sys.stdout
     if resume is not None:
         run = RunFolder.open(resume)
-        scenario = load_scenario(run.path / "scenario.yaml")
+        source = run.scenario_path
+        scenario = load_scenario(source)
         quick = bool(run.manifest.get("quick", False))
         cluster = cluster or run.manifest.get("cluster_flag")
     elif scenario_path is not None:
-        scenario = load_scenario(scenario_path)
+        source = Path(scenario_path)
+        scenario = load_scenario(source)
     else:
         raise ConfigError("give a scenario file, or --resume RUN_DIR")
     if quick:
@@ -149,11 +155,11 @@ def run_sweep(
     if dry_run:
         _print_plan(scenario, plan, stream)
         return None
+    import_job(scenario, source)  # the user's module runs only now, when trials will run
     if resume is None:
-        assert scenario_path is not None
         run = RunFolder.create(
-            out_dir, scenario.name, Path(scenario_path).read_text(),
-            {"seed": scenario.seed, "quick": quick, "command": sys.argv, "trials_planned": [p.trial_id for p in plan], "cluster_flag": cluster},
+            out_dir, scenario.name, read_text(source, what="scenario"),
+            {"seed": scenario.seed, "quick": quick, "command": ["python", "-m", "lab.sweep", *sys.argv[1:]], "trials_planned": [p.trial_id for p in plan], "cluster_flag": cluster},
         )  # fmt: skip
     done = set(run.completed_trials())
     todo = [p for p in plan if p.trial_id not in done]
@@ -180,7 +186,10 @@ def run_sweep(
                     logs=run.trial_logs(trial.trial_id),
                     options=opts,
                 )
-                run.add_trial(outcome.row, outcome.events, outcome.services, outcome.placement)
+                run.add_trial(
+                    outcome.row, outcome.events, outcome.services, outcome.faults,
+                    outcome.placement,
+                )  # fmt: skip
                 progress.end(outcome.row)
     except (KeyboardInterrupt, SystemExit):
         run.mark(STATUS_INTERRUPTED)
@@ -188,6 +197,13 @@ def run_sweep(
             f"\ninterrupted: the run is marked incomplete. Resume it with:\n  python -m lab.sweep --resume {run.path}\n"
         )
         raise
+    except HarnessError as exc:
+        run.mark(STATUS_FAILED)
+        again = "" if scenario.broker.url is None else " once the broker answers again"
+        raise HarnessError(
+            f"{exc}\nThe run is marked failed; finished trials are kept. Resume it{again} with:\n"
+            f"  python -m lab.sweep --resume {run.path}"
+        ) from None
     except BaseException:
         run.mark(STATUS_FAILED)
         raise
@@ -199,7 +215,8 @@ def run_sweep(
 
 def _recommend_and_report(run: RunFolder, stream: TextIO) -> Path:
     """The end of every run: recommendation.json, report.html, the one-line verdict."""
-    from lab.report.html import write_report  # matplotlib: loaded only when a run ends
+    from lab.analysis.configs import analyze  # pandas, scipy: loaded only when a run ends
+    from lab.report.html import write_report  # matplotlib: likewise
 
     analysis = analyze(run.path)
     run.write_json("recommendation.json", analysis.recommendation.to_json())

@@ -8,7 +8,8 @@
    while CPU and RSS are sampled;
 4. wait until drained (or the trial's timeout); stop the slots, then read the job events and the
    services' statistics; stop the services.
-Every child process lives in a context manager: any exit from here stops it.
+Every child process lives in a context manager: any exit from here stops it. Faults, injected or
+not, are `lab.sweep.faults`'s: an instance that dies is measured, a broken harness stops the run.
 """
 
 from __future__ import annotations
@@ -22,23 +23,24 @@ import random
 import secrets
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lab.configuration import COLOCATED, Configuration
-from lab.errors import ServiceError
+from lab.errors import HarnessError
 from lab.infra.broker import Broker
 from lab.infra.procs import check_stop, python_module_argv, spawn, wait_for
 from lab.infra.sockets import listening_socket, url_of
+from lab.mocks.control import MockControl, new_token
 from lab.mocks.spec import ServiceSpec
 from lab.producers.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
 from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import JobEvent, Queue
 from lab.scenario.spec import LocustArrival, Placement, Scenario
+from lab.sweep.faults import BROKER_ANSWER_S, BROKER_ERRORS, TrialFaults, broker_lost
 from lab.sweep.placement import Processes, TrialPlacement, open_placement
 from lab.sweep.resources import ResourceSampler, Usage
 from lab.sweep.trial_row import trial_row
@@ -93,9 +95,7 @@ class TrialPlan:
 class TrialOptions:
     """Harness settings that are not part of the scenario."""
 
-    heartbeat_ttl_s: float = 3.0  # a killed instance's jobs return after this
     grace_s: float = 5.0
-    kill_instance_after_s: float | None = None  # failure injection: SIGKILL instance 0
     on_progress: Progress | None = None
 
 
@@ -105,22 +105,8 @@ class TrialOutcome:
     events: list[JobEvent]
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # mock stats by name
     usage: dict[str, Usage] = field(default_factory=dict)
+    faults: list[dict[str, Any]] = field(default_factory=list)  # FaultRecord.to_json() each
     placement: dict[str, Any] | None = None  # what ran where, with a cluster (placement.record)
-
-
-class TrialFailed(ServiceError):
-    """The trial drained but must not count (a node was lost): the reason, and what it measured."""
-
-    def __init__(self, reason: str, outcome: TrialOutcome) -> None:
-        super().__init__(reason)
-        self.outcome = outcome
-
-
-def _http_json(url: str, body: dict[str, Any] | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
 
 
 def _worker_flags(
@@ -132,7 +118,8 @@ def _worker_flags(
         "--num-workers", str(plan.num_workers), "--instance-id", instance_id(plan, i),
         "--max-attempts", str(w.retry.max_attempts), "--backoff-ms", str(w.retry.backoff_ms),
         "--max-backoff-ms", str(w.retry.max_backoff_ms), "--jitter", w.retry.jitter,
-        "--job-timeout-s", str(w.job_timeout_s), "--heartbeat-ttl-s", str(options.heartbeat_ttl_s),
+        "--after-floor", w.retry.after_floor, "--job-timeout-s", str(w.job_timeout_s),
+        "--heartbeat-ttl-s", str(scenario.workers.heartbeat_ttl_s),
         "--grace-s", str(options.grace_s), "--seed", str(derive_seed(scenario.seed, plan.repeat, "worker", i)),
     ]  # fmt: skip
     for name, url in urls.items():
@@ -162,7 +149,8 @@ def _start_slots(
     w = scenario.workload
     colocated = plan.placement == COLOCATED
     needs_web = colocated or isinstance(w.arrival, LocustArrival)
-    common = ["--broker", broker.url, "--queue", queue, "--job", w.job]
+    common = ["--queue", queue, "--job", w.job]
+    env = broker.child_env()  # the broker URL (and any password in it) never goes on argv
     grace = options.grace_s + 5
     if not colocated:
         place.start_workers(
@@ -171,6 +159,7 @@ def _start_slots(
                 for i in range(plan.instances)
             },
             grace_s=grace,
+            env=broker.child_env(base={}),
         )
     if not needs_web:
         return None
@@ -193,21 +182,19 @@ def _start_slots(
             ready=ready,
             pass_fds=(sock.fileno(),),
             grace_s=grace,
+            env=env,
         )
     return url_of(sock)
 
 
-def _prepare_services(scenario: Scenario, urls: dict[str, str], items: int) -> None:
+def _prepare_services(scenario: Scenario, mocks: dict[str, MockControl], items: int) -> None:
     """Before the clock: documents in place for a job type that acts on existing ids (deletes),
     every counter at zero."""
     w = scenario.workload
     if job_type(w.job).seeds_ids:
-        _http_json(
-            f"{urls[w.service]}/_lab/seed",
-            {"index": w.index, "ids": [str(i) for i in range(items)]},
-        )
-    for url in urls.values():
-        _http_json(f"{url}/_lab/reset", {})
+        mocks[w.service].seed(w.index, [str(i) for i in range(items)])
+    for mock in mocks.values():
+        mock.reset()
 
 
 def derive_seed(scenario_seed: int, *parts: object) -> int:
@@ -224,8 +211,10 @@ class _Measured:
     clock_start: float  # epoch seconds, as the job events are stamped
     wall_s: float
     timed_out: bool
+    failure: str | None  # why the work could not finish (a timeout, every instance gone)
     report: ProducerReport
     usage: dict[str, Usage]
+    faults: TrialFaults
 
 
 class _Trial:
@@ -249,16 +238,27 @@ class _Trial:
         self.items_planned = (
             sum(len(j.items) for j in self.jobs) or w.expected_items * plan.batch_size
         )
+        self.token = new_token()  # the mocks' /_lab/ routes answer only to this trial
 
     def run(self) -> TrialOutcome:
-        cluster = self.scenario.cluster
+        try:
+            return self._run()
+        except BROKER_ERRORS as exc:  # the children are stopped by now
+            raise broker_lost(self.broker, self.plan.trial_id, exc) from None
+
+    def _run(self) -> TrialOutcome:
+        pauses = [f.for_s or 0.0 for f in self.scenario.faults if f.pause]
+        timeout_s = BROKER_ANSWER_S + max(pauses, default=0.0)
         with (
-            self.broker.client() as client,
-            open_placement(cluster, self.broker, self.logs) as place,
+            self.broker.client(socket_timeout=timeout_s) as client,
+            open_placement(self.scenario.cluster, self.broker, self.logs) as place,
         ):
             queue = Queue(client, f"trial-{self.plan.trial_id}-{secrets.token_hex(3)}")
             queue.purge()
-            urls = place.start_services(self._seeded_services())
+            restarted = {f.name for f in self.scenario.faults if f.restart and f.name}
+            urls = place.start_services(
+                self._seeded_services(), token=self.token, restartable=restarted
+            )
             web_url = _start_slots(
                 place, self.scenario, self.plan, self.broker, queue.name, urls, self.options
             )
@@ -266,18 +266,19 @@ class _Trial:
             measured = self._measure(queue, place, web_url)
             place.stop_workers()
             # the slots are stopped: every ack is written; the services are still up
-            service_stats = {name: _http_json(f"{url}/_lab/stats") for name, url in urls.items()}
-            outcome = self._collect(queue, service_stats, measured, place)
-            failure = place.failure()
-        if failure is not None:
-            row = outcome.row
-            raise TrialFailed(
-                f"trial {self.plan.trial_id} failed: {failure} ({row['items_done']} of "
-                f"{row['items_enqueued']} items done, lost: {row['lost_items']}, duplicated: "
-                f"{row['duplicate_items']})",
-                outcome,
-            )
-        return outcome
+            service_stats = {name: self._stats(name, url) for name, url in urls.items()}
+            return self._collect(queue, service_stats, measured, place)
+
+    def _mock(self, url: str) -> MockControl:
+        return MockControl(url, self.token)
+
+    def _stats(self, name: str, url: str) -> dict[str, Any]:
+        try:
+            return self._mock(url).stats()
+        except OSError as exc:
+            raise HarnessError(
+                f"the mock service {name} did not answer after trial {self.plan.trial_id}: {exc}"
+            ) from None
 
     def _seeded_services(self) -> dict[str, ServiceSpec]:
         """The scenario's mock services, each with the trial's own seed."""
@@ -294,8 +295,15 @@ class _Trial:
 
     def _wait_ready(self, queue: Queue, place: TrialPlacement, urls: dict[str, str]) -> None:
         """Every service and slot up, the services seeded and zeroed: the clock may start."""
-        wait_for(place.started, what="the mock services and web app", timeout_s=READY_TIMEOUT_S)
-        _prepare_services(self.scenario, urls, self.items_planned)
+        everyone = place.watched()
+        wait_for(
+            place.started,
+            what="the mock services and web app",
+            timeout_s=READY_TIMEOUT_S,
+            children=everyone,
+        )
+        mocks = {name: self._mock(url) for name, url in urls.items()}
+        _prepare_services(self.scenario, mocks, self.items_planned)
         expected = {instance_id(self.plan, i) for i in range(self.plan.instances)}
 
         def instances_up() -> bool:
@@ -306,6 +314,7 @@ class _Trial:
             instances_up,
             what=f"{self.plan.instances} job instances to be ready",
             timeout_s=READY_TIMEOUT_S,
+            children=everyone,
         )
 
     def _measure(self, queue: Queue, place: TrialPlacement, web_url: str | None) -> _Measured:
@@ -317,6 +326,7 @@ class _Trial:
         sampler = ResourceSampler(pids)
         with sampler.running(), place.sampling() as remote_usage:
             clock_start, started = time.time(), time.monotonic()
+            faults = self._faults(queue, place, sampler, started)
             if self.locust is not None:
                 assert web_url is not None
                 drive = _drive_with_locust(
@@ -327,19 +337,37 @@ class _Trial:
                     queue, self.scenario.workload.job, self.jobs, _base_args(self.scenario),
                     clock_start,
                 )  # fmt: skip
-            with drive as (sent, report):
-                timed_out = _Drain(
+            with drive as (sent, report), faults:
+                timed_out, failure = _Drain(
                     queue=queue,
                     sent=sent,
                     started=started,
                     timeout_s=self.scenario.sweep.trial_timeout_s,
-                    place=place,
+                    faults=faults,
                     options=self.options,
                     items_planned=self.items_planned,
                     batch_size=self.plan.batch_size,
                 ).wait()
             wall_s = time.monotonic() - started
-        return _Measured(clock_start, wall_s, timed_out, report, sampler.usage | remote_usage)
+        usage = sampler.usage | remote_usage
+        return _Measured(clock_start, wall_s, timed_out, failure, report, usage, faults)
+
+    def _faults(
+        self, queue: Queue, place: TrialPlacement, sampler: ResourceSampler, started: float
+    ) -> TrialFaults:
+        """The trial's fault schedule and watch over its instances, services and broker."""
+        instances, services = place.fault_targets(sampler)
+        return TrialFaults(
+            self.scenario.faults,
+            trial_id=self.plan.trial_id,
+            queue=queue,
+            broker=self.broker,
+            instances={instance_id(self.plan, i): c for i, c in enumerate(instances)},
+            services=services,
+            rng=random.Random(derive_seed(self.scenario.seed, self.plan.repeat, "faults")),
+            heartbeat_ttl_s=self.scenario.workers.heartbeat_ttl_s,
+            started=started,
+        )
 
     def _collect(
         self,
@@ -349,9 +377,11 @@ class _Trial:
         place: TrialPlacement,
     ) -> TrialOutcome:
         """The job events (on one clock) and queue counters, then the queue's keys removed; the
-        row."""
+        row. A node lost mid-trial fails the trial, whatever the survivors achieved."""
         events, clock_start = place.on_one_clock(queue.events(), measured.clock_start)
+        failure = measured.failure or place.failure()
         recovered = queue.stats().get("recovered", 0)
+        runtime = queue.runtime_stats()
         with self.broker.client() as client:
             Queue(client, queue.name).purge()
         web = (
@@ -362,12 +392,14 @@ class _Trial:
         row = trial_row(
             self.plan.config(), self.scenario, events, service_stats, measured.usage,
             measured.report, clock_start=clock_start, wall_s=measured.wall_s,
-            timed_out=measured.timed_out, recovered=recovered, web=web,
+            timed_out=measured.timed_out, failure=failure, recovered=recovered,
+            faults=measured.faults.figures(events, clock_start=clock_start), web=web,
+            runtime=runtime,
         )  # fmt: skip
         row |= place.saturation(measured.usage)
         return TrialOutcome(
             row=row, events=events, services=service_stats, usage=measured.usage,
-            placement=place.record(),
+            faults=[r.to_json() for r in measured.faults.records], placement=place.record(),
         )  # fmt: skip
 
 
@@ -392,19 +424,31 @@ def _drive_with_producer(
     """Send `jobs` on schedule from a thread; yields (jobs sent once all are, else None; report)."""
     stop = threading.Event()
     report = ProducerReport()
+    failed: list[Exception] = []  # what stopped the producer early (a lost broker), for `sent`
 
     def _run() -> None:
-        done = produce(queue, job, jobs, base_args=base_args, clock_start=clock_start, stop=stop)
+        try:
+            done = produce(
+                queue, job, jobs, base_args=base_args, clock_start=clock_start, stop=stop
+            )
+        except Exception as exc:
+            failed.append(exc)
+            return
         report.jobs_sent, report.items_sent, report.max_lag_s = (
             done.jobs_sent,
             done.items_sent,
             done.max_lag_s,
         )
 
+    def sent() -> int | None:
+        if failed:
+            raise failed[0]
+        return None if producer.is_alive() else report.jobs_sent
+
     producer = threading.Thread(target=_run, name="producer", daemon=True)
     producer.start()
     try:
-        yield (lambda: None if producer.is_alive() else report.jobs_sent), report
+        yield sent, report
     finally:
         stop.set()
         producer.join()
@@ -452,20 +496,16 @@ class _Drain:
     sent: Callable[[], int | None]  # jobs sent once production ended, else None
     started: float  # time.monotonic() at the clock's start
     timeout_s: float
-    place: TrialPlacement
+    faults: TrialFaults
     options: TrialOptions
     items_planned: int
     batch_size: int
 
-    def wait(self) -> bool:
-        """True if the trial timed out before draining."""
-        killed = False
+    def wait(self) -> tuple[bool, str | None]:
+        """(timed out, why the work could not finish); (False, None) once drained."""
         while True:
             elapsed = time.monotonic() - self.started
-            kill_at = self.options.kill_instance_after_s
-            if kill_at is not None and not killed and elapsed >= kill_at:
-                self.place.kill_worker(0)
-                killed = True
+            self.faults.poll(elapsed)
             stats = self.queue.stats()
             if self.options.on_progress is not None:
                 items_done = min(self.items_planned, stats.get("done", 0) * self.batch_size)
@@ -476,9 +516,10 @@ class _Drain:
                 and stats.get("done", 0) + stats.get("dead", 0) >= jobs
                 and self.queue.outstanding() == 0
             ):
-                return False
+                return False, None
             if elapsed > self.timeout_s:
-                return True
-            self.place.check()
+                return True, f"timed out after {self.timeout_s:g} s before draining"
+            if (gone := self.faults.every_instance_gone()) is not None:
+                return False, gone
             check_stop()
             time.sleep(POLL_S)

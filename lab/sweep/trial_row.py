@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from lab.analysis.attribution import Context, service_columns, steady_items_per_s, trial_bottleneck
 from lab.producers.arrivals import ProducerReport
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent
+from lab.runtime.telemetry import runtime_figures
 from lab.scenario.spec import Scenario
 from lab.sweep.resources import Usage, saturation
 
@@ -72,6 +74,9 @@ def job_figures(
         "makespan_s": makespan_s,
         "items_per_s": items_done / makespan_s if makespan_s > 0 else math.nan,
         "jobs_per_s": len(done) / makespan_s if makespan_s > 0 else math.nan,
+        "steady_items_per_s": steady_items_per_s(
+            [e.finished_at for e in done], [e.items for e in done]
+        ),
         "attempts": len(events),
         "retries": retries,
         "dead_letters": len(dead_only),
@@ -114,9 +119,10 @@ def bounds(
     if service_stats and capacity:
         samples = service_stats.get("samples", {}).get("service_ms", [])
         served = service_stats.get("served", 0)
-        if samples and served:
+        mean_s = float(np.mean(samples)) / 1000 if samples else 0.0
+        if mean_s > 0 and served:  # a service of constant 0 ms has no capacity bound
             items_per_request = service_stats.get("served_items", served) / served
-            capacity_bound = capacity * items_per_request / (float(np.mean(samples)) / 1000)
+            capacity_bound = capacity * items_per_request / mean_s
             if rate_limit_per_s:
                 capacity_bound = min(capacity_bound, rate_limit_per_s * items_per_request)
     candidates = [b for b in (littles, capacity_bound) if not math.isnan(b)]
@@ -148,13 +154,17 @@ def _service_accounting(job: str, stats: Mapping[str, Any], items: int) -> dict[
 def trial_row(
     config: Mapping[str, Any], scenario: Scenario, events: Sequence[JobEvent],
     services: Mapping[str, Mapping[str, Any]], usage: Mapping[str, Usage], report: ProducerReport,
-    *, clock_start: float, wall_s: float, timed_out: bool, recovered: int,
-    web: Mapping[str, float],
+    *, clock_start: float, wall_s: float, timed_out: bool, failure: str | None, recovered: int,
+    faults: Mapping[str, Any], web: Mapping[str, float],
+    runtime: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:  # fmt: skip
     """One row of trials.csv (lab.results.TRIAL_COLUMNS, in that order).
 
     `config` holds the trial's identity (trial_id, order, num_workers, instances, batch_size,
-    placement, repeat, concurrency); `web` the Locust figures (NaN without web traffic).
+    placement, repeat, concurrency); `failure` why the work could not finish (None when it
+    did); `faults` the fault columns (lab.sweep.faults); `web` the Locust figures (NaN
+    without web traffic); `runtime` the worker instances' records of their own cost
+    (`lab.runtime.telemetry`).
     """
     w = scenario.workload
     target_spec = scenario.services[w.service]
@@ -176,6 +186,8 @@ def trial_row(
         "started_at": clock_start,
         "wall_s": wall_s,
         "timed_out": timed_out,
+        "failed": failure is not None,
+        "failure_reason": failure or "",
         **figures,
         **bounds(
             figures,
@@ -186,15 +198,20 @@ def trial_row(
         ),
         **_service_accounting(w.job, target, report.items_sent),
         "recovered_jobs": recovered,
+        **faults,
         "service_requests": target.get("requests", 0),
         "service_rejected": target.get("rejected", 0),
         "service_errors": target.get("errors", 0),
         "service_max_in_flight": target.get("max", {}).get("in_flight", 0),
         "service_max_queue_depth": target.get("max", {}).get("queue_depth", 0),
+        **service_columns(target, target_spec, figures["makespan_s"]),
         "producer_max_lag_s": report.max_lag_s,
         "workers_cores": sum(u.cores for u in by_role["worker"]),
         "worker_peak_cores": max((u.peak_cores for u in by_role["worker"]), default=0.0),
+        "worker_steady_cores": max((u.steady_cores for u in by_role["worker"]), default=0.0),
+        "worker_cpu_demand": max((u.steady_demand for u in by_role["worker"]), default=0.0),
         "worker_rss_max_mb": max((u.rss_max_mb for u in by_role["worker"]), default=0.0),
+        **runtime_figures(runtime),
         "mock_cores": max((u.cores for u in by_role["mock"]), default=0.0),
         "redis_cores": sum(u.cores for u in by_role["redis"]),
         "producer_cores": sum(u.cores for u in by_role["producer"]),
@@ -205,4 +222,5 @@ def trial_row(
         "machine_saturated": machine,
         "saturation_reason": why,
     }
+    row["bottleneck"] = trial_bottleneck(row, Context.of(scenario, os.cpu_count()), events)
     return row
