@@ -36,6 +36,7 @@ from lab.runtime.jobs import job_type
 from lab.scenario.loader import read_text
 from lab.scenario.spec import Scenario, import_job, load_scenario
 from lab.sweep.faults import fault_summary
+from lab.sweep.placement import connect_cluster, with_cluster
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
 
 #: Seconds a trial costs beyond its drain: processes to start, ready checks, stop.
@@ -131,6 +132,7 @@ def run_sweep(
     resume: Path | None = None,
     options: TrialOptions | None = None,
     stream: TextIO | None = None,
+    cluster: str | None = None,
 ) -> RunFolder | None:
     """Run (or resume) a sweep; returns its folder (None for a dry run). Raises LabError on bad input."""
     stream = stream or sys.stdout
@@ -139,6 +141,7 @@ def run_sweep(
         source = run.scenario_path
         scenario = load_scenario(source)
         quick = bool(run.manifest.get("quick", False))
+        cluster = cluster or run.manifest.get("cluster_flag")
     elif scenario_path is not None:
         source = Path(scenario_path)
         scenario = load_scenario(source)
@@ -146,6 +149,8 @@ def run_sweep(
         raise ConfigError("give a scenario file, or --resume RUN_DIR")
     if quick:
         scenario = scenario.quick_variant()
+    if cluster is not None:
+        scenario = with_cluster(scenario, cluster)
     plan = plan_trials(scenario)
     if dry_run:
         _print_plan(scenario, plan, stream)
@@ -154,7 +159,7 @@ def run_sweep(
     if resume is None:
         run = RunFolder.create(
             out_dir, scenario.name, read_text(source, what="scenario"),
-            {"seed": scenario.seed, "quick": quick, "command": ["python", "-m", "lab.sweep", *sys.argv[1:]], "trials_planned": [p.trial_id for p in plan]},
+            {"seed": scenario.seed, "quick": quick, "command": ["python", "-m", "lab.sweep", *sys.argv[1:]], "trials_planned": [p.trial_id for p in plan], "cluster_flag": cluster},
         )  # fmt: skip
     done = set(run.completed_trials())
     todo = [p for p in plan if p.trial_id not in done]
@@ -162,7 +167,11 @@ def run_sweep(
     progress = ProgressLine(stream, len(plan))
     trial_options = options or TrialOptions()
     try:
-        with stop_on_signals(), start_broker(scenario.broker.url) as broker:
+        with (
+            connect_cluster(scenario.cluster),
+            stop_on_signals(),
+            start_broker(scenario.broker.url) as broker,
+        ):
             run.update_manifest(
                 status="running", broker="embedded" if broker.embedded else "broker.url"
             )
@@ -177,7 +186,10 @@ def run_sweep(
                     logs=run.trial_logs(trial.trial_id),
                     options=opts,
                 )
-                run.add_trial(outcome.row, outcome.events, outcome.services, outcome.faults)
+                run.add_trial(
+                    outcome.row, outcome.events, outcome.services, outcome.faults,
+                    outcome.placement,
+                )  # fmt: skip
                 progress.end(outcome.row)
     except (KeyboardInterrupt, SystemExit):
         run.mark(STATUS_INTERRUPTED)
@@ -240,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the plan and an estimate; run nothing"
     )
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="place the trials on a Ray cluster: auto, local or ray://host:port (overrides the "
+        "scenario's cluster); none: this host only",
+    )
     return p
 
 
@@ -249,7 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("lab.sweep: give a scenario or --resume, not both", file=sys.stderr)
         return 2
     try:
-        run_sweep(ns.scenario, out_dir=ns.out, quick=ns.quick, dry_run=ns.dry_run, resume=ns.resume)
+        run_sweep(
+            ns.scenario, out_dir=ns.out, quick=ns.quick, dry_run=ns.dry_run, resume=ns.resume,
+            cluster=ns.cluster,
+        )  # fmt: skip
     except LabError as exc:
         print(f"lab.sweep: {exc}", file=sys.stderr)
         return exc.exit_code
