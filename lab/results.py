@@ -141,6 +141,20 @@ def machine_metadata() -> dict[str, Any]:
     }
 
 
+def new_folder(parent: Path) -> Path:
+    """A new, empty `parent/<YYYYmmdd-HHMMSS>` folder; a taken name gets a suffix (-1, -2...)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        path = parent / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{parent}: 1000 folders named {stamp}: clean it up")
+
+
 class RunFolder:
     """One run's folder. Create it with `create`, reopen it with `open`."""
 
@@ -152,16 +166,7 @@ class RunFolder:
         cls, out_dir: Path, scenario_name: str, scenario_text: str, manifest: Mapping[str, Any]
     ) -> RunFolder:
         """A new, empty run folder; a taken name gets a suffix, so no run is ever overwritten."""
-        parent = out_dir / scenario_name
-        parent.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        for n in range(1000):
-            path = parent / (stamp if n == 0 else f"{stamp}-{n}")
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                continue
+        path = new_folder(out_dir / scenario_name)
         run = cls(path)
         (path / "scenario.yaml").write_text(scenario_text)
         started = datetime.now(UTC).isoformat(timespec="seconds")

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lab.errors import ConfigError
+from lab.external import ExternalService
 
 Kind = Literal["opensearch", "http_api", "database"]
 KINDS: tuple[Kind, ...] = ("opensearch", "http_api", "database")
@@ -112,6 +113,11 @@ class RateLimit(_Strict):
     burst: int | None = Field(
         default=None, ge=1, description="Bucket size in requests; default: per_s rounded up."
     )
+    retry_after: bool = Field(
+        default=True,
+        description="Send Retry-After (whole seconds until a token) with the 429; false: none, "
+        "as nginx's limit_req answers.",
+    )
 
     @property
     def burst_requests(self) -> int:
@@ -205,6 +211,11 @@ class ServiceSpec(_Strict):
     )
     samples_cap: int = Field(
         default=10_000, ge=1, description="Service-time samples kept (a uniform reservoir)."
+    )
+    calibrated_from: ExternalService | None = Field(
+        default=None,
+        description="The real service this mock was fitted to (written by python -m "
+        "lab.calibrate); `python -m lab.sweep --verify` reruns the best configurations on it.",
     )
 
     @model_validator(mode="after")

@@ -279,11 +279,15 @@ def render_report(analysis: Analysis) -> str:
         "<h2>Machine and run</h2>",
         _machine(run),
     ]
-    body = "\n".join(sections)
+    return html_page(f"{run.scenario.name}: lab report", "\n".join(sections))
+
+
+def html_page(title: str, body: str) -> str:
+    """A self-contained HTML document around `body`: inline style, no script, nothing fetched."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{name}: lab report</title><style>{_CSS}</style></head>\n"
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head>\n"
         f"<body>\n{body}\n</body></html>\n"
     )
 

@@ -1,0 +1,166 @@
+"""`calibrate(url, protocol, ...)`: probe a live service, fit its twin, check it, write it all.
+
+The probe runs first and alone (`lab.calibrate.phases`); nothing is written until it is done,
+so an interrupted calibration leaves no half folder. Then the fit; then, unless `check=False`,
+the twin: the fitted mock is started on loopback (a child process the lab owns) and probed at
+the same load levels as the service, so the report can draw both. The twin check never
+touches the real service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit
+
+from lab.calibrate.fit import Fit, fit
+from lab.calibrate.output import write_folder
+from lab.calibrate.phases import MAX_STEP_REQUESTS, Measured, measure
+from lab.calibrate.probe import Probe, Step
+from lab.calibrate.target import Caps, Protocol, Target
+from lab.errors import ConfigError
+from lab.mocks.process import mock_process
+from lab.mocks.spec import ServiceSpec
+from lab.results import new_folder
+
+DEFAULT_NAMES = {"opensearch": "search", "http_api": "api", "database": "db"}
+
+
+@dataclass
+class Calibration:
+    """What a calibration wrote, and what it found."""
+
+    folder: Path
+    paths: dict[str, Path]
+    fit: Fit
+    measured: Measured
+    twin: list[Step]
+
+    @property
+    def spec(self) -> ServiceSpec:
+        return self.fit.spec
+
+
+def _progress(stream: TextIO, who: str) -> Callable[[Step], None]:
+    def show(step: Step) -> None:
+        s = step.summary()
+        stream.write(
+            f"{who:7s} {s['phase']:11s} {s['concurrency']:4d} clients {s['items']:4d} items "
+            f"{s['requests']:5d} req {s['ok_per_s']:8.1f} 2xx/s  p50 {s['p50_ms']:7.1f} ms  "
+            f"p99 {s['p99_ms']:7.1f} ms  429 {s['rejected_429']:3d}  5xx {s['errors_5xx']:3d}  "
+            f"no answer {s['no_answer']:3d}\n"
+        )
+        stream.flush()
+
+    return show
+
+
+async def _probe_twin(
+    url: str, protocol: Protocol, caps: Caps, real: list[Step], stream: TextIO
+) -> list[Step]:
+    """The real steps' closed-loop levels again, on the twin; returns the twin's steps."""
+    probe = Probe(Target(url, protocol), caps)
+    show = _progress(stream, "twin")
+    for step in real:
+        if step.phase not in ("ladder", "queue", "batch"):
+            continue
+        duration = max(0.1, step.issue_end_s - step.started_s)
+        done = await probe.closed_loop(
+            step.phase, step.concurrency, duration_s=duration, max_requests=MAX_STEP_REQUESTS,
+            items=step.items, per_s=step.paced_per_s,
+        )  # fmt: skip
+        show(done)
+    return probe.steps
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """'1,10,100' -> [1, 10, 100]; ConfigError for anything else."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(n < 1 for n in sizes):
+        raise ConfigError(
+            f"--batch-sizes {text!r}: expected integers >= 1 separated by commas, e.g. 1,10,100"
+        )
+    return sorted(set(sizes))
+
+
+def calibrate(
+    url: str,
+    protocol: str,
+    *,
+    max_in_flight: int = 32,
+    max_requests_per_s: float = 500.0,
+    batch_sizes: Sequence[int] = (1, 10, 100),
+    budget_s: float = 60.0,
+    out_dir: Path = Path("results/calibrate"),
+    name: str | None = None,
+    check: bool = True,
+    stream: TextIO | None = None,
+    command: str | None = None,
+) -> Calibration:
+    """Probe `url` within the caps and the budget, fit its twin, write the folder; see
+    `lab.calibrate`. Raises ConfigError for bad input, ServiceError when it does not answer."""
+    stream = stream or sys.stdout
+    target = Target(url, protocol)  # type: ignore[arg-type]  # validated in Target
+    caps = Caps(max_in_flight, max_requests_per_s)
+    if any(n < 1 for n in batch_sizes) or not batch_sizes:
+        raise ConfigError(f"batch sizes must be integers >= 1, got {list(batch_sizes)}")
+    name = name or DEFAULT_NAMES[target.protocol]
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"--name {name!r}: letters, digits, _ . - only (it is a scenario key)")
+    if not budget_s > 0:
+        raise ConfigError(f"--budget-s must be > 0, got {budget_s}")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    stream.write(
+        f"calibrating {target.url} ({target.protocol}) for at most {budget_s:g} s, "
+        f"{caps.max_in_flight} in flight, {caps.max_requests_per_s:g} requests/s\n"
+    )
+    measured = asyncio.run(
+        measure(
+            target,
+            caps,
+            budget_s=budget_s,
+            batch_sizes=batch_sizes,
+            progress=_progress(stream, "service"),
+        )
+    )
+    for note in measured.notes:
+        stream.write(f"  {note}\n")
+    fitted = fit(
+        measured.steps, target, caps, fitted_at=started, rate_confirmed=measured.rate_confirmed
+    )
+    twin: list[Step] = []
+    if check:
+        with (
+            tempfile.TemporaryDirectory(prefix="lab-twin-") as tmp,
+            mock_process(fitted.spec, workdir=Path(tmp), name="twin") as twin_url,
+        ):
+            twin = asyncio.run(_probe_twin(twin_url, target.protocol, caps, measured.steps, stream))
+    parts = urlsplit(target.url)
+    folder = new_folder(out_dir / f"{parts.hostname}-{parts.port or parts.scheme}")
+    meta = {
+        "url": target.url,
+        "protocol": target.protocol,
+        "caps": {
+            "max_in_flight": caps.max_in_flight,
+            "max_requests_per_s": caps.max_requests_per_s,
+        },
+        "budget_s": budget_s,
+        "batch_sizes": list(batch_sizes),
+        "started_at": started,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": command
+        or shlex.join(["python", "-m", "lab.calibrate", target.url, "--protocol", target.protocol]),
+    }
+    paths = write_folder(folder, fit=fitted, measured=measured, twin=twin, name=name, meta=meta)
+    return Calibration(folder, paths, fitted, measured, twin)
