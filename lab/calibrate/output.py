@@ -43,8 +43,9 @@ def service_block(spec: ServiceSpec) -> dict[str, Any]:
     (except capacity, queue and latency, which a reader looks for)."""
     data = spec.model_dump(mode="json", exclude_defaults=True)
     full = spec.model_dump(mode="json")
-    for key in ("capacity", "queue", "latency"):
+    for key in ("capacity", "queue"):
         data[key] = full[key]
+    data["latency"] = spec.latency.model_dump(mode="json", exclude_none=True)
     return {k: data[k] for k in _ORDER if k in data}
 
 

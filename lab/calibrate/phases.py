@@ -52,7 +52,9 @@ class Budget:
     def __post_init__(self) -> None:
         if not (self.total_s > 0 and math.isfinite(self.total_s)):
             raise ConfigError(f"--budget-s must be a number of seconds > 0, got {self.total_s}")
-        self.step_s = min(10.0, max(0.4, self.total_s / 12))
+        # about 14 steps' worth: the ladder (the lone client twice), the rate phase and its
+        # check, the batches; the idle before the rate phase comes off the top
+        self.step_s = min(10.0, max(0.4, (self.total_s - REFILL_IDLE_S) / 14))
         self.started_s = asyncio.get_running_loop().time()
 
     def remaining_s(self) -> float:
