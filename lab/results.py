@@ -276,6 +276,10 @@ class RunFolder:
         """The scenario the run used, from its own copy (a user job module is not imported)."""
         return load_scenario(self.path / "scenario.yaml", resolve_job=False)
 
+    def trial_logs(self, trial_id: str) -> Path:
+        """The folder of one trial's child-process logs."""
+        return self.path / "logs" / trial_id
+
     @property
     def report_html(self) -> Path:
         """Where `lab.report` writes the run's self-contained report."""

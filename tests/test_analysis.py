@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 from lab.analysis.configs import (
-    SCHEMA_VERSION,
     analyze,
     analyze_trials,
     confidence_interval,
@@ -21,6 +20,7 @@ from lab.analysis.configs import (
     per_config,
     recommend,
 )
+from lab.analysis.recommendation import SCHEMA_VERSION
 from lab.analysis.usl import fit_usl, usl
 from lab.mocks.spec import ServiceSpec
 from lab.results import TRIAL_COLUMNS
@@ -77,7 +77,7 @@ OBJECTIVE = Objective.model_validate({"slo": {"p99_latency_ms": 2000, "max_error
 
 def test_a_plateau_recommends_the_cheapest_configuration_on_it() -> None:
     analysis = analyze_trials(grid(plateau, repeats=3, noise=0.01), OBJECTIVE, service=SERVICE)
-    rec = analysis.recommendation
+    rec = analysis.recommendation.to_json()
     # 8 slots in one instance reach the plateau: fewer instances first, then fewer num_workers
     assert rec["config"] == {"num_workers": 8, "instances": 1, "batch_size": 1}
     assert rec["figures"]["items_per_s"] == pytest.approx(800, rel=0.02)
@@ -152,7 +152,7 @@ def test_lost_items_and_timeouts_rule_a_configuration_out_and_warn() -> None:
     assert "timed out before draining" in warnings
     assert "1 trial(s) harness-saturated, not trusted" in warnings and "mock used 0.97" in warnings
     assert any(
-        r.startswith("caution: a trial of the chosen") for r in analysis.recommendation["reasons"]
+        r.startswith("caution: a trial of the chosen") for r in analysis.recommendation.reasons
     )
 
 

@@ -7,6 +7,7 @@ import io
 import pandas as pd
 import pytest
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from lab.analysis.configs import Analysis, analyze_trials
 from lab.report import plots
@@ -40,7 +41,7 @@ def analysis() -> Analysis:
 
 
 def texts(fig: Figure) -> list[str]:
-    return [t.get_text() for t in fig.findobj(lambda a: hasattr(a, "get_text"))]
+    return [t.get_text() for t in fig.findobj(Text)]
 
 
 @pytest.mark.parametrize("name", list(plots.STANDARD))
@@ -54,7 +55,7 @@ def test_each_figure_renders_with_a_title_labelled_axes_and_a_legend(
     for ax in data_axes:
         for axis_label in (ax.get_xlabel(), ax.get_ylabel()):
             assert axis_label and any(u in axis_label for u in UNITS), (name, axis_label)
-    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    legends = fig.legends + [leg for ax in fig.axes if (leg := ax.get_legend()) is not None]
     assert legends and all(leg.get_texts() for leg in legends)
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=40)

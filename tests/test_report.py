@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from lab.analysis.configs import analyze
+from lab.configuration import Configuration
 from lab.report.html import main, render_report, write_report
 from lab.report.plots import STANDARD
 from lab.sweep.runner import run_sweep
@@ -59,8 +60,7 @@ def test_the_report_is_one_self_contained_file_with_every_figure(run_dir: Path) 
     assert not [a for _, attrs in page.tags for a in attrs.values() if a and "://" in a]
     text = " ".join(page.text)
     rec = json.loads((run_dir / "recommendation.json").read_text())
-    config = rec["config"]
-    assert f"num_workers = {config['num_workers']}" in text and "Why" in text
+    assert Configuration.of(rec["config"]).describe() in text and "Why" in text
     assert "Configurations" in text and "Machine and run" in text and "quickstart" in text
 
 
@@ -140,3 +140,19 @@ def test_a_sweep_ends_with_its_recommendation_and_report(tmp_path: Path) -> None
     assert "recommended: num_workers=" in printed
     assert f"report: {run.path / 'report.html'}" in printed
     assert len([t for t, _ in Tags((run.path / "report.html").read_text()).tags if t == "img"]) == 5
+
+
+def test_a_colocated_pick_reads_as_colocated_in_every_rendering(run_dir: Path) -> None:
+    """The verdict line, the summary, the report's headline and the JSON all come from one type."""
+    trials = pd.read_csv(run_dir / "trials.csv")
+    trials["placement"] = "colocated"
+    trials.to_csv(run_dir / "trials.csv", index=False)
+    analysis = analyze(run_dir)
+    rec = analysis.recommendation
+    assert rec.config is not None and rec.config.placement == "colocated"
+    assert "placement=colocated" in rec.describe()
+    assert "placement=colocated" in analysis.summary()
+    assert rec.to_json()["config"]["placement"] == "colocated"
+    page = Tags(render_report(analysis))
+    assert "placement=colocated" in " ".join(page.text)
+    assert rec.config.label.endswith("-colo")

@@ -89,7 +89,10 @@ def test_sigterm_past_the_grace_period_puts_unfinished_jobs_back(
 
     assert queue.events() == []
     assert queue.stats()["released"] == 3
-    back = {p.decode().split(" ", 1)[0] for p in queue.client.lrange(queue.keys.pending, 0, -1)}
+    back = {
+        (p.decode() if isinstance(p, bytes) else p).split(" ", 1)[0]
+        for p in queue.client.lrange(queue.keys.pending, 0, -1)
+    }
     assert back == set(ids)
 
 

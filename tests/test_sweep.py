@@ -116,7 +116,9 @@ def test_killing_an_instance_mid_trial_loses_nothing_and_counts_duplicates(
     )
     plan = TrialPlan(index=0, num_workers=4, instances=2, batch_size=1, repeat=0)
     options = TrialOptions(heartbeat_ttl_s=1.0, kill_instance_after_s=0.4)
-    outcome = run_trial(scenario, plan, broker=broker, workdir=tmp_path, options=options)
+    outcome = run_trial(
+        scenario, plan, broker=broker, logs=tmp_path / "logs" / plan.trial_id, options=options
+    )
     row = outcome.row
     totals = outcome.services["search"]["opensearch"]["totals"]
     assert row["recovered_jobs"] >= 1  # the killed instance held jobs; they came back
@@ -228,7 +230,7 @@ def test_an_open_loop_trial_counts_latency_from_the_scheduled_arrivals(
     )
     scenario = load_scenario(write(tmp_path, text))
     plan = TrialPlan(index=0, num_workers=4, instances=1, batch_size=5, repeat=0)
-    outcome = run_trial(scenario, plan, broker=broker, workdir=tmp_path)
+    outcome = run_trial(scenario, plan, broker=broker, logs=tmp_path / "logs" / plan.trial_id)
     row = outcome.row
     assert 50 <= row["items_enqueued"] <= 150 and row["items_done"] == row["items_enqueued"]
     assert row["jobs_enqueued"] == -(-row["items_enqueued"] // 5)

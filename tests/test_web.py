@@ -41,7 +41,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_a_locust_driven_trial_merges_locusts_figures(broker: Broker, tmp_path: Path) -> None:
     scenario = load_scenario(write(tmp_path, WEB))
     plan = TrialPlan(index=0, num_workers=2, instances=1, batch_size=2, repeat=0)
-    outcome = run_trial(scenario, plan, broker=broker, workdir=tmp_path)
+    outcome = run_trial(scenario, plan, broker=broker, logs=tmp_path / "logs" / plan.trial_id)
     row = outcome.row
     assert row["web_requests"] > 0 and row["web_failures"] == 0
     assert all(not math.isnan(row[c]) for c in LOCUST_COLUMNS)
@@ -63,7 +63,7 @@ def test_colocated_slots_run_inside_the_web_processes(broker: Broker, tmp_path: 
     plan = TrialPlan(
         index=0, num_workers=3, instances=2, batch_size=2, repeat=0, placement="colocated"
     )
-    outcome = run_trial(scenario, plan, broker=broker, workdir=tmp_path)
+    outcome = run_trial(scenario, plan, broker=broker, logs=tmp_path / "logs" / plan.trial_id)
     row = outcome.row
     assert row["trial_id"] == "nw3-in2-bs2-colo-r0" and row["placement"] == "colocated"
     assert row["items_done"] == 40 and row["unfinished_jobs"] == 0

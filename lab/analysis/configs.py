@@ -22,20 +22,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lab.analysis.explain import explain, label, trial_warnings, unstable
+from lab.analysis.explain import explain, trial_warnings, unstable
+from lab.analysis.recommendation import Candidate, Recommendation
 from lab.analysis.usl import UslFit, fit_usl
+from lab.configuration import SEPARATE, Configuration, label
 from lab.mocks.spec import ServiceSpec
 from lab.results import STATUS_COMPLETE, RunFolder
 from lab.scenario.spec import Objective, Scenario, Slo
 
-#: recommendation.json history: 1 = schema_version, config, figures, reasons, runners_up,
-#: warnings, scalability, objective.
-SCHEMA_VERSION = 1
-
 CONFIG = ["num_workers", "instances", "batch_size"]
 
 #: Where the slots run (results layout 2): a configuration axis only when a run swept it.
-PLACEMENT, SEPARATE = "placement", "separate"
+PLACEMENT = "placement"
 
 #: A configuration must beat another by more than this fraction to count as better.
 NOISE_MARGIN = 0.05
@@ -81,7 +79,7 @@ class Analysis:
     objective: Objective
     trials: pd.DataFrame
     configs: pd.DataFrame  # per configuration: means, intervals, worst cases, `slo_problems`
-    recommendation: dict[str, Any]
+    recommendation: Recommendation
     fits: list[UslFit]
     warnings: list[str]
     service: ServiceSpec | None = None
@@ -90,8 +88,8 @@ class Analysis:
     @property
     def chosen(self) -> dict[str, Any] | None:
         """The recommended configuration, or None when nothing met the SLO."""
-        config = self.recommendation["config"]
-        return None if config is None else dict(config)
+        config = self.recommendation.config
+        return None if config is None else config.to_json()
 
     def config(self, **keys: Any) -> pd.Series:
         """The row of `configs` for one configuration: `config(num_workers=4, ..., batch_size=50)`."""
@@ -106,12 +104,7 @@ class Analysis:
     def summary(self) -> str:
         """The recommendation, its reasons and the warnings as plain text (for a terminal)."""
         rec = self.recommendation
-        head = (
-            "no configuration recommended"
-            if rec["config"] is None
-            else "recommended: " + ", ".join(f"{k}={v}" for k, v in rec["config"].items())
-        )
-        lines = [head, "why:", *(f"  - {r}" for r in rec["reasons"])]
+        lines = [rec.describe(), "why:", *(f"  - {r}" for r in rec.reasons)]
         if self.warnings:
             lines += ["warnings:", *(f"  - {w}" for w in self.warnings)]
         return "\n".join(lines)
@@ -225,7 +218,7 @@ def slo_problems(row: pd.Series, slo: Slo) -> list[str]:
 
 
 def beats(best: pd.Series, other: pd.Series, metric: str, margin: float = NOISE_MARGIN) -> bool:
-    """True when `best` is better than `other` beyond the noise (style.md point 12)."""
+    """True when `best` is better than `other` beyond the noise (both tests must agree: a wide interval alone never makes a winner)."""
     if not other[metric] > 0:
         return True
     if best[metric] / other[metric] - 1 <= margin:
@@ -255,13 +248,10 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _entry(row: pd.Series) -> dict[str, Any]:
+def _candidate(row: pd.Series, within_noise: bool | None = None) -> Candidate:
     figures = {k: float(row[k]) for k in _FIGURES}
     figures |= {"concurrency": int(row["concurrency"]), "repeats": int(row["repeats"])}
-    config: dict[str, Any] = {k: int(row[k]) for k in CONFIG}
-    if row[PLACEMENT] != SEPARATE:
-        config[PLACEMENT] = str(row[PLACEMENT])
-    return {"config": config, "figures": figures}
+    return Candidate(Configuration.of(row), json_safe(figures), within_noise)
 
 
 def _fits(trials: pd.DataFrame) -> list[UslFit]:
@@ -285,25 +275,27 @@ def analyze_trials(
     configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
     fits = _fits(trials)
     warnings = trial_warnings(trials, cpu_count=cpu_count) + unstable(configs, objective.maximize)
-    rec = _recommendation(
+    pick, reasons, runners = _recommendation(
         configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
     )
-    rec |= {
-        "schema_version": SCHEMA_VERSION,
-        "warnings": warnings,
-        "scalability": [_fit_entry(f) for f in fits],
-        "objective": objective.model_dump(mode="json")
-        | {"noise_margin": margin, "confidence": CONFIDENCE},
-    }
-    return Analysis(objective, trials, configs, json_safe(rec), fits, warnings, service)
+    rec = Recommendation(
+        pick,
+        tuple(reasons),
+        tuple(runners),
+        tuple(warnings),
+        tuple(json_safe(_fit_entry(f)) for f in fits),
+        objective.model_dump(mode="json") | {"noise_margin": margin, "confidence": CONFIDENCE},
+    )
+    return Analysis(objective, trials, configs, rec, fits, warnings, service)
 
 
 def _recommendation(
     configs: pd.DataFrame, objective: Objective, *, service: ServiceSpec | None,
     cpu_count: int | None, margin: float, fits: list[UslFit],
-) -> dict[str, Any]:  # fmt: skip
+) -> tuple[Candidate | None, list[str], list[Candidate]]:  # fmt: skip
+    """The pick (None when nothing qualifies), the reasons, the runners-up."""
     if configs.empty:
-        return {"config": None, "figures": {}, "reasons": ["no trial finished"], "runners_up": []}
+        return None, ["no trial finished"], []
     metric = objective.maximize
     ok = configs[configs["slo_problems"].map(len) == 0]
     context = explain(
@@ -314,7 +306,7 @@ def _recommendation(
             "no configuration met the SLO and kept every item, so none is recommended "
             f"({_slo_words(objective.slo)}); relax the SLO or change the scenario"
         )
-        return {"config": None, "figures": {}, "reasons": [verdict, *context], "runners_up": []}
+        return None, [verdict, *context], []
     best = ok.loc[ok[metric].idxmax()]
     tied = ok[[not beats(best, r, metric, margin) for _, r in ok.iterrows()]]
     keys = [_PREFER_KEYS[p] for p in objective.prefer]
@@ -330,12 +322,11 @@ def _recommendation(
     tied_labels = {label(r) for _, r in tied.iterrows()}
     runners = ok.sort_values(metric, ascending=False)
     runners = runners[[label(r) != label(chosen) for _, r in runners.iterrows()]].head(3)
-    return _entry(chosen) | {
-        "reasons": reasons,
-        "runners_up": [
-            _entry(r) | {"within_noise": label(r) in tied_labels} for _, r in runners.iterrows()
-        ],
-    }
+    return (
+        _candidate(chosen),
+        reasons,
+        [_candidate(r, label(r) in tied_labels) for _, r in runners.iterrows()],
+    )
 
 
 def _fit_entry(fit: UslFit) -> dict[str, Any]:
@@ -359,8 +350,7 @@ def _choice_sentence(
     metric = objective.maximize
     unit = metric.replace("_per_s", "/s")
     head = (
-        f"num_workers={int(chosen['num_workers'])}, instances={int(chosen['instances'])}, "
-        f"batch_size={int(chosen['batch_size'])}: {chosen[metric]:,.0f} {unit}"
+        f"{Configuration.of(chosen).describe()}: {chosen[metric]:,.0f} {unit}"
         f"{_interval(chosen, metric)}, p99 {chosen['latency_p99_ms']:,.0f} ms, "
         f"errors {chosen['error_rate']:.1%}, {_repeats(int(chosen['repeats']))}"
     )
@@ -427,7 +417,7 @@ def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
             f"finish it with `python -m lab.sweep --resume {run.path}`"
         )
     warnings = extra + analysis.warnings
-    rec = analysis.recommendation | {"warnings": warnings}
+    rec = analysis.recommendation.with_warnings(warnings)
     return Analysis(
         analysis.objective, analysis.trials, analysis.configs, rec, analysis.fits, warnings,
         service, run,
@@ -439,4 +429,6 @@ def recommend(
     margin: float = NOISE_MARGIN,
 ) -> dict[str, Any]:  # fmt: skip
     """recommendation.json's content: `{"config": {...} | None, "figures", "reasons", ...}`."""
-    return analyze_trials(trials, objective, service=service, margin=margin).recommendation
+    return analyze_trials(
+        trials, objective, service=service, margin=margin
+    ).recommendation.to_json()

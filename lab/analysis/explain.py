@@ -8,11 +8,11 @@ batching bought, how the scalability fit reads; and the warnings about trials no
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import pandas as pd
 
 from lab.analysis.usl import UslFit
+from lab.configuration import label
 from lab.mocks.spec import ServiceSpec
 from lab.scenario.spec import Objective
 
@@ -109,12 +109,6 @@ def plateau(
             f"{margin:.0%}), held by {limit_of(at_knee, service, cpu_count)}"
         )
     return out
-
-
-def label(row: pd.Series | dict[str, Any]) -> str:
-    """A configuration as trial ids name it: nw16-in2-bs50 (nw16-in2-bs50-colo: colocated)."""
-    colocated = "-colo" if row.get("placement") == "colocated" else ""
-    return f"nw{int(row['num_workers'])}-in{int(row['instances'])}-bs{int(row['batch_size'])}{colocated}"
 
 
 def slo_edges(configs: pd.DataFrame, objective: Objective) -> list[str]:

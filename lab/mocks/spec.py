@@ -1,8 +1,8 @@
 """The load model's parameters: `ServiceSpec` is the type of a scenario's `services.<name>`.
 
-The field names are a user-facing contract (see design.md): rename nothing, add with defaults.
+The field names are a user-facing contract: rename nothing, add with defaults.
 Every model forbids unknown keys, so a typo is an error, not a silently ignored setting.
-Realistic ranges cited in the descriptions come from `shared/reference/mock-io-realism.md`.
+Realistic ranges cited in the descriptions come from `docs/services-under-load.md`.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from lab.analysis.configs import Analysis, Run, analyze, load_run
-from lab.analysis.explain import label
+from lab.analysis.recommendation import Recommendation
+from lab.configuration import label
 from lab.errors import exit_status
 from lab.report.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
 from lab.results import RunFolder
@@ -68,12 +69,11 @@ def _num(value: Any, fmt: str = ",.0f") -> str:
     return format(value, fmt)
 
 
-def _recommendation(rec: dict[str, Any]) -> str:
-    reasons = "".join(f"<li>{escape(r)}</li>" for r in rec["reasons"])
-    config = rec["config"]
-    if config is None:
+def _recommendation(rec: Recommendation) -> str:
+    reasons = "".join(f"<li>{escape(r)}</li>" for r in rec.reasons)
+    if rec.pick is None:
         return f'<div class="box none"><p class="config"><b>No configuration recommended.</b></p><ul>{reasons}</ul></div>'
-    f = rec["figures"]
+    f = rec.pick.figures
     interval = (
         f" (95 % CI {_num(f['items_per_s_ci_low'])}–{_num(f['items_per_s_ci_high'])})"
         if f.get("items_per_s_ci_low") is not None
@@ -88,16 +88,9 @@ def _recommendation(rec: dict[str, Any]) -> str:
         f"{f['repeats']} repeat(s)",
     ]
     spans = "".join(f"<span>{x}</span>" for x in figures)  # numbers only: nothing to escape
-    runners = "".join(
-        f"<li>{escape(label(r['config']))}: {_num(r['figures']['items_per_s'])} items/s, "
-        f"p99 {_num(r['figures']['latency_p99_ms'])} ms"
-        f"{' (within noise of the best)' if r.get('within_noise') else ''}</li>"
-        for r in rec["runners_up"]
-    )
+    runners = "".join(f"<li>{escape(r.describe())}</li>" for r in rec.runners_up)
     return (
-        '<div class="box pick"><p class="config">'
-        f"num_workers = {config['num_workers']}, instances = {config['instances']}, "
-        f"batch_size = {config['batch_size']}</p>"
+        f'<div class="box pick"><p class="config">{escape(rec.pick.config.describe())}</p>'
         f'<p class="figs">{spans}</p><h3>Why</h3><ul>{reasons}</ul>'
         f"<h3>Runners-up</h3><ul>{runners or '<li>none</li>'}</ul></div>"
     )

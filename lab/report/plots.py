@@ -22,7 +22,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from lab.analysis.configs import Analysis
-from lab.analysis.explain import label
+from lab.configuration import label
 
 PANEL_W_IN, PANEL_H_IN = 4.8, 3.8
 MIN_FIGURE_W_IN = 7.5

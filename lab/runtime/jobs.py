@@ -19,7 +19,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 
@@ -178,14 +178,58 @@ async def opensearch_delete(ctx: JobContext, args: dict[str, Any]) -> Extra:
     return {"not_found": not_found} if not_found else None
 
 
-BUILTINS: dict[str, Handler] = {
-    "cpu.burn": cpu_burn,
-    "http.call": http_call,
-    "noop": noop,
-    "opensearch.bulk": opensearch_bulk,
-    "opensearch.delete": opensearch_delete,
-    "opensearch.index": opensearch_index,
+@dataclass(frozen=True)
+class JobType:
+    """What the lab knows of a job type besides its handler: the one entry every module reads.
+
+    The sweep estimates a trial from `requests_per_job` and `items_per_request`, seeds the
+    target before the clock when `seeds_ids`, and reads lost/duplicate items from the service's
+    id ledger by `ledger`; the scenario checks `service_kind`. A user handler is unknown to the
+    lab (`requests` is None): its estimate assumes one request per item, and says so.
+    """
+
+    handler: Handler | None  # None: a user handler, imported only when a worker runs it
+    service_kind: str | None = None  # the service kind it must target (None: any)
+    requests: Literal["none", "one", "per_item"] | None = None  # requests a job sends
+    seeds_ids: bool = False  # the target must hold the job's ids first (deletes)
+    ledger: Literal["writes", "deletes"] | None = None  # how the target's id ledger counts items
+
+    @property
+    def known(self) -> bool:
+        return self.requests is not None
+
+    def requests_per_job(self, batch_size: int) -> int:
+        """Requests one job of `batch_size` items sends (one per item when unknown)."""
+        return {"none": 0, "one": 1}.get(self.requests or "per_item", batch_size)
+
+    def items_per_request(self, batch_size: int) -> int:
+        """Items one request carries (a bulk request carries the whole batch)."""
+        return batch_size if self.requests == "one" else 1
+
+
+JOB_TYPES: dict[str, JobType] = {
+    "cpu.burn": JobType(cpu_burn, requests="none"),
+    "http.call": JobType(http_call, requests="per_item"),
+    "noop": JobType(noop, requests="none"),
+    "opensearch.bulk": JobType(opensearch_bulk, "opensearch", "one", ledger="writes"),
+    "opensearch.delete": JobType(
+        opensearch_delete, "opensearch", "per_item", seeds_ids=True, ledger="deletes"
+    ),
+    "opensearch.index": JobType(opensearch_index, "opensearch", "per_item", ledger="writes"),
 }
+
+#: The built-in handlers by job name.
+BUILTINS: dict[str, Handler] = {
+    name: t.handler for name, t in JOB_TYPES.items() if t.handler is not None
+}
+
+_USER = JobType(handler=None)
+
+
+def job_type(name: str) -> JobType:
+    """The registry entry of a job name; a `package.module:function` is a user handler (not
+    imported here: see `resolve`)."""
+    return JOB_TYPES.get(name, _USER)
 
 
 def resolve(name: str) -> Handler:

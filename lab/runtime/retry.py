@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class RetryPolicy:
     max_attempts: int = 5
     backoff_ms: float = 50.0
     max_backoff_ms: float = 30_000.0
-    jitter: str = "full"  # "full" or "none"
+    jitter: Literal["full", "none"] = "full"
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -39,3 +40,10 @@ class RetryPolicy:
         if self.jitter == "full":
             return rng.uniform(0, ceiling_ms) / 1000
         return ceiling_ms / 1000
+
+
+#: The defaults every entry point uses (scenario files, the worker's flags).
+DEFAULT_RETRY = RetryPolicy()
+
+#: Time limit of one attempt, in seconds, unless a scenario or `--job-timeout-s` says otherwise.
+DEFAULT_JOB_TIMEOUT_S = 30.0

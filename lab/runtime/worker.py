@@ -53,7 +53,7 @@ from lab.runtime.queue import (
     decode_job,
     encode_job,
 )
-from lab.runtime.retry import RetryPolicy
+from lab.runtime.retry import DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy
 from lab.runtime.wire import WireConnection
 
 log = logging.getLogger(__name__)
@@ -439,11 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help=f"job names to load at start ({', '.join(BUILTINS)} or pkg.mod:fn)",
     )
-    p.add_argument("--max-attempts", type=int, default=5)
-    p.add_argument("--backoff-ms", type=float, default=50.0)
-    p.add_argument("--max-backoff-ms", type=float, default=30_000.0)
-    p.add_argument("--jitter", choices=["full", "none"], default="full")
-    p.add_argument("--job-timeout-s", type=float, default=300.0, help="0 for none")
+    p.add_argument("--max-attempts", type=int, default=DEFAULT_RETRY.max_attempts)
+    p.add_argument("--backoff-ms", type=float, default=DEFAULT_RETRY.backoff_ms)
+    p.add_argument("--max-backoff-ms", type=float, default=DEFAULT_RETRY.max_backoff_ms)
+    p.add_argument("--jitter", choices=["full", "none"], default=DEFAULT_RETRY.jitter)
+    p.add_argument("--job-timeout-s", type=float, default=DEFAULT_JOB_TIMEOUT_S, help="0 for none")
     p.add_argument(
         "--grace-s", type=float, default=10.0, help="on SIGTERM, how long in-flight jobs may finish"
     )

@@ -1,6 +1,6 @@
 """The scenario: what to run, against which mock services, and what "best" means.
 
-A scenario file is a user-facing contract (design.md): field names are stable and new fields
+A scenario file is a user-facing contract: field names are stable and new fields
 come only with defaults. Loading is strict on purpose: an unknown key is an error with a
 did-you-mean, never a silently ignored setting, and every error names the file, the YAML line,
 the field path, the bad value and what is allowed, all in ONE `ConfigError` (exit code 2).
@@ -28,8 +28,8 @@ from pydantic import (
 
 from lab.errors import ConfigError
 from lab.mocks.spec import ServiceSpec
-from lab.runtime.jobs import BUILTINS, resolve
-from lab.runtime.retry import RetryPolicy
+from lab.runtime.jobs import BUILTINS, job_type, resolve
+from lab.runtime.retry import DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy
 from lab.scenario.loader import Loc, Problems, hint, line_of, load_yaml_model
 
 QUICK_ITEMS_MAX = 500  # automatic --quick: a backlog of at most this many items
@@ -163,11 +163,18 @@ class Workers(_Strict):
 class Retry(_Strict):
     """How a failed attempt is retried: see lab.runtime.retry.RetryPolicy."""
 
-    max_attempts: PosInt = Field(default=5, description="Attempts before dead-lettering.")
-    backoff_ms: NonNegFloat = Field(default=50.0, description="First backoff in ms; doubles.")
-    max_backoff_ms: NonNegFloat = Field(default=30_000.0, description="Backoff ceiling, in ms.")
+    max_attempts: PosInt = Field(
+        default=DEFAULT_RETRY.max_attempts, description="Attempts before dead-lettering."
+    )
+    backoff_ms: NonNegFloat = Field(
+        default=DEFAULT_RETRY.backoff_ms, description="First backoff in ms; doubles."
+    )
+    max_backoff_ms: NonNegFloat = Field(
+        default=DEFAULT_RETRY.max_backoff_ms, description="Backoff ceiling, in ms."
+    )
     jitter: Literal["full", "none"] = Field(
-        default="full", description="full: wait uniform in [0, backoff]; none: exactly backoff."
+        default=DEFAULT_RETRY.jitter,
+        description="full: wait uniform in [0, backoff]; none: exactly backoff.",
     )
 
     def policy(self) -> RetryPolicy:
@@ -204,7 +211,9 @@ class Workload(_Strict):
     )
     index: str = Field(default="lab", min_length=1, description="Index of opensearch.* jobs.")
     retry: Retry = Field(default_factory=Retry, description="Retry and backoff of failed jobs.")
-    job_timeout_s: PosFloat = Field(default=30.0, description="Time limit of one attempt, in s.")
+    job_timeout_s: PosFloat = Field(
+        default=DEFAULT_JOB_TIMEOUT_S, description="Time limit of one attempt, in s."
+    )
 
     @property
     def expected_items(self) -> int:
@@ -317,9 +326,9 @@ class Scenario(_Strict):
         if name not in self.services:
             known = f"{hint(name, self.services)}; known: {', '.join(sorted(self.services))}"
             problems.append((("workload", "service"), f"unknown service {name!r}{known}"))
-        elif job.startswith("opensearch.") and self.services[name].kind != "opensearch":
+        elif (need := job_type(job).service_kind) and self.services[name].kind != need:
             kind = self.services[name].kind
-            problems.append((("workload", "job"), f"{job} needs an opensearch service, not {kind}"))
+            problems.append((("workload", "job"), f"{job} needs an {need} service, not {kind}"))
         if isinstance(self.workload.arrival, Backlog) and quick.duration_s is not None:
             problems.append(
                 (("sweep", "quick", "duration_s"), "poisson/ramp only; for a backlog use items")

@@ -31,6 +31,7 @@ from lab.infra.procs import check_stop, stop_on_signals
 from lab.mocks.distributions import mean_ms
 from lab.producers.arrivals import expected_duration_s
 from lab.results import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunFolder
+from lab.runtime.jobs import job_type
 from lab.scenario.spec import Scenario, load_scenario
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
 
@@ -50,21 +51,22 @@ def plan_trials(scenario: Scenario) -> list[TrialPlan]:
 
 
 def estimate_trial_s(scenario: Scenario, plan: TrialPlan) -> float:
-    """A rough duration: start-up, plus the drain at the tighter of the two throughput bounds."""
+    """A rough duration: start-up, plus the drain at the tighter of the two throughput bounds.
+
+    A user handler's requests are unknown to the lab: the estimate assumes one per item."""
     w = scenario.workload
     spec = scenario.services[w.service]
-    per_request_ms = mean_ms(spec.latency) + spec.per_item_ms * (
-        plan.batch_size if w.job == "opensearch.bulk" else 1
+    kind = job_type(w.job)
+    requests_per_job = kind.requests_per_job(plan.batch_size)
+    per_request_ms = mean_ms(spec.latency) + spec.per_item_ms * kind.items_per_request(
+        plan.batch_size
     )
-    requests_per_job = 1 if w.job in ("opensearch.bulk", "noop", "cpu.burn") else plan.batch_size
     job_s = per_request_ms / 1000 * requests_per_job + w.cpu_ms_per_item * plan.batch_size / 1000
-    items = w.expected_items
-    jobs = math.ceil(items / plan.batch_size)
+    jobs = math.ceil(w.expected_items / plan.batch_size)
     slots = min(plan.concurrency, spec.capacity * plan.batch_size // max(1, requests_per_job) or 1)
     drain_s = jobs * job_s / max(1, slots)
     if spec.rate_limit is not None:
-        requests = jobs * requests_per_job
-        drain_s = max(drain_s, requests / spec.rate_limit.per_s)
+        drain_s = max(drain_s, jobs * requests_per_job / spec.rate_limit.per_s)
     drain_s = min(max(drain_s, expected_duration_s(w.arrival)), scenario.sweep.trial_timeout_s)
     return TRIAL_OVERHEAD_S + 0.2 * plan.instances + drain_s
 
@@ -146,7 +148,7 @@ def run_sweep(
         assert scenario_path is not None
         run = RunFolder.create(
             out_dir, scenario.name, Path(scenario_path).read_text(),
-            {"seed": scenario.seed, "quick": quick, "command": sys.argv, "trials_planned": [p.trial_id for p in plan]},
+            {"seed": scenario.seed, "quick": quick, "command": ["python", "-m", "lab.sweep", *sys.argv[1:]], "trials_planned": [p.trial_id for p in plan]},
         )  # fmt: skip
     done = set(run.completed_trials())
     todo = [p for p in plan if p.trial_id not in done]
@@ -162,7 +164,13 @@ def run_sweep(
                 check_stop()
                 progress.begin(trial, position)
                 opts = dataclasses.replace(trial_options, on_progress=progress.update)
-                outcome = run_trial(scenario, trial, broker=broker, workdir=run.path, options=opts)
+                outcome = run_trial(
+                    scenario,
+                    trial,
+                    broker=broker,
+                    logs=run.trial_logs(trial.trial_id),
+                    options=opts,
+                )
                 run.add_trial(outcome.row, outcome.events, outcome.services)
                 progress.end(outcome.row)
     except (KeyboardInterrupt, SystemExit):
@@ -185,25 +193,9 @@ def _recommend_and_report(run: RunFolder, stream: TextIO) -> Path:
     from lab.report.html import write_report  # matplotlib: loaded only when a run ends
 
     analysis = analyze(run.path)
-    run.write_json("recommendation.json", analysis.recommendation)
-    stream.write(_recommendation_line(analysis.recommendation) + "\n")
+    run.write_json("recommendation.json", analysis.recommendation.to_json())
+    stream.write(analysis.recommendation.describe() + "\n")
     return write_report(run.path, analysis=analysis)
-
-
-def _recommendation_line(rec: dict[str, object]) -> str:
-    config, reasons = rec["config"], rec["reasons"]
-    if not isinstance(config, dict):
-        assert isinstance(reasons, list)
-        return f"no configuration recommended: {reasons[0]}"
-    f = rec["figures"]
-    assert isinstance(f, dict)
-    return (
-        f"recommended: num_workers={config['num_workers']} instances={config['instances']} "
-        f"batch_size={config['batch_size']}"
-        + (f" placement={config['placement']}" if "placement" in config else "")
-        + f" -> {f['items_per_s']:,.0f} items/s, "
-        f"p99 {f['latency_p99_ms']:,.0f} ms, errors {f['error_rate']:.1%} (mean of {f['repeats']} repeat(s))"
-    )
 
 
 def _print_plan(scenario: Scenario, plan: list[TrialPlan], stream: TextIO) -> None:
@@ -215,7 +207,12 @@ def _print_plan(scenario: Scenario, plan: list[TrialPlan], stream: TextIO) -> No
         stream.write(
             f"  {p.index + 1:3d}. {p.trial_id:24s} concurrency {p.concurrency:5d}  ~{est:5.1f}s\n"
         )
-    stream.write(f"estimated duration: {total:.0f}s (nothing was run)\n")
+    caveat = (
+        ""
+        if job_type(scenario.workload.job).known
+        else f"; {scenario.workload.job} is a user handler, assumed to send one request per item"
+    )
+    stream.write(f"estimated duration: {total:.0f}s (nothing was run{caveat})\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ Every child process lives in a context manager: any exit from here stops it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -29,18 +30,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.configuration import COLOCATED, Configuration
 from lab.errors import ServiceError
 from lab.infra.broker import Broker
 from lab.infra.procs import Child, check_stop, python_module_argv, spawn, terminate_all, wait_for
 from lab.mocks.spec import spec_to_json
 from lab.producers.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
 from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
+from lab.runtime.jobs import job_type
 from lab.runtime.queue import JobEvent, Queue
 from lab.scenario.spec import LocustArrival, Placement, Scenario
 from lab.sweep.resources import ResourceSampler, Usage
 from lab.sweep.trial_row import trial_row
 
 Progress = Callable[[int, int, float], None]  # (items done, items expected, seconds elapsed)
+
+#: How long children may take to announce they are ready before the trial fails.
+READY_TIMEOUT_S = 60.0
+
+#: How often the trial polls the queue while it drains.
+POLL_S = 0.02
+
+
+def instance_id(plan: TrialPlan, i: int) -> str:
+    """Worker instance `i` of a trial, as the queue's heartbeats name it."""
+    return f"{plan.trial_id}-i{i}"
 
 
 @dataclass(frozen=True)
@@ -55,11 +69,12 @@ class TrialPlan:
     placement: Placement = "separate"
 
     @property
+    def configuration(self) -> Configuration:
+        return Configuration(self.num_workers, self.instances, self.batch_size, self.placement)
+
+    @property
     def trial_id(self) -> str:
-        colocated = "-colo" if self.placement == "colocated" else ""
-        return (
-            f"nw{self.num_workers}-in{self.instances}-bs{self.batch_size}{colocated}-r{self.repeat}"
-        )
+        return f"{self.configuration.label}-r{self.repeat}"
 
     @property
     def concurrency(self) -> int:
@@ -151,11 +166,11 @@ def _worker_flags(
     """The worker settings of instance `i` (broker, queue and job are added by the caller)."""
     w = scenario.workload
     flags = [
-        "--num-workers", str(plan.num_workers), "--instance-id", f"{plan.trial_id}-i{i}",
+        "--num-workers", str(plan.num_workers), "--instance-id", instance_id(plan, i),
         "--max-attempts", str(w.retry.max_attempts), "--backoff-ms", str(w.retry.backoff_ms),
         "--max-backoff-ms", str(w.retry.max_backoff_ms), "--jitter", w.retry.jitter,
         "--job-timeout-s", str(w.job_timeout_s), "--heartbeat-ttl-s", str(options.heartbeat_ttl_s),
-        "--grace-s", str(options.grace_s), "--seed", str(scenario.seed * 1000 + plan.repeat * 10 + i),
+        "--grace-s", str(options.grace_s), "--seed", str(derive_seed(scenario.seed, plan.repeat, "worker", i)),
     ]  # fmt: skip
     for name, url in urls.items():
         flags += ["--service", f"{name}={url}"]
@@ -183,7 +198,7 @@ def _start_slots(
 ) -> str | None:
     """Start the job slots (and the web app when there is one); returns the web app's URL."""
     w = scenario.workload
-    colocated = plan.placement == "colocated"
+    colocated = plan.placement == COLOCATED
     needs_web = colocated or isinstance(w.arrival, LocustArrival)
     common = ["--broker", broker.url, "--queue", queue, "--job", w.job]
     grace = options.grace_s + 5
@@ -218,9 +233,10 @@ def _start_slots(
 
 
 def _prepare_services(scenario: Scenario, urls: dict[str, str], items: int) -> None:
-    """Before the clock: documents in place for a delete workload, every counter at zero."""
+    """Before the clock: documents in place for a job type that acts on existing ids (deletes),
+    every counter at zero."""
     w = scenario.workload
-    if w.job == "opensearch.delete":  # deletes act on documents that exist
+    if job_type(w.job).seeds_ids:
         _http_json(
             f"{urls[w.service]}/_lab/seed",
             {"index": w.index, "ids": [str(i) for i in range(items)]},
@@ -229,115 +245,172 @@ def _prepare_services(scenario: Scenario, urls: dict[str, str], items: int) -> N
         _http_json(f"{url}/_lab/reset", {})
 
 
+def derive_seed(scenario_seed: int, *parts: object) -> int:
+    """One seed per (scenario seed, repeat, role, index...): distinct for every combination,
+    stable across runs and Python versions (unlike `hash`), never colliding like sums do."""
+    digest = hashlib.blake2b(repr((scenario_seed, *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1  # a non-negative 63-bit integer
+
+
+@dataclass
+class _Measured:
+    """What the measured part of a trial leaves behind."""
+
+    clock_start: float  # epoch seconds, as the job events are stamped
+    wall_s: float
+    timed_out: bool
+    report: ProducerReport
+    usage: dict[str, Usage]
+
+
+class _Trial:
+    """One trial's steps, in order: services, slots, ready, measure, collect."""
+
+    def __init__(
+        self, scenario: Scenario, plan: TrialPlan, broker: Broker, logs: Path, options: TrialOptions
+    ) -> None:
+        self.scenario, self.plan, self.broker, self.logs = scenario, plan, broker, logs
+        self.options = options
+        w = scenario.workload
+        self.locust = w.arrival if isinstance(w.arrival, LocustArrival) else None
+        rng = random.Random(derive_seed(scenario.seed, plan.repeat, "arrivals"))
+        self.jobs = (
+            []
+            if self.locust is not None
+            else group_into_jobs(
+                arrival_offsets(w.arrival, items=w.items, rng=rng), plan.batch_size
+            )
+        )
+        self.items_planned = (
+            sum(len(j.items) for j in self.jobs) or w.expected_items * plan.batch_size
+        )
+
+    def run(self) -> TrialOutcome:
+        with self.broker.client() as client, contextlib.ExitStack() as services_stack:
+            queue = Queue(client, f"trial-{self.plan.trial_id}-{secrets.token_hex(3)}")
+            queue.purge()
+            services = _Actors(services_stack, self.logs)
+            urls = self._start_services(services)
+            with contextlib.ExitStack() as slots_stack:
+                slots = _Actors(slots_stack, self.logs)
+                web_url = _start_slots(
+                    slots, self.scenario, self.plan, self.broker, queue.name, urls, self.options,
+                    slots_stack,
+                )  # fmt: skip
+                self._wait_ready(queue, services, slots, urls)
+                measured = self._measure(queue, services, slots, web_url)
+                terminate_all(slots.of_role("worker", "web"))  # graceful stops overlap
+            # the slots are stopped: every ack is written; the services are still up
+            service_stats = {name: _http_json(f"{url}/_lab/stats") for name, url in urls.items()}
+        return self._collect(queue, service_stats, measured)
+
+    def _start_services(self, actors: _Actors) -> dict[str, str]:
+        """Each mock service in its own process, on a socket bound here; returns their URLs."""
+        urls: dict[str, str] = {}
+        for name, spec in self.scenario.services.items():
+            seed = derive_seed(self.scenario.seed, self.plan.repeat, "mock", name, spec.seed)
+            seeded = spec.model_copy(update={"seed": seed})
+            ready = self.logs / f"mock-{name}.ready.json"
+            with _listening_socket() as sock:
+                argv = python_module_argv(
+                    "lab.mocks", spec.kind, "--spec-json", spec_to_json(seeded),
+                    "--ready-file", str(ready), "--listen-fd", str(sock.fileno()),
+                )  # fmt: skip
+                actors.start(f"mock-{name}", "mock", argv, ready=ready, pass_fds=(sock.fileno(),))
+                urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        return urls
+
+    def _wait_ready(
+        self, queue: Queue, services: _Actors, slots: _Actors, urls: dict[str, str]
+    ) -> None:
+        """Every service and slot up, the services seeded and zeroed: the clock may start."""
+        everyone = services.of_role("mock") + slots.of_role("worker", "web")
+        ready_files = services.ready_files + slots.ready_files
+        wait_for(
+            lambda: all(p.exists() for p in ready_files),
+            what="the mock services and web app",
+            timeout_s=READY_TIMEOUT_S,
+            children=everyone,
+        )
+        _prepare_services(self.scenario, urls, self.items_planned)
+        expected = {instance_id(self.plan, i) for i in range(self.plan.instances)}
+        wait_for(
+            lambda: queue.live_instances() >= expected,
+            what=f"{self.plan.instances} job instances to be ready",
+            timeout_s=READY_TIMEOUT_S,
+            children=everyone,
+        )
+
+    def _measure(
+        self, queue: Queue, services: _Actors, slots: _Actors, web_url: str | None
+    ) -> _Measured:
+        """Start the clock, produce the work, wait until it drained, sampling CPU and RSS."""
+        pids = {
+            name: (role, c.pid) for name, (role, c) in (services.children | slots.children).items()
+        }
+        pids["producer"] = ("producer", os.getpid())
+        if self.broker.child is not None:
+            pids["redis"] = ("redis", self.broker.child.pid)
+        sampler = ResourceSampler(pids)
+        with sampler.running():
+            clock_start, started = time.time(), time.monotonic()
+            if self.locust is not None:
+                assert web_url is not None
+                drive = _drive_with_locust(
+                    queue, self.locust, web_url, slots, sampler, self.plan.batch_size
+                )
+            else:
+                drive = _drive_with_producer(
+                    queue, self.scenario.workload.job, self.jobs, _base_args(self.scenario),
+                    clock_start,
+                )  # fmt: skip
+            with drive as (sent, report):
+                timed_out = _Drain(
+                    queue=queue,
+                    sent=sent,
+                    started=started,
+                    timeout_s=self.scenario.sweep.trial_timeout_s,
+                    workers=slots.of_role("worker"),
+                    options=self.options,
+                    items_planned=self.items_planned,
+                    batch_size=self.plan.batch_size,
+                ).wait()
+            wall_s = time.monotonic() - started
+        return _Measured(clock_start, wall_s, timed_out, report, sampler.usage)
+
+    def _collect(
+        self, queue: Queue, service_stats: dict[str, Any], measured: _Measured
+    ) -> TrialOutcome:
+        """The job events and queue counters, then the queue's keys removed; the row."""
+        events = queue.events()
+        recovered = queue.stats().get("recovered", 0)
+        with self.broker.client() as client:
+            Queue(client, queue.name).purge()
+        web = (
+            read_locust_stats(self.logs / "locust")
+            if self.locust
+            else dict.fromkeys(LOCUST_COLUMNS, math.nan)
+        )
+        row = trial_row(
+            self.plan.config(), self.scenario, events, service_stats, measured.usage,
+            measured.report, clock_start=measured.clock_start, wall_s=measured.wall_s,
+            timed_out=measured.timed_out, recovered=recovered, web=web,
+        )  # fmt: skip
+        return TrialOutcome(row=row, events=events, services=service_stats, usage=measured.usage)
+
+
 def run_trial(
     scenario: Scenario,
     plan: TrialPlan,
     *,
     broker: Broker,
-    workdir: Path,
+    logs: Path,
     options: TrialOptions | None = None,
 ) -> TrialOutcome:
-    """Run one trial and return its row, events and service statistics."""
-    options = options or TrialOptions()
-    w = scenario.workload
-    logs = workdir / "logs" / plan.trial_id
+    """Run one trial and return its row, events and service statistics; `logs` gets the
+    children's logs (the run folder's `RunFolder.trial_logs`)."""
     logs.mkdir(parents=True, exist_ok=True)
-    locust = w.arrival if isinstance(w.arrival, LocustArrival) else None
-    rng = random.Random(f"{scenario.seed}:{plan.repeat}")
-    jobs = (
-        []
-        if isinstance(w.arrival, LocustArrival)
-        else group_into_jobs(arrival_offsets(w.arrival, items=w.items, rng=rng), plan.batch_size)
-    )
-    items_planned = sum(len(j.items) for j in jobs) or w.expected_items * plan.batch_size
-    with broker.client() as client, contextlib.ExitStack() as services:
-        queue = Queue(client, f"trial-{plan.trial_id}-{secrets.token_hex(3)}")
-        queue.purge()
-        actors = _Actors(services, logs)
-        urls: dict[str, str] = {}
-        for name, spec in scenario.services.items():
-            seeded = spec.model_copy(
-                update={"seed": spec.seed + scenario.seed * 1000 + plan.repeat}
-            )
-            with _listening_socket() as sock:
-                argv = python_module_argv(
-                    "lab.mocks", spec.kind, "--spec-json", spec_to_json(seeded),
-                    "--ready-file", str(logs / f"mock-{name}.ready.json"), "--listen-fd", str(sock.fileno()),
-                )  # fmt: skip
-                actors.start(
-                    f"mock-{name}",
-                    "mock",
-                    argv,
-                    ready=logs / f"mock-{name}.ready.json",
-                    pass_fds=(sock.fileno(),),
-                )
-                urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        with contextlib.ExitStack() as slots_stack:
-            slots = _Actors(slots_stack, logs)
-            web_url = _start_slots(
-                slots, scenario, plan, broker, queue.name, urls, options, slots_stack
-            )
-            everyone = actors.of_role("mock") + slots.of_role("worker", "web")
-            ready_files = actors.ready_files + slots.ready_files
-            wait_for(
-                lambda: all(p.exists() for p in ready_files),
-                what="the mock services and web app",
-                timeout_s=60,
-                children=everyone,
-            )
-            _prepare_services(scenario, urls, items_planned)
-            expected = {f"{plan.trial_id}-i{i}" for i in range(plan.instances)}
-            wait_for(
-                lambda: queue.live_instances() >= expected,
-                what=f"{plan.instances} job instances to be ready",
-                timeout_s=60,
-                children=everyone,
-            )
-            pids = {
-                name: (role, c.pid)
-                for name, (role, c) in (actors.children | slots.children).items()
-            }
-            pids["producer"] = ("producer", os.getpid())
-            if broker.child is not None:
-                pids["redis"] = ("redis", broker.child.pid)
-            sampler = ResourceSampler(pids)
-            slot_children = slots.of_role("worker")
-            with sampler.running():
-                clock_start = time.time()
-                if locust is not None:
-                    assert web_url is not None
-                    drive = _drive_with_locust(
-                        queue, locust, web_url, slots, sampler, plan.batch_size
-                    )
-                else:
-                    drive = _drive_with_producer(
-                        queue, w.job, jobs, _base_args(scenario), clock_start
-                    )
-                with drive as (sent, report):
-                    timed_out = _wait_drained(
-                        queue,
-                        sent,
-                        clock_start,
-                        scenario.sweep.trial_timeout_s,
-                        slot_children,
-                        options,
-                        items_planned,
-                        plan.batch_size,
-                    )
-                wall_s = time.time() - clock_start
-            terminate_all(slot_children + slots.of_role("web"))  # graceful stops overlap
-        # the slots are stopped: every ack is written; the services are still up
-        service_stats = {name: _http_json(f"{url}/_lab/stats") for name, url in urls.items()}
-    events = queue.events()
-    queue_stats = queue.stats()
-    with broker.client() as client:
-        Queue(client, queue.name).purge()
-    web = read_locust_stats(logs / "locust") if locust else dict.fromkeys(LOCUST_COLUMNS, math.nan)
-    row = trial_row(
-        plan.config(), scenario, events, service_stats, sampler.usage, report, clock_start=clock_start,
-        wall_s=wall_s, timed_out=timed_out, recovered=queue_stats.get("recovered", 0), web=web,
-    )  # fmt: skip
-    return TrialOutcome(row=row, events=events, services=service_stats, usage=sampler.usage)
+    return _Trial(scenario, plan, broker, logs, options or TrialOptions()).run()
 
 
 @contextlib.contextmanager
@@ -399,36 +472,43 @@ def _drive_with_locust(
         yield sent, report
 
 
-def _wait_drained(
-    queue: Queue, sent: Callable[[], int | None], clock_start: float, timeout_s: float,
-    workers: list[Child], options: TrialOptions, items_planned: int, batch_size: int,
-) -> bool:  # fmt: skip
-    """Poll until production ended and every job settled; True if the trial timed out first."""
-    killed = False
-    while True:
-        elapsed = time.time() - clock_start
-        if (
-            options.kill_instance_after_s is not None
-            and not killed
-            and elapsed >= options.kill_instance_after_s
-        ):
-            workers[0].signal(signal.SIGKILL)
-            killed = True
-        stats = queue.stats()
-        if options.on_progress is not None:
-            items_done = min(items_planned, stats.get("done", 0) * batch_size)
-            options.on_progress(items_done, items_planned, elapsed)
-        jobs = sent()
-        if (
-            jobs is not None
-            and stats.get("done", 0) + stats.get("dead", 0) >= jobs
-            and queue.outstanding() == 0
-        ):
-            return False
-        if elapsed > timeout_s:
-            return True
-        for child in workers[1 if killed else 0 :]:
-            if not child.alive():
-                raise ServiceError(f"{child.name} exited during the trial: {child.log_tail()}")
-        check_stop()
-        time.sleep(0.02)
+@dataclass
+class _Drain:
+    """Polls until production ended and every job settled (or the trial's timeout)."""
+
+    queue: Queue
+    sent: Callable[[], int | None]  # jobs sent once production ended, else None
+    started: float  # time.monotonic() at the clock's start
+    timeout_s: float
+    workers: list[Child]
+    options: TrialOptions
+    items_planned: int
+    batch_size: int
+
+    def wait(self) -> bool:
+        """True if the trial timed out before draining."""
+        killed = False
+        while True:
+            elapsed = time.monotonic() - self.started
+            kill_at = self.options.kill_instance_after_s
+            if kill_at is not None and not killed and elapsed >= kill_at:
+                self.workers[0].signal(signal.SIGKILL)
+                killed = True
+            stats = self.queue.stats()
+            if self.options.on_progress is not None:
+                items_done = min(self.items_planned, stats.get("done", 0) * self.batch_size)
+                self.options.on_progress(items_done, self.items_planned, elapsed)
+            jobs = self.sent()
+            if (
+                jobs is not None
+                and stats.get("done", 0) + stats.get("dead", 0) >= jobs
+                and self.queue.outstanding() == 0
+            ):
+                return False
+            if elapsed > self.timeout_s:
+                return True
+            for child in self.workers[1 if killed else 0 :]:
+                if not child.alive():
+                    raise ServiceError(f"{child.name} exited during the trial: {child.log_tail()}")
+            check_stop()
+            time.sleep(POLL_S)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from lab.producers.arrivals import ProducerReport
+from lab.runtime.jobs import job_type
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent
 from lab.scenario.spec import Scenario
 from lab.sweep.resources import Usage, saturation
@@ -132,9 +133,10 @@ def bounds(
 def _service_accounting(job: str, stats: Mapping[str, Any], items: int) -> dict[str, Any]:
     """Lost and duplicated items as the target service saw them, where it can tell (by id)."""
     totals = stats.get("opensearch", {}).get("totals")
-    if totals is None:
+    ledger = job_type(job).ledger
+    if totals is None or ledger is None:
         return {"lost_items": None, "duplicate_items": None}
-    if job == "opensearch.delete":
+    if ledger == "deletes":
         # every id was seeded: a delete that ran twice finds nothing the second time
         return {"lost_items": items - totals["deletes"], "duplicate_items": totals["not_found"]}
     return {
