@@ -66,3 +66,11 @@ class ExternalService(BaseModel):
             return check_url(url)
         except ConfigError as exc:
             raise ValueError(str(exc).removeprefix("url ")) from None
+
+
+def speaks(service: object) -> str:
+    """The protocol a scenario's service speaks: an external service's `protocol`, a mock's
+    `kind` (the two share their words: opensearch, http_api, database)."""
+    if isinstance(service, ExternalService):
+        return service.protocol
+    return str(getattr(service, "kind"))  # noqa: B009 - a ServiceSpec, not imported here

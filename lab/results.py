@@ -37,8 +37,10 @@ from lab.runtime.queue import JobEvent
 from lab.scenario.spec import Scenario, load_scenario
 
 #: Layout history: 1 = the first layout (this docstring); 2 = trials.csv gains `placement` and
-#: the web (Locust) columns. Readers accept older layouts and fill the columns they lack.
-SCHEMA_VERSION = 2
+#: the web (Locust) columns; 3 = trials.csv gains `clipped` (a real service's caps), and a run
+#: may hold `verify/` and `verification.json` (`lab.sweep --verify`). Readers accept older
+#: layouts and fill the columns they lack.
+SCHEMA_VERSION = 3
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_FAILED = (
     "running",
@@ -57,6 +59,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "placement": "separate: worker processes; colocated: the slots run inside the web app's processes",
     "repeat": "repeat number, from 0",
     "concurrency": "num_workers x instances",
+    "clipped": "what a real service's caps changed in the configuration asked for (empty: nothing)",
     "started_at": "clock start, epoch seconds (all instances ready)",
     "wall_s": "clock start to drained (or timed out), seconds",
     "timed_out": "true when the trial hit sweep.trial_timeout_s before draining",

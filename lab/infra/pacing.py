@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping
+from types import SimpleNamespace
+
+import aiohttp
 
 
 class Pacer:
@@ -36,3 +40,24 @@ class Pacer:
         # loops with millisecond timers (uvloop) may wake a little early: sleep the rest
         if (remaining := at - loop.time()) > 0:
             await asyncio.sleep(remaining + 0.001)
+
+
+def pacing_trace(per_s_by_url: Mapping[str, float]) -> aiohttp.TraceConfig:
+    """An aiohttp trace config that holds every request to one of the base URLs (the keys)
+    until its `Pacer` allows it; requests to other URLs pass at once."""
+    pacers = [(url.rstrip("/"), Pacer(per_s)) for url, per_s in per_s_by_url.items()]
+
+    async def on_request_start(
+        session: aiohttp.ClientSession,
+        context: SimpleNamespace,
+        params: aiohttp.TraceRequestStartParams,
+    ) -> None:
+        url = str(params.url)
+        for base, pacer in pacers:
+            if url == base or url.startswith(base + "/"):
+                await pacer.wait()
+                return
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_request_start)
+    return trace

@@ -24,6 +24,8 @@ from lab.analysis.configs import Analysis, Run, analyze, load_run
 from lab.analysis.recommendation import Recommendation
 from lab.configuration import label
 from lab.errors import exit_status
+from lab.external import ExternalService
+from lab.mocks.spec import ServiceSpec
 from lab.report.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
 from lab.results import RunFolder
 
@@ -169,13 +171,7 @@ def _definitions(items: Sequence[tuple[str, Any]]) -> str:
 def _scenario(run: Run) -> str:
     s = run.scenario
     w, sweep, o = s.workload, s.sweep, s.objective
-    services = "; ".join(
-        f"{name}: {spec.kind}, capacity {spec.capacity}, queue {spec.queue}, "
-        f"latency {_latency(spec.latency.model_dump(exclude_none=True))}, "
-        f"per item {spec.per_item_ms:g} ms"
-        + (f", rate limit {spec.rate_limit.per_s:g}/s" if spec.rate_limit else "")
-        for name, spec in s.services.items()
-    )
+    services = "; ".join(_service(name, spec) for name, spec in s.services.items())
     text = (run.path / "scenario.yaml").read_text() if (run.path / "scenario.yaml").exists() else ""
     return (
         _definitions(
@@ -200,6 +196,21 @@ def _scenario(run: Run) -> str:
             ]
         )
         + f"<details><summary>scenario.yaml, as run</summary><pre>{escape(text)}</pre></details>"
+    )
+
+
+def _service(name: str, spec: ServiceSpec | ExternalService) -> str:
+    if isinstance(spec, ExternalService):
+        return (
+            f"{name}: a real {spec.protocol} service at {spec.url}, at most {spec.max_in_flight} "
+            f"requests in flight and {spec.max_requests_per_s:g} per second"
+        )
+    return (
+        f"{name}: {spec.kind}, capacity {spec.capacity}, queue {spec.queue}, "
+        f"latency {_latency(spec.latency.model_dump(exclude_none=True))}, "
+        f"per item {spec.per_item_ms:g} ms"
+        + (f", rate limit {spec.rate_limit.per_s:g}/s" if spec.rate_limit else "")
+        + (f", fitted to {spec.calibrated_from.url}" if spec.calibrated_from else "")
     )
 
 

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from lab.errors import ConfigError
+from lab.external import ExternalService, speaks
 from lab.mocks.spec import ServiceSpec
 from lab.runtime.jobs import BUILTINS, job_type, resolve
 from lab.runtime.retry import DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy
@@ -141,6 +142,7 @@ class LocustArrival(_Strict):
 Arrival = Annotated[Backlog | Poisson | Ramp | LocustArrival, Field(discriminator="kind")]
 
 Placement = Literal["separate", "colocated"]
+Service = Annotated[ServiceSpec | ExternalService, Field(discriminator="kind")]
 
 
 class Workers(_Strict):
@@ -311,8 +313,10 @@ class Scenario(_Strict):
     description: str = Field(default="", description="What this scenario is about.")
     seed: StrictInt = Field(default=0, description="Seed of the trials' random draws.")
     broker: Broker = Field(default_factory=Broker, description="Where the job queue lives.")
-    services: dict[Name, ServiceSpec] = Field(
-        min_length=1, description="Mock services by name (at least one); see lab.mocks.spec."
+    services: dict[Name, Service] = Field(
+        min_length=1,
+        description="Services by name (at least one): mocks (kind opensearch, http_api, "
+        "database; see lab.mocks.spec) or real ones (kind external; see lab.external).",
     )
     workload: Workload = Field(description="The job, its service and how items arrive.")
     workers: Workers = Field(default_factory=Workers, description="Where the job slots run.")
@@ -326,8 +330,8 @@ class Scenario(_Strict):
         if name not in self.services:
             known = f"{hint(name, self.services)}; known: {', '.join(sorted(self.services))}"
             problems.append((("workload", "service"), f"unknown service {name!r}{known}"))
-        elif (need := job_type(job).service_kind) and self.services[name].kind != need:
-            kind = self.services[name].kind
+        elif (need := job_type(job).service_kind) and speaks(self.services[name]) != need:
+            kind = speaks(self.services[name])
             problems.append((("workload", "job"), f"{job} needs an {need} service, not {kind}"))
         if isinstance(self.workload.arrival, Backlog) and quick.duration_s is not None:
             problems.append(

@@ -14,6 +14,7 @@ Every child process lives in a context manager: any exit from here stops it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -32,6 +33,7 @@ from typing import Any
 
 from lab.configuration import COLOCATED, Configuration
 from lab.errors import ServiceError
+from lab.external import ExternalService
 from lab.infra.broker import Broker
 from lab.infra.procs import Child, check_stop, python_module_argv, spawn, terminate_all, wait_for
 from lab.mocks.spec import spec_to_json
@@ -40,6 +42,7 @@ from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import JobEvent, Queue
 from lab.scenario.spec import LocustArrival, Placement, Scenario
+from lab.sweep import external
 from lab.sweep.resources import ResourceSampler, Usage
 from lab.sweep.trial_row import trial_row
 
@@ -174,7 +177,7 @@ def _worker_flags(
     ]  # fmt: skip
     for name, url in urls.items():
         flags += ["--service", f"{name}={url}"]
-    return flags
+    return flags + external.worker_flags(scenario, plan.instances)
 
 
 def _base_args(scenario: Scenario) -> dict[str, Any]:
@@ -234,9 +237,11 @@ def _start_slots(
 
 def _prepare_services(scenario: Scenario, urls: dict[str, str], items: int) -> None:
     """Before the clock: documents in place for a job type that acts on existing ids (deletes),
-    every counter at zero."""
+    every counter at zero. `urls` are the mocks' only: an external service is prepared by
+    `external.prepare`, with its own protocol."""
     w = scenario.workload
-    if job_type(w.job).seeds_ids:
+    external.prepare(scenario, items)
+    if job_type(w.job).seeds_ids and w.service in urls:
         _http_json(
             f"{urls[w.service]}/_lab/seed",
             {"index": w.index, "ids": [str(i) for i in range(items)]},
@@ -269,6 +274,12 @@ class _Trial:
     def __init__(
         self, scenario: Scenario, plan: TrialPlan, broker: Broker, logs: Path, options: TrialOptions
     ) -> None:
+        num_workers, instances, self.clipped = external.clip(
+            scenario, plan.num_workers, plan.instances
+        )
+        self.asked = plan  # its id and order name the trial; `plan` is what runs
+        plan = dataclasses.replace(plan, num_workers=num_workers, instances=instances)
+        scenario = external.with_trial_index(scenario, plan.trial_id, secrets.token_hex(3))
         self.scenario, self.plan, self.broker, self.logs = scenario, plan, broker, logs
         self.options = options
         w = scenario.workload
@@ -291,23 +302,29 @@ class _Trial:
             queue.purge()
             services = _Actors(services_stack, self.logs)
             urls = self._start_services(services)
+            mocks = {n: u for n, u in urls.items() if n not in external.externals(self.scenario)}
             with contextlib.ExitStack() as slots_stack:
                 slots = _Actors(slots_stack, self.logs)
                 web_url = _start_slots(
                     slots, self.scenario, self.plan, self.broker, queue.name, urls, self.options,
                     slots_stack,
                 )  # fmt: skip
-                self._wait_ready(queue, services, slots, urls)
+                self._wait_ready(queue, services, slots, mocks)
                 measured = self._measure(queue, services, slots, web_url)
                 terminate_all(slots.of_role("worker", "web"))  # graceful stops overlap
             # the slots are stopped: every ack is written; the services are still up
-            service_stats = {name: _http_json(f"{url}/_lab/stats") for name, url in urls.items()}
+            service_stats = {name: _http_json(f"{url}/_lab/stats") for name, url in mocks.items()}
+            for name in external.externals(self.scenario):
+                service_stats[name] = external.collect(self.scenario, name)
         return self._collect(queue, service_stats, measured)
 
     def _start_services(self, actors: _Actors) -> dict[str, str]:
         """Each mock service in its own process, on a socket bound here; returns their URLs."""
         urls: dict[str, str] = {}
         for name, spec in self.scenario.services.items():
+            if isinstance(spec, ExternalService):  # a real service: nothing to start
+                urls[name] = spec.url
+                continue
             seed = derive_seed(self.scenario.seed, self.plan.repeat, "mock", name, spec.seed)
             seeded = spec.model_copy(update={"seed": seed})
             ready = self.logs / f"mock-{name}.ready.json"
@@ -391,8 +408,9 @@ class _Trial:
             if self.locust
             else dict.fromkeys(LOCUST_COLUMNS, math.nan)
         )
+        identity = {"trial_id": self.asked.trial_id, "order": self.asked.index}
         row = trial_row(
-            self.plan.config(), self.scenario, events, service_stats, measured.usage,
+            self.plan.config() | identity | {"clipped": self.clipped}, self.scenario, events, service_stats, measured.usage,
             measured.report, clock_start=measured.clock_start, wall_s=measured.wall_s,
             timed_out=measured.timed_out, recovered=recovered, web=web,
         )  # fmt: skip

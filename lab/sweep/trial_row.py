@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from lab.mocks.spec import ServiceSpec
 from lab.producers.arrivals import ProducerReport
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent
 from lab.scenario.spec import Scenario
+from lab.sweep import external
 from lab.sweep.resources import Usage, saturation
 
 PERCENTILES = (50, 90, 99)
@@ -159,13 +161,14 @@ def trial_row(
     w = scenario.workload
     target_spec = scenario.services[w.service]
     target = services[w.service]
+    mock = target_spec if isinstance(target_spec, ServiceSpec) else None  # None: a real service
     figures = job_figures(
         events,
         clock_start=clock_start,
         jobs_enqueued=report.jobs_sent,
         items_enqueued=report.items_sent,
     )
-    rate_limit = target_spec.rate_limit.per_s if target_spec.rate_limit else None
+    rate_limit = mock.rate_limit.per_s if mock and mock.rate_limit else None
     harness, machine, why = saturation(usage, cpu_count=os.cpu_count() or 1)
     by_role = {
         role: [u for u in usage.values() if u.role == role]
@@ -180,7 +183,7 @@ def trial_row(
         **bounds(
             figures,
             concurrency=int(config["concurrency"]),
-            capacity=target_spec.capacity,
+            capacity=mock.capacity if mock else None,
             service_stats=target,
             rate_limit_per_s=rate_limit,
         ),
@@ -205,4 +208,6 @@ def trial_row(
         "machine_saturated": machine,
         "saturation_reason": why,
     }
+    if mock is None:
+        row.update(external.row_columns(w.job, target, report.items_sent))
     return row
