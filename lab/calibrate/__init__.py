@@ -10,6 +10,20 @@ caps, the requests), `probe` (the capped client), `phases` (which load levels, w
 `run` (all of it, and the twin check). Importing this package starts nothing.
 """
 
-from lab.calibrate.run import Calibration, calibrate
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["Calibration", "calibrate"]
+
+if TYPE_CHECKING:
+    from lab.calibrate.run import Calibration, calibrate
+
+
+def __getattr__(name: str) -> Any:
+    """Load `lab.calibrate.run` (scipy, matplotlib) on first use, so the CLI checks its
+    arguments before paying for them."""
+    if name in __all__:
+        return getattr(importlib.import_module("lab.calibrate.run"), name)
+    raise AttributeError(f"module 'lab.calibrate' has no attribute {name!r}")

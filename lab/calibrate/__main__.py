@@ -8,8 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lab.calibrate.run import calibrate, parse_batch_sizes
-from lab.calibrate.target import PROTOCOLS
+from lab.calibrate.target import PROTOCOLS, check_input, parse_batch_sizes
 from lab.errors import LabError
 from lab.infra.procs import stop_on_signals
 
@@ -42,11 +41,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     ns = build_parser().parse_args(args)
     try:
+        settings = {
+            "max_in_flight": ns.max_in_flight, "max_requests_per_s": ns.max_requests_per_s,
+            "batch_sizes": parse_batch_sizes(ns.batch_sizes), "budget_s": ns.budget_s,
+            "name": ns.name,
+        }  # fmt: skip
+        check_input(ns.url, ns.protocol, **settings)  # bad input fails fast, before the imports
+        from lab.calibrate.run import calibrate
+
         with stop_on_signals():
             result = calibrate(
-                ns.url, ns.protocol, max_in_flight=ns.max_in_flight,
-                max_requests_per_s=ns.max_requests_per_s, batch_sizes=parse_batch_sizes(ns.batch_sizes),
-                budget_s=ns.budget_s, out_dir=ns.out, name=ns.name, check=not ns.no_check,
+                ns.url, ns.protocol, **settings, out_dir=ns.out, check=not ns.no_check,
                 command=shlex.join(["python", "-m", "lab.calibrate", *args]),
             )  # fmt: skip
     except LabError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from lab.calibrate.fit import CLOSED_PHASES, Fit, fit_rate, steady_throughput
+from lab.calibrate.fit import CLOSED_PHASES, Fit, clean, fit_rate, steady_throughput
 from lab.calibrate.probe import Step
 from lab.mocks.distributions import cdf
 from lab.report.plots import _log2_x, _log_y
@@ -16,13 +16,19 @@ from lab.report.plots import _log2_x, _log_y
 REAL, TWIN = "#1f77b4", "#ff7f0e"
 
 
-def _closed(steps: list[Step]) -> list[Step]:
+def _closed(steps: list[Step]) -> tuple[list[Step], int | None]:
+    """The clean closed-loop, one-item steps by concurrency, and the fewest clients that got
+    429s, 5xx or refusals (those steps stop early: their rates say nothing)."""
     one = [s for s in steps if s.phase in CLOSED_PHASES and s.items == 1 and s.samples]
-    return sorted(one, key=lambda s: s.concurrency)
+    failing = [s.concurrency for s in one if not clean(s)]
+    return sorted((s for s in one if clean(s)), key=lambda s: s.concurrency), min(
+        failing, default=None
+    )
 
 
 def load_curves(real: list[Step], twin: list[Step], fit: Fit) -> Figure:
-    """Throughput and latency against clients in flight: the service (solid), the twin (dashed)."""
+    """Throughput and latency against clients in flight: the service (solid), the twin (dashed);
+    a vertical line where each first got rejections."""
     fig = Figure(figsize=(11, 4.4), layout="constrained")
     ax_x, ax_r = fig.subplots(1, 2)
     fig.suptitle(
@@ -30,7 +36,14 @@ def load_curves(real: list[Step], twin: list[Step], fit: Fit) -> Figure:
     )
     levels: list[int] = []
     for steps, color, style, who in ((real, REAL, "-", "service"), (twin, TWIN, "--", "twin")):
-        part = _closed(steps)
+        part, failing = _closed(steps)
+        if failing is not None:
+            levels.append(failing)
+            for ax in (ax_x, ax_r):
+                ax.axvline(failing, color=color, linestyle=style, alpha=0.5, linewidth=1)
+            ax_x.plot(
+                [], [], style, color=color, alpha=0.5, label=f"{who}: rejections from {failing}"
+            )
         if not part:
             continue
         c = [s.concurrency for s in part]
@@ -43,14 +56,8 @@ def load_curves(real: list[Step], twin: list[Step], fit: Fit) -> Figure:
             color=color,
             label=f"{who}: 2xx/s",
         )
-        rejected = [s.count(429) / max(s.issue_end_s - s.started_s, 1e-9) for s in part]
-        if any(rejected):
-            ax_x.plot(c, rejected, style, marker="x", color=color, alpha=0.5, label=f"{who}: 429/s")
         for q, marker in ((50, "o"), (99, "^")):
-            values = [
-                float(np.percentile(s.ok_latencies_ms(), q)) if len(s.ok_latencies_ms()) else np.nan
-                for s in part
-            ]
+            values = [float(np.percentile(s.ok_latencies_ms(), q)) for s in part]
             ax_r.plot(c, values, style, marker=marker, color=color, label=f"{who}: p{q}")
     spec = fit.spec
     if spec.rate_limit is not None:
@@ -98,8 +105,11 @@ def latency_fit(fit: Fit) -> Figure:
     return fig
 
 
-def batch_cost(real: list[Step], twin: list[Step], fit: Fit) -> Figure:
-    """Median latency against items per request, with the fitted per-item line."""
+def batch_cost(real: list[Step], twin: list[Step], fit: Fit) -> Figure | None:
+    """Median latency against items per request, with the fitted per-item line (None when no
+    batch was measured)."""
+    if not any(s.phase == "batch" and s.samples for s in real):
+        return None
     fig = Figure(figsize=(8, 4.4), layout="constrained")
     ax = fig.subplots()
     for steps, color, who in ((real, REAL, "service"), (twin, TWIN, "twin")):

@@ -10,7 +10,6 @@ touches the real service.
 from __future__ import annotations
 
 import asyncio
-import re
 import shlex
 import sys
 import tempfile
@@ -25,13 +24,11 @@ from lab.calibrate.fit import Fit, fit
 from lab.calibrate.output import write_folder
 from lab.calibrate.phases import MAX_STEP_REQUESTS, Measured, measure
 from lab.calibrate.probe import Probe, Step
-from lab.calibrate.target import Caps, Protocol, Target
-from lab.errors import ConfigError
+from lab.calibrate.target import Caps, Protocol, Target, check_input
+from lab.errors import LabError
 from lab.mocks.process import mock_process
 from lab.mocks.spec import ServiceSpec
 from lab.results import new_folder
-
-DEFAULT_NAMES = {"opensearch": "search", "http_api": "api", "database": "db"}
 
 
 @dataclass
@@ -81,19 +78,6 @@ async def _probe_twin(
     return probe.steps
 
 
-def parse_batch_sizes(text: str) -> list[int]:
-    """'1,10,100' -> [1, 10, 100]; ConfigError for anything else."""
-    try:
-        sizes = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        sizes = []
-    if not sizes or any(n < 1 for n in sizes):
-        raise ConfigError(
-            f"--batch-sizes {text!r}: expected integers >= 1 separated by commas, e.g. 1,10,100"
-        )
-    return sorted(set(sizes))
-
-
 def calibrate(
     url: str,
     protocol: str,
@@ -111,15 +95,10 @@ def calibrate(
     """Probe `url` within the caps and the budget, fit its twin, write the folder; see
     `lab.calibrate`. Raises ConfigError for bad input, ServiceError when it does not answer."""
     stream = stream or sys.stdout
-    target = Target(url, protocol)  # type: ignore[arg-type]  # validated in Target
-    caps = Caps(max_in_flight, max_requests_per_s)
-    if any(n < 1 for n in batch_sizes) or not batch_sizes:
-        raise ConfigError(f"batch sizes must be integers >= 1, got {list(batch_sizes)}")
-    name = name or DEFAULT_NAMES[target.protocol]
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ConfigError(f"--name {name!r}: letters, digits, _ . - only (it is a scenario key)")
-    if not budget_s > 0:
-        raise ConfigError(f"--budget-s must be > 0, got {budget_s}")
+    target, caps, name = check_input(
+        url, protocol, max_in_flight=max_in_flight, max_requests_per_s=max_requests_per_s,
+        batch_sizes=batch_sizes, budget_s=budget_s, name=name,
+    )  # fmt: skip
     started = datetime.now(UTC).isoformat(timespec="seconds")
     stream.write(
         f"calibrating {target.url} ({target.protocol}) for at most {budget_s:g} s, "
@@ -136,9 +115,15 @@ def calibrate(
     )
     for note in measured.notes:
         stream.write(f"  {note}\n")
-    fitted = fit(
-        measured.steps, target, caps, fitted_at=started, rate_confirmed=measured.rate_confirmed
-    )
+    try:
+        fitted = fit(
+            measured.steps, target, caps, fitted_at=started, rate_confirmed=measured.rate_confirmed
+        )
+    except ValueError as exc:  # too few answers to fit: say what to change
+        raise LabError(
+            f"{target.url}: {exc} after {measured.requests} requests in "
+            f"{measured.duration_s:.1f} s; give it a longer --budget-s (or higher caps)"
+        ) from None
     twin: list[Step] = []
     if check:
         with (

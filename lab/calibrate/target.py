@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lab.errors import ConfigError
@@ -78,3 +80,42 @@ class Target:
         else:
             body = json.dumps({"items": [{"id": f"{doc_id}-{k}"} for k in range(items)]}).encode()
         return Request("POST", f"{self.url}/", body, _JSON, items)
+
+
+DEFAULT_NAMES = {"opensearch": "search", "http_api": "api", "database": "db"}
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """'1,10,100' -> [1, 10, 100]; ConfigError for anything else."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(n < 1 for n in sizes):
+        raise ConfigError(
+            f"--batch-sizes {text!r}: expected integers >= 1 separated by commas, e.g. 1,10,100"
+        )
+    return sorted(set(sizes))
+
+
+def check_input(
+    url: str,
+    protocol: str,
+    *,
+    max_in_flight: int,
+    max_requests_per_s: float,
+    batch_sizes: Sequence[int],
+    budget_s: float,
+    name: str | None,
+) -> tuple[Target, Caps, str]:
+    """Every input of a calibration checked before anything is sent; ConfigError names the bad one."""
+    target = Target(url, protocol)  # type: ignore[arg-type]  # Target checks it
+    caps = Caps(max_in_flight, max_requests_per_s)
+    if not batch_sizes or any(n < 1 for n in batch_sizes):
+        raise ConfigError(f"--batch-sizes: integers >= 1, got {list(batch_sizes)}")
+    if not (budget_s > 0 and math.isfinite(budget_s)):
+        raise ConfigError(f"--budget-s must be a number of seconds > 0, got {budget_s}")
+    name = name or DEFAULT_NAMES[target.protocol]
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ConfigError(f"--name {name!r}: letters, digits, _ . - only (it is a scenario key)")
+    return target, caps, name

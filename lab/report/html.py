@@ -26,6 +26,7 @@ from lab.configuration import label
 from lab.errors import exit_status
 from lab.external import ExternalService
 from lab.mocks.spec import ServiceSpec
+from lab.report import verification
 from lab.report.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
 from lab.results import RunFolder
 
@@ -267,6 +268,7 @@ def render_report(analysis: Analysis) -> str:
         f"({escape(str(run.manifest.get('status', '?')))})</p>",
         "<h2>Recommendation</h2>",
         _recommendation(analysis.recommendation),
+        verification.section(run.path),
         f'<h2>Warnings</h2><div class="box warn"><ul>{warnings}</ul></div>' if warnings else "",
         "<h2>Figures</h2>",
         figures,

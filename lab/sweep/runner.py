@@ -4,6 +4,7 @@
     python -m lab.sweep scenarios/opensearch_index.yaml --quick  # the scenario's small grid
     python -m lab.sweep scenarios/x.yaml --dry-run             # the plan and an estimate only
     python -m lab.sweep --resume results/x/20261128-101500     # finish an interrupted run
+    python -m lab.sweep scenarios/twin.yaml --verify           # then the best on the real service
 
 Trials run in a shuffled order (seeded), so slow drift of the machine does not favour one
 configuration. Ctrl-C (or SIGTERM) stops within seconds, stops every child process, marks the
@@ -20,11 +21,12 @@ import math
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from lab.analysis.configs import analyze
+from lab.analysis.recommendation import Recommendation
 from lab.errors import ConfigError, LabError
 from lab.infra.broker import start_broker
 from lab.infra.procs import check_stop, stop_on_signals
@@ -35,6 +37,8 @@ from lab.runtime.jobs import job_type
 from lab.scenario.spec import Scenario, load_scenario
 from lab.sweep import external
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
+from lab.sweep.verify import real_service
+from lab.sweep.verify import verify as verify_on_real
 
 #: Seconds a trial costs beyond its drain: processes to start, ready checks, stop.
 TRIAL_OVERHEAD_S = 1.5
@@ -128,8 +132,12 @@ def run_sweep(
     resume: Path | None = None,
     options: TrialOptions | None = None,
     stream: TextIO | None = None,
+    verify: bool = False,
 ) -> RunFolder | None:
-    """Run (or resume) a sweep; returns its folder (None for a dry run). Raises LabError on bad input."""
+    """Run (or resume) a sweep; returns its folder (None for a dry run). Raises LabError on bad input.
+
+    `verify`: the workload's service is a mock fitted to a real one (`calibrated_from`); the
+    recommendation and its runners-up are then rerun on the real service (`lab.sweep.verify`)."""
     stream = stream or sys.stdout
     if resume is not None:
         run = RunFolder.open(resume)
@@ -141,6 +149,8 @@ def run_sweep(
         raise ConfigError("give a scenario file, or --resume RUN_DIR")
     if quick:
         scenario = scenario.quick_variant()
+    if verify:
+        real_service(scenario)  # bad input stops here, before anything is written
     plan = plan_trials(scenario)
     if dry_run:
         _print_plan(scenario, plan, stream)
@@ -184,18 +194,32 @@ def run_sweep(
         run.mark(STATUS_FAILED)
         raise
     run.mark(STATUS_COMPLETE)
-    report = _recommend_and_report(run, stream)
+
+    def check_on_the_real_service(recommendation: Recommendation) -> None:
+        with stop_on_signals(), start_broker(scenario.broker.url) as broker:
+            verify_on_real(
+                run, scenario, recommendation, broker=broker, options=trial_options, stream=stream
+            )
+
+    report = _recommend_and_report(
+        run, stream, verify=check_on_the_real_service if verify else None
+    )
     stream.write(f"report: {report}\nrun: {run.path}\n")
     return run
 
 
-def _recommend_and_report(run: RunFolder, stream: TextIO) -> Path:
-    """The end of every run: recommendation.json, report.html, the one-line verdict."""
+def _recommend_and_report(
+    run: RunFolder, stream: TextIO, *, verify: Callable[[Recommendation], None] | None = None
+) -> Path:
+    """The end of every run: recommendation.json, the one-line verdict, the check on the real
+    service when asked (`verify`), report.html."""
     from lab.report.html import write_report  # matplotlib: loaded only when a run ends
 
     analysis = analyze(run.path)
     run.write_json("recommendation.json", analysis.recommendation.to_json())
     stream.write(analysis.recommendation.describe() + "\n")
+    if verify is not None:
+        verify(analysis.recommendation)
     return write_report(run.path, analysis=analysis)
 
 
@@ -227,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the plan and an estimate; run nothing"
     )
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
+    p.add_argument(
+        "--verify", action="store_true",
+        help="then rerun the best configurations on the real service the mock was fitted to",
+    )  # fmt: skip
     return p
 
 
@@ -236,7 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("lab.sweep: give a scenario or --resume, not both", file=sys.stderr)
         return 2
     try:
-        run_sweep(ns.scenario, out_dir=ns.out, quick=ns.quick, dry_run=ns.dry_run, resume=ns.resume)
+        run_sweep(
+            ns.scenario, out_dir=ns.out, quick=ns.quick, dry_run=ns.dry_run, resume=ns.resume,
+            verify=ns.verify,
+        )  # fmt: skip
     except LabError as exc:
         print(f"lab.sweep: {exc}", file=sys.stderr)
         return exc.exit_code
