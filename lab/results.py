@@ -8,6 +8,8 @@ results/<scenario>/<YYYYmmdd-HHMMSS>/
     services/<trial>.json  each mock service's statistics for the trial
     recommendation.json    the chosen configuration, its figures and the reasons (lab.analysis.configs)
     report.html            the self-contained report (lab.report)
+    verification.json      with --verify: predicted (mock) vs real (lab.sweep.verify)
+    verify/                with --verify: the real trials (trials.csv, jobs.parquet/, services/)
     logs/<trial>/          worker and mock logs
 
 A run folder is never overwritten: a name already taken gets a suffix. A trial counts as done

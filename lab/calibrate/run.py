@@ -9,7 +9,6 @@ touches the real service.
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from lab.calibrate.phases import MAX_STEP_REQUESTS, Measured, measure
 from lab.calibrate.probe import Probe, Step
 from lab.calibrate.target import Caps, Protocol, Target, check_input
 from lab.errors import LabError
+from lab.infra.aio import run_coroutine
 from lab.mocks.process import mock_process
 from lab.mocks.spec import ServiceSpec
 from lab.results import new_folder
@@ -104,7 +104,7 @@ def calibrate(
         f"calibrating {target.url} ({target.protocol}) for at most {budget_s:g} s, "
         f"{caps.max_in_flight} in flight, {caps.max_requests_per_s:g} requests/s\n"
     )
-    measured = asyncio.run(
+    measured = run_coroutine(
         measure(
             target,
             caps,
@@ -130,7 +130,9 @@ def calibrate(
             tempfile.TemporaryDirectory(prefix="lab-twin-") as tmp,
             mock_process(fitted.spec, workdir=Path(tmp), name="twin") as twin_url,
         ):
-            twin = asyncio.run(_probe_twin(twin_url, target.protocol, caps, measured.steps, stream))
+            twin = run_coroutine(
+                _probe_twin(twin_url, target.protocol, caps, measured.steps, stream)
+            )
     parts = urlsplit(target.url)
     folder = new_folder(out_dir / f"{parts.hostname}-{parts.port or parts.scheme}")
     meta = {

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def run_main(main: Coroutine[Any, Any, None], *, use_uvloop: bool = True) -> None:
@@ -28,3 +31,37 @@ def write_ready_file(path: Path, info: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(info, sort_keys=True) + "\n")
     os.replace(tmp, path)
+
+
+def run_coroutine(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run(main)`, also where this thread already runs a loop (a Jupyter kernel): then
+    `main` runs on a loop of its own in a helper thread, and Ctrl-C cancels it there."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main)
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(main)
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = loop.run_until_complete(task)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="lab-loop", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.1)
+    except BaseException:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join()
+        raise
+    finally:
+        if not thread.is_alive():
+            loop.close()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
