@@ -1,95 +1,38 @@
 """The calibrator, a sweep of its twin and --verify against nginx: a real server no one here wrote.
 
-nginx (Debian's nginx-light, with libnginx-mod-http-echo) runs as a child of the test, on
-127.0.0.1, with a config written here: `echo_sleep 0.05` for 50 ms of latency, `limit_req` at
-200 requests/s (burst 20, nodelay, 429) on `/`, and `limit_conn` 5 (503) on `/conn/`. Its own
-pid file, logs and temp paths live under the test's tmp_path. `.ci/run` installs the packages
-when missing; without them these tests are skipped, saying why.
+nginx (Debian's nginx-light, with libnginx-mod-http-echo; `lab.bench.nginx`) runs as a child of
+the test on 127.0.0.1 with a config written under tmp_path: `echo_sleep 0.05` for 50 ms of
+latency, `limit_req` at 200 requests/s (burst 20, nodelay, 429) on `/`, `limit_conn` 5 (503) on
+`/conn/`. `.ci/run` installs the packages when missing; without them these tests are skipped,
+saying why.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from lab.bench.nginx import nginx_binary, nginx_server
 from lab.calibrate import Calibration, calibrate
-from lab.infra.procs import spawn, wait_for
 from lab.sweep.runner import run_sweep
 
-ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
-NGINX = shutil.which("nginx") or next(
-    (p for p in ("/usr/sbin/nginx", "/sbin/nginx") if Path(p).exists()), None
-)
 pytestmark = pytest.mark.skipif(
-    NGINX is None or not ECHO_MODULE.exists(),
+    nginx_binary() is None,
     reason="needs nginx and its echo module: apt-get install -y nginx-light libnginx-mod-http-echo",
 )
-
-CONFIG = """\
-load_module {echo};
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-worker_processes 1;
-daemon off;
-events {{ worker_connections 256; }}
-http {{
-    access_log {dir}/access.log;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    limit_req_zone $server_addr zone=per_server:1m rate=200r/s;
-    limit_conn_zone $server_addr zone=conns:1m;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            limit_req zone=per_server burst=20 nodelay;
-            limit_req_status 429;
-            echo_sleep 0.05;
-            echo ok;
-        }}
-        location /conn/ {{
-            limit_conn conns 5;
-            limit_conn_status 503;
-            echo_sleep 0.05;
-            echo ok;
-        }}
-    }}
-}}
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture(scope="module")
 def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """(base URL, folder with access.log) of a running nginx; stopped when the module ends."""
-    assert NGINX is not None
     folder = tmp_path_factory.mktemp("nginx")
-    port = _free_port()
-    conf = folder / "nginx.conf"
-    conf.write_text(CONFIG.format(echo=ECHO_MODULE, dir=folder, port=port))
-    argv = [NGINX, "-c", str(conf), "-p", str(folder), "-e", str(folder / "error.log")]
-    with spawn(argv, name="nginx", log_path=folder / "stdout.log") as child:
-        wait_for(lambda: _listening(port), what="nginx", timeout_s=20, children=[child])
-        yield f"http://127.0.0.1:{port}", folder
+    with nginx_server(folder, sleep_s=0.05, rate_per_s=200, burst=20, connections=5) as url:
+        yield url, folder
 
 
 @pytest.fixture(scope="module")
