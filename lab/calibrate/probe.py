@@ -17,7 +17,7 @@ import itertools
 import json
 import math
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -315,6 +315,3 @@ class Probe:
                 lo += 1
             best = max(best, hi - lo + 1)
         return best
-
-
-Progress = Callable[[Step], None]
