@@ -1,8 +1,9 @@
 """From the probe's steps to the load model's parameters, each with the evidence behind it.
 
 - capacity: the knee. Below it, a closed loop of c clients gets X(c) = c / S; past it, the
-  throughput stays at K / S however many clients wait. So K = X_plateau x S, with S the mean
-  latency at low load (Little's law on the requests in service).
+  throughput stays at K / S however many clients wait. So K = X_plateau x S, with S the fitted
+  mean service time (Little's law on the requests in service). From outside, S includes the
+  client's and the network's own time per request, so K comes out K x (1 + that / S).
 - the queue: past the knee latency grows by about S / K per extra client; a full waiting room
   answers 429 from c = K + queue + 1 on, found by bisection.
 - the rate limit: the accepted rate once 429s start, from a paced phase above it; the burst is
@@ -249,9 +250,8 @@ def connection_limit(steps: list[Step]) -> tuple[int | None, str]:
     if not served:
         return None, ""
     if len(set(served)) == 1:
-        return served[
-            0
-        ], f"{served[0]} connections served, the rest refused, in {len(served)} tries"
+        why = f"{served[0]} connections served, the rest refused, in {len(served)} tries"
+        return served[0], why
     return None, f"refusals did not follow the connection count (served {served})"
 
 
@@ -287,6 +287,85 @@ def _errors(steps: list[Step]) -> tuple[float, int]:
     return round(len(errors) / len(pool), 4), max(set(errors), key=errors.count)
 
 
+def _rate_limit(
+    steps: list[Step], rate_confirmed: bool | None
+) -> tuple[RateFit | None, RateLimit | None, str]:
+    """(what the rate phase measured, the twin's rate limit or None, the evidence)."""
+    rate = next((fit_rate(s) for s in steps if s.phase == "rate"), None)
+    if rate is None:
+        return None, None, ""
+    with_header = rate.retry_after_share >= 0.5
+    if not with_header and rate_confirmed is False:
+        return (
+            rate,
+            None,
+            (
+                f"429s without Retry-After kept coming below the accepted rate ({rate.per_s:.1f}/s): "
+                "a limit on requests at once, not on their rate"
+            ),
+        )
+    header = (
+        f"Retry-After {rate.retry_after_s:g} s on {rate.retry_after_share:.0%} of them"
+        if rate.retry_after_s is not None
+        else "no Retry-After"
+    )
+    limit = RateLimit(per_s=float(f"{rate.per_s:.3g}"), burst=rate.burst, retry_after=with_header)
+    return (
+        rate,
+        limit,
+        (
+            f"{rate.per_s:.1f} requests/s accepted over {rate.window_s:.1f} s once 429s started "
+            f"({rate.rejected} rejected, {header}); about {rate.burst} passed first (the burst)"
+        ),
+    )
+
+
+@dataclass
+class _Capacity:
+    capacity: int
+    queue: int | None  # None: not observed (the model's default)
+    capacity_why: str
+    queue_why: str
+    figures: dict[str, Any]
+
+
+def _capacity(
+    knee: Knee, steps: list[Step], service_ms: float, rate: RateFit | None, limited_by: str
+) -> _Capacity | None:
+    """Capacity and queue from the knee; or, past a concurrency limit with no waiting room,
+    from the accepted rate; None when neither was reached (`limited_by` stopped the probe)."""
+    if knee.capacity is not None:
+        estimate, error = knee.in_service(service_ms)
+        capacity = max(1, round(estimate))
+        depth, seen, queue_why = queue_depth(steps, capacity)
+        figures = {
+            "capacity_estimate": estimate,
+            "capacity_standard_error": error,
+            "queue_seen": seen,
+        }
+        growth = latency_growth(knee, capacity, knee.service_mean_ms)
+        if growth is not None:
+            figures["latency_growth_ms_per_client"] = growth[0]
+            queue_why += (
+                f"; past the knee latency grows {growth[0]:.3g} ms per extra client "
+                f"(a FIFO queue of {capacity} servers: {growth[1]:.3g})"
+            )
+        capacity_why = (
+            f"throughput stopped growing at {knee.throughput_per_s:.1f} requests/s from "
+            f"{knee.at_least} clients; x the fitted mean service time {service_ms:.3g} ms = "
+            f"{estimate:.2f} ± {error:.2f} requests in service (Little's law; ± one standard error)"
+        )
+        return _Capacity(capacity, depth, capacity_why, queue_why, figures)
+    if rate is not None and limited_by == "a concurrency limit":
+        capacity = max(1, round(rate.per_s * service_ms / 1000))
+        why = (
+            f"{rate.per_s:.1f} accepted/s x the fitted mean service time {service_ms:.3g} ms = "
+            f"{capacity} requests at once; busy means 429 at once (no waiting room)"
+        )
+        return _Capacity(capacity, 0, why, "0: 429 as soon as every slot is busy", {})
+    return None
+
+
 def fit(
     steps: list[Step], target: Target, caps: Caps, *, fitted_at: str, rate_confirmed: bool | None
 ) -> Fit:
@@ -296,11 +375,10 @@ def fit(
     concurrency without a waiting room, not on rate); None when there was no such check.
     """
     findings: dict[str, str] = {}
-    figures: dict[str, Any] = {}
     knee = find_knee(steps)
     if knee is None:
         raise ValueError("no load level answered cleanly: nothing to fit")
-    per_item_ms, findings["per_item_ms"], figures["batch_medians"] = per_item(steps)
+    per_item_ms, findings["per_item_ms"], batch_medians = per_item(steps)
     samples = _pooled(knee.low_load) - per_item_ms
     fits = fit_latency(samples[samples > 0])
     best = fits[0]
@@ -310,101 +388,54 @@ def fit(
         f"{np.percentile(samples, 99):.3g} ms; fitted median {best.median_ms:.3g} ms, p99 "
         f"{best.p99_ms:.3g} ms"
     )
-    spec: dict[str, Any] = {"kind": target.protocol, "latency": best.latency.model_dump()}
-    spec["per_item_ms"] = per_item_ms
-
-    rate = next((fit_rate(s) for s in steps if s.phase == "rate"), None)
-    rate_limited = rate is not None and (
-        rate.retry_after_share >= 0.5 or rate_confirmed is not False
-    )
-    if rate is not None and rate_limited:
-        spec["rate_limit"] = RateLimit(
-            per_s=float(f"{rate.per_s:.3g}"),
-            burst=rate.burst,
-            retry_after=rate.retry_after_share >= 0.5,
-        ).model_dump()
-        header = (
-            f"Retry-After {rate.retry_after_s:g} s on {rate.retry_after_share:.0%} of them"
-            if rate.retry_after_s is not None
-            else "no Retry-After"
-        )
-        findings["rate_limit"] = (
-            f"{rate.per_s:.1f} requests/s accepted over {rate.window_s:.1f} s once 429s started "
-            f"({rate.rejected} rejected, {header}); about {rate.burst} passed first (the burst)"
-        )
-    elif rate is not None:
-        findings["rate_limit"] = (
-            f"429s without Retry-After kept coming below the accepted rate ({rate.per_s:.1f}/s): "
-            "a limit on requests at once, not on their rate"
-        )
+    rate, limit, findings["rate_limit"] = _rate_limit(steps, rate_confirmed)
     conn_limit, findings["connection_limit"] = connection_limit(steps)
-    if conn_limit is not None:
-        spec["connection_limit"] = conn_limit
-
-    twin_mean_ms = mean_ms(best.latency) + per_item_ms
-    if not math.isfinite(twin_mean_ms):
-        twin_mean_ms = knee.service_mean_ms
-    if knee.capacity is not None:
-        estimate, error = knee.in_service(twin_mean_ms)
-        capacity = max(1, round(estimate))
-        figures.update(capacity_estimate=estimate, capacity_standard_error=error)
-        findings["capacity"] = (
-            f"throughput stopped growing at {knee.throughput_per_s:.1f} requests/s from "
-            f"{knee.at_least} clients; x the fitted mean service time {twin_mean_ms:.3g} ms = "
-            f"{estimate:.2f} ± {error:.2f} requests in service (Little's law; ± one standard error)"
-        )
-        depth, seen, findings["queue"] = queue_depth(steps, capacity)
-        spec["queue"] = depth
-        growth = latency_growth(knee, capacity, knee.service_mean_ms)
-        if growth is not None:
-            figures["latency_growth_ms_per_client"] = growth[0]
-            findings["queue"] += (
-                f"; past the knee latency grows {growth[0]:.3g} ms per extra client "
-                f"(a FIFO queue of {capacity} servers: {growth[1]:.3g})"
-            )
-        figures["queue_seen"] = seen
-    elif rate is not None and not rate_limited:
-        capacity = max(1, round(rate.per_s * twin_mean_ms / 1000))
-        spec["queue"] = 0
-        findings["capacity"] = (
-            f"{rate.per_s:.1f} accepted/s x the fitted mean service time {twin_mean_ms:.3g} ms = "
-            f"{capacity} requests at once; busy means 429 at once (no waiting room)"
-        )
-        findings["queue"] = "0: 429 as soon as every slot is busy"
-    else:
-        capacity = max(caps.max_in_flight, conn_limit or 0)
-        why = (
-            "the connection limit"
-            if conn_limit is not None
-            else "the rate limit"
-            if rate_limited
-            else "the caps"
-        )
-        findings["capacity"] = (
+    service_ms = mean_ms(best.latency) + per_item_ms  # what the twin will take, on average
+    if not math.isfinite(service_ms):
+        service_ms = knee.service_mean_ms
+    limited_by = (
+        "the connection limit" if conn_limit is not None
+        else "the rate limit" if limit is not None
+        else "a concurrency limit" if rate is not None
+        else "the caps"
+    )  # fmt: skip
+    found = _capacity(knee, steps, service_ms, rate, limited_by)
+    if found is None:
+        found = _Capacity(
+            max(caps.max_in_flight, conn_limit or 0), None,
             f"not reached: throughput still grew at {knee.at_least} clients in flight "
-            f"({knee.throughput_per_s:.1f}/s) when {why} stopped the ladder; set to "
-            f"max_in_flight ({caps.max_in_flight}), the most the lab will send"
-        )
-        findings["queue"] = "not observed (capacity not reached): the model's default"
-        figures["queue_seen"] = False
-    spec["capacity"] = capacity
-    spec["error_rate"], spec["error_status"] = _errors(steps)
-    if spec["error_rate"]:
-        findings["errors"] = (
-            f"{spec['error_rate']:.2%} of low-load requests failed with {spec['error_status']}"
-        )
-    spec["calibrated_from"] = ExternalService(
-        kind="external",
-        url=target.url,
-        protocol=target.protocol,
-        max_in_flight=caps.max_in_flight,
-        max_requests_per_s=caps.max_requests_per_s,
-    ).model_dump()
-    figures.update(
-        capacity_reached=knee.capacity is not None,
-        plateau_per_s=knee.throughput_per_s,
-        service_mean_ms=knee.service_mean_ms,
-        low_load_samples=len(samples),
-        fitted_at=fitted_at,
+            f"({knee.throughput_per_s:.1f}/s) when {limited_by} stopped the ladder; set to "
+            f"max_in_flight ({caps.max_in_flight}), the most the lab will send",
+            "not observed (capacity not reached): the model's default", {"queue_seen": False},
+        )  # fmt: skip
+    findings["capacity"], findings["queue"] = found.capacity_why, found.queue_why
+    error_rate, error_status = _errors(steps)
+    if error_rate:
+        findings["errors"] = f"{error_rate:.2%} of low-load requests failed with {error_status}"
+    real = ExternalService(
+        kind="external", url=target.url, protocol=target.protocol,
+        max_in_flight=caps.max_in_flight, max_requests_per_s=caps.max_requests_per_s,
+    )  # fmt: skip
+    spec = ServiceSpec(
+        kind=target.protocol,
+        capacity=found.capacity,
+        latency=best.latency,
+        per_item_ms=per_item_ms,
+        rate_limit=limit,
+        connection_limit=conn_limit,
+        error_rate=error_rate,
+        error_status=error_status,
+        calibrated_from=real,
     )
-    return Fit(ServiceSpec.model_validate(spec), fits, findings, figures, samples)
+    if found.queue is not None:
+        spec = spec.model_copy(update={"queue": found.queue})
+    figures = {
+        **found.figures,
+        "batch_medians": batch_medians,
+        "capacity_reached": knee.capacity is not None,
+        "plateau_per_s": knee.throughput_per_s,
+        "service_mean_ms": knee.service_mean_ms,
+        "low_load_samples": len(samples),
+        "fitted_at": fitted_at,
+    }
+    return Fit(spec, fits, findings, figures, samples)
