@@ -10,12 +10,14 @@ No `/_lab/` route is ever sent to an external URL: those exist only on the lab's
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, field_validator
+from pydantic import Field, field_validator
 
+from lab import limits as L
 from lab.errors import ConfigError
+from lab.strict import Strict, why
 
 Protocol = Literal["opensearch", "http_api", "database"]
 PROTOCOLS: tuple[Protocol, ...] = ("opensearch", "http_api", "database")
@@ -38,25 +40,25 @@ def check_url(url: str, *, where: str = "url") -> str:
     return url.rstrip("/")
 
 
-class ExternalService(BaseModel):
+class ExternalService(Strict):
     """A live service (not a mock): jobs call `url` as they would a mock of `protocol`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     kind: Literal["external"] = Field(description="A real service, called within its caps.")
-    url: str = Field(description="Base URL, http:// or https://; jobs append their paths.")
+    url: Annotated[str, Field(max_length=L.URL_CHARS_MAX)] = Field(
+        description="Base URL, http:// or https://; jobs append their paths."
+    )
     protocol: Protocol = Field(
         description="What it speaks, as the mock kinds: opensearch | http_api | database."
     )
-    max_in_flight: StrictInt = Field(
-        ge=1,
-        description="Most requests the lab may have in flight at once, over ALL instances of a "
-        "trial; a configuration with more job slots is clipped and marked in trials.csv.",
+    max_in_flight: Annotated[int, Field(ge=1, le=L.CONCURRENCY_MAX), why(L.CONCURRENCY_WHY)] = (
+        Field(
+            description="Most requests the lab may have in flight at once, over ALL instances of a "
+            "trial; a configuration with more job slots is clipped and marked in trials.csv."
+        )
     )
-    max_requests_per_s: StrictInt | StrictFloat = Field(
-        gt=0,
+    max_requests_per_s: Annotated[float, Field(gt=0, le=L.RATE_LIMIT_MAX)] = Field(
         description="Most requests per second the lab may send, over all instances: each "
-        "instance is paced at its share.",
+        "instance is paced at its share."
     )
 
     @field_validator("url")

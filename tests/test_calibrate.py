@@ -13,7 +13,6 @@ import math
 import re
 import signal
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,12 @@ from lab.scenario.spec import Scenario
 
 def run(tmp_path: Path, spec: dict[str, Any], **kw: Any) -> tuple[Calibration, str]:
     """Calibrate a fresh mock of `spec`; returns the calibration and the mock's URL."""
-    with mock_process(parse_spec(spec), workdir=tmp_path / "mock") as url:
+    with mock_process(parse_spec(spec), workdir=tmp_path / "mock") as mock:
         kw.setdefault("check", False)
-        result = calibrate(url, spec["kind"], out_dir=tmp_path / "out", stream=io.StringIO(), **kw)
-    return result, url
+        result = calibrate(
+            mock.url, spec["kind"], out_dir=tmp_path / "out", stream=io.StringIO(), **kw
+        )
+    return result, mock.url
 
 
 def within(value: float, truth: float, share: float) -> bool:
@@ -101,11 +102,6 @@ def test_finds_a_connection_limit(tmp_path: Path) -> None:
     assert result.spec.connection_limit == 5, result.fit.findings
 
 
-def _stats(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url}/_lab/stats", timeout=10) as resp:
-        return dict(json.loads(resp.read()))
-
-
 def max_requests_in_a_second(stats: dict[str, Any]) -> float:
     """From the mock's own series: the most requests it received in any window of <= 1 s."""
     t, n = stats["series"]["t_s"], stats["series"]["requests"]
@@ -125,12 +121,12 @@ def test_a_calibration_never_exceeds_its_caps(tmp_path: Path) -> None:
     spec = parse_spec(
         {"kind": "http_api", "capacity": 64, "latency": {"dist": "constant", "ms": 40}}
     )
-    with mock_process(spec, workdir=tmp_path / "mock") as url:
+    with mock_process(spec, workdir=tmp_path / "mock") as mock:
         result = calibrate(
-            url, "http_api", max_in_flight=6, max_requests_per_s=120, budget_s=8,
+            mock.url, "http_api", max_in_flight=6, max_requests_per_s=120, budget_s=8,
             batch_sizes=(1, 10), out_dir=tmp_path / "out", stream=io.StringIO(), check=False,
         )  # fmt: skip
-        stats = _stats(url)
+        stats = mock.stats()
     assert stats["max"]["in_flight"] <= 6 and stats["max"]["connections"] <= 6
     assert max_requests_in_a_second(stats) <= 120 + 3  # + the series' sampling edges
     probe = result.measured
@@ -222,8 +218,8 @@ def slow_mock(tmp_path: Path) -> Iterator[str]:
     spec = parse_spec(
         {"kind": "http_api", "capacity": 64, "latency": {"dist": "constant", "ms": 200}}
     )
-    with mock_process(spec, workdir=tmp_path / "mock") as url:
-        yield url
+    with mock_process(spec, workdir=tmp_path / "mock") as mock:
+        yield mock.url
 
 
 @pytest.mark.timeout(60)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from lab.errors import ConfigError
+from lab.mocks.control import MockControl
 from lab.mocks.process import mock_process
 from lab.mocks.spec import parse_spec
 from lab.sweep.external import clip, rate_share
@@ -22,19 +22,14 @@ from lab.sweep.runner import run_sweep
 from tests.test_calibrate import max_requests_in_a_second
 
 
-def _stats(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{url}/_lab/stats", timeout=10) as resp:
-        return dict(json.loads(resp.read()))
-
-
 @pytest.fixture
-def real(tmp_path: Path) -> Iterator[str]:
+def real(tmp_path: Path) -> Iterator[MockControl]:
     """A 20 ms, 64-wide service: with no caps, 3 instances x 16 slots would put 48 in flight."""
     spec = parse_spec(
         {"kind": "http_api", "capacity": 64, "latency": {"dist": "constant", "ms": 20}}
     )
-    with mock_process(spec, workdir=tmp_path / "real") as url:
-        yield url
+    with mock_process(spec, workdir=tmp_path / "real") as mock:
+        yield mock
 
 
 def scenario(
@@ -56,9 +51,9 @@ def scenario(
 
 @pytest.mark.timeout(180)
 def test_the_caps_hold_over_all_instances_and_no_lab_route_is_sent(
-    tmp_path: Path, real: str
+    tmp_path: Path, real: MockControl
 ) -> None:
-    external = {"kind": "external", "url": real, "protocol": "http_api", "max_in_flight": 6,
+    external = {"kind": "external", "url": real.url, "protocol": "http_api", "max_in_flight": 6,
                 "max_requests_per_s": 150}  # fmt: skip
     path = scenario(
         tmp_path,
@@ -75,7 +70,7 @@ def test_the_caps_hold_over_all_instances_and_no_lab_route_is_sent(
     assert (trials.loc["nw16-in3-bs1-r0", ["num_workers", "instances"]] == [2, 3]).all()
     assert pd.isna(trials.loc["nw2-in1-bs1-r0", "clipped"])
     assert (trials["items_done"] == 150).all()
-    stats = _stats(real)
+    stats = real.stats()
     assert stats["max"]["in_flight"] <= 6 and stats["max"]["connections"] <= 6
     assert max_requests_in_a_second(stats) <= 150 + 3
     # nothing reset its counters: every attempt of every trial is still counted, and nothing else
@@ -84,7 +79,7 @@ def test_the_caps_hold_over_all_instances_and_no_lab_route_is_sent(
                "duplicate_items"]  # fmt: skip
     assert trials[unknown].isna().all().all()
     report = (run.path / "report.html").read_text()
-    assert f"a real http_api service at {real}" in report
+    assert f"a real http_api service at {real.url}" in report
 
 
 @pytest.mark.timeout(120)
@@ -92,14 +87,14 @@ def test_opensearch_counts_by_ids_and_puts_deletes_in_place_with_bulk(tmp_path: 
     spec = parse_spec(
         {"kind": "opensearch", "capacity": 8, "latency": {"dist": "constant", "ms": 2}}
     )
-    with mock_process(spec, workdir=tmp_path / "real") as url:
-        external = {"kind": "external", "url": url, "protocol": "opensearch", "max_in_flight": 8,
+    with mock_process(spec, workdir=tmp_path / "real") as mock:
+        external = {"kind": "external", "url": mock.url, "protocol": "opensearch", "max_in_flight": 8,
                     "max_requests_per_s": 500}  # fmt: skip
         path = scenario(
             tmp_path, external, {"job": "opensearch.delete", "items": 60}, num_workers=[4]
         )
         run = run_sweep(path, out_dir=tmp_path / "results", stream=io.StringIO())
-        stats = _stats(url)
+        stats = mock.stats()
     assert run is not None
     [row] = run.trials().to_dict("records")
     assert row["lost_items"] == 0 and row["not_found"] == 0 and pd.isna(row["duplicate_items"])

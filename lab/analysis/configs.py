@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lab.analysis.explain import explain, trial_warnings, unstable
+from lab.analysis.attribution import Context, attribute_configs, fill_older_layout
+from lab.analysis.explain import bottleneck_reason, explain, trial_warnings, unstable
 from lab.analysis.recommendation import Candidate, Recommendation
 from lab.analysis.usl import UslFit, fit_usl
 from lab.configuration import SEPARATE, Configuration, label
@@ -251,7 +252,10 @@ def json_safe(value: Any) -> Any:
 def _candidate(row: pd.Series, within_noise: bool | None = None) -> Candidate:
     figures = {k: float(row[k]) for k in _FIGURES}
     figures |= {"concurrency": int(row["concurrency"]), "repeats": int(row["repeats"])}
-    return Candidate(Configuration.of(row), json_safe(figures), within_noise)
+    return Candidate(
+        Configuration.of(row), json_safe(figures), within_noise, str(row["bottleneck"]),
+        json_safe(dict(row["evidence"])),
+    )  # fmt: skip
 
 
 def _fits(trials: pd.DataFrame) -> list[UslFit]:
@@ -269,15 +273,22 @@ def analyze_trials(
     service: ServiceSpec | None = None,
     cpu_count: int | None = None,
     margin: float = NOISE_MARGIN,
+    jobs: pd.DataFrame | None = None,
+    context: Context | None = None,
 ) -> Analysis:
-    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec."""
+    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec,
+    `jobs` the attempts (jobs.parquet, for the retry-wave detector), `context` what attribution
+    needs to know of the scenario (default: `service`, the SLO and a backlog)."""
+    if PLACEMENT not in trials:
+        trials = trials.assign(**{PLACEMENT: SEPARATE})
+    context = context or Context(service, objective.slo.max_error_rate, None, cpu_count)
     configs = per_config(trials)
+    attributed = attribute_configs(trials, jobs, context, [*CONFIG, PLACEMENT])
+    configs = configs.merge(attributed, on=[*CONFIG, PLACEMENT], how="left")
     configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
     fits = _fits(trials)
     warnings = trial_warnings(trials, cpu_count=cpu_count) + unstable(configs, objective.maximize)
-    pick, reasons, runners = _recommendation(
-        configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
-    )
+    pick, reasons, runners = _recommendation(configs, objective, margin=margin, fits=fits)
     rec = Recommendation(
         pick,
         tuple(reasons),
@@ -285,22 +296,20 @@ def analyze_trials(
         tuple(warnings),
         tuple(json_safe(_fit_entry(f)) for f in fits),
         objective.model_dump(mode="json") | {"noise_margin": margin, "confidence": CONFIDENCE},
+        tuple(_candidate(r) for _, r in configs.iterrows()),
     )
     return Analysis(objective, trials, configs, rec, fits, warnings, service)
 
 
 def _recommendation(
-    configs: pd.DataFrame, objective: Objective, *, service: ServiceSpec | None,
-    cpu_count: int | None, margin: float, fits: list[UslFit],
-) -> tuple[Candidate | None, list[str], list[Candidate]]:  # fmt: skip
+    configs: pd.DataFrame, objective: Objective, *, margin: float, fits: list[UslFit]
+) -> tuple[Candidate | None, list[str], list[Candidate]]:
     """The pick (None when nothing qualifies), the reasons, the runners-up."""
     if configs.empty:
         return None, ["no trial finished"], []
     metric = objective.maximize
     ok = configs[configs["slo_problems"].map(len) == 0]
-    context = explain(
-        configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
-    )
+    context = explain(configs, objective, margin=margin, fits=fits)
     if ok.empty:
         verdict = (
             "no configuration met the SLO and kept every item, so none is recommended "
@@ -313,7 +322,11 @@ def _recommendation(
     chosen = tied.sort_values(
         [k for k, _ in keys] + [metric], ascending=[asc for _, asc in keys] + [False]
     ).iloc[0]
-    reasons = [_choice_sentence(chosen, best, tied, ok, objective, margin), *context]
+    reasons = [
+        _choice_sentence(chosen, best, tied, ok, objective, margin),
+        bottleneck_reason(chosen),
+        *context,
+    ]
     if bool(chosen["harness_saturated"]):
         reasons.append(
             "caution: a trial of the chosen configuration saturated the lab itself, so its "
@@ -406,9 +419,15 @@ def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
     service = scenario.services.get(scenario.workload.service)
     service = service if isinstance(service, ServiceSpec) else None  # a real service: no model
     cpu_count = run.manifest.get("cpu_count")
-    analysis = analyze_trials(
-        run.trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin
+    context = Context.of(scenario, cpu_count)
+    folder = RunFolder(run.path)
+    trials = fill_older_layout(
+        run.trials, run.jobs, folder.services, scenario.workload.service, context
     )
+    analysis = analyze_trials(
+        trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin,
+        jobs=run.jobs, context=context,
+    )  # fmt: skip
     status = run.manifest.get("status")
     planned = len(run.manifest.get("trials_planned", []))
     extra = []

@@ -57,9 +57,9 @@ class Check:
 
 
 def _run(spec: dict[str, Any], work: Path, **kw: Any) -> Calibration:
-    with mock_process(parse_spec(spec), workdir=work / "mock") as url:
+    with mock_process(parse_spec(spec), workdir=work / "mock") as mock:
         return calibrate(
-            url, spec["kind"], out_dir=work / "out", stream=io.StringIO(), check=False, **kw
+            mock.url, spec["kind"], out_dir=work / "out", stream=io.StringIO(), check=False, **kw
         )
 
 

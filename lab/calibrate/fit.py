@@ -18,16 +18,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lab.calibrate.latency import FamilyFit, fit_latency, quality
 from lab.calibrate.probe import Step
 from lab.calibrate.target import Caps, Target
 from lab.external import ExternalService
 from lab.mocks.distributions import mean_ms
 from lab.mocks.spec import RateLimit, ServiceSpec
+
+if TYPE_CHECKING:  # scipy loads with the fit, not while the probe runs
+    from lab.calibrate.latency import FamilyFit
 
 PLATEAU_SHARE = 0.85
 """A step past the busiest one is on the plateau when it keeps this share of its throughput."""
@@ -374,6 +376,8 @@ def fit(
     `rate_confirmed`: False when a paced check below the fitted rate still got 429s (a limit on
     concurrency without a waiting room, not on rate); None when there was no such check.
     """
+    from lab.calibrate.latency import fit_latency, quality  # scipy: only now
+
     findings: dict[str, str] = {}
     knee = find_knee(steps)
     if knee is None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from lab import limits as L
 from lab.mocks.distributions import Z_P99, cdf, quantile
 from lab.mocks.spec import (
     BimodalLatency,
@@ -30,6 +31,9 @@ BIMODAL_MARGIN = 0.5
 """bimodal is chosen only when its D is below this fraction of the best one-part D."""
 
 MIN_SAMPLES = 20
+
+PARETO_ALPHA_MAX = 100.0
+"""The spec's largest tail index: a tail that thin is a constant with a little noise."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,8 @@ def quality(ks: float) -> str:
 
 
 def _round(x: float) -> float:
-    """Three significant figures: a fitted value is not known better than that."""
-    return float(f"{x:.3g}") if x > 0 else 0.0
+    """Four significant figures: a fitted value is not known better than that."""
+    return float(f"{x:.4g}") if x > 0 else 0.0
 
 
 def _lognormal(median: float, sigma: float) -> LognormalLatency:
@@ -97,8 +101,10 @@ def candidates(samples_ms: np.ndarray) -> list[Latency]:
     ]
     x_min = float(x.min())
     spread = float(np.log(x / x_min).sum())
-    if spread > 0:
-        out.append(ParetoLatency(min_ms=_round(x_min), alpha=_round(len(x) / spread)))
+    if spread > 0:  # alpha within the spec's bounds; a tail too heavy for a mean gets a cap
+        alpha = min(PARETO_ALPHA_MAX, max(L.PARETO_ALPHA_MIN, _round(len(x) / spread)))
+        cap = _round(float(x.max())) if alpha <= 1 else None
+        out.append(ParetoLatency(min_ms=_round(x_min), alpha=alpha, max_ms=cap))
     mixture = _bimodal(logs) if len(x) >= 4 * MIN_SAMPLES else None
     if mixture is not None:
         out.append(mixture)

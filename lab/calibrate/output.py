@@ -13,6 +13,7 @@ report.html       the measured curves with the twin's on them, self-contained
 from __future__ import annotations
 
 import csv
+import io
 import json
 import textwrap
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from lab.calibrate.latency import quality
 from lab.calibrate.phases import Measured
 from lab.calibrate.plots import batch_cost, latency_fit, load_curves, rate_phase
 from lab.calibrate.probe import Step
+from lab.infra.files import atomic_write
 from lab.mocks.spec import ServiceSpec
 from lab.report.html import figure_png, html_page
 
@@ -70,14 +72,14 @@ def _rows(service: str, steps: Sequence[Step]) -> list[dict[str, Any]]:
     return [{"service": service, **s.summary()} for s in steps]
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def _csv(rows: list[dict[str, Any]]) -> str:
     if not rows:
-        path.write_text("")
-        return
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        return ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def _requests(service: str, steps: Sequence[Step]) -> list[dict[str, Any]]:
@@ -128,7 +130,7 @@ def write_folder(
         "requests": folder / "requests.csv",
         "report": folder / "report.html",
     }
-    paths["yaml"].write_text(service_yaml(fit, name, command=meta["command"]))
+    atomic_write(paths["yaml"], service_yaml(fit, name, command=meta["command"]))
     document = {
         "schema_version": SCHEMA_VERSION,
         **meta,
@@ -159,10 +161,11 @@ def write_folder(
         "steps": _rows("service", measured.steps),
         "twin_steps": _rows("twin", twin),
     }
-    paths["json"].write_text(json.dumps(_json_safe(document), indent=2, sort_keys=True) + "\n")
-    _write_csv(paths["steps"], _rows("service", measured.steps) + _rows("twin", twin))
-    _write_csv(paths["requests"], _requests("service", measured.steps) + _requests("twin", twin))
-    paths["report"].write_text(render(fit, measured, twin, name=name, meta=meta), encoding="utf-8")
+    atomic_write(paths["json"], json.dumps(_json_safe(document), indent=2, sort_keys=True) + "\n")
+    atomic_write(paths["steps"], _csv(_rows("service", measured.steps) + _rows("twin", twin)))
+    requests = _requests("service", measured.steps) + _requests("twin", twin)
+    atomic_write(paths["requests"], _csv(requests))
+    atomic_write(paths["report"], render(fit, measured, twin, name=name, meta=meta))
     return paths
 
 

@@ -20,7 +20,6 @@ from typing import TextIO
 from urllib.parse import urlsplit
 
 from lab.calibrate.fit import Fit, fit
-from lab.calibrate.output import write_folder
 from lab.calibrate.phases import MAX_STEP_REQUESTS, Measured, measure
 from lab.calibrate.probe import Probe, Step
 from lab.calibrate.target import Caps, Protocol, Target, check_input
@@ -28,7 +27,6 @@ from lab.errors import LabError
 from lab.infra.aio import run_coroutine
 from lab.mocks.process import mock_process
 from lab.mocks.spec import ServiceSpec
-from lab.results import new_folder
 
 
 @dataclass
@@ -128,11 +126,14 @@ def calibrate(
     if check:
         with (
             tempfile.TemporaryDirectory(prefix="lab-twin-") as tmp,
-            mock_process(fitted.spec, workdir=Path(tmp), name="twin") as twin_url,
+            mock_process(fitted.spec, workdir=Path(tmp), name="twin") as twin_mock,
         ):
             twin = run_coroutine(
-                _probe_twin(twin_url, target.protocol, caps, measured.steps, stream)
+                _probe_twin(twin_mock.url, target.protocol, caps, measured.steps, stream)
             )
+    from lab.calibrate.output import write_folder  # matplotlib: only for the report
+    from lab.results import new_folder  # pandas: likewise
+
     parts = urlsplit(target.url)
     folder = new_folder(out_dir / f"{parts.hostname}-{parts.port or parts.scheme}")
     meta = {

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
+
+from lab.infra.files import atomic_write
 
 T = TypeVar("T")
 
@@ -27,10 +28,9 @@ def run_main(main: Coroutine[Any, Any, None], *, use_uvloop: bool = True) -> Non
 
 
 def write_ready_file(path: Path, info: dict[str, Any]) -> None:
-    """Announce readiness: write then rename, so a polling parent never reads half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Announce readiness atomically (a polling parent never reads half a file), readable by
+    this user only (it may carry a mock's control token), never through a planted link."""
+    atomic_write(path, json.dumps(info, sort_keys=True) + "\n", mode=0o600)
 
 
 def run_coroutine(main: Coroutine[Any, Any, T]) -> T:

@@ -41,6 +41,7 @@ import redis.asyncio as aioredis
 
 from lab.errors import BrokerError, ConfigError, exit_status
 from lab.infra.aio import run_main
+from lab.infra.broker import BROKER_URL_ENV, redact_url
 from lab.infra.pacing import pacing_trace
 from lab.runtime.jobs import BUILTINS, Handler, JobContext, JobError, execute, item_count, resolve
 from lab.runtime.queue import (
@@ -54,7 +55,7 @@ from lab.runtime.queue import (
     decode_job,
     encode_job,
 )
-from lab.runtime.retry import DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy
+from lab.runtime.retry import AFTER_FLOOR, DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy
 from lab.runtime.wire import WireConnection
 
 log = logging.getLogger(__name__)
@@ -264,7 +265,7 @@ class Worker:
             self._acks.append(job_id)
         elif retryable and self.settings.retry.should_retry(attempt):
             outcome = RETRY
-            delay_s = max(self.settings.retry.delay_s(attempt, self._rng), retry_after_s or 0.0)
+            delay_s = self.settings.retry.retry_delay_s(attempt, self._rng, retry_after_s)
             retry = encode_job(job_id, name, args, msg["enq"], attempt + 1)
             self._retries += [job_id, repr(finished + delay_s), retry]
         else:
@@ -294,6 +295,13 @@ class Worker:
             return _describe(exc), getattr(exc, "retry_after_s", None), None
 
     def _resolve_late(self, name: str) -> Handler:
+        """A built-in named by a job; anything else must have been given at start (`--job`):
+        a payload in Redis never makes this process import a module of its choosing."""
+        if name not in BUILTINS:
+            raise ConfigError(
+                f"job {name[:100]!r} is not a built-in nor one this worker was started with "
+                f"(--job: {', '.join(self.settings.jobs) or 'none'})"
+            )
         handler = self._handlers[name] = resolve(name)
         return handler
 
@@ -407,7 +415,7 @@ class Worker:
                 if gone_s > max(BROKER_LOST_S, self.settings.heartbeat_ttl_s):
                     # Our jobs were put back by now anyway; an orphan must not spin forever.
                     raise BrokerError(
-                        f"broker {self.settings.broker_url} lost for {gone_s:.0f}s"
+                        f"broker {redact_url(self.settings.broker_url)} lost for {gone_s:.0f}s"
                     ) from exc
 
 
@@ -437,7 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m lab.runtime.worker", description=__doc__.split("\n")[0]
     )
     p.add_argument(
-        "--broker", required=True, help="Redis URL, e.g. redis://127.0.0.1:6379/0 or unix:///path"
+        "--broker",
+        default=os.environ.get(BROKER_URL_ENV),
+        help=f"Redis URL, e.g. redis://127.0.0.1:6379/0 or unix:///path (default: ${BROKER_URL_ENV},"
+        " which keeps a password off the command line)",
     )
     p.add_argument("--queue", default="default")
     p.add_argument("--num-workers", type=int, default=1, help="jobs this instance runs at once")
@@ -465,6 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff-ms", type=float, default=DEFAULT_RETRY.backoff_ms)
     p.add_argument("--max-backoff-ms", type=float, default=DEFAULT_RETRY.max_backoff_ms)
     p.add_argument("--jitter", choices=["full", "none"], default=DEFAULT_RETRY.jitter)
+    p.add_argument(
+        "--after-floor",
+        choices=AFTER_FLOOR,
+        default=DEFAULT_RETRY.after_floor,
+        help="a Retry-After floor: jittered (floor + backoff draw) or exact (the floor itself)",
+    )
     p.add_argument("--job-timeout-s", type=float, default=DEFAULT_JOB_TIMEOUT_S, help="0 for none")
     p.add_argument(
         "--grace-s", type=float, default=10.0, help="on SIGTERM, how long in-flight jobs may finish"
@@ -482,8 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(ns: argparse.Namespace) -> WorkerSettings:
+    if not ns.broker:
+        raise ConfigError(f"give --broker URL, or set {BROKER_URL_ENV}")
     try:
-        retry = RetryPolicy(ns.max_attempts, ns.backoff_ms, ns.max_backoff_ms, ns.jitter)
+        retry = RetryPolicy(
+            ns.max_attempts, ns.backoff_ms, ns.max_backoff_ms, ns.jitter, ns.after_floor
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return WorkerSettings(

@@ -172,5 +172,7 @@ def row_columns(job: str, stats: Mapping[str, Any], items: int) -> dict[str, Any
             items - documents if ledger == "writes" else documents if ledger == "deletes" else None
         )
     unknown = ("service_requests", "service_rejected", "service_errors", "service_max_in_flight",
-               "service_max_queue_depth", "duplicate_items")  # fmt: skip
+               "service_max_queue_depth", "service_rate_limited", "service_queue_full",
+               "service_connections_refused", "service_max_connections", "service_utilization",
+               "duplicate_items")  # fmt: skip
     return {**dict.fromkeys(unknown), "lost_items": lost}

@@ -25,7 +25,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from lab.analysis.configs import analyze
 from lab.analysis.recommendation import Recommendation
 from lab.errors import ConfigError, LabError
 from lab.infra.broker import start_broker
@@ -34,7 +33,8 @@ from lab.mocks.distributions import mean_ms
 from lab.producers.arrivals import expected_duration_s
 from lab.results import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunFolder
 from lab.runtime.jobs import job_type
-from lab.scenario.spec import Scenario, load_scenario
+from lab.scenario.loader import read_text
+from lab.scenario.spec import Scenario, import_job, load_scenario
 from lab.sweep import external
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
 from lab.sweep.verify import real_service
@@ -141,10 +141,12 @@ def run_sweep(
     stream = stream or sys.stdout
     if resume is not None:
         run = RunFolder.open(resume)
-        scenario = load_scenario(run.path / "scenario.yaml")
+        source = run.scenario_path
+        scenario = load_scenario(source)
         quick = bool(run.manifest.get("quick", False))
     elif scenario_path is not None:
-        scenario = load_scenario(scenario_path)
+        source = Path(scenario_path)
+        scenario = load_scenario(source)
     else:
         raise ConfigError("give a scenario file, or --resume RUN_DIR")
     if quick:
@@ -155,10 +157,10 @@ def run_sweep(
     if dry_run:
         _print_plan(scenario, plan, stream)
         return None
+    import_job(scenario, source)  # the user's module runs only now, when trials will run
     if resume is None:
-        assert scenario_path is not None
         run = RunFolder.create(
-            out_dir, scenario.name, Path(scenario_path).read_text(),
+            out_dir, scenario.name, read_text(source, what="scenario"),
             {"seed": scenario.seed, "quick": quick, "command": ["python", "-m", "lab.sweep", *sys.argv[1:]], "trials_planned": [p.trial_id for p in plan]},
         )  # fmt: skip
     done = set(run.completed_trials())
@@ -213,7 +215,8 @@ def _recommend_and_report(
 ) -> Path:
     """The end of every run: recommendation.json, the one-line verdict, the check on the real
     service when asked (`verify`), report.html."""
-    from lab.report.html import write_report  # matplotlib: loaded only when a run ends
+    from lab.analysis.configs import analyze  # pandas, scipy: loaded only when a run ends
+    from lab.report.html import write_report  # matplotlib: likewise
 
     analysis = analyze(run.path)
     run.write_json("recommendation.json", analysis.recommendation.to_json())

@@ -25,8 +25,7 @@ import signal
 import socket
 import threading
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,9 @@ from lab.configuration import COLOCATED, Configuration
 from lab.errors import ServiceError
 from lab.external import ExternalService
 from lab.infra.broker import Broker
+from lab.infra.files import atomic_write
 from lab.infra.procs import Child, check_stop, python_module_argv, spawn, terminate_all, wait_for
+from lab.mocks.control import TOKEN_ENV, MockControl, new_token
 from lab.mocks.spec import spec_to_json
 from lab.producers.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
 from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
@@ -110,13 +111,6 @@ class TrialOutcome:
     usage: dict[str, Usage] = field(default_factory=dict)
 
 
-def _http_json(url: str, body: dict[str, Any] | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
 @contextlib.contextmanager
 def _listening_socket() -> Iterator[socket.socket]:
     """A loopback socket bound here and handed to children: its URL is known before they are
@@ -143,6 +137,7 @@ class _Actors:
         ready: Path | None = None,
         pass_fds: tuple[int, ...] = (),
         grace_s: float = 5.0,
+        env: Mapping[str, str] | None = None,
     ) -> Child:
         if ready is not None:
             ready.unlink(missing_ok=True)  # a resumed trial must not trust the last attempt's file
@@ -154,6 +149,7 @@ class _Actors:
                 log_path=self.logs / f"{name}.log",
                 pass_fds=pass_fds,
                 grace_s=grace_s,
+                env=env,
             )
         )
         self.children[name] = (role, child)
@@ -172,6 +168,7 @@ def _worker_flags(
         "--num-workers", str(plan.num_workers), "--instance-id", instance_id(plan, i),
         "--max-attempts", str(w.retry.max_attempts), "--backoff-ms", str(w.retry.backoff_ms),
         "--max-backoff-ms", str(w.retry.max_backoff_ms), "--jitter", w.retry.jitter,
+        "--after-floor", w.retry.after_floor,
         "--job-timeout-s", str(w.job_timeout_s), "--heartbeat-ttl-s", str(options.heartbeat_ttl_s),
         "--grace-s", str(options.grace_s), "--seed", str(derive_seed(scenario.seed, plan.repeat, "worker", i)),
     ]  # fmt: skip
@@ -203,14 +200,15 @@ def _start_slots(
     w = scenario.workload
     colocated = plan.placement == COLOCATED
     needs_web = colocated or isinstance(w.arrival, LocustArrival)
-    common = ["--broker", broker.url, "--queue", queue, "--job", w.job]
+    common = ["--queue", queue, "--job", w.job]
+    env = broker.child_env()  # the broker URL (and any password in it) never goes on argv
     grace = options.grace_s + 5
     if not colocated:
         for i in range(plan.instances):
             argv = python_module_argv(
                 "lab.runtime.worker", *common, *_worker_flags(scenario, plan, urls, i, options)
             )
-            actors.start(f"worker-{i}", "worker", argv, grace_s=grace)
+            actors.start(f"worker-{i}", "worker", argv, grace_s=grace, env=env)
     if not needs_web:
         return None
     sock = stack.enter_context(_listening_socket())
@@ -231,23 +229,21 @@ def _start_slots(
             ready=ready,
             pass_fds=(sock.fileno(),),
             grace_s=grace,
+            env=env,
         )
     return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def _prepare_services(scenario: Scenario, urls: dict[str, str], items: int) -> None:
+def _prepare_services(scenario: Scenario, mocks: dict[str, MockControl], items: int) -> None:
     """Before the clock: documents in place for a job type that acts on existing ids (deletes),
-    every counter at zero. `urls` are the mocks' only: an external service is prepared by
-    `external.prepare`, with its own protocol."""
+    every counter at zero. `mocks` are the mocks only: an external service is prepared by
+    `external.prepare`, with its own protocol (never a /_lab/ route)."""
     w = scenario.workload
     external.prepare(scenario, items)
-    if job_type(w.job).seeds_ids and w.service in urls:
-        _http_json(
-            f"{urls[w.service]}/_lab/seed",
-            {"index": w.index, "ids": [str(i) for i in range(items)]},
-        )
-    for url in urls.values():
-        _http_json(f"{url}/_lab/reset", {})
+    if job_type(w.job).seeds_ids and w.service in mocks:
+        mocks[w.service].seed(w.index, [str(i) for i in range(items)])
+    for mock in mocks.values():
+        mock.reset()
 
 
 def derive_seed(scenario_seed: int, *parts: object) -> int:
@@ -295,6 +291,7 @@ class _Trial:
         self.items_planned = (
             sum(len(j.items) for j in self.jobs) or w.expected_items * plan.batch_size
         )
+        self.token = new_token()  # the mocks' /_lab/ routes answer only to this trial
 
     def run(self) -> TrialOutcome:
         with self.broker.client() as client, contextlib.ExitStack() as services_stack:
@@ -313,27 +310,37 @@ class _Trial:
                 measured = self._measure(queue, services, slots, web_url)
                 terminate_all(slots.of_role("worker", "web"))  # graceful stops overlap
             # the slots are stopped: every ack is written; the services are still up
-            service_stats = {name: _http_json(f"{url}/_lab/stats") for name, url in mocks.items()}
+            service_stats = {name: self._mock(url).stats() for name, url in mocks.items()}
             for name in external.externals(self.scenario):
                 service_stats[name] = external.collect(self.scenario, name)
         return self._collect(queue, service_stats, measured)
 
+    def _mock(self, url: str) -> MockControl:
+        return MockControl(url, self.token)
+
     def _start_services(self, actors: _Actors) -> dict[str, str]:
-        """Each mock service in its own process, on a socket bound here; returns their URLs."""
+        """Each mock service in its own process, on a socket bound here; returns their URLs.
+
+        The spec goes through a file (a command line has a length limit, a spec with many
+        brown-outs does not), the control token through the environment (argv is public)."""
         urls: dict[str, str] = {}
+        env = {**os.environ, TOKEN_ENV: self.token}
         for name, spec in self.scenario.services.items():
             if isinstance(spec, ExternalService):  # a real service: nothing to start
                 urls[name] = spec.url
                 continue
             seed = derive_seed(self.scenario.seed, self.plan.repeat, "mock", name, spec.seed)
-            seeded = spec.model_copy(update={"seed": seed})
+            spec_file = self.logs / f"mock-{name}.spec.json"
+            atomic_write(spec_file, spec_to_json(spec.model_copy(update={"seed": seed})))
             ready = self.logs / f"mock-{name}.ready.json"
             with _listening_socket() as sock:
                 argv = python_module_argv(
-                    "lab.mocks", spec.kind, "--spec-json", spec_to_json(seeded),
+                    "lab.mocks", spec.kind, "--spec-file", str(spec_file),
                     "--ready-file", str(ready), "--listen-fd", str(sock.fileno()),
                 )  # fmt: skip
-                actors.start(f"mock-{name}", "mock", argv, ready=ready, pass_fds=(sock.fileno(),))
+                actors.start(
+                    f"mock-{name}", "mock", argv, ready=ready, pass_fds=(sock.fileno(),), env=env
+                )
                 urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
         return urls
 
@@ -349,7 +356,8 @@ class _Trial:
             timeout_s=READY_TIMEOUT_S,
             children=everyone,
         )
-        _prepare_services(self.scenario, urls, self.items_planned)
+        mocks = {name: self._mock(url) for name, url in urls.items()}
+        _prepare_services(self.scenario, mocks, self.items_planned)
         expected = {instance_id(self.plan, i) for i in range(self.plan.instances)}
         wait_for(
             lambda: queue.live_instances() >= expected,

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from lab.analysis.attribution import Context, service_columns, steady_items_per_s, trial_bottleneck
 from lab.mocks.spec import ServiceSpec
 from lab.producers.arrivals import ProducerReport
 from lab.runtime.jobs import job_type
@@ -74,6 +75,9 @@ def job_figures(
         "makespan_s": makespan_s,
         "items_per_s": items_done / makespan_s if makespan_s > 0 else math.nan,
         "jobs_per_s": len(done) / makespan_s if makespan_s > 0 else math.nan,
+        "steady_items_per_s": steady_items_per_s(
+            [e.finished_at for e in done], [e.items for e in done]
+        ),
         "attempts": len(events),
         "retries": retries,
         "dead_letters": len(dead_only),
@@ -116,9 +120,10 @@ def bounds(
     if service_stats and capacity:
         samples = service_stats.get("samples", {}).get("service_ms", [])
         served = service_stats.get("served", 0)
-        if samples and served:
+        mean_s = float(np.mean(samples)) / 1000 if samples else 0.0
+        if mean_s > 0 and served:  # a service of constant 0 ms has no capacity bound
             items_per_request = service_stats.get("served_items", served) / served
-            capacity_bound = capacity * items_per_request / (float(np.mean(samples)) / 1000)
+            capacity_bound = capacity * items_per_request / mean_s
             if rate_limit_per_s:
                 capacity_bound = min(capacity_bound, rate_limit_per_s * items_per_request)
     candidates = [b for b in (littles, capacity_bound) if not math.isnan(b)]
@@ -194,9 +199,12 @@ def trial_row(
         "service_errors": target.get("errors", 0),
         "service_max_in_flight": target.get("max", {}).get("in_flight", 0),
         "service_max_queue_depth": target.get("max", {}).get("queue_depth", 0),
+        **service_columns(target, mock, figures["makespan_s"]),
         "producer_max_lag_s": report.max_lag_s,
         "workers_cores": sum(u.cores for u in by_role["worker"]),
         "worker_peak_cores": max((u.peak_cores for u in by_role["worker"]), default=0.0),
+        "worker_steady_cores": max((u.steady_cores for u in by_role["worker"]), default=0.0),
+        "worker_cpu_demand": max((u.steady_demand for u in by_role["worker"]), default=0.0),
         "worker_rss_max_mb": max((u.rss_max_mb for u in by_role["worker"]), default=0.0),
         "mock_cores": max((u.cores for u in by_role["mock"]), default=0.0),
         "redis_cores": sum(u.cores for u in by_role["redis"]),
@@ -210,4 +218,5 @@ def trial_row(
     }
     if mock is None:
         row.update(external.row_columns(w.job, target, report.items_sent))
+    row["bottleneck"] = trial_bottleneck(row, Context.of(scenario, os.cpu_count()), events)
     return row

@@ -20,7 +20,8 @@ from lab.analysis.recommendation import Candidate, Recommendation
 from lab.errors import ConfigError
 from lab.external import ExternalService
 from lab.infra.broker import Broker
-from lab.results import SCHEMA_VERSION, RunFolder
+from lab.infra.files import directory
+from lab.results import SCHEMA_VERSION, STATUS_COMPLETE, STATUS_RUNNING, RunFolder
 from lab.scenario.spec import Scenario
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
 
@@ -94,9 +95,12 @@ def verify(
     name, real = real_service(scenario)
     on_real = real_scenario(scenario)
     candidates = [c for c in (recommendation.pick, *recommendation.runners_up[:RUNNERS_UP]) if c]
+    with directory(run.path, "verify", create=True):  # never through a planted link
+        pass
     folder = RunFolder(run.path / "verify")
-    folder.path.mkdir(exist_ok=True)
-    folder.write_manifest({"schema_version": SCHEMA_VERSION, "of": "verification"})
+    folder.write_manifest(
+        {"schema_version": SCHEMA_VERSION, "status": STATUS_RUNNING, "of": "verification"}
+    )
     stream.write(f"verify: {len(candidates)} configuration(s) on {real.url}\n")
     entries = []
     for i, candidate in enumerate(candidates):
@@ -120,6 +124,7 @@ def verify(
         "configs": entries,
     }
     run.write_json("verification.json", document)
+    folder.mark(STATUS_COMPLETE)
     return document
 
 
