@@ -47,15 +47,16 @@ from lab import limits as L
 from lab.errors import ConfigError
 from lab.infra.files import Dir, UnsafePath, directory, refuse_links
 from lab.runtime.queue import JobEvent
+from lab.runtime.telemetry import RUNTIME_COLUMNS
 from lab.scenario.spec import Scenario, load_scenario
 from lab.strict import Strict, show, validate
 
 #: Layout history: 1 = the first layout (this docstring); 2 = trials.csv gains `placement` and
 #: the web (Locust) columns; 3 = trials.csv gains `steady_items_per_s`, the service's rejections
-#: by kind, connections and utilization, `worker_steady_cores`, `worker_cpu_demand` and
-#: `bottleneck`; 4 = trials.csv gains `clipped` (a real service's caps), and a run may hold
-#: `verify/` and `verification.json` (`lab.sweep --verify`). Readers accept older layouts and
-#: fill the columns they lack.
+#: by kind, connections and utilization, `worker_steady_cores`, `worker_cpu_demand`,
+#: `bottleneck` and the runtime's own columns (`slot_gap_*`, `exchange_*`); 4 = trials.csv gains
+#: `clipped` (a real service's caps), and a run may hold `verify/` and `verification.json`
+#: (`lab.sweep --verify`). Readers accept older layouts and fill the columns they lack.
 SCHEMA_VERSION = 4
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_FAILED = (
@@ -127,6 +128,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "worker_steady_cores": "the busiest instance's median cores over 0.25 s windows (the steady part)",
     "worker_cpu_demand": "the busiest instance's median share of a 0.25 s window spent on or waiting for a core (1.0: it always wanted one, even if a busy machine did not give it)",
     "worker_rss_max_mb": "largest resident memory of one instance, MiB",
+    **RUNTIME_COLUMNS,
     "mock_cores": "mean cores of the busiest mock service",
     "redis_cores": "mean cores of the embedded redis-server (0 with broker.url)",
     "producer_cores": "mean cores of the lab's own process (producer, polling)",
@@ -339,9 +341,16 @@ class RunFolder:
         with self._dir("services", create=True) as d:
             d.write(f"{trial_id}.json", _dump(services))
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(TRIAL_COLUMNS), lineterminator="\n")
         with self._dir() as d:
-            if not d.exists("trials.csv"):
+            new_file = not d.exists("trials.csv")
+            fields = list(TRIAL_COLUMNS)
+            if not new_file:  # a run resumed from an older layout keeps its own header
+                head = d.read("trials.csv", limit=L.CSV_BYTES_MAX).split(b"\n", 1)[0]
+                fields = next(csv.reader([head.decode()]), fields)
+            writer = csv.DictWriter(
+                buffer, fieldnames=fields, lineterminator="\n", extrasaction="ignore"
+            )
+            if new_file:
                 writer.writeheader()
             writer.writerow(row)
             d.append("trials.csv", buffer.getvalue().encode())  # a whole row, or a torn one

@@ -19,7 +19,7 @@ from lab.errors import ConfigError
 from lab.infra.files import UnsafePath, atomic_write, directory, refuse_links
 from lab.infra.procs import env_with_pythonpath
 from lab.report.html import main as report_main
-from lab.results import RunFolder
+from lab.results import SCHEMA_VERSION, RunFolder
 from lab.sweep.runner import main as sweep_main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +139,7 @@ MANIFESTS: dict[str, tuple[bytes | None, str]] = {
     "no status": (b'{"schema_version": 2}', "status: required"),
     "a later layout": (
         b'{"schema_version": 99, "status": "complete"}',
-        "results layout version 99, this lab reads up to 2",
+        f"results layout version 99, this lab reads up to {SCHEMA_VERSION}",
     ),
     "NaN": (b'{"schema_version": 2, "status": "complete", "updated_at": NaN}', "updated_at"),
     "a directory": (None, "manifest.json: not a regular file"),

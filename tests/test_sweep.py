@@ -82,6 +82,8 @@ def test_a_tiny_sweep_writes_every_file_with_the_documented_columns(tmp_path: Pa
     assert (trials["items_done"] == 60).all() and (trials["jobs_done"] == 6).all()
     assert (trials["lost_items"] == 0).all() and (trials["duplicate_items"] == 0).all()
     assert (trials["items_per_s"] > 0).all() and (trials["latency_p99_ms"] > 0).all()
+    # the workers measured their own cost (NaN would fail these)
+    assert (trials["slot_gap_p99_ms"] >= 0).all() and (trials["exchange_batch_mean"] > 0).all()
 
     jobs = pd.read_parquet(run.path / "jobs.parquet")
     assert len(jobs) == 12 and set(jobs["outcome"]) == {"ok"}

@@ -283,8 +283,9 @@ def analyze_trials(
         trials = trials.assign(**{PLACEMENT: SEPARATE})
     context = context or Context(service, objective.slo.max_error_rate, None, cpu_count)
     configs = per_config(trials)
-    attributed = attribute_configs(trials, jobs, context, [*CONFIG, PLACEMENT])
-    configs = configs.merge(attributed, on=[*CONFIG, PLACEMENT], how="left")
+    if not configs.empty:  # an empty frame's key columns have no type to merge on
+        attributed = attribute_configs(trials, jobs, context, [*CONFIG, PLACEMENT])
+        configs = configs.merge(attributed, on=[*CONFIG, PLACEMENT], how="left")
     configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
     fits = _fits(trials)
     warnings = trial_warnings(trials, cpu_count=cpu_count) + unstable(configs, objective.maximize)

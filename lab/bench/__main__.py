@@ -1,11 +1,15 @@
-"""`python -m lab.bench {runtime,mocks} [options]`: dispatch to one benchmark's `main`."""
+"""`python -m lab.bench {runtime,mocks,peers} [options]`: dispatch to one benchmark's `main`."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = {"runtime": "lab.bench.runtime", "mocks": "lab.bench.mocks"}
+BENCHMARKS = {
+    "runtime": "lab.bench.runtime",
+    "mocks": "lab.bench.mocks",
+    "peers": "lab.bench.peers",
+}
 
 
 def main(argv: list[str]) -> int:

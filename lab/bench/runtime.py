@@ -1,6 +1,7 @@
 """`python -m lab.bench runtime`: how fast one worker instance drains a queue, and at what CPU cost.
 
-Method (the same as `../shared/peers/bench.py`, so the numbers sit beside the peers' table):
+Method (the same as `python -m lab.bench peers`, which sets the lab beside a bare event loop;
+this one uses the lab's own job handlers and counts finished jobs by the queue's `done`):
 1. A private redis-server (loopback TCP by default, like the peers'), the queue purged.
 2. The whole backlog enqueued BEFORE the worker starts (not timed).
 3. One worker process started; the harness polls the queue's `done` counter every 5 ms and
@@ -23,15 +24,15 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
 import redis
 
+from lab.bench.harness import cpu_seconds, sleep_server
 from lab.infra.broker import BROKER_URL_ENV, start_broker
-from lab.infra.procs import Child, python_module_argv, spawn, wait_for
+from lab.infra.procs import Child, python_module_argv, spawn
 from lab.runtime.queue import Queue
 
 
@@ -47,26 +48,6 @@ class Measurement:
     worker_cpu_us_per_job: float
     bound_jobs_per_s: float | None
     efficiency: float | None
-
-
-def _cpu_s(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            t = p.cpu_times()
-            total += t.user + t.system
-    return total
-
-
-@contextlib.contextmanager
-def _sleep_server(tmp: Path) -> Iterator[str]:
-    ready = tmp / "sleep-server.json"
-    with spawn(
-        python_module_argv("lab.bench.sleep_server", "--ready-file", str(ready)),
-        name="sleep-server",
-    ) as child:
-        wait_for(ready.exists, what="the sleep server", timeout_s=15, children=[child])
-        yield str(json.loads(ready.read_text())["url"])
 
 
 def measure(
@@ -115,7 +96,7 @@ def measure(
             )
             for i in range(instances)
         ]
-        procs = [psutil.Process(c.pid) for c in children]
+        pids = [c.pid for c in children]
         marks: dict[float, tuple[float, float, int]] = {}
         deadline = t_start + 300
         while True:
@@ -123,7 +104,7 @@ def measure(
             now = time.monotonic()
             for frac in (0.1, 0.9):
                 if frac not in marks and done >= frac * jobs:
-                    marks[frac] = (now, _cpu_s(procs), done)
+                    marks[frac] = (now, sum(cpu_seconds(pid) for pid in pids), done)
             if done >= jobs or now > deadline:
                 break
             for c in children:
@@ -157,7 +138,7 @@ def run_benchmark(
         url: str | None = None
         with contextlib.ExitStack() as stack:
             if {"io", "wide"} & set(scenarios):
-                url = stack.enter_context(_sleep_server(Path(tmp)))
+                url, _ = stack.enter_context(sleep_server(Path(tmp)))
             for _ in range(repeats):
                 if "noop" in scenarios:
                     for c in (1, 10, 100):

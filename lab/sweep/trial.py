@@ -409,6 +409,7 @@ class _Trial:
         """The job events and queue counters, then the queue's keys removed; the row."""
         events = queue.events()
         recovered = queue.stats().get("recovered", 0)
+        runtime = queue.runtime_stats()
         with self.broker.client() as client:
             Queue(client, queue.name).purge()
         web = (
@@ -420,7 +421,7 @@ class _Trial:
         row = trial_row(
             self.plan.config() | identity | {"clipped": self.clipped}, self.scenario, events, service_stats, measured.usage,
             measured.report, clock_start=measured.clock_start, wall_s=measured.wall_s,
-            timed_out=measured.timed_out, recovered=recovered, web=web,
+            timed_out=measured.timed_out, recovered=recovered, web=web, runtime=runtime,
         )  # fmt: skip
         return TrialOutcome(row=row, events=events, services=service_stats, usage=measured.usage)
 

@@ -20,6 +20,7 @@ from lab.mocks.spec import ServiceSpec
 from lab.producers.arrivals import ProducerReport
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent
+from lab.runtime.telemetry import runtime_figures
 from lab.scenario.spec import Scenario
 from lab.sweep import external
 from lab.sweep.resources import Usage, saturation
@@ -156,12 +157,13 @@ def trial_row(
     config: Mapping[str, Any], scenario: Scenario, events: Sequence[JobEvent],
     services: Mapping[str, Mapping[str, Any]], usage: Mapping[str, Usage], report: ProducerReport,
     *, clock_start: float, wall_s: float, timed_out: bool, recovered: int,
-    web: Mapping[str, float],
+    web: Mapping[str, float], runtime: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:  # fmt: skip
     """One row of trials.csv (lab.results.TRIAL_COLUMNS, in that order).
 
     `config` holds the trial's identity (trial_id, order, num_workers, instances, batch_size,
-    placement, repeat, concurrency); `web` the Locust figures (NaN without web traffic).
+    placement, repeat, concurrency); `web` the Locust figures (NaN without web traffic);
+    `runtime` the worker instances' records of their own cost (`lab.runtime.telemetry`).
     """
     w = scenario.workload
     target_spec = scenario.services[w.service]
@@ -206,6 +208,7 @@ def trial_row(
         "worker_steady_cores": max((u.steady_cores for u in by_role["worker"]), default=0.0),
         "worker_cpu_demand": max((u.steady_demand for u in by_role["worker"]), default=0.0),
         "worker_rss_max_mb": max((u.rss_max_mb for u in by_role["worker"]), default=0.0),
+        **runtime_figures(runtime),
         "mock_cores": max((u.cores for u in by_role["mock"]), default=0.0),
         "redis_cores": sum(u.cores for u in by_role["redis"]),
         "producer_cores": sum(u.cores for u in by_role["producer"]),
