@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m lab.bench.calibrate", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="one case of each kind")
+    parser.add_argument(
+        "--only", choices=["mocks", "nginx"], help="only the mock cases, or only nginx's"
+    )
     parser.add_argument("--json", type=Path, help="also write the checks here")
     ns = parser.parse_args(argv)
 
@@ -194,9 +197,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="lab-bench-calibrate-") as tmp:
         work = Path(tmp)
-        checks = mock_checks(ns.quick, work, say)
+        checks = mock_checks(ns.quick, work, say) if ns.only != "nginx" else []
         verification: dict[str, Any] = {}
-        if nginx_binary() is not None:
+        if ns.only == "mocks":
+            pass
+        elif nginx_binary() is not None:
             more, verification = nginx_checks(work, say)
             checks += more
         else:

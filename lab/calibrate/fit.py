@@ -37,8 +37,10 @@ PLATEAU_SHARE = 0.85
 LOW_LOAD_SLACK = 1.15
 """A low-load step's mean latency is within this factor of the lightest step's."""
 
-GROWTH = 0.3
-"""More clients must add at least this share of linear growth, else the knee is past."""
+GROWTH = 0.5
+"""More clients must add at least this share of linear growth, else the knee is past: below the
+knee, a client's own overhead growing with the load costs less than that; past it, throughput
+grows only by that overhead."""
 
 CLEAN_FAILURES = 0.01
 """A step with at most this share of failed requests still measures the service (rare 5xx)."""
