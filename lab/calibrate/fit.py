@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -45,10 +45,13 @@ grows only by that overhead."""
 CLEAN_FAILURES = 0.01
 """A step with at most this share of failed requests still measures the service (rare 5xx)."""
 
-MIN_R_SQUARED = 0.5
+MIN_R_SQUARED = 0.8
 """Below this R², latency does not follow the items per request: per_item_ms is 0."""
 
 CLOSED_PHASES = ("ladder", "queue")
+
+Verdict = Literal["rate", "concurrency", "queue"]
+"""What 429s were: a rate limit; a concurrency limit without a waiting room; a full one."""
 
 
 def clean(step: Step) -> bool:
@@ -84,6 +87,9 @@ class Knee:
     service_mean_ms: float
     low_load: list[Step]
     plateau: list[Step]
+
+    def low_load_ms(self) -> np.ndarray:
+        return _pooled(self.low_load)
 
     def in_service(self, service_mean_ms: float) -> tuple[float, float]:
         """(requests in service at the plateau, its standard error): X_plateau x S by Little's
@@ -215,6 +221,7 @@ class RateFit:
     retry_after_s: float | None
     rejected: int
     window_s: float
+    accepted_p50_ms: float  # of the requests accepted once 429s started: queued, or not
 
 
 def fit_rate(step: Step) -> RateFit | None:
@@ -227,11 +234,11 @@ def fit_rate(step: Step) -> RateFit | None:
     window = end - first
     if window <= 0:
         return None
-    accepted = sum(s.ok for s in samples if first <= s.sent_s < end)
-    per_s = accepted / window
+    per_s = sum(s.ok for s in samples if first <= s.sent_s < end) / window
     before = sum(s.ok for s in samples if s.sent_s < first)
     burst = max(1, round(before - per_s * (first - step.started_s)))
     rejected = [s for s in samples if s.status == 429]
+    accepted = [s.latency_ms for s in samples if s.ok and first <= s.sent_s < end]
     with_header = [s.retry_after_s for s in rejected if s.retry_after_s is not None]
     return RateFit(
         per_s=per_s,
@@ -240,6 +247,7 @@ def fit_rate(step: Step) -> RateFit | None:
         retry_after_s=float(np.median(with_header)) if with_header else None,
         rejected=len(rejected),
         window_s=window,
+        accepted_p50_ms=float(np.median(accepted)) if accepted else math.nan,
     )
 
 
@@ -292,14 +300,14 @@ def _errors(steps: list[Step]) -> tuple[float, int]:
 
 
 def _rate_limit(
-    steps: list[Step], rate_confirmed: bool | None
+    steps: list[Step], verdict: Verdict | None
 ) -> tuple[RateFit | None, RateLimit | None, str]:
     """(what the rate phase measured, the twin's rate limit or None, the evidence)."""
     rate = next((fit_rate(s) for s in steps if s.phase == "rate"), None)
-    if rate is None:
-        return None, None, ""
+    if rate is None or verdict == "queue":
+        return None, None, ""  # a full waiting room: the queue's finding says so
     with_header = rate.retry_after_share >= 0.5
-    if not with_header and rate_confirmed is False:
+    if not with_header and verdict == "concurrency":
         return (
             rate,
             None,
@@ -371,13 +379,10 @@ def _capacity(
 
 
 def fit(
-    steps: list[Step], target: Target, caps: Caps, *, fitted_at: str, rate_confirmed: bool | None
+    steps: list[Step], target: Target, caps: Caps, *, fitted_at: str, verdict: Verdict | None
 ) -> Fit:
-    """The twin of the probed service, with the evidence for each parameter.
-
-    `rate_confirmed`: False when a paced check below the fitted rate still got 429s (a limit on
-    concurrency without a waiting room, not on rate); None when there was no such check.
-    """
+    """The twin of the probed service, with the evidence for each parameter; `verdict` is what
+    the probe concluded its 429s were (None: no rate phase)."""
     from lab.calibrate.latency import fit_latency, quality  # scipy: only now
 
     findings: dict[str, str] = {}
@@ -394,7 +399,7 @@ def fit(
         f"{np.percentile(samples, 99):.3g} ms; fitted median {best.median_ms:.3g} ms, p99 "
         f"{best.p99_ms:.3g} ms"
     )
-    rate, limit, findings["rate_limit"] = _rate_limit(steps, rate_confirmed)
+    rate, limit, findings["rate_limit"] = _rate_limit(steps, verdict)
     conn_limit, findings["connection_limit"] = connection_limit(steps)
     service_ms = mean_ms(best.latency) + per_item_ms  # what the twin will take, on average
     if not math.isfinite(service_ms):

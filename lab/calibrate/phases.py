@@ -26,7 +26,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from lab.calibrate.fit import clean, find_knee, fit_rate, grew, steady_throughput
+import numpy as np
+
+from lab.calibrate.fit import Verdict, clean, find_knee, fit_rate, grew, steady_throughput
 from lab.calibrate.probe import Probe, Step
 from lab.calibrate.target import Caps, Target
 from lab.errors import ConfigError, ServiceError
@@ -39,6 +41,13 @@ RATE_CAP_SHARE = 0.9
 """A step sending at this share of max_requests_per_s measures the cap, not the service."""
 REFILL_IDLE_S = 1.5
 """Idle before the rate phase, so a token bucket starts full (the burst can then be seen)."""
+RATE_MARGIN = 1.25
+"""The rate phase paces this much above what the rejecting rung asked for."""
+QUEUED = 1.3
+"""Median latency this many times the low-load median: the requests waited in a queue."""
+RATE_CHECK_SHARE = 0.02
+"""Paced at 80 % of the accepted rate, a token bucket rejects (almost) nothing; a concurrency
+limit without a waiting room still rejects whenever its slots happen to be full."""
 
 
 @dataclass
@@ -70,7 +79,7 @@ class Measured:
 
     steps: list[Step]
     notes: list[str] = field(default_factory=list)
-    rate_confirmed: bool | None = None
+    verdict: Verdict | None = None
     max_in_flight_seen: int = 0
     max_requests_in_1s: int = 0
     requests: int = 0
@@ -119,7 +128,7 @@ class Plan:
         self.batch_sizes = batch_sizes
         self.caps: Caps = probe.caps
         self.notes: list[str] = []
-        self.rate_confirmed: bool | None = None
+        self.verdict: Verdict | None = None  # what the 429s were, once the rate phase ran
         self.rate_per_s: float | None = None
 
     async def step(
@@ -208,15 +217,22 @@ class Plan:
         low = find_knee(self.probe.steps)
         summary = last.summary()
         queued = low is not None and (
-            low.capacity is not None or summary["p50_ms"] > 1.5 * (low.service_mean_ms or math.inf)
+            low.capacity is not None or summary["p50_ms"] > QUEUED * low.service_mean_ms
         )
+        lo = prev.concurrency if prev is not None else 0
         if summary["with_retry_after"] * 2 >= rejected or not queued:
-            await self.rate(summary["ok_per_s"], summary["offered_per_s"])
-        elif prev is not None:
-            await self.bisect(prev.concurrency, last.concurrency)
+            # the rejecting rung asked for about c/lo times the last clean rung's rate: go past it
+            clean_per_s = steady_throughput(prev) * last.concurrency / lo if prev else math.nan
+            wanted = clean_per_s if math.isfinite(clean_per_s) else 2 * summary["ok_per_s"]
+            await self.rate(RATE_MARGIN * wanted, lo, last.concurrency)
+        elif lo:
+            await self.bisect(lo, last.concurrency)
 
-    async def rate(self, accepted_per_s: float, offered_per_s: float) -> None:
-        per_s = min(self.caps.max_requests_per_s, max(1.5 * accepted_per_s, offered_per_s))
+    async def rate(self, wanted_per_s: float, lo: int, hi: int) -> None:
+        """Pace above the limit and tell what the 429s are (`self.verdict`): a rate limit, a
+        full waiting room (the accepted requests waited: then bisect its depth between `lo` and
+        `hi` clients), or a concurrency limit without one (429s even below the rate)."""
+        per_s = min(self.caps.max_requests_per_s, max(1.0, wanted_per_s))
         idle = self.budget.share(REFILL_IDLE_S)
         await asyncio.sleep(idle)
         duration = self.budget.share(max(1.0, 2 * self.budget.step_s))
@@ -234,8 +250,20 @@ class Plan:
                 "burst, or the limit is above the caps"
             )
             return
-        self.rate_per_s = found.per_s
         if found.retry_after_share >= 0.5:
+            self.verdict, self.rate_per_s = "rate", found.per_s
+            return
+        knee = find_knee(self.probe.steps)
+        if knee is not None and found.accepted_p50_ms > QUEUED * float(
+            np.median(knee.low_load_ms())
+        ):
+            self.verdict = "queue"
+            self.notes.append(
+                f"paced above it, the accepted requests waited (median {found.accepted_p50_ms:.0f} "
+                "ms): the 429s come from a full waiting room, not a rate limit"
+            )
+            if lo:
+                await self.bisect(lo, hi)
             return
         check = await self.probe.paced(
             "rate_check", 0.8 * found.per_s, duration_s=self.budget.share(self.budget.step_s),
@@ -243,12 +271,14 @@ class Plan:
         )  # fmt: skip
         self.progress(check)
         share = check.count(429) / max(1, len(check.samples))
-        self.rate_confirmed = share <= 0.02
+        self.verdict = "rate" if share <= RATE_CHECK_SHARE else "concurrency"
+        if self.verdict == "rate":
+            self.rate_per_s = found.per_s
         self.notes.append(
             f"at 80% of the accepted rate, {share:.1%} got 429: "
             + (
                 "a rate limit"
-                if self.rate_confirmed
+                if self.verdict == "rate"
                 else "a limit on requests at once, not on rate"
             )
         )
@@ -305,7 +335,7 @@ async def measure(
     return Measured(
         steps=[s for s in probe.steps if s.phase != "warmup"],
         notes=plan.notes,
-        rate_confirmed=plan.rate_confirmed,
+        verdict=plan.verdict,
         max_in_flight_seen=probe.max_in_flight,
         max_requests_in_1s=probe.max_per_second(),
         requests=len(probe.send_times_s),

@@ -114,9 +114,7 @@ def calibrate(
     for note in measured.notes:
         stream.write(f"  {note}\n")
     try:
-        fitted = fit(
-            measured.steps, target, caps, fitted_at=started, rate_confirmed=measured.rate_confirmed
-        )
+        fitted = fit(measured.steps, target, caps, fitted_at=started, verdict=measured.verdict)
     except ValueError as exc:  # too few answers to fit: say what to change
         raise LabError(
             f"{target.url}: {exc} after {measured.requests} requests in "
