@@ -57,7 +57,7 @@ def test_recovers_capacity_queue_latency_and_per_item_cost(tmp_path: Path) -> No
     )
     result, _ = run(
         tmp_path, truth.model_dump(mode="json"), max_in_flight=32, max_requests_per_s=1000,
-        batch_sizes=(1, 50, 100), budget_s=20,
+        batch_sizes=(1, 50, 100), budget_s=16,
     )  # fmt: skip
     spec, best = result.spec, result.fit.latency
     assert (spec.capacity, spec.queue) == (4, 6), result.fit.findings
@@ -139,7 +139,7 @@ def test_writes_a_pasteable_block_the_raw_data_and_a_report_with_the_twin(tmp_pa
     result, url = run(
         tmp_path,
         {"kind": "opensearch", "capacity": 4, "queue": 4, "latency": {"dist": "constant", "ms": 20}},
-        max_in_flight=16, max_requests_per_s=500, budget_s=6, batch_sizes=(1, 20), check=True,
+        max_in_flight=16, max_requests_per_s=500, budget_s=4, batch_sizes=(1, 20), check=True,
     )  # fmt: skip
     paths = result.paths
     assert set(paths) == {"yaml", "json", "steps", "requests", "report"}

@@ -39,7 +39,7 @@ def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]
 def fitted(nginx: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Calibration:
     url, _ = nginx
     return calibrate(
-        url, "http_api", max_in_flight=32, max_requests_per_s=400, budget_s=12, batch_sizes=(1, 20),
+        url, "http_api", max_in_flight=32, max_requests_per_s=400, budget_s=10, batch_sizes=(1, 20),
         out_dir=tmp_path_factory.mktemp("calibrations"), stream=io.StringIO(), check=False,
     )  # fmt: skip
 

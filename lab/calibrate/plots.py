@@ -63,8 +63,8 @@ def load_curves(real: list[Step], twin: list[Step], fit: Fit) -> Figure:
     if spec.rate_limit is not None:
         ax_x.axhline(spec.rate_limit.per_s, color="grey", linestyle=":", label="fitted rate limit")
     for ax in (ax_x, ax_r):
-        if levels:
-            _log2_x(ax, levels)
+        if levels:  # ticks at the ladder's rungs; the bisection's levels stay unlabelled
+            _log2_x(ax, sorted({c for c in levels if c & (c - 1) == 0} | {max(levels)}))
         ax.set_xlabel("clients in flight (closed loop)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
