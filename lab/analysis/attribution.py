@@ -331,7 +331,8 @@ def describe(bottleneck: str, ev: Mapping[str, Any]) -> str:
         )
     if bottleneck == "arrivals":
         return (
-            f"the work itself: only {ev['jobs']:,.0f} jobs for {_slots(ev['concurrency'])}, "
+            f"the work itself: only {ev['jobs']:,.0f} job{'' if ev['jobs'] == 1 else 's'} for "
+            f"{_slots(ev['concurrency'])}, "
             "so more slots have nothing to run"
         )
     if bottleneck == "rate_limit":

@@ -101,6 +101,14 @@ class MockService:
         self.model.reset()
         return {"reset": True}
 
+    def state(self) -> dict[str, Any]:
+        """What a restart carries over (`--state-file`): the statistics since the last reset."""
+        return {"stats": self.model.stats.state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a previous process's `state()`."""
+        self.model.stats.restore(state["stats"])
+
     def controls(self) -> dict[str, ControlHandler]:
         """Extra `/_lab/<name>` routes of this service (e.g. opensearch `seed`)."""
         return {}

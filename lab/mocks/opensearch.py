@@ -286,6 +286,13 @@ class OpenSearchMock(MockService):
         out["opensearch"] = self.store.to_json()
         return out
 
+    def state(self) -> dict[str, Any]:
+        return super().state() | {"docs": self.store.state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self.store.restore(state["docs"])
+
     def reset(self, options: dict[str, Any]) -> dict[str, Any]:
         """Zero the statistics and write ledgers; keep the documents unless `clear_docs`."""
         unknown = set(options) - {"clear_docs"}

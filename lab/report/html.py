@@ -2,8 +2,8 @@
 
 The report opens offline in any browser and can be attached to a ticket: figures are embedded
 as base64 PNG, the style sheet is inline, nothing is fetched. It shows the scenario, the machine,
-the recommendation and its reasons, the warnings, every standard figure, the table of
-configurations and the scalability fits. Everything that comes from the scenario or the
+the recommendation and its reasons, the warnings, every standard figure, the faults (when a
+trial had one), the table of configurations and the scalability fits. Everything that comes from the scenario or the
 manifest is escaped (a scenario is user input).
 """
 
@@ -28,6 +28,7 @@ from lab.external import ExternalService
 from lab.infra.broker import redact_url
 from lab.mocks.spec import ServiceSpec
 from lab.report import verification
+from lab.report.faults import faults_section
 from lab.report.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
 from lab.results import RunFolder
 
@@ -285,6 +286,7 @@ def render_report(analysis: Analysis) -> str:
         "<h2>Figures</h2>",
         figures,
         _web_section(analysis),
+        faults_section(analysis, figure_png),
         "<h2>Configurations</h2>",
         "<p>Means over repeats; the interval is Student-t 95 % (none with one repeat). "
         "<i>of bound</i>: throughput over the tighter of the Little's-law and capacity bounds. "

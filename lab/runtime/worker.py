@@ -89,7 +89,7 @@ def default_instance_id() -> str:
 class WorkerSettings:
     """Everything one instance needs; the CLI flags map one to one onto these fields."""
 
-    broker_url: str
+    broker_url: str = field(repr=False)  # may hold a password: see lab.infra.broker.redact_url
     queue: str = "default"
     num_workers: int = 1
     # Jobs claimed ahead of free slots and held locally (still recoverable). 0 is Loco's

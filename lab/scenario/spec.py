@@ -25,6 +25,7 @@ from lab.infra.broker import redact_url
 from lab.mocks.spec import ServiceSpec
 from lab.runtime.jobs import BUILTINS, find_job_module, job_type, resolve
 from lab.runtime.retry import DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, AfterFloor, RetryPolicy
+from lab.scenario.faults import Fault, fault_problems
 from lab.scenario.loader import line_of, load_yaml_model
 from lab.strict import Loc, Problems, Strict, hint, show, why
 
@@ -196,6 +197,16 @@ class Workers(_Strict):
         description="separate: `instances` worker processes; colocated: the slots run inside the "
         "web app's processes (Loco's same-process mode), one instance per web process. "
         "A list sweeps both.",
+    )
+
+    heartbeat_ttl_s: Annotated[
+        float, Field(ge=L.HEARTBEAT_TTL_S_MIN, le=L.DURATION_S_MAX), why(L.HEARTBEAT_TTL_WHY)
+    ] = Field(
+        default=3.0,
+        description="A worker instance that stops beating for this long (a crash, a stall) "
+        "has its jobs put back for others: shorter recovers faster after a crash, but a stall "
+        "longer than it makes that work run twice. Survivors look every TTL, so recovery takes "
+        "one to two TTLs.",
     )
 
     @property
@@ -402,6 +413,13 @@ class Scenario(_Strict):
     workers: Workers = Field(default_factory=Workers, description="Where the job slots run.")
     sweep: Sweep = Field(default_factory=Sweep, description="The configurations to try.")
     objective: Objective = Field(default_factory=Objective, description="What best means.")
+    faults: tuple[Fault, ...] = Field(
+        default=(),
+        max_length=L.FAULTS_MAX,
+        strict=False,
+        description="Faults injected into every trial (kill, stall, restart, pause), each at "
+        "its at_s; see lab.scenario.faults.",
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Scenario:
@@ -413,6 +431,18 @@ class Scenario(_Strict):
         elif (need := job_type(job).service_kind) and speaks(self.services[name]) != need:
             kind = speaks(self.services[name])
             problems.append((("workload", "job"), f"{job} needs an {need} service, not {kind}"))
+        problems += fault_problems(
+            self.faults,
+            self.services,
+            broker_url=self.broker.url,
+            timeout_s=self.sweep.trial_timeout_s,
+        )
+        problems += [
+            (("faults", i, "name"), f"{f.name!r} is a real service (kind external): the lab "
+             "starts and stops only its mocks")
+            for i, f in enumerate(self.faults)
+            if isinstance(self.services.get(f.name or ""), ExternalService)
+        ]  # fmt: skip
         if isinstance(self.workload.arrival, Backlog) and quick.duration_s is not None:
             problems.append(
                 (("sweep", "quick", "duration_s"), "poisson/ramp only; for a backlog use items")

@@ -9,7 +9,9 @@
 Trials run in a shuffled order (seeded), so slow drift of the machine does not favour one
 configuration. Ctrl-C (or SIGTERM) stops within seconds, stops every child process, marks the
 run interrupted and prints the command that resumes it. Bad input exits with status 2 and
-writes nothing.
+writes nothing. A worker instance that dies is part of a trial's figures and a trial that could
+not finish is recorded as failed; only a broken harness (the broker, a mock) stops the run: one
+message, exit status 2, the run marked failed and resumable.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import TextIO
 
 from lab.analysis.recommendation import Recommendation
-from lab.errors import ConfigError, LabError
+from lab.errors import ConfigError, HarnessError, LabError
 from lab.infra.broker import start_broker
 from lab.infra.procs import check_stop, stop_on_signals
 from lab.mocks.distributions import mean_ms
@@ -36,6 +38,7 @@ from lab.runtime.jobs import job_type
 from lab.scenario.loader import read_text
 from lab.scenario.spec import Scenario, import_job, load_scenario
 from lab.sweep import external
+from lab.sweep.faults import fault_summary
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
 from lab.sweep.verify import real_service
 from lab.sweep.verify import verify as verify_on_real
@@ -113,7 +116,8 @@ class ProgressLine:
 
     def end(self, row: dict[str, object]) -> None:
         self.trial_times.append(time.monotonic() - self._trial_start)
-        flags = " TIMED OUT" if row["timed_out"] else ""
+        flags = f" FAILED: {row['failure_reason']}" if row["failed"] else ""
+        flags += fault_summary(row)
         flags += " harness-saturated" if row["harness_saturated"] else ""
         line = (
             f"{self.label} {row['items_per_s']:>9,.0f} items/s  p99 {row['latency_p99_ms']:>7,.0f} ms  "
@@ -184,7 +188,7 @@ def run_sweep(
                     logs=run.trial_logs(trial.trial_id),
                     options=opts,
                 )
-                run.add_trial(outcome.row, outcome.events, outcome.services)
+                run.add_trial(outcome.row, outcome.events, outcome.services, outcome.faults)
                 progress.end(outcome.row)
     except (KeyboardInterrupt, SystemExit):
         run.mark(STATUS_INTERRUPTED)
@@ -192,6 +196,13 @@ def run_sweep(
             f"\ninterrupted: the run is marked incomplete. Resume it with:\n  python -m lab.sweep --resume {run.path}\n"
         )
         raise
+    except HarnessError as exc:
+        run.mark(STATUS_FAILED)
+        again = "" if scenario.broker.url is None else " once the broker answers again"
+        raise HarnessError(
+            f"{exc}\nThe run is marked failed; finished trials are kept. Resume it{again} with:\n"
+            f"  python -m lab.sweep --resume {run.path}"
+        ) from None
     except BaseException:
         run.mark(STATUS_FAILED)
         raise

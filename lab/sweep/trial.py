@@ -8,20 +8,22 @@
    while CPU and RSS are sampled;
 4. wait until drained (or the trial's timeout); stop the slots, then read the job events and the
    services' statistics; stop the services.
-Every child process lives in a context manager: any exit from here stops it.
+Every child process lives in a context manager: any exit from here stops it. Faults, injected or
+not, are `lab.sweep.faults`'s: an instance that dies is measured, a broken harness stops the run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
+import itertools
 import json
 import math
 import os
 import random
 import secrets
-import signal
 import socket
 import threading
 import time
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.configuration import COLOCATED, Configuration
-from lab.errors import ServiceError
+from lab.errors import HarnessError
 from lab.external import ExternalService
 from lab.infra.broker import Broker
 from lab.infra.files import atomic_write
@@ -44,6 +46,13 @@ from lab.runtime.jobs import job_type
 from lab.runtime.queue import JobEvent, Queue
 from lab.scenario.spec import LocustArrival, Placement, Scenario
 from lab.sweep import external
+from lab.sweep.faults import (
+    BROKER_ANSWER_S,
+    BROKER_ERRORS,
+    ServiceHandle,
+    TrialFaults,
+    broker_lost,
+)
 from lab.sweep.resources import ResourceSampler, Usage
 from lab.sweep.trial_row import trial_row
 
@@ -97,9 +106,7 @@ class TrialPlan:
 class TrialOptions:
     """Harness settings that are not part of the scenario."""
 
-    heartbeat_ttl_s: float = 3.0  # a killed instance's jobs return after this
     grace_s: float = 5.0
-    kill_instance_after_s: float | None = None  # failure injection: SIGKILL instance 0
     on_progress: Progress | None = None
 
 
@@ -109,6 +116,7 @@ class TrialOutcome:
     events: list[JobEvent]
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # mock stats by name
     usage: dict[str, Usage] = field(default_factory=dict)
+    faults: list[dict[str, Any]] = field(default_factory=list)  # FaultRecord.to_json() each
 
 
 @contextlib.contextmanager
@@ -168,8 +176,8 @@ def _worker_flags(
         "--num-workers", str(plan.num_workers), "--instance-id", instance_id(plan, i),
         "--max-attempts", str(w.retry.max_attempts), "--backoff-ms", str(w.retry.backoff_ms),
         "--max-backoff-ms", str(w.retry.max_backoff_ms), "--jitter", w.retry.jitter,
-        "--after-floor", w.retry.after_floor,
-        "--job-timeout-s", str(w.job_timeout_s), "--heartbeat-ttl-s", str(options.heartbeat_ttl_s),
+        "--after-floor", w.retry.after_floor, "--job-timeout-s", str(w.job_timeout_s),
+        "--heartbeat-ttl-s", str(scenario.workers.heartbeat_ttl_s),
         "--grace-s", str(options.grace_s), "--seed", str(derive_seed(scenario.seed, plan.repeat, "worker", i)),
     ]  # fmt: skip
     for name, url in urls.items():
@@ -260,8 +268,10 @@ class _Measured:
     clock_start: float  # epoch seconds, as the job events are stamped
     wall_s: float
     timed_out: bool
+    failure: str | None  # why the work could not finish (a timeout, every instance gone)
     report: ProducerReport
     usage: dict[str, Usage]
+    faults: TrialFaults
 
 
 class _Trial:
@@ -294,7 +304,18 @@ class _Trial:
         self.token = new_token()  # the mocks' /_lab/ routes answer only to this trial
 
     def run(self) -> TrialOutcome:
-        with self.broker.client() as client, contextlib.ExitStack() as services_stack:
+        try:
+            return self._run()
+        except BROKER_ERRORS as exc:  # the children are stopped by now
+            raise broker_lost(self.broker, self.plan.trial_id, exc) from None
+
+    def _run(self) -> TrialOutcome:
+        pauses = [f.for_s or 0.0 for f in self.scenario.faults if f.pause]
+        timeout_s = BROKER_ANSWER_S + max(pauses, default=0.0)
+        with (
+            self.broker.client(socket_timeout=timeout_s) as client,
+            contextlib.ExitStack() as services_stack,
+        ):
             queue = Queue(client, f"trial-{self.plan.trial_id}-{secrets.token_hex(3)}")
             queue.purge()
             services = _Actors(services_stack, self.logs)
@@ -306,11 +327,12 @@ class _Trial:
                     slots, self.scenario, self.plan, self.broker, queue.name, urls, self.options,
                     slots_stack,
                 )  # fmt: skip
+                # on any exit, every slot gets SIGTERM at once: graceful stops overlap
+                slots_stack.callback(terminate_all, slots.of_role("worker", "web"))
                 self._wait_ready(queue, services, slots, mocks)
                 measured = self._measure(queue, services, slots, web_url)
-                terminate_all(slots.of_role("worker", "web"))  # graceful stops overlap
             # the slots are stopped: every ack is written; the services are still up
-            service_stats = {name: self._mock(url).stats() for name, url in mocks.items()}
+            service_stats = {name: self._stats(name, url) for name, url in mocks.items()}
             for name in external.externals(self.scenario):
                 service_stats[name] = external.collect(self.scenario, name)
         return self._collect(queue, service_stats, measured)
@@ -318,13 +340,25 @@ class _Trial:
     def _mock(self, url: str) -> MockControl:
         return MockControl(url, self.token)
 
+    def _stats(self, name: str, url: str) -> dict[str, Any]:
+        try:
+            return self._mock(url).stats()
+        except OSError as exc:
+            raise HarnessError(
+                f"the mock service {name} did not answer after trial {self.plan.trial_id}: {exc}"
+            ) from None
+
     def _start_services(self, actors: _Actors) -> dict[str, str]:
         """Each mock service in its own process, on a socket bound here; returns their URLs.
 
         The spec goes through a file (a command line has a length limit, a spec with many
-        brown-outs does not), the control token through the environment (argv is public)."""
+        brown-outs does not), the control token through the environment (argv is public). The
+        socket stays open here for the whole trial, so a restarted mock serves the same address
+        (connections made meanwhile wait in its backlog)."""
         urls: dict[str, str] = {}
         env = {**os.environ, TOKEN_ENV: self.token}
+        restarted = {f.name for f in self.scenario.faults if f.restart}
+        self._service_starts: dict[str, Callable[[], Child]] = {}
         for name, spec in self.scenario.services.items():
             if isinstance(spec, ExternalService):  # a real service: nothing to start
                 urls[name] = spec.url
@@ -333,15 +367,21 @@ class _Trial:
             spec_file = self.logs / f"mock-{name}.spec.json"
             atomic_write(spec_file, spec_to_json(spec.model_copy(update={"seed": seed})))
             ready = self.logs / f"mock-{name}.ready.json"
-            with _listening_socket() as sock:
-                argv = python_module_argv(
-                    "lab.mocks", spec.kind, "--spec-file", str(spec_file),
-                    "--ready-file", str(ready), "--listen-fd", str(sock.fileno()),
-                )  # fmt: skip
-                actors.start(
-                    f"mock-{name}", "mock", argv, ready=ready, pass_fds=(sock.fileno(),), env=env
-                )
-                urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            sock = actors.stack.enter_context(_listening_socket())
+            argv = python_module_argv(
+                "lab.mocks", spec.kind, "--spec-file", str(spec_file),
+                "--ready-file", str(ready), "--listen-fd", str(sock.fileno()),
+            )  # fmt: skip
+            if name in restarted:  # a restart keeps the trial's figures and documents
+                state = self.logs / f"mock-{name}.state.json"
+                state.unlink(missing_ok=True)  # never an earlier attempt's
+                argv += ["--state-file", str(state)]
+            self._service_starts[name] = functools.partial(
+                actors.start, f"mock-{name}", "mock", argv, ready=ready,
+                pass_fds=(sock.fileno(),), env=env,
+            )  # fmt: skip
+            self._service_starts[name]()
+            urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
         return urls
 
     def _wait_ready(
@@ -379,6 +419,7 @@ class _Trial:
         sampler = ResourceSampler(pids)
         with sampler.running():
             clock_start, started = time.time(), time.monotonic()
+            faults = self._faults(queue, services, slots, sampler, started)
             if self.locust is not None:
                 assert web_url is not None
                 drive = _drive_with_locust(
@@ -389,19 +430,56 @@ class _Trial:
                     queue, self.scenario.workload.job, self.jobs, _base_args(self.scenario),
                     clock_start,
                 )  # fmt: skip
-            with drive as (sent, report):
-                timed_out = _Drain(
+            with drive as (sent, report), faults:
+                timed_out, failure = _Drain(
                     queue=queue,
                     sent=sent,
                     started=started,
                     timeout_s=self.scenario.sweep.trial_timeout_s,
-                    workers=slots.of_role("worker"),
+                    faults=faults,
                     options=self.options,
                     items_planned=self.items_planned,
                     batch_size=self.plan.batch_size,
                 ).wait()
             wall_s = time.monotonic() - started
-        return _Measured(clock_start, wall_s, timed_out, report, sampler.usage)
+        return _Measured(clock_start, wall_s, timed_out, failure, report, sampler.usage, faults)
+
+    def _faults(
+        self,
+        queue: Queue,
+        services: _Actors,
+        slots: _Actors,
+        sampler: ResourceSampler,
+        started: float,
+    ) -> TrialFaults:
+        """The trial's fault schedule and watch over its instances, services and broker."""
+        restarts = itertools.count(1)
+
+        def start_again(name: str) -> Child:
+            child = self._service_starts[name]()
+            sampler.add(f"mock-{name}-restart{next(restarts)}", "mock", child.pid)
+            return child
+
+        handles = {
+            name: ServiceHandle(
+                child=services.children[f"mock-{name}"][1],
+                start_again=functools.partial(start_again, name),
+                ready=(self.logs / f"mock-{name}.ready.json").exists,
+            )
+            for name in self.scenario.services
+        }
+        workers = slots.of_role("worker")
+        return TrialFaults(
+            self.scenario.faults,
+            trial_id=self.plan.trial_id,
+            queue=queue,
+            broker=self.broker,
+            instances={instance_id(self.plan, i): c for i, c in enumerate(workers)},
+            services=handles,
+            rng=random.Random(derive_seed(self.scenario.seed, self.plan.repeat, "faults")),
+            heartbeat_ttl_s=self.scenario.workers.heartbeat_ttl_s,
+            started=started,
+        )
 
     def _collect(
         self, queue: Queue, service_stats: dict[str, Any], measured: _Measured
@@ -421,9 +499,14 @@ class _Trial:
         row = trial_row(
             self.plan.config() | identity | {"clipped": self.clipped}, self.scenario, events, service_stats, measured.usage,
             measured.report, clock_start=measured.clock_start, wall_s=measured.wall_s,
-            timed_out=measured.timed_out, recovered=recovered, web=web, runtime=runtime,
+            timed_out=measured.timed_out, failure=measured.failure, recovered=recovered,
+            faults=measured.faults.figures(events, clock_start=measured.clock_start), web=web,
+            runtime=runtime,
         )  # fmt: skip
-        return TrialOutcome(row=row, events=events, services=service_stats, usage=measured.usage)
+        return TrialOutcome(
+            row=row, events=events, services=service_stats, usage=measured.usage,
+            faults=[r.to_json() for r in measured.faults.records],
+        )  # fmt: skip
 
 
 def run_trial(
@@ -447,19 +530,31 @@ def _drive_with_producer(
     """Send `jobs` on schedule from a thread; yields (jobs sent once all are, else None; report)."""
     stop = threading.Event()
     report = ProducerReport()
+    failed: list[Exception] = []  # what stopped the producer early (a lost broker), for `sent`
 
     def _run() -> None:
-        done = produce(queue, job, jobs, base_args=base_args, clock_start=clock_start, stop=stop)
+        try:
+            done = produce(
+                queue, job, jobs, base_args=base_args, clock_start=clock_start, stop=stop
+            )
+        except Exception as exc:
+            failed.append(exc)
+            return
         report.jobs_sent, report.items_sent, report.max_lag_s = (
             done.jobs_sent,
             done.items_sent,
             done.max_lag_s,
         )
 
+    def sent() -> int | None:
+        if failed:
+            raise failed[0]
+        return None if producer.is_alive() else report.jobs_sent
+
     producer = threading.Thread(target=_run, name="producer", daemon=True)
     producer.start()
     try:
-        yield (lambda: None if producer.is_alive() else report.jobs_sent), report
+        yield sent, report
     finally:
         stop.set()
         producer.join()
@@ -507,20 +602,16 @@ class _Drain:
     sent: Callable[[], int | None]  # jobs sent once production ended, else None
     started: float  # time.monotonic() at the clock's start
     timeout_s: float
-    workers: list[Child]
+    faults: TrialFaults
     options: TrialOptions
     items_planned: int
     batch_size: int
 
-    def wait(self) -> bool:
-        """True if the trial timed out before draining."""
-        killed = False
+    def wait(self) -> tuple[bool, str | None]:
+        """(timed out, why the work could not finish); (False, None) once drained."""
         while True:
             elapsed = time.monotonic() - self.started
-            kill_at = self.options.kill_instance_after_s
-            if kill_at is not None and not killed and elapsed >= kill_at:
-                self.workers[0].signal(signal.SIGKILL)
-                killed = True
+            self.faults.poll(elapsed)
             stats = self.queue.stats()
             if self.options.on_progress is not None:
                 items_done = min(self.items_planned, stats.get("done", 0) * self.batch_size)
@@ -531,11 +622,10 @@ class _Drain:
                 and stats.get("done", 0) + stats.get("dead", 0) >= jobs
                 and self.queue.outstanding() == 0
             ):
-                return False
+                return False, None
             if elapsed > self.timeout_s:
-                return True
-            for child in self.workers[1 if killed else 0 :]:
-                if not child.alive():
-                    raise ServiceError(f"{child.name} exited during the trial: {child.log_tail()}")
+                return True, f"timed out after {self.timeout_s:g} s before draining"
+            if (gone := self.faults.every_instance_gone()) is not None:
+                return False, gone
             check_stop()
             time.sleep(POLL_S)

@@ -156,14 +156,17 @@ def _service_accounting(job: str, stats: Mapping[str, Any], items: int) -> dict[
 def trial_row(
     config: Mapping[str, Any], scenario: Scenario, events: Sequence[JobEvent],
     services: Mapping[str, Mapping[str, Any]], usage: Mapping[str, Usage], report: ProducerReport,
-    *, clock_start: float, wall_s: float, timed_out: bool, recovered: int,
-    web: Mapping[str, float], runtime: Sequence[Mapping[str, Any]] = (),
+    *, clock_start: float, wall_s: float, timed_out: bool, failure: str | None, recovered: int,
+    faults: Mapping[str, Any], web: Mapping[str, float],
+    runtime: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:  # fmt: skip
     """One row of trials.csv (lab.results.TRIAL_COLUMNS, in that order).
 
     `config` holds the trial's identity (trial_id, order, num_workers, instances, batch_size,
-    placement, repeat, concurrency); `web` the Locust figures (NaN without web traffic);
-    `runtime` the worker instances' records of their own cost (`lab.runtime.telemetry`).
+    placement, repeat, concurrency); `failure` why the work could not finish (None when it
+    did); `faults` the fault columns (lab.sweep.faults); `web` the Locust figures (NaN
+    without web traffic); `runtime` the worker instances' records of their own cost
+    (`lab.runtime.telemetry`).
     """
     w = scenario.workload
     target_spec = scenario.services[w.service]
@@ -186,6 +189,8 @@ def trial_row(
         "started_at": clock_start,
         "wall_s": wall_s,
         "timed_out": timed_out,
+        "failed": failure is not None,
+        "failure_reason": failure or "",
         **figures,
         **bounds(
             figures,
@@ -196,6 +201,7 @@ def trial_row(
         ),
         **_service_accounting(w.job, target, report.items_sent),
         "recovered_jobs": recovered,
+        **faults,
         "service_requests": target.get("requests", 0),
         "service_rejected": target.get("rejected", 0),
         "service_errors": target.get("errors", 0),
