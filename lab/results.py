@@ -11,6 +11,8 @@ results/<scenario>/<YYYYmmdd-HHMMSS>/
     placement/<trial>.json with a cluster: which node ran what, clock offsets, per-node CPU
     recommendation.json    the chosen configuration, its figures and the reasons (lab.analysis.configs)
     report.html            the self-contained report (lab.report)
+    verification.json      with --verify: predicted (mock) vs real (lab.sweep.verify)
+    verify/                with --verify: the real trials (trials.csv, jobs.parquet/, services/)
     logs/<trial>/          worker and mock logs
 
 A run folder is never overwritten: a name already taken gets a suffix. A trial counts as done
@@ -57,9 +59,11 @@ from lab.strict import Strict, show, validate
 #: by kind, connections and utilization, `worker_steady_cores`, `worker_cpu_demand`,
 #: `bottleneck` and the runtime's own columns (`slot_gap_*`, `exchange_*`); 4 = trials.csv gains
 #: `failed`, `failure_reason`, `instance_crashes`, `faults_injected`, `recovery_s` and
-#: `dip_ratio`, and `faults/<trial>.json` appears. Readers accept older layouts and fill the
+#: `dip_ratio`, and `faults/<trial>.json` appears;
+#: 5 = trials.csv gains `clipped` (a real service's caps), and a run may hold `verify/` and
+#: `verification.json` (`lab.sweep --verify`). Readers accept older layouts and fill the
 #: columns they lack.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_FAILED = (
     "running",
@@ -78,6 +82,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "placement": "separate: worker processes; colocated: the slots run inside the web app's processes",
     "repeat": "repeat number, from 0",
     "concurrency": "num_workers x instances",
+    "clipped": "what a real service's caps changed in the configuration asked for (empty: nothing)",
     "started_at": "clock start, epoch seconds (all instances ready)",
     "wall_s": "clock start to drained (or timed out), seconds",
     "timed_out": "true when the trial hit sweep.trial_timeout_s before draining",
@@ -172,6 +177,20 @@ def machine_metadata() -> dict[str, Any]:
     }
 
 
+def new_folder(parent: Path) -> Path:
+    """A new, empty `parent/<YYYYmmdd-HHMMSS>` folder; a taken name gets a suffix (-1, -2...)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        path = parent / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{parent}: 1000 folders named {stamp}: clean it up")
+
+
 _Text = Annotated[str, Field(max_length=1_000)]
 
 
@@ -254,7 +273,9 @@ _INT_COLUMNS = {  # (least, most): what the scenario's bounds let a run write
 _FIGURE_MAX = 1e15
 _TRIAL_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 _BOOL_COLUMNS = ("timed_out", "failed", "harness_saturated", "machine_saturated")
-_TEXT_COLUMNS = ("trial_id", "placement", "saturation_reason", "bottleneck", "failure_reason")
+_TEXT_COLUMNS = (
+    "trial_id", "placement", "saturation_reason", "bottleneck", "failure_reason", "clipped",
+)  # fmt: skip
 
 
 class RunFolder:
@@ -269,16 +290,7 @@ class RunFolder:
         cls, out_dir: Path, scenario_name: str, scenario_text: str, manifest: Mapping[str, Any]
     ) -> RunFolder:
         """A new, empty run folder; a taken name gets a suffix, so no run is ever overwritten."""
-        parent = out_dir / scenario_name
-        parent.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        for n in range(1000):
-            path = parent / (stamp if n == 0 else f"{stamp}-{n}")
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                continue
+        path = new_folder(out_dir / scenario_name)
         run = cls(path)
         with run._dir() as d:  # 0600: it may hold a broker password
             d.write("scenario.yaml", scenario_text.encode(), mode=0o600)

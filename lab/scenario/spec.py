@@ -20,6 +20,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from lab import limits as L
 from lab.errors import ConfigError
+from lab.external import ExternalService, speaks
 from lab.infra.broker import redact_url
 from lab.mocks.spec import ServiceSpec
 from lab.runtime.jobs import BUILTINS, find_job_module, job_type, resolve
@@ -211,6 +212,7 @@ class LocustArrival(_Strict):
 Arrival = Annotated[Backlog | Poisson | Ramp | LocustArrival, Field(discriminator="kind")]
 
 Placement = Literal["separate", "colocated"]
+Service = Annotated[ServiceSpec | ExternalService, Field(discriminator="kind")]
 
 
 class Workers(_Strict):
@@ -433,11 +435,12 @@ class Scenario(_Strict):
     )
     broker: Broker = Field(default_factory=Broker, description="Where the job queue lives.")
     services: Annotated[
-        dict[Name, ServiceSpec], Field(max_length=L.SERVICES_MAX), why(L.SERVICES_WHY)
+        dict[Name, Service], Field(max_length=L.SERVICES_MAX), why(L.SERVICES_WHY)
     ] = Field(
         min_length=1,
-        description="Mock services by name (at least one; names as for `name`); see "
-        "lab.mocks.spec.",
+        description="Services by name (at least one; names as for `name`): mocks (kind "
+        "opensearch, http_api, database; see lab.mocks.spec) or real ones (kind external; "
+        "see lab.external).",
     )
     workload: Workload = Field(description="The job, its service and how items arrive.")
     workers: Workers = Field(default_factory=Workers, description="Where the job slots run.")
@@ -461,8 +464,8 @@ class Scenario(_Strict):
         if name not in self.services:
             known = f"{hint(name, self.services)}; known: {', '.join(sorted(self.services))}"
             problems.append((("workload", "service"), f"unknown service {name!r}{known}"))
-        elif (need := job_type(job).service_kind) and self.services[name].kind != need:
-            kind = self.services[name].kind
+        elif (need := job_type(job).service_kind) and speaks(self.services[name]) != need:
+            kind = speaks(self.services[name])
             problems.append((("workload", "job"), f"{job} needs an {need} service, not {kind}"))
         if self.cluster is not None and "colocated" in self.workers.placements:
             problems.append(
@@ -482,6 +485,12 @@ class Scenario(_Strict):
             broker_url=self.broker.url,
             timeout_s=self.sweep.trial_timeout_s,
         )
+        problems += [
+            (("faults", i, "name"), f"{f.name!r} is a real service (kind external): the lab "
+             "starts and stops only its mocks")
+            for i, f in enumerate(self.faults)
+            if isinstance(self.services.get(f.name or ""), ExternalService)
+        ]  # fmt: skip
         if isinstance(self.workload.arrival, Backlog) and quick.duration_s is not None:
             problems.append(
                 (("sweep", "quick", "duration_s"), "poisson/ramp only; for a backlog use items")

@@ -15,6 +15,7 @@ not, are `lab.sweep.faults`'s: an instance that dies is measured, a broken harne
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -30,6 +31,7 @@ from typing import Any
 
 from lab.configuration import COLOCATED, Configuration
 from lab.errors import HarnessError
+from lab.external import ExternalService
 from lab.infra.broker import Broker
 from lab.infra.procs import check_stop, python_module_argv, spawn, wait_for
 from lab.infra.sockets import listening_socket, url_of
@@ -40,6 +42,7 @@ from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import JobEvent, Queue
 from lab.scenario.spec import LocustArrival, Placement, Scenario
+from lab.sweep import external
 from lab.sweep.faults import BROKER_ANSWER_S, BROKER_ERRORS, TrialFaults, broker_lost
 from lab.sweep.placement import Processes, TrialPlacement, open_placement
 from lab.sweep.resources import ResourceSampler, Usage
@@ -124,7 +127,7 @@ def _worker_flags(
     ]  # fmt: skip
     for name, url in urls.items():
         flags += ["--service", f"{name}={url}"]
-    return flags
+    return flags + external.worker_flags(scenario, plan.instances)
 
 
 def _base_args(scenario: Scenario) -> dict[str, Any]:
@@ -189,9 +192,11 @@ def _start_slots(
 
 def _prepare_services(scenario: Scenario, mocks: dict[str, MockControl], items: int) -> None:
     """Before the clock: documents in place for a job type that acts on existing ids (deletes),
-    every counter at zero."""
+    every counter at zero. `mocks` are the mocks only: an external service is prepared by
+    `external.prepare`, with its own protocol (never a /_lab/ route)."""
     w = scenario.workload
-    if job_type(w.job).seeds_ids:
+    external.prepare(scenario, items)
+    if job_type(w.job).seeds_ids and w.service in mocks:
         mocks[w.service].seed(w.index, [str(i) for i in range(items)])
     for mock in mocks.values():
         mock.reset()
@@ -223,6 +228,12 @@ class _Trial:
     def __init__(
         self, scenario: Scenario, plan: TrialPlan, broker: Broker, logs: Path, options: TrialOptions
     ) -> None:
+        num_workers, instances, self.clipped = external.clip(
+            scenario, plan.num_workers, plan.instances
+        )
+        self.asked = plan  # its id and order name the trial; `plan` is what runs
+        plan = dataclasses.replace(plan, num_workers=num_workers, instances=instances)
+        scenario = external.with_trial_index(scenario, plan.trial_id, secrets.token_hex(3))
         self.scenario, self.plan, self.broker, self.logs = scenario, plan, broker, logs
         self.options = options
         w = scenario.workload
@@ -256,17 +267,22 @@ class _Trial:
             queue = Queue(client, f"trial-{self.plan.trial_id}-{secrets.token_hex(3)}")
             queue.purge()
             restarted = {f.name for f in self.scenario.faults if f.restart and f.name}
-            urls = place.start_services(
+            mocks = place.start_services(
                 self._seeded_services(), token=self.token, restartable=restarted
             )
+            urls = mocks | {
+                name: spec.url for name, spec in external.externals(self.scenario).items()
+            }
             web_url = _start_slots(
                 place, self.scenario, self.plan, self.broker, queue.name, urls, self.options
             )
-            self._wait_ready(queue, place, urls)
+            self._wait_ready(queue, place, mocks)
             measured = self._measure(queue, place, web_url)
             place.stop_workers()
             # the slots are stopped: every ack is written; the services are still up
-            service_stats = {name: self._stats(name, url) for name, url in urls.items()}
+            service_stats = {name: self._stats(name, url) for name, url in mocks.items()}
+            for name in external.externals(self.scenario):
+                service_stats[name] = external.collect(self.scenario, name)
             return self._collect(queue, service_stats, measured, place)
 
     def _mock(self, url: str) -> MockControl:
@@ -281,7 +297,7 @@ class _Trial:
             ) from None
 
     def _seeded_services(self) -> dict[str, ServiceSpec]:
-        """The scenario's mock services, each with the trial's own seed."""
+        """The scenario's mock services (not its external ones), each with the trial's own seed."""
         return {
             name: spec.model_copy(
                 update={
@@ -291,6 +307,7 @@ class _Trial:
                 }
             )
             for name, spec in self.scenario.services.items()
+            if not isinstance(spec, ExternalService)
         }
 
     def _wait_ready(self, queue: Queue, place: TrialPlacement, urls: dict[str, str]) -> None:
@@ -389,11 +406,13 @@ class _Trial:
             if self.locust
             else dict.fromkeys(LOCUST_COLUMNS, math.nan)
         )
+        identity = {"trial_id": self.asked.trial_id, "order": self.asked.index}
         row = trial_row(
-            self.plan.config(), self.scenario, events, service_stats, measured.usage,
-            measured.report, clock_start=clock_start, wall_s=measured.wall_s,
-            timed_out=measured.timed_out, failure=failure, recovered=recovered,
-            faults=measured.faults.figures(events, clock_start=clock_start), web=web,
+            self.plan.config() | identity | {"clipped": self.clipped}, self.scenario, events,
+            service_stats, measured.usage, measured.report, clock_start=clock_start,
+            wall_s=measured.wall_s, timed_out=measured.timed_out, failure=failure,
+            recovered=recovered, faults=measured.faults.figures(events, clock_start=clock_start),
+            web=web,
             runtime=runtime,
         )  # fmt: skip
         row |= place.saturation(measured.usage)
