@@ -467,6 +467,7 @@ class _Trial:
                 ready=(self.logs / f"mock-{name}.ready.json").exists,
             )
             for name in self.scenario.services
+            if f"mock-{name}" in services.children  # a real service is watched by no one here
         }
         workers = slots.of_role("worker")
         return TrialFaults(
