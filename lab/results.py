@@ -6,8 +6,13 @@ results/<scenario>/<YYYYmmdd-HHMMSS>/
     trials.csv             one row per trial (columns: TRIAL_COLUMNS)
     jobs.parquet/          per-job events, one parquet file per trial (read it as one dataset)
     services/<trial>.json  each mock service's statistics for the trial
+    faults/<trial>.json    what went wrong in the trial, when, and how long recovery took
+                           (only for trials with a fault or an instance exit)
+    placement/<trial>.json with a cluster: which node ran what, clock offsets, per-node CPU
     recommendation.json    the chosen configuration, its figures and the reasons (lab.analysis.configs)
     report.html            the self-contained report (lab.report)
+    verification.json      with --verify: predicted (mock) vs real (lab.sweep.verify)
+    verify/                with --verify: the real trials (trials.csv, jobs.parquet/, services/)
     logs/<trial>/          worker and mock logs
 
 A run folder is never overwritten: a name already taken gets a suffix. A trial counts as done
@@ -23,12 +28,12 @@ size limit and checked types. Problems are one ConfigError naming the file.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -43,7 +48,7 @@ from pydantic import ConfigDict, Field
 
 from lab import limits as L
 from lab.errors import ConfigError
-from lab.infra.files import Dir, UnsafePath, directory, refuse_links
+from lab.infra.files import Dir, directory, refuse_links
 from lab.runtime.queue import JobEvent
 from lab.runtime.telemetry import RUNTIME_COLUMNS
 from lab.scenario.spec import Scenario, load_scenario
@@ -52,9 +57,13 @@ from lab.strict import Strict, show, validate
 #: Layout history: 1 = the first layout (this docstring); 2 = trials.csv gains `placement` and
 #: the web (Locust) columns; 3 = trials.csv gains `steady_items_per_s`, the service's rejections
 #: by kind, connections and utilization, `worker_steady_cores`, `worker_cpu_demand`,
-#: `bottleneck` and the runtime's own columns (`slot_gap_*`, `exchange_*`). Readers accept
-#: older layouts and fill the columns they lack.
-SCHEMA_VERSION = 3
+#: `bottleneck` and the runtime's own columns (`slot_gap_*`, `exchange_*`); 4 = trials.csv gains
+#: `failed`, `failure_reason`, `instance_crashes`, `faults_injected`, `recovery_s` and
+#: `dip_ratio`, and `faults/<trial>.json` appears;
+#: 5 = trials.csv gains `clipped` (a real service's caps), and a run may hold `verify/` and
+#: `verification.json` (`lab.sweep --verify`). Readers accept older layouts and fill the
+#: columns they lack.
+SCHEMA_VERSION = 5
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_FAILED = (
     "running",
@@ -73,9 +82,12 @@ TRIAL_COLUMNS: dict[str, str] = {
     "placement": "separate: worker processes; colocated: the slots run inside the web app's processes",
     "repeat": "repeat number, from 0",
     "concurrency": "num_workers x instances",
+    "clipped": "what a real service's caps changed in the configuration asked for (empty: nothing)",
     "started_at": "clock start, epoch seconds (all instances ready)",
     "wall_s": "clock start to drained (or timed out), seconds",
     "timed_out": "true when the trial hit sweep.trial_timeout_s before draining",
+    "failed": "true when the work could not finish: timed out, or every instance exited",
+    "failure_reason": "why it failed, in words (empty when it did not)",
     "jobs_enqueued": "jobs the producer sent",
     "items_enqueued": "items the producer sent",
     "jobs_done": "jobs that succeeded (each counted once)",
@@ -108,6 +120,10 @@ TRIAL_COLUMNS: dict[str, str] = {
     "lost_items": "items the service never received (by id; empty when it cannot tell)",
     "duplicate_items": "items the service received more than once (by id)",
     "recovered_jobs": "jobs put back after an instance's heartbeat expired",
+    "instance_crashes": "worker instances that exited during the trial: any signal or exit code, injected or not",
+    "faults_injected": "faults of the scenario's `faults` applied (one that fell due after the trial drained is not)",
+    "recovery_s": "the longest recovery, s: an exit until its jobs were back in the queue; a restart until the service was up; a pause until the broker answered",
+    "dip_ratio": "items/s while faults lasted (each until its recovery) over items/s before the first one: 1 no dip, 0 a standstill, above 1 catching up on a backlog",
     "service_requests": "requests the target service received",
     "service_rejected": "rejected requests and connections (429: queue full, rate limit; 503: connection limit)",
     "service_errors": "of them, failed with 5xx",
@@ -161,6 +177,20 @@ def machine_metadata() -> dict[str, Any]:
     }
 
 
+def new_folder(parent: Path) -> Path:
+    """A new, empty `parent/<YYYYmmdd-HHMMSS>` folder; a taken name gets a suffix (-1, -2...)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        path = parent / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{parent}: 1000 folders named {stamp}: clean it up")
+
+
 _Text = Annotated[str, Field(max_length=1_000)]
 
 
@@ -192,6 +222,39 @@ class Manifest(Strict):
     )
 
 
+_Count = Annotated[int, Field(ge=0, le=10**15)]
+
+
+class _Samples(Strict):
+    model_config = ConfigDict(extra="allow")
+    service_ms: Annotated[
+        list[Annotated[float, Field(ge=0, le=1e15)]], Field(max_length=L.SAMPLES_CAP_MAX)
+    ] = Field(default_factory=list)
+
+
+class _Maxima(Strict):
+    model_config = ConfigDict(extra="allow")
+    connections: _Count = 0
+
+
+class ServiceStats(Strict):
+    """One mock's `/_lab/stats` document as read back from services/<trial>.json: the keys the
+    analysis reads, typed; the rest kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    served: _Count = 0
+    served_items: _Count = 0
+    requests: _Count = 0
+    rejected: _Count = 0
+    errors: _Count = 0
+    rejections: Annotated[
+        dict[Annotated[str, Field(max_length=100)], _Count], Field(max_length=64)
+    ] = Field(default_factory=dict)
+    samples: _Samples = Field(default_factory=_Samples)
+    max: _Maxima = Field(default_factory=_Maxima)
+
+
 def _parse_json(data: bytes, where: str) -> Any:
     try:
         return json.loads(data.decode("utf-8"))
@@ -201,10 +264,18 @@ def _parse_json(data: bytes, where: str) -> Any:
         raise ConfigError(f"{where}: not valid JSON: {str(exc)[:200]}") from None
 
 
-_INT_COLUMNS = {"order": 0, "num_workers": 1, "instances": 1, "batch_size": 1, "repeat": 0,
-                "concurrency": 1}  # fmt: skip
-_BOOL_COLUMNS = ("timed_out", "harness_saturated", "machine_saturated")
-_TEXT_COLUMNS = ("trial_id", "placement", "saturation_reason", "bottleneck")
+_INT_COLUMNS = {  # (least, most): what the scenario's bounds let a run write
+    "order": (0, L.TRIALS_MAX), "num_workers": (1, L.NUM_WORKERS_MAX),
+    "instances": (1, L.INSTANCES_MAX), "batch_size": (1, L.BATCH_SIZE_MAX),
+    "repeat": (0, L.REPEATS_MAX), "concurrency": (1, L.CONCURRENCY_MAX),
+    "instance_crashes": (0, L.INSTANCES_MAX), "faults_injected": (0, L.FAULTS_MAX),
+}  # fmt: skip
+_FIGURE_MAX = 1e15
+_TRIAL_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
+_BOOL_COLUMNS = ("timed_out", "failed", "harness_saturated", "machine_saturated")
+_TEXT_COLUMNS = (
+    "trial_id", "placement", "saturation_reason", "bottleneck", "failure_reason", "clipped",
+)  # fmt: skip
 
 
 class RunFolder:
@@ -219,16 +290,7 @@ class RunFolder:
         cls, out_dir: Path, scenario_name: str, scenario_text: str, manifest: Mapping[str, Any]
     ) -> RunFolder:
         """A new, empty run folder; a taken name gets a suffix, so no run is ever overwritten."""
-        parent = out_dir / scenario_name
-        parent.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        for n in range(1000):
-            path = parent / (stamp if n == 0 else f"{stamp}-{n}")
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                continue
+        path = new_folder(out_dir / scenario_name)
         run = cls(path)
         with run._dir() as d:  # 0600: it may hold a broker password
             d.write("scenario.yaml", scenario_text.encode(), mode=0o600)
@@ -318,9 +380,15 @@ class RunFolder:
             raise ConfigError(f"{self.trials_csv}: not a trials table ({exc})") from None
 
     def add_trial(
-        self, row: Mapping[str, Any], events: list[JobEvent], services: Mapping[str, Any]
+        self,
+        row: Mapping[str, Any],
+        events: list[JobEvent],
+        services: Mapping[str, Any],
+        faults: list[dict[str, Any]] | None = None,
+        placement: Mapping[str, Any] | None = None,
     ) -> None:
-        """Store one finished trial: events and service stats first, its trials.csv row last."""
+        """Store one finished trial: events, service stats, faults (and, with a cluster, what
+        ran where) first, its row last."""
         if list(row) != list(TRIAL_COLUMNS):
             missing, extra = set(TRIAL_COLUMNS) - set(row), set(row) - set(TRIAL_COLUMNS)
             raise ValueError(
@@ -331,6 +399,12 @@ class RunFolder:
             events_frame(events, trial_id).to_parquet(f, index=False)
         with self._dir("services", create=True) as d:
             d.write(f"{trial_id}.json", _dump(services))
+        if faults:
+            with self._dir("faults", create=True) as d:
+                d.write(f"{trial_id}.json", _dump(faults))
+        if placement is not None:
+            with self._dir("placement", create=True) as d:
+                d.write(f"{trial_id}.json", _dump(placement))
         buffer = io.StringIO()
         with self._dir() as d:
             new_file = not d.exists("trials.csv")
@@ -373,8 +447,29 @@ class RunFolder:
         frame = frame.reindex(columns=list(TRIAL_COLUMNS))  # an older layout lacks newer columns
         # ...but layout 1 had one placement (cast first: an all-empty column reads as float)
         frame["placement"] = frame["placement"].astype(object).fillna("separate").astype(str)
+        # ...and before layout 4 only a timeout failed a trial, and no instance crashed
+        frame["failed"] = frame["failed"].astype(object).fillna(frame["timed_out"])
+        frame["failure_reason"] = frame["failure_reason"].astype(object).fillna("")
+        frame[["instance_crashes", "faults_injected"]] = frame[
+            ["instance_crashes", "faults_injected"]
+        ].fillna(0)
         _check_trials(frame, self.trials_csv)
+        frame["failed"] = frame["failed"].astype(bool)
         return frame
+
+    def faults(self, trial_id: str) -> list[dict[str, Any]]:
+        """What went wrong in one trial (`lab.sweep.faults.FaultRecord` fields); [] if nothing."""
+        name = f"{trial_id}.json"
+        with self._dir() as root:
+            if not root.exists("faults"):
+                return []
+        with self._dir("faults") as d:
+            if d.exists(name):
+                data = _parse_json(d.read(name, limit=L.JSON_BYTES_MAX), str(d.path / name))
+                if not isinstance(data, list):
+                    raise ConfigError(f"{d.path / name}: must be a JSON list, got {show(data)}")
+                return data
+        return []
 
     def scenario(self) -> Scenario:
         """The scenario the run used, from its own copy (a user job module is not looked up)."""
@@ -391,6 +486,20 @@ class RunFolder:
                 return ""
             return d.read("scenario.yaml", limit=L.SCENARIO_BYTES_MAX).decode("utf-8", "replace")
 
+    def placement(self, trial_id: str) -> dict[str, Any] | None:
+        """Which node ran what in a trial placed on a cluster (None for a trial on this host)."""
+        name = f"{trial_id}.json"
+        with self._dir() as root:
+            if not root.exists("placement"):
+                return None
+        with self._dir("placement") as d:
+            if not d.exists(name):
+                return None
+            data = _parse_json(d.read(name, limit=L.JSON_BYTES_MAX), str(d.path / name))
+            if not isinstance(data, dict):
+                raise ConfigError(f"{d.path / name}: must be a JSON object, got {show(data)}")
+            return data
+
     def trial_logs(self, trial_id: str) -> Path:
         """A new, empty folder for one trial's child-process logs (an earlier attempt's, from an
         interrupted run, is moved aside): nothing planted in it can be written through."""
@@ -403,17 +512,31 @@ class RunFolder:
         return self.path / "report.html"
 
     def services(self, trial_id: str) -> dict[str, Any]:
-        """The mock services' statistics of one trial, by service name (empty when absent)."""
-        path = self.path / "services" / f"{trial_id}.json"
-        return dict(json.loads(path.read_text())) if path.exists() else {}
+        """The mock services' statistics of one trial, by service name (empty when absent);
+        the parts the analysis reads are type-checked (`ServiceStats`)."""
+        name = f"{trial_id}.json"
+        with self._dir() as root:
+            if not root.exists("services"):
+                return {}
+        with self._dir("services") as d:
+            if not d.exists(name):
+                return {}
+            where = str(d.path / name)
+            data = _parse_json(d.read(name, limit=L.SERVICES_JSON_BYTES_MAX), where)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: must be a JSON object, got {show(data)}")
+        for service, stats in data.items():
+            validate(ServiceStats, stats, where=f"{where}: {show(service)}")
+        return data
 
     def jobs(self) -> pd.DataFrame:
         """Every job attempt of every trial (jobs.parquet/*.parquet), read without following links."""
         frames = []
-        with contextlib.suppress(UnsafePath), self._dir("jobs.parquet") as d:
-            for name in d.names():
-                if name.endswith(".parquet"):
-                    frames.append(_read_parquet(d, name))
+        with self._dir() as root:
+            present = root.exists("jobs.parquet")
+        if present:
+            with self._dir("jobs.parquet") as d:
+                frames = [_read_parquet(d, n) for n in d.names() if n.endswith(".parquet")]
         return pd.concat(frames, ignore_index=True) if frames else events_frame([], "")
 
 
@@ -430,7 +553,8 @@ def _read_parquet(d: Dir, name: str) -> pd.DataFrame:
 
 
 def _check_trials(frame: pd.DataFrame, where: Path) -> None:
-    """Every column holds what the analysis expects: ConfigError at the first cell that does not."""
+    """Every column holds what the analysis expects (ConfigError at the first cell that does
+    not); numeric columns are converted in place, so a number too long for int64 is a float."""
 
     def fail(column: str, rows: pd.Series, what: str) -> None:
         i = int(rows.to_numpy().nonzero()[0][0])
@@ -441,27 +565,38 @@ def _check_trials(frame: pd.DataFrame, where: Path) -> None:
 
     for column in frame.columns:
         values = frame[column]
-        if column in _TEXT_COLUMNS:
-            empty_ok = column != "trial_id"
-            text = values.map(
-                lambda v, empty_ok=empty_ok: isinstance(v, str) or (empty_ok and v != v)
+        if column == "trial_id":  # it names files: services/<trial_id>.json, logs/<trial_id>/
+            ok = values.map(lambda v: isinstance(v, str) and _TRIAL_ID.fullmatch(v) is not None)
+            if not ok.all():
+                fail(column, ~ok, "a trial id (letters, digits, _ . -, not starting with . or -)")
+        elif column in _TEXT_COLUMNS:
+            empty_ok = column != "placement"
+            allowed = ("separate", "colocated") if column == "placement" else None
+            ok = values.map(
+                lambda v, empty_ok=empty_ok, allowed=allowed: (
+                    (isinstance(v, str) and (allowed is None or v in allowed))
+                    or (empty_ok and v != v)
+                )
             )
-            if not text.all():
-                fail(column, ~text, "text")
+            if not ok.all():
+                fail(column, ~ok, "one of " + ", ".join(allowed) if allowed else "text")
         elif column in _BOOL_COLUMNS:
             ok = values.map(lambda v: isinstance(v, bool | np.bool_) or v != v)
             if not ok.all():
                 fail(column, ~ok, "True or False")
         else:
-            numbers = pd.to_numeric(values, errors="coerce")
+            numbers = pd.to_numeric(values, errors="coerce").astype(float)
             bad = (values.notna() & numbers.isna()) | np.isinf(numbers.fillna(0))
             if column in _INT_COLUMNS:
-                bad |= numbers.isna() | (numbers % 1 != 0) | (numbers < _INT_COLUMNS[column])
-                what = f"an integer >= {_INT_COLUMNS[column]}"
-            else:
-                what = "a finite number or empty"
+                least, most = _INT_COLUMNS[column]
+                bad |= numbers.isna() | (numbers % 1 != 0) | (numbers < least) | (numbers > most)
+                what = f"an integer in [{least}, {most:,}]"
+            else:  # no figure the lab writes comes near; squares and sums of it stay finite
+                bad |= numbers.abs() > _FIGURE_MAX
+                what = f"a number of magnitude at most {_FIGURE_MAX:g}, or empty"
             if bad.any():
                 fail(column, bad, what)
+            frame[column] = numbers.astype("int64") if column in _INT_COLUMNS else numbers
     if frame["trial_id"].duplicated().any():
         fail("trial_id", frame["trial_id"].duplicated(), "listed once")
 

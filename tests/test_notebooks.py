@@ -25,7 +25,7 @@ def execute(name: str, **parameters: Any) -> nbformat.NotebookNode:
         source = "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
         nb.cells.insert(at + 1, new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
     client = NotebookClient(
-        nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
     )
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
     return nb
@@ -68,3 +68,15 @@ def test_03_loco_case_measures_the_speedups() -> None:
     assert "× nw1-in1-bs1" in text  # a measured speed-up over the default
     assert "nw1-in1-bs1: held by concurrency: 1 slot at" in text
     assert images == 5  # two comparisons, throughput x 2, the heatmap
+
+
+@pytest.mark.timeout(420)
+def test_05_calibrates_a_stand_in_sweeps_its_twin_and_verifies(tmp_path: Path) -> None:
+    """Against a local stand-in (the lab's mock, with settings the calibrator is not told)."""
+    nb = execute("05_calibrate_a_service.ipynb", out_dir=str(tmp_path), budget_s=10)
+    text, images = outputs(nb)
+    assert "capacity: throughput stopped growing" in text and "calibrated_from:" in text
+    assert "recommended: num_workers=" in text and "predicted" in text
+    assert images == 2
+    [verification] = tmp_path.glob("calibrated-twin/*/verification.json")
+    assert verification.exists()

@@ -24,11 +24,13 @@ import pandas as pd
 
 from lab.analysis.attribution import Context, attribute_configs, fill_older_layout
 from lab.analysis.explain import bottleneck_reason, explain, trial_warnings, unstable
+from lab.analysis.faults import fault_warnings
 from lab.analysis.recommendation import Candidate, Recommendation
 from lab.analysis.usl import UslFit, fit_usl
 from lab.configuration import SEPARATE, Configuration, label
 from lab.mocks.spec import ServiceSpec
 from lab.results import STATUS_COMPLETE, RunFolder
+from lab.scenario.faults import Fault
 from lab.scenario.spec import Objective, Scenario, Slo
 
 CONFIG = ["num_workers", "instances", "batch_size"]
@@ -183,6 +185,7 @@ def per_config(trials: pd.DataFrame) -> pd.DataFrame:
         lost_items=("lost_items", _sum_known),
         duplicate_items=("duplicate_items", _sum_known),
         timed_out=("timed_out", "any"),
+        failed=("failed", "any"),
         harness_saturated=("harness_saturated", "any"),
         machine_saturated=("machine_saturated", "any"),
         littles_bound_items_per_s=("littles_bound_items_per_s", "mean"),
@@ -209,6 +212,8 @@ def slo_problems(row: pd.Series, slo: Slo) -> list[str]:
     problems = []
     if bool(row["timed_out"]):
         problems.append("timed out")
+    elif bool(row["failed"]):
+        problems.append("a trial could not finish")
     if slo.p99_latency_ms is not None and row["latency_p99_worst_ms"] > slo.p99_latency_ms:
         problems.append(f"p99 {row['latency_p99_worst_ms']:,.0f} ms > {slo.p99_latency_ms:,.0f} ms")
     if row["error_rate"] > slo.max_error_rate:
@@ -259,7 +264,7 @@ def _candidate(row: pd.Series, within_noise: bool | None = None) -> Candidate:
 
 
 def _fits(trials: pd.DataFrame) -> list[UslFit]:
-    usable = trials[~trials["timed_out"].astype(bool)]
+    usable = trials[~trials["failed"].astype(bool)]
     return [
         fit_usl(part["concurrency"], part["items_per_s"], batch_size=int(batch))
         for batch, part in usable.groupby("batch_size", sort=True)
@@ -275,10 +280,12 @@ def analyze_trials(
     margin: float = NOISE_MARGIN,
     jobs: pd.DataFrame | None = None,
     context: Context | None = None,
+    faults: tuple[Fault, ...] = (),
 ) -> Analysis:
     """The analysis of a trials table (trials.csv's columns); `service` is the target's spec,
     `jobs` the attempts (jobs.parquet, for the retry-wave detector), `context` what attribution
-    needs to know of the scenario (default: `service`, the SLO and a backlog)."""
+    needs to know of the scenario (default: `service`, the SLO and a backlog), `faults` the
+    scenario's (to tell planned instance exits from the others)."""
     if PLACEMENT not in trials:
         trials = trials.assign(**{PLACEMENT: SEPARATE})
     context = context or Context(service, objective.slo.max_error_rate, None, cpu_count)
@@ -288,7 +295,11 @@ def analyze_trials(
         configs = configs.merge(attributed, on=[*CONFIG, PLACEMENT], how="left")
     configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
     fits = _fits(trials)
-    warnings = trial_warnings(trials, cpu_count=cpu_count) + unstable(configs, objective.maximize)
+    warnings = (
+        trial_warnings(trials, cpu_count=cpu_count)
+        + fault_warnings(trials, faults)
+        + unstable(configs, objective.maximize)
+    )
     pick, reasons, runners = _recommendation(configs, objective, margin=margin, fits=fits)
     rec = Recommendation(
         pick,
@@ -418,6 +429,7 @@ def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
         run = load_run(run)
     scenario = run.scenario
     service = scenario.services.get(scenario.workload.service)
+    service = service if isinstance(service, ServiceSpec) else None  # a real service: no model
     cpu_count = run.manifest.get("cpu_count")
     context = Context.of(scenario, cpu_count)
     folder = RunFolder(run.path)
@@ -426,7 +438,7 @@ def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
     )
     analysis = analyze_trials(
         trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin,
-        jobs=run.jobs, context=context,
+        jobs=run.jobs, context=context, faults=scenario.faults,
     )  # fmt: skip
     status = run.manifest.get("status")
     planned = len(run.manifest.get("trials_planned", []))

@@ -48,6 +48,7 @@ class MockService:
         self.spec = spec
         self.model = LoadModel(spec)
         self._limit_connections = spec.connection_limit is not None
+        self._send_retry_after = spec.rate_limit is None or spec.rate_limit.retry_after
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Entry point for every non-`/_lab/` request."""
@@ -78,7 +79,11 @@ class MockService:
                 "retry_after_s": round(wait_s, 3),
             }
         }
-        return json_response(body, status=429, headers=retry_after_header(wait_s))
+        return json_response(body, status=429, headers=self.retry_after(wait_s))
+
+    def retry_after(self, wait_s: float) -> dict[str, str] | None:
+        """The rate-limited 429's Retry-After header, unless the spec turns it off."""
+        return retry_after_header(wait_s) if self._send_retry_after else None
 
     def refused(self, reason: str) -> web.Response:
         """503 for a connection past `connection_limit`; the connection is then closed."""
@@ -95,6 +100,14 @@ class MockService:
             raise ValueError(f"unknown reset option(s) {sorted(options)}; this mock takes none")
         self.model.reset()
         return {"reset": True}
+
+    def state(self) -> dict[str, Any]:
+        """What a restart carries over (`--state-file`): the statistics since the last reset."""
+        return {"stats": self.model.stats.state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a previous process's `state()`."""
+        self.model.stats.restore(state["stats"])
 
     def controls(self) -> dict[str, ControlHandler]:
         """Extra `/_lab/<name>` routes of this service (e.g. opensearch `seed`)."""

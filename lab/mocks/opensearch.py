@@ -36,7 +36,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from lab.mocks.base import ControlHandler, MockService, json_response, retry_after_header
+from lab.mocks.base import ControlHandler, MockService, json_response
 from lab.mocks.bulk import BulkError, BulkOp, parse_bulk
 from lab.mocks.docstore import DocStore, WriteResult
 from lab.mocks.load import Outcome
@@ -276,7 +276,7 @@ class OpenSearchMock(MockService):
 
     def rate_limited(self, wait_s: float) -> web.Response:
         reason = "rate limit exceeded: too many requests"
-        return os_error(429, "too_many_requests", reason, headers=retry_after_header(wait_s))
+        return os_error(429, "too_many_requests", reason, headers=self.retry_after(wait_s))
 
     def refused(self, reason: str) -> web.Response:
         return os_error(503, reason, "too many connections")
@@ -285,6 +285,13 @@ class OpenSearchMock(MockService):
         out = super().stats_json()
         out["opensearch"] = self.store.to_json()
         return out
+
+    def state(self) -> dict[str, Any]:
+        return super().state() | {"docs": self.store.state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self.store.restore(state["docs"])
 
     def reset(self, options: dict[str, Any]) -> dict[str, Any]:
         """Zero the statistics and write ledgers; keep the documents unless `clear_docs`."""

@@ -4,11 +4,14 @@
     python -m lab.sweep scenarios/opensearch_index.yaml --quick  # the scenario's small grid
     python -m lab.sweep scenarios/x.yaml --dry-run             # the plan and an estimate only
     python -m lab.sweep --resume results/x/20261128-101500     # finish an interrupted run
+    python -m lab.sweep scenarios/twin.yaml --verify           # then the best on the real service
 
 Trials run in a shuffled order (seeded), so slow drift of the machine does not favour one
 configuration. Ctrl-C (or SIGTERM) stops within seconds, stops every child process, marks the
 run interrupted and prints the command that resumes it. Bad input exits with status 2 and
-writes nothing.
+writes nothing. A worker instance that dies is part of a trial's figures and a trial that could
+not finish is recorded as failed; only a broken harness (the broker, a mock) stops the run: one
+message, exit status 2, the run marked failed and resumable.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import math
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from lab.errors import ConfigError, LabError
+from lab.analysis.recommendation import Recommendation
+from lab.errors import ConfigError, HarnessError, LabError
 from lab.infra.broker import start_broker
 from lab.infra.procs import check_stop, stop_on_signals
 from lab.mocks.distributions import mean_ms
@@ -33,7 +37,12 @@ from lab.results import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunF
 from lab.runtime.jobs import job_type
 from lab.scenario.loader import read_text
 from lab.scenario.spec import Scenario, import_job, load_scenario
+from lab.sweep import external
+from lab.sweep.faults import fault_summary
+from lab.sweep.placement import connect_cluster, with_cluster
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
+from lab.sweep.verify import real_service
+from lab.sweep.verify import verify as verify_on_real
 
 #: Seconds a trial costs beyond its drain: processes to start, ready checks, stop.
 TRIAL_OVERHEAD_S = 1.5
@@ -55,7 +64,7 @@ def estimate_trial_s(scenario: Scenario, plan: TrialPlan) -> float:
 
     A user handler's requests are unknown to the lab: the estimate assumes one per item."""
     w = scenario.workload
-    spec = scenario.services[w.service]
+    spec = external.stand_in(scenario.services[w.service])
     kind = job_type(w.job)
     requests_per_job = kind.requests_per_job(plan.batch_size)
     per_request_ms = mean_ms(spec.latency) + spec.per_item_ms * kind.items_per_request(
@@ -108,7 +117,8 @@ class ProgressLine:
 
     def end(self, row: dict[str, object]) -> None:
         self.trial_times.append(time.monotonic() - self._trial_start)
-        flags = " TIMED OUT" if row["timed_out"] else ""
+        flags = f" FAILED: {row['failure_reason']}" if row["failed"] else ""
+        flags += fault_summary(row)
         flags += " harness-saturated" if row["harness_saturated"] else ""
         line = (
             f"{self.label} {row['items_per_s']:>9,.0f} items/s  p99 {row['latency_p99_ms']:>7,.0f} ms  "
@@ -116,6 +126,29 @@ class ProgressLine:
         )
         self.stream.write(("\r" if self.tty else "") + line + "\n")
         self.stream.flush()
+
+
+def _scenario(
+    scenario_path: Path | None, resume: Path | None, quick: bool, cluster: str | None
+) -> tuple[RunFolder | None, Path, Scenario, bool, str | None]:
+    """The run folder being resumed (or None), the scenario's file, the scenario as it will run
+    (quick variant, cluster override), and the quick and cluster settings a resume keeps."""
+    run = None
+    if resume is not None:
+        run = RunFolder.open(resume)
+        source = run.scenario_path
+        quick = bool(run.manifest.get("quick", False))
+        cluster = cluster or run.manifest.get("cluster_flag")
+    elif scenario_path is not None:
+        source = Path(scenario_path)
+    else:
+        raise ConfigError("give a scenario file, or --resume RUN_DIR")
+    scenario = load_scenario(source)
+    if quick:
+        scenario = scenario.quick_variant()
+    if cluster is not None:
+        scenario = with_cluster(scenario, cluster)
+    return run, source, scenario, quick, cluster
 
 
 def run_sweep(
@@ -127,30 +160,28 @@ def run_sweep(
     resume: Path | None = None,
     options: TrialOptions | None = None,
     stream: TextIO | None = None,
+    cluster: str | None = None,
+    verify: bool = False,
 ) -> RunFolder | None:
-    """Run (or resume) a sweep; returns its folder (None for a dry run). Raises LabError on bad input."""
+    """Run (or resume) a sweep; returns its folder (None for a dry run). Raises LabError on bad input.
+
+    `verify`: the workload's service is a mock fitted to a real one (`calibrated_from`); the
+    recommendation and its runners-up are then rerun on the real service (`lab.sweep.verify`)."""
     stream = stream or sys.stdout
-    if resume is not None:
-        run = RunFolder.open(resume)
-        source = run.scenario_path
-        scenario = load_scenario(source)
-        quick = bool(run.manifest.get("quick", False))
-    elif scenario_path is not None:
-        source = Path(scenario_path)
-        scenario = load_scenario(source)
-    else:
-        raise ConfigError("give a scenario file, or --resume RUN_DIR")
-    if quick:
-        scenario = scenario.quick_variant()
+    resumed, source, scenario, quick, cluster = _scenario(scenario_path, resume, quick, cluster)
+    if verify:
+        real_service(scenario)  # bad input stops here, before anything is written
     plan = plan_trials(scenario)
     if dry_run:
         _print_plan(scenario, plan, stream)
         return None
     import_job(scenario, source)  # the user's module runs only now, when trials will run
-    if resume is None:
+    if resumed is not None:
+        run = resumed
+    else:
         run = RunFolder.create(
             out_dir, scenario.name, read_text(source, what="scenario"),
-            {"seed": scenario.seed, "quick": quick, "command": ["python", "-m", "lab.sweep", *sys.argv[1:]], "trials_planned": [p.trial_id for p in plan]},
+            {"seed": scenario.seed, "quick": quick, "command": ["python", "-m", "lab.sweep", *sys.argv[1:]], "trials_planned": [p.trial_id for p in plan], "cluster_flag": cluster},
         )  # fmt: skip
     done = set(run.completed_trials())
     todo = [p for p in plan if p.trial_id not in done]
@@ -158,7 +189,11 @@ def run_sweep(
     progress = ProgressLine(stream, len(plan))
     trial_options = options or TrialOptions()
     try:
-        with stop_on_signals(), start_broker(scenario.broker.url) as broker:
+        with (
+            connect_cluster(scenario.cluster),
+            stop_on_signals(),
+            start_broker(scenario.broker.url) as broker,
+        ):
             run.update_manifest(
                 status="running", broker="embedded" if broker.embedded else "broker.url"
             )
@@ -173,7 +208,10 @@ def run_sweep(
                     logs=run.trial_logs(trial.trial_id),
                     options=opts,
                 )
-                run.add_trial(outcome.row, outcome.events, outcome.services)
+                run.add_trial(
+                    outcome.row, outcome.events, outcome.services, outcome.faults,
+                    outcome.placement,
+                )  # fmt: skip
                 progress.end(outcome.row)
     except (KeyboardInterrupt, SystemExit):
         run.mark(STATUS_INTERRUPTED)
@@ -181,23 +219,44 @@ def run_sweep(
             f"\ninterrupted: the run is marked incomplete. Resume it with:\n  python -m lab.sweep --resume {run.path}\n"
         )
         raise
+    except HarnessError as exc:
+        run.mark(STATUS_FAILED)
+        again = "" if scenario.broker.url is None else " once the broker answers again"
+        raise HarnessError(
+            f"{exc}\nThe run is marked failed; finished trials are kept. Resume it{again} with:\n"
+            f"  python -m lab.sweep --resume {run.path}"
+        ) from None
     except BaseException:
         run.mark(STATUS_FAILED)
         raise
     run.mark(STATUS_COMPLETE)
-    report = _recommend_and_report(run, stream)
+
+    def check_on_the_real_service(recommendation: Recommendation) -> None:
+        with stop_on_signals(), start_broker(scenario.broker.url) as broker:
+            verify_on_real(
+                run, scenario, recommendation, broker=broker, options=trial_options, stream=stream
+            )
+
+    report = _recommend_and_report(
+        run, stream, verify=check_on_the_real_service if verify else None
+    )
     stream.write(f"report: {report}\nrun: {run.path}\n")
     return run
 
 
-def _recommend_and_report(run: RunFolder, stream: TextIO) -> Path:
-    """The end of every run: recommendation.json, report.html, the one-line verdict."""
+def _recommend_and_report(
+    run: RunFolder, stream: TextIO, *, verify: Callable[[Recommendation], None] | None = None
+) -> Path:
+    """The end of every run: recommendation.json, the one-line verdict, the check on the real
+    service when asked (`verify`), report.html."""
     from lab.analysis.configs import analyze  # pandas, scipy: loaded only when a run ends
     from lab.report.html import write_report  # matplotlib: likewise
 
     analysis = analyze(run.path)
     run.write_json("recommendation.json", analysis.recommendation.to_json())
     stream.write(analysis.recommendation.describe() + "\n")
+    if verify is not None:
+        verify(analysis.recommendation)
     return write_report(run.path, analysis=analysis)
 
 
@@ -229,6 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the plan and an estimate; run nothing"
     )
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="place the trials on a Ray cluster: auto, local or ray://host:port (overrides the "
+        "scenario's cluster); none: this host only",
+    )
+    p.add_argument(
+        "--verify", action="store_true",
+        help="then rerun the best configurations on the real service the mock was fitted to",
+    )  # fmt: skip
     return p
 
 
@@ -238,7 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("lab.sweep: give a scenario or --resume, not both", file=sys.stderr)
         return 2
     try:
-        run_sweep(ns.scenario, out_dir=ns.out, quick=ns.quick, dry_run=ns.dry_run, resume=ns.resume)
+        run_sweep(
+            ns.scenario, out_dir=ns.out, quick=ns.quick, dry_run=ns.dry_run, resume=ns.resume,
+            cluster=ns.cluster, verify=ns.verify,
+        )  # fmt: skip
     except LabError as exc:
         print(f"lab.sweep: {exc}", file=sys.stderr)
         return exc.exit_code
