@@ -127,7 +127,7 @@ class Cluster(_Strict):
     """
 
     engine: Literal["ray"] = Field(description="The cluster engine; only ray today.")
-    address: str = Field(
+    address: Annotated[str, Field(max_length=L.URL_CHARS_MAX)] = Field(
         default="auto",
         description="auto: the running cluster RAY_ADDRESS or `ray start` names; "
         "ray://host:port: a remote cluster through Ray Client; local: a one-node Ray on this "
