@@ -33,10 +33,11 @@ from lab.producers.arrivals import expected_duration_s
 from lab.results import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunFolder
 from lab.runtime.jobs import job_type
 from lab.scenario.spec import Scenario, load_scenario
+from lab.sweep.harness import start_harness
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
 
-#: Seconds a trial costs beyond its drain: processes to start, ready checks, stop.
-TRIAL_OVERHEAD_S = 1.5
+#: Seconds a trial costs beyond its drain: workers forked, ready checks, stop, mocks reset.
+TRIAL_OVERHEAD_S = 0.3
 
 
 def plan_trials(scenario: Scenario) -> list[TrialPlan]:
@@ -68,7 +69,7 @@ def estimate_trial_s(scenario: Scenario, plan: TrialPlan) -> float:
     if spec.rate_limit is not None:
         drain_s = max(drain_s, jobs * requests_per_job / spec.rate_limit.per_s)
     drain_s = min(max(drain_s, expected_duration_s(w.arrival)), scenario.sweep.trial_timeout_s)
-    return TRIAL_OVERHEAD_S + 0.2 * plan.instances + drain_s
+    return TRIAL_OVERHEAD_S + 0.02 * plan.instances + drain_s
 
 
 class ProgressLine:
@@ -156,7 +157,11 @@ def run_sweep(
     progress = ProgressLine(stream, len(plan))
     trial_options = options or TrialOptions()
     try:
-        with stop_on_signals(), start_broker(scenario.broker.url) as broker:
+        with (
+            stop_on_signals(),
+            start_broker(scenario.broker.url) as broker,
+            start_harness(run.path / "logs" / "shared") as harness,
+        ):
             run.update_manifest(
                 status="running", broker="embedded" if broker.embedded else "broker.url"
             )
@@ -170,6 +175,7 @@ def run_sweep(
                     broker=broker,
                     logs=run.trial_logs(trial.trial_id),
                     options=opts,
+                    harness=harness,
                 )
                 run.add_trial(outcome.row, outcome.events, outcome.services)
                 progress.end(outcome.row)

@@ -21,10 +21,8 @@ import os
 import random
 import secrets
 import signal
-import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +32,13 @@ from lab.configuration import COLOCATED, Configuration
 from lab.errors import ServiceError
 from lab.infra.broker import Broker
 from lab.infra.procs import Child, check_stop, python_module_argv, spawn, terminate_all, wait_for
-from lab.mocks.spec import spec_to_json
+from lab.infra.zygote import Zygote
 from lab.producers.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
 from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import JobEvent, Queue
 from lab.scenario.spec import LocustArrival, Placement, Scenario
+from lab.sweep.harness import Harness, ServicePool, http_json, listening_socket
 from lab.sweep.resources import ResourceSampler, Usage
 from lab.sweep.trial_row import trial_row
 
@@ -107,29 +106,29 @@ class TrialOutcome:
     usage: dict[str, Usage] = field(default_factory=dict)
 
 
-def _http_json(url: str, body: dict[str, Any] | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
-@contextlib.contextmanager
-def _listening_socket() -> Iterator[socket.socket]:
-    """A loopback socket bound here and handed to children: its URL is known before they are
-    up (so everything can start at once), and no port can be taken in between."""
-    with socket.create_server(("127.0.0.1", 0), backlog=1024) as sock:
-        sock.set_inheritable(True)
-        yield sock
-
-
 class _Actors:
     """The trial's child processes by name, with their role for CPU accounting."""
 
-    def __init__(self, stack: contextlib.ExitStack, logs: Path) -> None:
-        self.stack, self.logs = stack, logs
+    def __init__(
+        self, stack: contextlib.ExitStack, logs: Path, launcher: Zygote | None = None
+    ) -> None:
+        self.stack, self.logs, self.launcher = stack, logs, launcher
         self.children: dict[str, tuple[str, Child]] = {}
         self.ready_files: list[Path] = []
+
+    def start_module(
+        self, name: str, role: str, module: str, args: list[str], *, grace_s: float
+    ) -> Child:
+        """`python -m module args`: forked from the sweep's fork server when there is one."""
+        if self.launcher is None:
+            return self.start(name, role, python_module_argv(module, *args), grace_s=grace_s)
+        child = self.stack.enter_context(
+            self.launcher.spawn(
+                module, args, name=name, log_path=self.logs / f"{name}.log", grace_s=grace_s
+            )
+        )
+        self.children[name] = (role, child)
+        return child
 
     def start(
         self,
@@ -204,13 +203,11 @@ def _start_slots(
     grace = options.grace_s + 5
     if not colocated:
         for i in range(plan.instances):
-            argv = python_module_argv(
-                "lab.runtime.worker", *common, *_worker_flags(scenario, plan, urls, i, options)
-            )
-            actors.start(f"worker-{i}", "worker", argv, grace_s=grace)
+            args = [*common, *_worker_flags(scenario, plan, urls, i, options)]
+            actors.start_module(f"worker-{i}", "worker", "lab.runtime.worker", args, grace_s=grace)
     if not needs_web:
         return None
-    sock = stack.enter_context(_listening_socket())
+    sock = stack.enter_context(listening_socket())
     jobs_per_request = w.arrival.jobs_per_request if isinstance(w.arrival, LocustArrival) else 1
     for i in range(plan.instances if colocated else 1):
         ready = actors.logs / f"web-{i}.ready.json"
@@ -237,12 +234,12 @@ def _prepare_services(scenario: Scenario, urls: dict[str, str], items: int) -> N
     every counter at zero."""
     w = scenario.workload
     if job_type(w.job).seeds_ids:
-        _http_json(
+        http_json(
             f"{urls[w.service]}/_lab/seed",
             {"index": w.index, "ids": [str(i) for i in range(items)]},
         )
     for url in urls.values():
-        _http_json(f"{url}/_lab/reset", {})
+        http_json(f"{url}/_lab/reset", {})
 
 
 def derive_seed(scenario_seed: int, *parts: object) -> int:
@@ -267,10 +264,11 @@ class _Trial:
     """One trial's steps, in order: services, slots, ready, measure, collect."""
 
     def __init__(
-        self, scenario: Scenario, plan: TrialPlan, broker: Broker, logs: Path, options: TrialOptions
-    ) -> None:
+        self, scenario: Scenario, plan: TrialPlan, broker: Broker, logs: Path,
+        options: TrialOptions, harness: Harness | None = None,
+    ) -> None:  # fmt: skip
         self.scenario, self.plan, self.broker, self.logs = scenario, plan, broker, logs
-        self.options = options
+        self.options, self.harness = options, harness
         w = scenario.workload
         self.locust = w.arrival if isinstance(w.arrival, LocustArrival) else None
         rng = random.Random(derive_seed(scenario.seed, plan.repeat, "arrivals"))
@@ -292,7 +290,8 @@ class _Trial:
             services = _Actors(services_stack, self.logs)
             urls = self._start_services(services)
             with contextlib.ExitStack() as slots_stack:
-                slots = _Actors(slots_stack, self.logs)
+                launcher = self.harness.launcher if self.harness is not None else None
+                slots = _Actors(slots_stack, self.logs, launcher)
                 web_url = _start_slots(
                     slots, self.scenario, self.plan, self.broker, queue.name, urls, self.options,
                     slots_stack,
@@ -301,24 +300,29 @@ class _Trial:
                 measured = self._measure(queue, services, slots, web_url)
                 terminate_all(slots.of_role("worker", "web"))  # graceful stops overlap
             # the slots are stopped: every ack is written; the services are still up
-            service_stats = {name: _http_json(f"{url}/_lab/stats") for name, url in urls.items()}
+            service_stats = {name: http_json(f"{url}/_lab/stats") for name, url in urls.items()}
         return self._collect(queue, service_stats, measured)
 
     def _start_services(self, actors: _Actors) -> dict[str, str]:
-        """Each mock service in its own process, on a socket bound here; returns their URLs."""
-        urls: dict[str, str] = {}
-        for name, spec in self.scenario.services.items():
-            seed = derive_seed(self.scenario.seed, self.plan.repeat, "mock", name, spec.seed)
-            seeded = spec.model_copy(update={"seed": seed})
-            ready = self.logs / f"mock-{name}.ready.json"
-            with _listening_socket() as sock:
-                argv = python_module_argv(
-                    "lab.mocks", spec.kind, "--spec-json", spec_to_json(seeded),
-                    "--ready-file", str(ready), "--listen-fd", str(sock.fileno()),
-                )  # fmt: skip
-                actors.start(f"mock-{name}", "mock", argv, ready=ready, pass_fds=(sock.fileno(),))
-                urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        """The mock services, as if just started with this trial's seeds: the harness's (reset),
+        else processes of this trial's own; returns their URLs."""
+        if self.harness is not None:
+            pool = self.harness.services
+        else:
+            pool = ServicePool(self.logs)
+            actors.stack.callback(pool.close)
+        urls = pool.checkout(
+            {
+                name: spec.model_copy(update={"seed": self._mock_seed(name, spec.seed)})
+                for name, spec in self.scenario.services.items()
+            }
+        )
+        actors.children |= {name: ("mock", child) for name, child in pool.children.items()}
+        actors.ready_files += pool.starting
         return urls
+
+    def _mock_seed(self, name: str, seed: int) -> int:
+        return derive_seed(self.scenario.seed, self.plan.repeat, "mock", name, seed)
 
     def _wait_ready(
         self, queue: Queue, services: _Actors, slots: _Actors, urls: dict[str, str]
@@ -406,11 +410,13 @@ def run_trial(
     broker: Broker,
     logs: Path,
     options: TrialOptions | None = None,
+    harness: Harness | None = None,
 ) -> TrialOutcome:
     """Run one trial and return its row, events and service statistics; `logs` gets the
-    children's logs (the run folder's `RunFolder.trial_logs`)."""
+    children's logs (the run folder's `RunFolder.trial_logs`). With a `harness` (a sweep's
+    `start_harness`) the mocks and the workers' fork server are shared across trials."""
     logs.mkdir(parents=True, exist_ok=True)
-    return _Trial(scenario, plan, broker, logs, options or TrialOptions()).run()
+    return _Trial(scenario, plan, broker, logs, options or TrialOptions(), harness).run()
 
 
 @contextlib.contextmanager
