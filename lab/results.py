@@ -37,8 +37,11 @@ from lab.runtime.queue import JobEvent
 from lab.scenario.spec import Scenario, load_scenario
 
 #: Layout history: 1 = the first layout (this docstring); 2 = trials.csv gains `placement` and
-#: the web (Locust) columns. Readers accept older layouts and fill the columns they lack.
-SCHEMA_VERSION = 2
+#: the web (Locust) columns; 3 = trials.csv gains `length_x`, the steady-window figures
+#: (`items_per_s_steady`, `jobs_per_s_steady`, `steady_s`, `too_short`) and `stopped_early`,
+#: `stop_reason`; `search.jsonl` holds the search's decisions. Readers accept older layouts and
+#: fill the columns they lack.
+SCHEMA_VERSION = 3
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_FAILED = (
     "running",
@@ -57,9 +60,12 @@ TRIAL_COLUMNS: dict[str, str] = {
     "placement": "separate: worker processes; colocated: the slots run inside the web app's processes",
     "repeat": "repeat number, from 0",
     "concurrency": "num_workers x instances",
+    "length_x": "the backlog multiplied by this (1: the scenario's items), to measure a steady rate",
     "started_at": "clock start, epoch seconds (all instances ready)",
     "wall_s": "clock start to drained (or timed out), seconds",
     "timed_out": "true when the trial hit sweep.trial_timeout_s before draining",
+    "stopped_early": "true when the search stopped the trial: it could not come within noise of the best",
+    "stop_reason": "why it was stopped early (projected makespan, or the SLO already broken)",
     "jobs_enqueued": "jobs the producer sent",
     "items_enqueued": "items the producer sent",
     "jobs_done": "jobs that succeeded (each counted once)",
@@ -67,12 +73,16 @@ TRIAL_COLUMNS: dict[str, str] = {
     "makespan_s": "clock start to the last job's end, seconds",
     "items_per_s": "items_done / makespan_s: the throughput",
     "jobs_per_s": "jobs_done / makespan_s",
+    "items_per_s_steady": "items/s over the steady window: between the completions at 10 % and 90 % of the items done",
+    "jobs_per_s_steady": "jobs/s over the same steady window",
+    "steady_s": "length of the steady window, seconds",
+    "too_short": "the steady window lasted under 0.5 s or held under 10 job completions: no steady rate",
     "attempts": "job attempts, retries included",
     "retries": "failed attempts that were retried",
     "dead_letters": "jobs that used up their attempts",
     "duplicate_jobs": "extra successful runs of a job (at-least-once after a crash)",
     "unfinished_jobs": "jobs neither done nor dead when the trial ended",
-    "error_rate": "(dead + unfinished jobs) / jobs enqueued",
+    "error_rate": "(dead + unfinished jobs) / jobs enqueued (a trial stopped early: dead / enqueued)",
     "retry_rate": "retries / attempts",
     "not_found": "deletes of ids the service did not hold",
     **{

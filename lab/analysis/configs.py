@@ -10,6 +10,15 @@ timed out; takes the best by the objective; and among the configurations that th
 beat beyond the noise, chooses the cheapest by the scenario's `prefer` order. "Beyond the noise"
 follows asv's `_is_result_better`: better only if the intervals are apart AND the gain beats
 NOISE_MARGIN; with one repeat there is no interval, so the margin alone decides.
+
+The ranking uses the STEADY-WINDOW throughput (`rank_metric`: items_per_s_steady, from the
+repeats long enough to measure it), not items/s over the whole trial: the whole-trial figure of a
+short trial mixes start-up and the tail into the rate and swings by 20-35 % from repeat to
+repeat, so a configuration could win or lose by chance. Where no repeat was long enough, the
+whole-trial figure stands in and `too_short` says so. Lengthened repeats (`length_x` > 1) count
+only for the steady figure: a bigger backlog waits longer, so its latency is not the scenario's.
+A configuration with a trial stopped early (it could not come within noise of the best) is
+never recommended.
 """
 
 from __future__ import annotations
@@ -155,11 +164,65 @@ def _sum_known(s: pd.Series) -> float:
     return float(s.sum(min_count=1))  # NaN when no repeat could tell (not 0: unknown)
 
 
+def rank_metric(objective: Objective) -> str:
+    """The per-configuration column the recommendation ranks by (see the module's docstring)."""
+    return f"{objective.maximize}_steady"
+
+
+def unit(metric: str) -> str:
+    """items_per_s, items_per_s_steady -> items/s."""
+    return metric.removesuffix("_steady").replace("_per_s", "/s")
+
+
+#: What a results layout older than 3 lacks, as it would have read.
+_LAYOUT_3_DEFAULTS = {"length_x": 1, "too_short": False, "stopped_early": False, "stop_reason": ""}
+
+
+def _with_layout_3(trials: pd.DataFrame) -> pd.DataFrame:
+    out = trials.copy()
+    for column, default in _LAYOUT_3_DEFAULTS.items():
+        values = out[column] if column in out else pd.Series(default, index=out.index)
+        out[column] = values.astype(object).where(values.notna(), default).astype(type(default))
+    for metric in ("items_per_s", "jobs_per_s"):
+        if f"{metric}_steady" not in out:
+            out[f"{metric}_steady"] = math.nan
+    out["too_short"] |= out["items_per_s_steady"].isna()  # no steady window was measured
+    return out
+
+
+def _steady(trials: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
+    """The steady-window figures per configuration, from its measurable repeats; where it has
+    none, the whole-trial figures stand in (`too_short`)."""
+    measurable = trials[~trials["too_short"] & ~trials["stopped_early"]]
+    keys = [*CONFIG, PLACEMENT]
+    grouped = measurable.groupby(keys, sort=True)
+    steady = pd.DataFrame({"steady_repeats": grouped.size()})
+    for metric in ("items_per_s", "jobs_per_s"):
+        column = f"{metric}_steady"
+        steady[column] = grouped[column].mean()
+        intervals = grouped[column].agg(lambda v: confidence_interval(v))
+        steady[f"{column}_ci_low"] = [lo if math.isnan(lo) else max(lo, 0.0) for lo, _ in intervals]
+        steady[f"{column}_ci_high"] = [hi for _, hi in intervals]
+    out = configs.merge(steady.reset_index(), on=keys, how="left")
+    out["steady_repeats"] = out["steady_repeats"].fillna(0).astype(int)
+    out["too_short"] = out["steady_repeats"] == 0
+    for metric in ("items_per_s", "jobs_per_s"):
+        column = f"{metric}_steady"
+        for suffix in ("", "_ci_low", "_ci_high"):
+            out[column + suffix] = out[column + suffix].where(
+                ~out["too_short"], out[metric + suffix]
+            )
+    return out
+
+
 def per_config(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration: means over repeats, 95 % intervals, the SLO's worst cases."""
+    """One row per configuration: means over repeats, 95 % intervals, the SLO's worst cases,
+    and the steady-window figures the ranking uses."""
     if PLACEMENT not in trials:
         trials = trials.assign(**{PLACEMENT: SEPARATE})
-    grouped = trials.groupby([*CONFIG, PLACEMENT], as_index=False, sort=True)
+    trials = _with_layout_3(trials)
+    scenario_length = trials[trials["length_x"] == 1]
+    grouped = scenario_length.groupby([*CONFIG, PLACEMENT], as_index=False, sort=True)
     configs = grouped.agg(
         concurrency=("concurrency", "first"),
         repeats=("trial_id", "count"),
@@ -192,6 +255,8 @@ def per_config(trials: pd.DataFrame) -> pd.DataFrame:
         web_p50_ms=("web_p50_ms", "mean"),
         web_p99_ms=("web_p99_ms", "mean"),
         web_requests_per_s=("web_requests_per_s", "mean"),
+        stopped_early=("stopped_early", "any"),
+        stop_reason=("stop_reason", "max"),
     )
     for metric in ("items_per_s", "jobs_per_s"):
         intervals = grouped[metric].agg(lambda s: confidence_interval(s))[metric]
@@ -200,12 +265,18 @@ def per_config(trials: pd.DataFrame) -> pd.DataFrame:
             lo if math.isnan(lo) else max(lo, 0.0) for lo, _ in intervals
         ]
         configs[f"{metric}_ci_high"] = [hi for _, hi in intervals]
-    return configs
+    every_length = trials.groupby([*CONFIG, PLACEMENT], sort=True).size()
+    configs["repeats"] = every_length.reindex(
+        pd.MultiIndex.from_frame(configs[[*CONFIG, PLACEMENT]])
+    ).to_numpy()
+    return _steady(trials, configs)
 
 
 def slo_problems(row: pd.Series, slo: Slo) -> list[str]:
     """Why a configuration cannot be recommended, in words; empty when it qualifies."""
     problems = []
+    if bool(row.get("stopped_early", False)):
+        problems.append(f"stopped early: {row['stop_reason']}")
     if bool(row["timed_out"]):
         problems.append("timed out")
     if slo.p99_latency_ms is not None and row["latency_p99_worst_ms"] > slo.p99_latency_ms:
@@ -229,7 +300,8 @@ def beats(best: pd.Series, other: pd.Series, metric: str, margin: float = NOISE_
 
 
 _FIGURES = [
-    "items_per_s", "items_per_s_ci_low", "items_per_s_ci_high", "jobs_per_s",
+    "items_per_s", "items_per_s_ci_low", "items_per_s_ci_high", "items_per_s_steady",
+    "items_per_s_steady_ci_low", "items_per_s_steady_ci_high", "jobs_per_s",
     "latency_p50_ms", "latency_p99_ms", "latency_p99_worst_ms", "error_rate", "retry_rate",
     "service_rejected", "bound_ratio", "lost_items",
 ]  # fmt: skip
@@ -250,7 +322,10 @@ def json_safe(value: Any) -> Any:
 
 def _candidate(row: pd.Series, within_noise: bool | None = None) -> Candidate:
     figures = {k: float(row[k]) for k in _FIGURES}
-    figures |= {"concurrency": int(row["concurrency"]), "repeats": int(row["repeats"])}
+    figures |= {
+        "concurrency": int(row["concurrency"]), "repeats": int(row["repeats"]),
+        "too_short": bool(row["too_short"]),
+    }  # fmt: skip
     return Candidate(Configuration.of(row), json_safe(figures), within_noise)
 
 
@@ -274,7 +349,9 @@ def analyze_trials(
     configs = per_config(trials)
     configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
     fits = _fits(trials)
-    warnings = trial_warnings(trials, cpu_count=cpu_count) + unstable(configs, objective.maximize)
+    warnings = trial_warnings(trials, cpu_count=cpu_count) + unstable(
+        configs, rank_metric(objective)
+    )
     pick, reasons, runners = _recommendation(
         configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
     )
@@ -296,7 +373,7 @@ def _recommendation(
     """The pick (None when nothing qualifies), the reasons, the runners-up."""
     if configs.empty:
         return None, ["no trial finished"], []
-    metric = objective.maximize
+    metric = rank_metric(objective)
     ok = configs[configs["slo_problems"].map(len) == 0]
     context = explain(
         configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
@@ -347,14 +424,16 @@ def _choice_sentence(
     chosen: pd.Series, best: pd.Series, tied: pd.DataFrame, ok: pd.DataFrame,
     objective: Objective, margin: float,
 ) -> str:  # fmt: skip
-    metric = objective.maximize
-    unit = metric.replace("_per_s", "/s")
+    metric = rank_metric(objective)
+    steady = "" if bool(chosen["too_short"]) else " (steady window)"
     head = (
-        f"{Configuration.of(chosen).describe()}: {chosen[metric]:,.0f} {unit}"
+        f"{Configuration.of(chosen).describe()}: {chosen[metric]:,.0f} {unit(metric)}{steady}"
         f"{_interval(chosen, metric)}, p99 {chosen['latency_p99_ms']:,.0f} ms, "
         f"errors {chosen['error_rate']:.1%}, {_repeats(int(chosen['repeats']))}"
     )
-    prefer = ", then ".join(p.replace("_", " ", 1) for p in objective.prefer) or f"higher {unit}"
+    prefer = ", then ".join(p.replace("_", " ", 1) for p in objective.prefer) or (
+        f"higher {unit(metric)}"
+    )
     if label(chosen) == label(best):
         rule = (
             f"better only if the 95 % intervals are apart and the gain is over {margin:.0%}"
@@ -370,7 +449,7 @@ def _choice_sentence(
     else:
         gain = best[metric] / chosen[metric] - 1
         rest = (
-            f"the best, {label(best)} at {best[metric]:,.0f} {unit}, is {gain:.0%} more but "
+            f"the best, {label(best)} at {best[metric]:,.0f} {unit(metric)}, is {gain:.0%} more but "
             f"within the noise: {_why_tied(best, chosen, metric, margin)}. Of the {len(tied)} "
             f"within noise of the best, this is the cheapest ({prefer})"
         )

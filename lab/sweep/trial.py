@@ -44,6 +44,23 @@ from lab.sweep.trial_row import trial_row
 
 Progress = Callable[[int, int, float], None]  # (items done, items expected, seconds elapsed)
 
+
+@dataclass
+class DrainProgress:
+    """How far a trial got, as a stop rule sees it while the trial drains."""
+
+    elapsed_s: float
+    items_done: int  # jobs done x batch_size (the last job of a backlog may hold fewer)
+    items_planned: int
+    jobs_settled: int  # done or dead
+    jobs_dead: int
+    arrivals_s: list[float]  # each planned job's scheduled arrival, s after the clock, sorted
+    new_events: Callable[[], list[JobEvent]]  # attempts finished since the last call
+
+
+#: Decides, while a trial drains, to stop it: the reason, or None to go on.
+StopRule = Callable[[DrainProgress], str | None]
+
 #: How long children may take to announce they are ready before the trial fails.
 READY_TIMEOUT_S = 60.0
 
@@ -66,6 +83,7 @@ class TrialPlan:
     batch_size: int
     repeat: int
     placement: Placement = "separate"
+    length_x: int = 1  # the backlog multiplied, to measure a steady rate (backlogs only)
 
     @property
     def configuration(self) -> Configuration:
@@ -84,7 +102,7 @@ class TrialPlan:
         return {
             "trial_id": self.trial_id, "order": self.index, "num_workers": self.num_workers,
             "instances": self.instances, "batch_size": self.batch_size, "placement": self.placement,
-            "repeat": self.repeat, "concurrency": self.concurrency,
+            "repeat": self.repeat, "concurrency": self.concurrency, "length_x": self.length_x,
         }  # fmt: skip
 
 
@@ -96,6 +114,7 @@ class TrialOptions:
     grace_s: float = 5.0
     kill_instance_after_s: float | None = None  # failure injection: SIGKILL instance 0
     on_progress: Progress | None = None
+    stop_rule: StopRule | None = None  # early stop (lab.sweep.search)
 
 
 @dataclass
@@ -256,6 +275,7 @@ class _Measured:
     clock_start: float  # epoch seconds, as the job events are stamped
     wall_s: float
     timed_out: bool
+    stop_reason: str | None  # why the trial was stopped early, if it was
     report: ProducerReport
     usage: dict[str, Usage]
 
@@ -276,7 +296,8 @@ class _Trial:
             []
             if self.locust is not None
             else group_into_jobs(
-                arrival_offsets(w.arrival, items=w.items, rng=rng), plan.batch_size
+                arrival_offsets(w.arrival, items=(w.items or 0) * plan.length_x, rng=rng),
+                plan.batch_size,
             )
         )
         self.items_planned = (
@@ -369,7 +390,7 @@ class _Trial:
                     clock_start,
                 )  # fmt: skip
             with drive as (sent, report):
-                timed_out = _Drain(
+                drain = _Drain(
                     queue=queue,
                     sent=sent,
                     started=started,
@@ -378,9 +399,11 @@ class _Trial:
                     options=self.options,
                     items_planned=self.items_planned,
                     batch_size=self.plan.batch_size,
-                ).wait()
+                    arrivals_s=sorted(j.arrive_s for j in self.jobs),
+                )
+                timed_out = drain.wait()
             wall_s = time.monotonic() - started
-        return _Measured(clock_start, wall_s, timed_out, report, sampler.usage)
+        return _Measured(clock_start, wall_s, timed_out, drain.stopped, report, sampler.usage)
 
     def _collect(
         self, queue: Queue, service_stats: dict[str, Any], measured: _Measured
@@ -399,6 +422,7 @@ class _Trial:
             self.plan.config(), self.scenario, events, service_stats, measured.usage,
             measured.report, clock_start=measured.clock_start, wall_s=measured.wall_s,
             timed_out=measured.timed_out, recovered=recovered, web=web,
+            stop_reason=measured.stop_reason,
         )  # fmt: skip
         return TrialOutcome(row=row, events=events, services=service_stats, usage=measured.usage)
 
@@ -490,9 +514,30 @@ class _Drain:
     options: TrialOptions
     items_planned: int
     batch_size: int
+    arrivals_s: list[float] = field(default_factory=list)
+    stopped: str | None = None  # why the stop rule ended the trial, if it did
+    _events_read: int = 0
+
+    def _new_events(self) -> list[JobEvent]:
+        events = self.queue.events(self._events_read)
+        self._events_read += len(events)
+        return events
+
+    def _stop_early(self, stats: dict[str, int], elapsed: float) -> bool:
+        rule = self.options.stop_rule
+        if rule is None:
+            return False
+        done, dead = stats.get("done", 0), stats.get("dead", 0)
+        self.stopped = rule(
+            DrainProgress(
+                elapsed, min(self.items_planned, done * self.batch_size), self.items_planned,
+                done + dead, dead, self.arrivals_s, self._new_events,
+            )
+        )  # fmt: skip
+        return self.stopped is not None
 
     def wait(self) -> bool:
-        """True if the trial timed out before draining."""
+        """True if the trial timed out before draining (`stopped` says if a rule ended it)."""
         killed = False
         while True:
             elapsed = time.monotonic() - self.started
@@ -513,6 +558,8 @@ class _Drain:
                 return False
             if elapsed > self.timeout_s:
                 return True
+            if self._stop_early(stats, elapsed):
+                return False
             for child in self.workers[1 if killed else 0 :]:
                 if not child.alive():
                     raise ServiceError(f"{child.name} exited during the trial: {child.log_tail()}")

@@ -23,6 +23,15 @@ from lab.sweep.resources import Usage, saturation
 
 PERCENTILES = (50, 90, 99)
 
+#: The steady window: from the completion that brings the items done past 10 % to the one past
+#: 90 % (as the peers' harness does), leaving out start-up (first connections, first claims) and
+#: the tail (the last jobs, when slots run out of work: a property of the backlog's size).
+STEADY_FROM, STEADY_TO = 0.10, 0.90
+
+#: A steady window shorter than this, or holding fewer job completions, measures no rate.
+MIN_STEADY_S = 0.5
+MIN_STEADY_JOBS = 10
+
 
 def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
     """The q-th percentile (linear interpolation), NaN for no values."""
@@ -72,6 +81,7 @@ def job_figures(
         "makespan_s": makespan_s,
         "items_per_s": items_done / makespan_s if makespan_s > 0 else math.nan,
         "jobs_per_s": len(done) / makespan_s if makespan_s > 0 else math.nan,
+        **steady_figures(done),
         "attempts": len(events),
         "retries": retries,
         "dead_letters": len(dead_only),
@@ -89,6 +99,29 @@ def job_figures(
     figures |= summary_ms("queue_wait", (first_start[e.job_id] - e.enqueued_at for e in done))
     figures |= summary_ms("service", (e.finished_at - e.started_at for e in done))
     return figures
+
+
+def steady_figures(done: Sequence[JobEvent]) -> dict[str, Any]:
+    """Items/s and jobs/s over the steady window of the successful jobs, its length, and
+    `too_short` when the window is too short (or too sparse) to measure a rate."""
+    finished = sorted((e.finished_at, e.items) for e in done)
+    nan = {"items_per_s_steady": math.nan, "jobs_per_s_steady": math.nan, "steady_s": 0.0}
+    if len(finished) < 2:
+        return nan | {"too_short": True}
+    ends = np.array([f for f, _ in finished])
+    cumulative = np.cumsum([n for _, n in finished])
+    first, last = (
+        int(np.searchsorted(cumulative, q * cumulative[-1])) for q in (STEADY_FROM, STEADY_TO)
+    )
+    window_s, jobs = float(ends[last] - ends[first]), last - first
+    if jobs < 1 or window_s <= 0:
+        return nan | {"too_short": True}
+    return {
+        "items_per_s_steady": float(cumulative[last] - cumulative[first]) / window_s,
+        "jobs_per_s_steady": jobs / window_s,
+        "steady_s": window_s,
+        "too_short": bool(jobs < MIN_STEADY_JOBS or window_s < MIN_STEADY_S),
+    }
 
 
 def bounds(
@@ -149,12 +182,14 @@ def trial_row(
     config: Mapping[str, Any], scenario: Scenario, events: Sequence[JobEvent],
     services: Mapping[str, Mapping[str, Any]], usage: Mapping[str, Usage], report: ProducerReport,
     *, clock_start: float, wall_s: float, timed_out: bool, recovered: int,
-    web: Mapping[str, float],
+    web: Mapping[str, float], stop_reason: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One row of trials.csv (lab.results.TRIAL_COLUMNS, in that order).
 
     `config` holds the trial's identity (trial_id, order, num_workers, instances, batch_size,
-    placement, repeat, concurrency); `web` the Locust figures (NaN without web traffic).
+    placement, repeat, concurrency, length_x); `web` the Locust figures (NaN without web
+    traffic); `stop_reason` why a stop rule ended the trial early (its unfinished jobs are then
+    not errors: they were cut, not failed).
     """
     w = scenario.workload
     target_spec = scenario.services[w.service]
@@ -176,6 +211,8 @@ def trial_row(
         "started_at": clock_start,
         "wall_s": wall_s,
         "timed_out": timed_out,
+        "stopped_early": stop_reason is not None,
+        "stop_reason": stop_reason or "",
         **figures,
         **bounds(
             figures,
@@ -205,4 +242,6 @@ def trial_row(
         "machine_saturated": machine,
         "saturation_reason": why,
     }
+    if stop_reason is not None and report.jobs_sent:
+        row["error_rate"] = figures["dead_letters"] / report.jobs_sent
     return row
