@@ -260,6 +260,12 @@ class RunFolder:
             os.fsync(f.fileno())
         self.update_manifest(trials_completed=len(self.completed_trials()), updated_at=time.time())
 
+    def service_stats(self) -> dict[str, dict[str, Any]]:
+        """Each trial's services statistics (services/<trial>.json), by trial id."""
+        folder = self.path / "services"
+        files = sorted(folder.glob("*.json")) if folder.exists() else []
+        return {f.stem: json.loads(f.read_text()) for f in files}
+
     def write_json(self, name: str, data: Any) -> Path:
         path = self.path / name
         _atomic_write(path, _dump(data))
