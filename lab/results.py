@@ -6,6 +6,7 @@ results/<scenario>/<YYYYmmdd-HHMMSS>/
     trials.csv             one row per trial (columns: TRIAL_COLUMNS)
     jobs.parquet/          per-job events, one parquet file per trial (read it as one dataset)
     services/<trial>.json  each mock service's statistics for the trial
+    search.jsonl           the search's decisions: what it ran and why (lab.sweep.search)
     recommendation.json    the chosen configuration, its figures and the reasons (lab.analysis.configs)
     report.html            the self-contained report (lab.report)
     logs/<trial>/          worker and mock logs
@@ -259,6 +260,34 @@ class RunFolder:
             f.flush()
             os.fsync(f.fileno())
         self.update_manifest(trials_completed=len(self.completed_trials()), updated_at=time.time())
+
+    @property
+    def search_log(self) -> Path:
+        """`search.jsonl`: the search's decisions, one JSON object a line (lab.sweep.search)."""
+        return self.path / "search.jsonl"
+
+    def add_decision(self, decision: Mapping[str, Any]) -> None:
+        """Append one decision of the search (a whole line per write, like a trial's row)."""
+        if self.search_log.exists():  # a torn last line, from a crash, is dropped first
+            text = self.search_log.read_text()
+            if text and not text.endswith("\n"):
+                _atomic_write(self.search_log, text[: text.rfind("\n") + 1])
+        with self.search_log.open("a") as f:
+            f.write(json.dumps(decision, sort_keys=True, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """The search's decisions so far (a torn last line, from a crash, is dropped)."""
+        if not self.search_log.exists():
+            return []
+        out = []
+        for line in self.search_log.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
 
     def service_stats(self) -> dict[str, dict[str, Any]]:
         """Each trial's services statistics (services/<trial>.json), by trial id."""

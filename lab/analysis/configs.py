@@ -160,6 +160,22 @@ def confidence_interval(
     return float(v.mean()) - half, float(v.mean()) + half
 
 
+def _intervals(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """`confidence_interval` of `column` for every configuration of `frame` at once, in
+    `per_config`'s order (low clipped at 0: a rate is never negative); NaN below two values."""
+    from scipy import stats
+
+    values = frame[column].astype(float).replace([np.inf, -np.inf], np.nan)
+    keys = [frame[k] for k in (*CONFIG, PLACEMENT)]
+    g = values.groupby(keys, sort=True).agg(["mean", "std", "count"])
+    n = g["count"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = stats.t.ppf((1 + CONFIDENCE) / 2, np.where(n >= 2, n - 1, np.nan))
+        half = t * g["std"].to_numpy(dtype=float) / np.sqrt(n)
+    mean = g["mean"].to_numpy(dtype=float)
+    return np.maximum(mean - half, 0.0), mean + half
+
+
 def _sum_known(s: pd.Series) -> float:
     return float(s.sum(min_count=1))  # NaN when no repeat could tell (not 0: unknown)
 
@@ -200,9 +216,7 @@ def _steady(trials: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
     for metric in ("items_per_s", "jobs_per_s"):
         column = f"{metric}_steady"
         steady[column] = grouped[column].mean()
-        intervals = grouped[column].agg(lambda v: confidence_interval(v))
-        steady[f"{column}_ci_low"] = [lo if math.isnan(lo) else max(lo, 0.0) for lo, _ in intervals]
-        steady[f"{column}_ci_high"] = [hi for _, hi in intervals]
+        steady[f"{column}_ci_low"], steady[f"{column}_ci_high"] = _intervals(measurable, column)
     out = configs.merge(steady.reset_index(), on=keys, how="left")
     out["steady_repeats"] = out["steady_repeats"].fillna(0).astype(int)
     out["too_short"] = out["steady_repeats"] == 0
@@ -259,12 +273,9 @@ def per_config(trials: pd.DataFrame) -> pd.DataFrame:
         stop_reason=("stop_reason", "max"),
     )
     for metric in ("items_per_s", "jobs_per_s"):
-        intervals = grouped[metric].agg(lambda s: confidence_interval(s))[metric]
-        # a rate is never negative: clip the (symmetric) interval at 0; NaN stays NaN
-        configs[f"{metric}_ci_low"] = [
-            lo if math.isnan(lo) else max(lo, 0.0) for lo, _ in intervals
-        ]
-        configs[f"{metric}_ci_high"] = [hi for _, hi in intervals]
+        configs[f"{metric}_ci_low"], configs[f"{metric}_ci_high"] = _intervals(
+            scenario_length, metric
+        )
     every_length = trials.groupby([*CONFIG, PLACEMENT], sort=True).size()
     configs["repeats"] = every_length.reindex(
         pd.MultiIndex.from_frame(configs[[*CONFIG, PLACEMENT]])
@@ -346,8 +357,7 @@ def analyze_trials(
     margin: float = NOISE_MARGIN,
 ) -> Analysis:
     """The analysis of a trials table (trials.csv's columns); `service` is the target's spec."""
-    configs = per_config(trials)
-    configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
+    configs = configs_table(trials, objective)
     fits = _fits(trials)
     warnings = trial_warnings(trials, cpu_count=cpu_count) + unstable(
         configs, rank_metric(objective)
@@ -366,6 +376,41 @@ def analyze_trials(
     return Analysis(objective, trials, configs, rec, fits, warnings, service)
 
 
+def configs_table(trials: pd.DataFrame, objective: Objective) -> pd.DataFrame:
+    """`per_config` with each configuration's `slo_problems` (empty: it may be recommended)."""
+    configs = per_config(trials)
+    configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
+    return configs
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The pick among the configurations meeting the SLO, the best, and those tied with it."""
+
+    chosen: pd.Series
+    best: pd.Series
+    tied: pd.DataFrame
+    ok: pd.DataFrame  # every configuration meeting the SLO
+
+
+def choose(
+    configs: pd.DataFrame, objective: Objective, margin: float = NOISE_MARGIN
+) -> Choice | None:
+    """The best by the ranked figure, and the cheapest (objective.prefer) of the configurations
+    it does not beat beyond the noise; None when nothing meets the SLO."""
+    ok = configs[configs["slo_problems"].map(len) == 0]
+    if ok.empty:
+        return None
+    metric = rank_metric(objective)
+    best = ok.loc[ok[metric].idxmax()]
+    tied = ok[[not beats(best, r, metric, margin) for _, r in ok.iterrows()]]
+    keys = [_PREFER_KEYS[p] for p in objective.prefer]
+    chosen = tied.sort_values(
+        [k for k, _ in keys] + [metric], ascending=[asc for _, asc in keys] + [False]
+    ).iloc[0]
+    return Choice(chosen, best, tied, ok)
+
+
 def _recommendation(
     configs: pd.DataFrame, objective: Objective, *, service: ServiceSpec | None,
     cpu_count: int | None, margin: float, fits: list[UslFit],
@@ -374,22 +419,17 @@ def _recommendation(
     if configs.empty:
         return None, ["no trial finished"], []
     metric = rank_metric(objective)
-    ok = configs[configs["slo_problems"].map(len) == 0]
     context = explain(
         configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
     )
-    if ok.empty:
+    choice = choose(configs, objective, margin)
+    if choice is None:
         verdict = (
             "no configuration met the SLO and kept every item, so none is recommended "
             f"({_slo_words(objective.slo)}); relax the SLO or change the scenario"
         )
         return None, [verdict, *context], []
-    best = ok.loc[ok[metric].idxmax()]
-    tied = ok[[not beats(best, r, metric, margin) for _, r in ok.iterrows()]]
-    keys = [_PREFER_KEYS[p] for p in objective.prefer]
-    chosen = tied.sort_values(
-        [k for k, _ in keys] + [metric], ascending=[asc for _, asc in keys] + [False]
-    ).iloc[0]
+    chosen, best, tied, ok = choice.chosen, choice.best, choice.tied, choice.ok
     reasons = [_choice_sentence(chosen, best, tied, ok, objective, margin), *context]
     if bool(chosen["harness_saturated"]):
         reasons.append(

@@ -1,12 +1,13 @@
-"""`python -m lab.sweep SCENARIO`: run every trial of a scenario's grid and recommend a configuration.
+"""`python -m lab.sweep SCENARIO`: run a scenario's trials (its grid, or an adaptive search) and recommend.
 
     python -m lab.sweep scenarios/quickstart.yaml              # the whole grid
     python -m lab.sweep scenarios/opensearch_index.yaml --quick  # the scenario's small grid
     python -m lab.sweep scenarios/x.yaml --dry-run             # the plan and an estimate only
     python -m lab.sweep --resume results/x/20261128-101500     # finish an interrupted run
 
-Trials run in a shuffled order (seeded), so slow drift of the machine does not favour one
-configuration. Ctrl-C (or SIGTERM) stops within seconds, stops every child process, marks the
+Grid trials run in a shuffled order (seeded), so slow drift of the machine does not favour one
+configuration; `sweep.search: {kind: adaptive}` or `sweep.repeats: auto` let the search
+(lab.sweep.search) decide the trials as the outcomes come in, and write down why. Ctrl-C (or SIGTERM) stops within seconds, stops every child process, marks the
 run interrupted and prints the command that resumes it. Bad input exits with status 2 and
 writes nothing.
 """
@@ -15,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
-import math
-import random
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -28,48 +27,14 @@ from lab.analysis.configs import analyze
 from lab.errors import ConfigError, LabError
 from lab.infra.broker import start_broker
 from lab.infra.procs import check_stop, stop_on_signals
-from lab.mocks.distributions import mean_ms
-from lab.producers.arrivals import expected_duration_s
 from lab.results import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunFolder
 from lab.runtime.jobs import job_type
 from lab.scenario.spec import Scenario, load_scenario
 from lab.sweep.harness import start_harness
+from lab.sweep.search import Decision, Search, estimate_trial_s, plan_trials
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
 
-#: Seconds a trial costs beyond its drain: workers forked, ready checks, stop, mocks reset.
-TRIAL_OVERHEAD_S = 0.3
-
-
-def plan_trials(scenario: Scenario) -> list[TrialPlan]:
-    """Every grid point x repeat (x placement), in an order shuffled by the scenario's seed."""
-    s = scenario.sweep
-    axes = (s.num_workers, s.instances, s.batch_size, range(s.repeats), scenario.workers.placements)
-    grid = list(itertools.product(*axes))
-    random.Random(scenario.seed).shuffle(grid)
-    return [
-        TrialPlan(i, nw, inst, bs, rep, where) for i, (nw, inst, bs, rep, where) in enumerate(grid)
-    ]
-
-
-def estimate_trial_s(scenario: Scenario, plan: TrialPlan) -> float:
-    """A rough duration: start-up, plus the drain at the tighter of the two throughput bounds.
-
-    A user handler's requests are unknown to the lab: the estimate assumes one per item."""
-    w = scenario.workload
-    spec = scenario.services[w.service]
-    kind = job_type(w.job)
-    requests_per_job = kind.requests_per_job(plan.batch_size)
-    per_request_ms = mean_ms(spec.latency) + spec.per_item_ms * kind.items_per_request(
-        plan.batch_size
-    )
-    job_s = per_request_ms / 1000 * requests_per_job + w.cpu_ms_per_item * plan.batch_size / 1000
-    jobs = math.ceil(w.expected_items / plan.batch_size)
-    slots = min(plan.concurrency, spec.capacity * plan.batch_size // max(1, requests_per_job) or 1)
-    drain_s = jobs * job_s / max(1, slots)
-    if spec.rate_limit is not None:
-        drain_s = max(drain_s, jobs * requests_per_job / spec.rate_limit.per_s)
-    drain_s = min(max(drain_s, expected_duration_s(w.arrival)), scenario.sweep.trial_timeout_s)
-    return TRIAL_OVERHEAD_S + 0.02 * plan.instances + drain_s
+__all__ = ["estimate_trial_s", "main", "plan_trials", "run_sweep"]
 
 
 class ProgressLine:
@@ -110,6 +75,7 @@ class ProgressLine:
     def end(self, row: dict[str, object]) -> None:
         self.trial_times.append(time.monotonic() - self._trial_start)
         flags = " TIMED OUT" if row["timed_out"] else ""
+        flags += " stopped early" if row["stopped_early"] else ""
         flags += " harness-saturated" if row["harness_saturated"] else ""
         line = (
             f"{self.label} {row['items_per_s']:>9,.0f} items/s  p99 {row['latency_p99_ms']:>7,.0f} ms  "
@@ -141,20 +107,31 @@ def run_sweep(
         raise ConfigError("give a scenario file, or --resume RUN_DIR")
     if quick:
         scenario = scenario.quick_variant()
-    plan = plan_trials(scenario)
+    search = Search(scenario, cpu_count=os.cpu_count())
     if dry_run:
-        _print_plan(scenario, plan, stream)
+        _print_plan(scenario, search, stream)
         return None
     if resume is None:
         assert scenario_path is not None
         run = RunFolder.create(
             out_dir, scenario.name, Path(scenario_path).read_text(),
-            {"seed": scenario.seed, "quick": quick, "command": sys.argv, "trials_planned": [p.trial_id for p in plan]},
+            {"seed": scenario.seed, "quick": quick, "command": sys.argv, "search": search.budget_words()},
         )  # fmt: skip
-    done = set(run.completed_trials())
-    todo = [p for p in plan if p.trial_id not in done]
-    stream.write(f"{scenario.name}: {len(todo)} trials to run ({len(done)} done) -> {run.path}\n")
-    progress = ProgressLine(stream, len(plan))
+
+    def log(decision: Decision) -> None:
+        run.add_decision(decision.to_json())
+        run.update_manifest(trials_planned=[p.trial_id for p in search.planned])
+
+    search.on_decision = log
+    if resume is None:
+        search.start()
+    else:
+        search.replay(run.trials().to_dict("records"), run.service_stats(), run.decisions())
+    done = len(search.rows)
+    stream.write(
+        f"{scenario.name}: {len(search.pending)} trials to run ({done} done; {search.budget_words()}) -> {run.path}\n"
+    )
+    progress = ProgressLine(stream, len(search.planned))
     trial_options = options or TrialOptions()
     try:
         with (
@@ -165,10 +142,13 @@ def run_sweep(
             run.update_manifest(
                 status="running", broker="embedded" if broker.embedded else "broker.url"
             )
-            for position, trial in enumerate(todo, start=len(done) + 1):
+            while (trial := search.next_trial()) is not None:
                 check_stop()
-                progress.begin(trial, position)
-                opts = dataclasses.replace(trial_options, on_progress=progress.update)
+                progress.total = len(search.planned)
+                progress.begin(trial, len(search.rows) + 1)
+                opts = dataclasses.replace(
+                    trial_options, on_progress=progress.update, stop_rule=search.stop_rule(trial)
+                )
                 outcome = run_trial(
                     scenario,
                     trial,
@@ -178,6 +158,7 @@ def run_sweep(
                     harness=harness,
                 )
                 run.add_trial(outcome.row, outcome.events, outcome.services)
+                search.record(outcome.row, outcome.services)
                 progress.end(outcome.row)
     except (KeyboardInterrupt, SystemExit):
         run.mark(STATUS_INTERRUPTED)
@@ -204,9 +185,11 @@ def _recommend_and_report(run: RunFolder, stream: TextIO) -> Path:
     return write_report(run.path, analysis=analysis)
 
 
-def _print_plan(scenario: Scenario, plan: list[TrialPlan], stream: TextIO) -> None:
+def _print_plan(scenario: Scenario, search: Search, stream: TextIO) -> None:
     total = 0.0
-    stream.write(f"{scenario.name}: {len(plan)} trials, in this order:\n")
+    plan = search.starting_plan()
+    more = "" if not search.racing else " to start with; then what the outcomes call for"
+    stream.write(f"{scenario.name}: {len(plan)} trials{more}, in this order:\n")
     for p in plan:
         est = estimate_trial_s(scenario, p)
         total += est
@@ -218,6 +201,7 @@ def _print_plan(scenario: Scenario, plan: list[TrialPlan], stream: TextIO) -> No
         if job_type(scenario.workload.job).known
         else f"; {scenario.workload.job} is a user handler, assumed to send one request per item"
     )
+    stream.write(f"{search.budget_words()}\n")
     stream.write(f"estimated duration: {total:.0f}s (nothing was run{caveat})\n")
 
 
