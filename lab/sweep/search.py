@@ -349,17 +349,17 @@ class Search:
         configs, choice = self.state()
         if choice is None:
             return
-        ok, best, metric = choice.ok, choice.best, rank_metric(self.scenario.objective)
-        if self._lengthen(ok, best, metric) or self._race(ok, best, metric):
+        metric = rank_metric(self.scenario.objective)
+        if self._lengthen(choice, metric) or self._race(choice, metric):
             return
         if self.adaptive and self._rounds < MAX_ROUNDS:
             self._rounds += 1
             self._refine(configs, choice, metric)
 
-    def _contenders(self, ok: pd.DataFrame, best: pd.Series, metric: str) -> list[pd.Series]:
+    def _contenders(self, choice: Choice, metric: str) -> list[pd.Series]:
         """The configurations not yet told apart from the best (the best itself excluded)."""
-        out = []
-        for _, row in ok.iterrows():
+        out, best = [], choice.best
+        for _, row in choice.ok.iterrows():
             if label(row) == label(best):
                 continue
             if math.isnan(row[f"{metric}_ci_low"]) or math.isnan(best[f"{metric}_ci_low"]):
@@ -381,8 +381,9 @@ class Search:
         return TrialPlan(0, int(config.num_workers), int(config.instances), config.batch_size, done,
                          config.placement, self._length.get(config.label, 1))  # type: ignore[arg-type]  # fmt: skip
 
-    def _race(self, ok: pd.DataFrame, best: pd.Series, metric: str) -> bool:
-        contenders = self._contenders(ok, best, metric)
+    def _race(self, choice: Choice, metric: str) -> bool:
+        best = choice.best
+        contenders = self._contenders(choice, metric)
         plans, why = [], []
         for row in contenders:
             more = self._more(row)
@@ -403,11 +404,11 @@ class Search:
         )
         return True
 
-    def _lengthen(self, ok: pd.DataFrame, best: pd.Series, metric: str) -> bool:
+    def _lengthen(self, choice: Choice, metric: str) -> bool:
         """Backlog configurations in the race whose trials were too short to measure."""
         if not isinstance(self.scenario.workload.arrival, Backlog):
             return False
-        racing = [best, *self._contenders(ok, best, metric)]
+        racing = [choice.best, *self._contenders(choice, metric)]
         plans, why = [], []
         trials = self.trials()
         for row in racing:
@@ -520,8 +521,14 @@ class Search:
     def _knee(
         self, model: QueueingModel, pick: Configuration, axis: str, low: int, high: int
     ) -> int | None:
-        """The smallest value in (low, high) the model puts within noise of the pick."""
-        target = model.predict(pick).items_per_s / (1 + NOISE_MARGIN)
+        """The smallest value in (low, high) the model puts within noise of the line's best
+        (over the grid's range of that axis): the knee, by the model."""
+        most = max(self.sweep.num_workers if axis == "num_workers" else self.sweep.instances)
+        line = [
+            model.predict(_along(pick, axis, v)).items_per_s
+            for v in range(low + 1, max(most, high) + 1)
+        ]
+        target = max(line) / (1 + NOISE_MARGIN)
         for v in range(low + 1, high):
             if model.predict(_along(pick, axis, v)).items_per_s >= target:
                 return v
@@ -546,8 +553,9 @@ class Search:
         self, model: QueueingModel, chosen: pd.Series, best: pd.Series,
         found: dict[str, tuple[TrialPlan, str]],
     ) -> None:  # fmt: skip
-        """The cheapest configuration the model puts within noise of the pick, and any it puts
-        beyond the noise above the best, when not measured yet."""
+        """The model's own pick (the cheapest it puts within noise of its best) when cheaper
+        than the measured pick, and its best when at another batch size and beyond the noise
+        above the measured best; only what is not measured yet."""
         pick = Configuration.of(chosen)
         box = self._box(pick.placement)
         predicted: dict[Configuration, float] = {}
@@ -557,13 +565,14 @@ class Search:
                 predicted[p.config] = p.items_per_s
         if self.scenario.objective.maximize == "jobs_per_s":
             predicted = {c: v / c.batch_size for c, v in predicted.items()}
-        at_pick = model.predict(pick).items_per_s
-        at_pick = (
-            at_pick / pick.batch_size
-            if self.scenario.objective.maximize == "jobs_per_s"
-            else at_pick
+        top = max(
+            predicted.items(),
+            key=lambda cv: (cv[1], tuple(-k for k in self._cost(cv[0]))),
+            default=None,
         )
-        near = [c for c, v in predicted.items() if v >= at_pick / (1 + NOISE_MARGIN)]
+        if top is None:
+            return
+        near = [c for c, v in predicted.items() if v >= top[1] / (1 + NOISE_MARGIN)]
         cheapest = min(near, key=self._cost, default=None)
         measured = self._measured() | set(found)
         if (
@@ -574,18 +583,13 @@ class Search:
             found[cheapest.label] = (
                 self._new(cheapest),
                 f"the model's pick: {cheapest.label} is the cheapest it puts within "
-                f"{NOISE_MARGIN:.0%} of {pick.label} ({predicted[cheapest]:,.0f} predicted, "
+                f"{NOISE_MARGIN:.0%} of its best ({predicted[cheapest]:,.0f} predicted, "
                 f"{model.predict(cheapest).bound}-bound)",
             )
-        top = max(
-            predicted.items(),
-            key=lambda cv: (cv[1], tuple(-k for k in self._cost(cv[0]))),
-            default=None,
-        )
         best_predicted = model.predict(Configuration.of(best)).items_per_s
         if (
-            top is not None
-            and top[0].label not in measured
+            top[0].label not in measured
+            and top[0].batch_size != int(best["batch_size"])  # the axis the grid may have missed
             and top[1] > best_predicted * (1 + NOISE_MARGIN)
         ):
             found[top[0].label] = (
