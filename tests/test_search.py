@@ -178,8 +178,12 @@ def test_the_budget_is_respected(tmp_path: Path, budget: str) -> None:
 def test_racing_stops_when_the_intervals_separate(tmp_path: Path) -> None:
     # 10 % apart with +-12 % noise: one repeat each cannot tell them apart, a few can
     truth = {4: 400.0, 5: 440.0}
-    sc = scenario(tmp_path, capacity=64, sweep="num_workers: [4, 5]\nrepeats: auto\nmax_repeats: 8\n")
-    search = drive(sc, FakeTrials(lambda c: truth[int(c.num_workers)], noise=0.12, capacity=64, seed=4))
+    sc = scenario(
+        tmp_path, capacity=64, sweep="num_workers: [4, 5]\nrepeats: auto\nmax_repeats: 8\n"
+    )
+    search = drive(
+        sc, FakeTrials(lambda c: truth[int(c.num_workers)], noise=0.12, capacity=64, seed=4)
+    )
     analysis = search.analysis()
     assert analysis is not None
     configs = analysis.configs.set_index("num_workers")
@@ -192,7 +196,9 @@ def test_racing_stops_when_the_intervals_separate(tmp_path: Path) -> None:
 
 
 def test_racing_stops_at_max_repeats_when_they_never_separate(tmp_path: Path) -> None:
-    sc = scenario(tmp_path, capacity=64, sweep="num_workers: [4, 5]\nrepeats: auto\nmax_repeats: 4\n")
+    sc = scenario(
+        tmp_path, capacity=64, sweep="num_workers: [4, 5]\nrepeats: auto\nmax_repeats: 4\n"
+    )
     search = drive(sc, FakeTrials(lambda c: 400.0, noise=0.3, capacity=64, seed=2))
     analysis = search.analysis()
     assert analysis is not None
@@ -241,7 +247,9 @@ def test_a_too_short_trial_is_lengthened_for_the_ranking(tmp_path: Path) -> None
 
 
 def test_a_resumed_search_continues_from_its_decisions(tmp_path: Path) -> None:
-    sweep = "num_workers: [1, 4, 16, 64]\nrepeats: auto\nsearch: {kind: adaptive, budget_trials: 14}\n"
+    sweep = (
+        "num_workers: [1, 4, 16, 64]\nrepeats: auto\nsearch: {kind: adaptive, budget_trials: 14}\n"
+    )
     sc = scenario(tmp_path, capacity=6, sweep=sweep)
     whole = drive(sc, FakeTrials(knee_curve(6), noise=0.02, capacity=6))
     fake = FakeTrials(knee_curve(6), noise=0.02, capacity=6)
@@ -266,15 +274,65 @@ def test_an_slo_already_broken_stops_an_open_loop_trial() -> None:
         "objective": {"slo": {"p99_latency_ms": 500, "max_error_rate": 0.05}},
     })  # fmt: skip
     arrivals = [i / 100 for i in range(1000)]
-    late = [JobEvent(f"j{i}", "http.call", "w", 0.0, 0.0, 0.9, 1, "ok", 1, None, None) for i in range(10)]
+    late = [
+        JobEvent(f"j{i}", "http.call", "w", 0.0, 0.0, 0.9, 1, "ok", 1, None, None)
+        for i in range(10)
+    ]
     feed = iter([late[:5], late[5:], []])
     rule = EarlyStop(sc, TrialPlan(0, 1, 1, 1, 0), best_rate=None, best_name="")
 
     def progress(elapsed: float, settled: int, dead: int = 0) -> DrainProgress:
-        return DrainProgress(elapsed, settled, 1000, settled, dead, arrivals, lambda: next(feed, []))
+        return DrainProgress(
+            elapsed, settled, 1000, settled, dead, arrivals, lambda: next(feed, [])
+        )
 
     assert rule(progress(0.5, 40)) is None  # too early to judge
     assert rule(progress(1.2, 70)) is None  # 5 late (p99 of 1,000 jobs needs 11), all due settled
     why = rule(progress(1.3, 70))  # 10 late done, and 10 due before 0.8 s not settled
     assert why is not None and "SLO already broken" in why
     assert "dead" in (rule(progress(1.4, 60, dead=51)) or "")
+
+
+ADAPTIVE = """\
+name: tiny_adaptive
+seed: 4
+services:
+  api: {kind: http_api, capacity: 2, queue: 50, latency: {dist: constant, ms: 4}}
+workload: {job: http.call, service: api, items: 150}
+sweep:
+  num_workers: [1, 4]
+  repeats: auto
+  max_repeats: 3
+  search: {kind: adaptive, budget_trials: 7}
+  trial_timeout_s: 60
+"""
+
+
+@pytest.mark.timeout(300)
+def test_a_small_adaptive_sweep_end_to_end(tmp_path: Path) -> None:
+    """Real Redis, mocks and workers: the decisions land in the run folder and the report."""
+    import io
+    import json
+
+    from lab.results import RunFolder
+    from lab.sweep.runner import run_sweep
+
+    path = tmp_path / "adaptive.yaml"
+    path.write_text(ADAPTIVE)
+    out = io.StringIO()
+    assert run_sweep(path, dry_run=True, stream=out) is None
+    assert "budget: 7 trials" in out.getvalue() and "2 trials to start with" in out.getvalue()
+    run = run_sweep(path, out_dir=tmp_path / "results", stream=io.StringIO())
+    assert run is not None
+    folder = RunFolder.open(run.path)
+    decisions = folder.decisions()
+    assert decisions[0]["action"] == "plan" and decisions[-1]["action"] in (DONE, BUDGET)
+    planned = [t["trial_id"] for d in decisions for t in d["trials"]]
+    trials = folder.trials()
+    assert set(trials["trial_id"]) <= set(planned) and 2 <= len(trials) <= 7
+    assert trials["items_per_s_steady"].notna().any()
+    rec = json.loads((run.path / "recommendation.json").read_text())
+    assert rec["config"] is not None
+    html = (run.path / "report.html").read_text()
+    assert "<h2>Search path</h2>" in html and "<h2>Queueing model</h2>" in html
+    assert html.count("data:image/png;base64,") >= 7

@@ -24,6 +24,7 @@ never recommended.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,14 @@ _PREFER_KEYS = {
     "smaller_batch_size": ("batch_size", True),
     "larger_batch_size": ("batch_size", False),
 }
+
+
+def preference_key(config: Configuration, prefer: Sequence[str]) -> tuple[int, ...]:
+    """Sorts configurations cheapest first by an objective's `prefer` order."""
+    return tuple(
+        int(getattr(config, column)) * (1 if ascending else -1)
+        for column, ascending in (_PREFER_KEYS[p] for p in prefer)
+    )
 
 
 @dataclass(frozen=True)

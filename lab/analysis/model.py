@@ -28,6 +28,7 @@ than the model says), brown-outs, injected errors.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 
+from lab.analysis.configs import NOISE_MARGIN, preference_key
 from lab.configuration import Configuration
 from lab.results import RunFolder
 from lab.runtime.jobs import job_type
@@ -364,6 +366,56 @@ def model_of_run(run: Run) -> QueueingModel:
     services = RunFolder(run.path).service_stats()
     cores = run.manifest.get("cpu_count")
     return fit_model(run.trials, services, run.scenario, cores=int(cores) if cores else None)
+
+
+# -- the model's pick ---------------------------------------------------------------------------
+
+
+def candidates(scenario: Scenario, placement: str = "separate") -> list[Configuration]:
+    """Every configuration within the scenario's ranges: each integer num_workers and instances
+    between the grid's smallest and largest, its batch sizes and the geometric middles between
+    neighbouring ones."""
+    s = scenario.sweep
+    listed = sorted(s.batch_size)
+    middles = (round(math.sqrt(a * b)) for a, b in itertools.pairwise(listed))
+    return [
+        Configuration(nw, inst, bs, placement)
+        for bs in sorted({*listed, *middles})
+        for inst in range(min(s.instances), max(s.instances) + 1)
+        for nw in range(min(s.num_workers), max(s.num_workers) + 1)
+    ]
+
+
+@dataclass(frozen=True)
+class ModelPick:
+    """What the model would recommend among `candidates`: its best, and the cheapest (by the
+    objective's prefer order) it puts within the noise margin of that best."""
+
+    pick: Prediction
+    best: Prediction
+    predicted: Mapping[Configuration, float]  # the ranked figure (items/s or jobs/s) of each
+
+
+def model_pick(
+    model: QueueingModel, *, placement: str = "separate", margin: float = NOISE_MARGIN,
+    this_machine: bool = True,
+) -> ModelPick:  # fmt: skip
+    """The model's recommendation over every candidate configuration."""
+    objective = model.scenario.objective
+    per_job = objective.maximize == "jobs_per_s"
+    predictions: dict[Configuration, Prediction] = {}
+    box = candidates(model.scenario, placement)
+    for (bs, inst), group in itertools.groupby(box, key=lambda c: (c.batch_size, c.instances)):
+        line = model.predict_line(
+            bs, int(inst), [int(c.num_workers) for c in group], placement=placement,
+            this_machine=this_machine,
+        )  # fmt: skip
+        predictions |= {p.config: p for p in line}
+    figure = {c: p.items_per_s / (c.batch_size if per_job else 1) for c, p in predictions.items()}
+    best = max(figure, key=lambda c: (figure[c], [-k for k in preference_key(c, objective.prefer)]))
+    near = [c for c, v in figure.items() if v >= figure[best] / (1 + margin)]
+    pick = min(near, key=lambda c: preference_key(c, objective.prefer))
+    return ModelPick(predictions[pick], predictions[best], figure)
 
 
 # -- against the measurements -------------------------------------------------------------------

@@ -25,6 +25,7 @@ from lab.analysis.recommendation import Recommendation
 from lab.configuration import label
 from lab.errors import exit_status
 from lab.report.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
+from lab.report.search import model_section, search_section
 from lab.results import RunFolder
 
 #: Resolution of the embedded figures: sharp on a laptop screen, ~100 kB each.
@@ -260,6 +261,7 @@ def render_report(analysis: Analysis) -> str:
         "<h2>Figures</h2>",
         figures,
         _web_section(analysis),
+        search_section(analysis, figure_png),
         "<h2>Configurations</h2>",
         "<p>Means over repeats; the interval is Student-t 95 % (none with one repeat). "
         "<i>of bound</i>: throughput over the tighter of the Little's-law and capacity bounds. "
@@ -267,6 +269,7 @@ def render_report(analysis: Analysis) -> str:
         _configs_table(analysis),
         "<h2>Scalability fit (Universal Scalability Law)</h2>",
         _fits_table(analysis),
+        model_section(analysis, figure_png),
         "<h2>Scenario</h2>",
         _scenario(run),
         "<h2>Machine and run</h2>",

@@ -43,9 +43,10 @@ from lab.analysis.configs import (
     beats,
     choose,
     configs_table,
+    preference_key,
     rank_metric,
 )
-from lab.analysis.model import QueueingModel, fit_model
+from lab.analysis.model import QueueingModel, fit_model, model_pick
 from lab.configuration import Configuration, label
 from lab.mocks.distributions import mean_ms
 from lab.producers.arrivals import expected_duration_s
@@ -108,7 +109,12 @@ class Decision:
 
 
 def _plan_json(plan: TrialPlan) -> dict[str, Any]:
-    return dataclasses.asdict(plan)
+    return {"trial_id": plan.trial_id, **dataclasses.asdict(plan)}
+
+
+def _plan_of(data: Mapping[str, Any]) -> TrialPlan:
+    fields = {f.name for f in dataclasses.fields(TrialPlan)}
+    return TrialPlan(**{k: v for k, v in data.items() if k in fields})
 
 
 #: Seconds a trial costs beyond its drain: workers forked, ready checks, stop, mocks reset.
@@ -243,7 +249,7 @@ class Search:
             self.decisions.append(decision)
             self._elapsed_before = max(self._elapsed_before, decision.elapsed_s)
             for t in decision.trials:
-                plan = TrialPlan(**t)
+                plan = _plan_of(t)
                 self.planned.append(plan)
                 if plan.length_x > 1:
                     self._length[plan.configuration.label] = plan.length_x
@@ -461,11 +467,7 @@ class Search:
         return self.model.predict(Configuration.of(row)).bound
 
     def _cost(self, c: Configuration) -> tuple[int, ...]:
-        keys = {
-            "fewer_instances": int(c.instances), "fewer_num_workers": int(c.num_workers),
-            "smaller_batch_size": c.batch_size, "larger_batch_size": -c.batch_size,
-        }  # fmt: skip
-        return tuple(keys[p] for p in self.scenario.objective.prefer)
+        return preference_key(c, self.scenario.objective.prefer)
 
     def _measured(self) -> set[str]:
         return {p.configuration.label for p in self.planned}
@@ -534,21 +536,6 @@ class Search:
                 return v
         return None
 
-    def _box(self, placement: str) -> list[Configuration]:
-        """Every configuration the model may propose: integers within the grid's ranges, and
-        batch sizes between the listed ones (geometric middles)."""
-        s = self.sweep
-        listed = sorted(s.batch_size)
-        batches = sorted(
-            {*listed, *(round(math.sqrt(a * b)) for a, b in itertools.pairwise(listed))}
-        )
-        return [
-            Configuration(nw, inst, bs, placement)
-            for bs in batches
-            for inst in range(min(s.instances), max(s.instances) + 1)
-            for nw in range(min(s.num_workers), max(s.num_workers) + 1)
-        ]
-
     def _model_pick(
         self, model: QueueingModel, chosen: pd.Series, best: pd.Series,
         found: dict[str, tuple[TrialPlan, str]],
@@ -557,45 +544,27 @@ class Search:
         than the measured pick, and its best when at another batch size and beyond the noise
         above the measured best; only what is not measured yet."""
         pick = Configuration.of(chosen)
-        box = self._box(pick.placement)
-        predicted: dict[Configuration, float] = {}
-        for (bs, inst), group in itertools.groupby(box, key=lambda c: (c.batch_size, c.instances)):
-            nws = [int(c.num_workers) for c in group]
-            for p in model.predict_line(bs, int(inst), nws, placement=pick.placement):
-                predicted[p.config] = p.items_per_s
-        if self.scenario.objective.maximize == "jobs_per_s":
-            predicted = {c: v / c.batch_size for c, v in predicted.items()}
-        top = max(
-            predicted.items(),
-            key=lambda cv: (cv[1], tuple(-k for k in self._cost(cv[0]))),
-            default=None,
-        )
-        if top is None:
-            return
-        near = [c for c, v in predicted.items() if v >= top[1] / (1 + NOISE_MARGIN)]
-        cheapest = min(near, key=self._cost, default=None)
+        mp = model_pick(model, placement=pick.placement)
+        cheapest, top = mp.pick.config, mp.best.config
         measured = self._measured() | set(found)
-        if (
-            cheapest is not None
-            and cheapest.label not in measured
-            and self._cost(cheapest) < self._cost(pick)
-        ):
+        if cheapest.label not in measured and self._cost(cheapest) < self._cost(pick):
             found[cheapest.label] = (
                 self._new(cheapest),
                 f"the model's pick: {cheapest.label} is the cheapest it puts within "
-                f"{NOISE_MARGIN:.0%} of its best ({predicted[cheapest]:,.0f} predicted, "
-                f"{model.predict(cheapest).bound}-bound)",
+                f"{NOISE_MARGIN:.0%} of its best ({mp.predicted[cheapest]:,.0f} predicted, "
+                f"{mp.pick.bound}-bound)",
             )
         best_predicted = model.predict(Configuration.of(best)).items_per_s
         if (
-            top[0].label not in measured
-            and top[0].batch_size != int(best["batch_size"])  # the axis the grid may have missed
-            and top[1] > best_predicted * (1 + NOISE_MARGIN)
+            top.label not in measured
+            and top.batch_size != int(best["batch_size"])  # the axis the grid may have missed
+            and mp.best.items_per_s > best_predicted * (1 + NOISE_MARGIN)
         ):
-            found[top[0].label] = (
-                self._new(top[0]),
-                f"the model puts {top[0].label} beyond the noise above the best "
-                f"({top[1]:,.0f} predicted vs {best_predicted:,.0f} for {label(best)})",
+            found[top.label] = (
+                self._new(top),
+                f"the model puts {top.label} beyond the noise above the best "
+                f"({mp.best.items_per_s:,.0f} items/s predicted vs {best_predicted:,.0f} for "
+                f"{label(best)})",
             )
 
     def _new(self, config: Configuration) -> TrialPlan:
