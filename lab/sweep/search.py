@@ -478,8 +478,13 @@ class Search:
         if self.bottleneck(chosen) == "harness":
             return  # the pick measures this machine: finer points would measure its noise
         found: dict[str, tuple[TrialPlan, str]] = {}
+        undecided: list[pd.Series] = []
         for axis in ("num_workers", "instances"):
-            self._bisect(configs, chosen, axis, metric, model, found)
+            lo = self._bisect(configs, chosen, axis, metric, model, found)
+            if lo is not None:
+                undecided.append(lo)
+        if undecided and self._tell_apart(chosen, undecided, metric):
+            return
         if model is not None:
             self._model_pick(model, chosen, best, found)
         plans = [plan for plan, _ in found.values()]
@@ -489,36 +494,67 @@ class Search:
     def _bisect(
         self, configs: pd.DataFrame, chosen: pd.Series, axis: str, metric: str,
         model: QueueingModel | None, found: dict[str, tuple[TrialPlan, str]],
-    ) -> None:  # fmt: skip
-        """Between the pick and its nearest measured cheaper neighbour along one axis."""
+    ) -> pd.Series | None:  # fmt: skip
+        """Between the pick and its nearest measured cheaper neighbour along one axis. Returns
+        that neighbour when only the noise hides whether the pick beats it (over the margin
+        apart, intervals overlapping): then repeats decide first."""
         others = [k for k in ("num_workers", "instances", "batch_size", "placement") if k != axis]
         same = configs
         for k in others:
             same = same[same[k] == chosen[k]]
         below = same[same[axis] < chosen[axis]]
         if below.empty:
-            return
+            return None
         lo = below.loc[below[axis].idxmax()]
         low, high = int(lo[axis]), int(chosen[axis])
-        if high - low < 2 or (
-            not bool(lo.get("stopped_early", False)) and not beats(chosen, lo, metric)
-        ):
-            return  # adjacent, or they differ by less than the noise: no knee between them
-        value, how = round(math.sqrt(low * high)), "the geometric middle"
+        if high - low < 2:
+            return None  # adjacent: nothing between them
+        if not bool(lo.get("stopped_early", False)) and not beats(chosen, lo, metric):
+            # they differ by less than the noise: no knee between them, unless the gap is over
+            # the margin and only wide intervals keep them apart
+            return lo if chosen[metric] / lo[metric] - 1 > NOISE_MARGIN else None
+        options = [
+            (round(math.sqrt(low * high)), "the geometric middle"),
+            ((low + high) // 2, "the middle"),
+        ]
         if model is not None:
             knee = self._knee(model, Configuration.of(chosen), axis, low, high)
             if knee is not None:
-                value, how = knee, "where the model puts the knee"
-        value = min(high - 1, max(low + 1, value))
+                options.insert(0, (knee, "where the model puts the knee"))
+        taken = self._measured() | set(found)
+        fresh = [
+            (v, how) for v, how in options
+            if low < v < high and _along(Configuration.of(chosen), axis, v).label not in taken
+        ]  # fmt: skip
+        if not fresh:
+            return None
+        value, how = fresh[0]
         config = _along(Configuration.of(chosen), axis, value)
-        if config.label in self._measured() or config.label in found:
-            return
         why = (
             f"between {label(lo)} ({self.bottleneck(lo)}-bound, {_figure(lo, metric)}) and the "
             f"pick {label(chosen)} ({self.bottleneck(chosen)}-bound, {_figure(chosen, metric)}): "
             f"{axis} {value}, {how}"
         )
         found[config.label] = (self._new(config), why)
+        return None
+
+    def _tell_apart(self, chosen: pd.Series, neighbours: list[pd.Series], metric: str) -> bool:
+        """Repeats of the pick and of cheaper neighbours that it may or may not beat."""
+        plans, why = [], []
+        for row in (chosen, *neighbours):
+            more = self._more(row)
+            if more is not None:
+                plans.append(more)
+            why.append(f"{label(row)} {_figure(row, metric)}")
+        if not plans:
+            return False
+        self._decide(
+            REPEAT,
+            f"to tell the pick from its cheaper neighbour (over {NOISE_MARGIN:.0%} apart, "
+            f"intervals overlapping): {'; '.join(why)}",
+            plans,
+        )
+        return True
 
     def _knee(
         self, model: QueueingModel, pick: Configuration, axis: str, low: int, high: int
