@@ -65,3 +65,11 @@ def test_03_loco_case_measures_the_speedups() -> None:
     text, images = outputs(execute("03_loco_opensearch_case.ipynb"))
     assert "× nw1-in1-bs1" in text  # a measured speed-up over the default
     assert images == 5  # two comparisons, throughput x 2, the heatmap
+
+
+@pytest.mark.timeout(180)
+def test_04_search_and_model_shows_the_path_and_the_model() -> None:
+    text, images = outputs(execute("04_search_and_model.ipynb"))
+    assert "recommended: num_workers=" in text and "refine" in text
+    assert "median absolute error" in text and "service_capacity" in text
+    assert images == 2  # the search path, the model's curves with the measured points

@@ -193,7 +193,7 @@ BAD: dict[str, tuple[str, int, list[str]]] = {
             "sweep.num_workes: ",
             "unknown key 'num_workes'",
             "did you mean 'num_workers'?",
-            "allowed: batch_size, instances, num_workers, quick, repeats, trial_timeout_s",
+            "allowed: batch_size, instances, max_repeats, num_workers, quick, repeats, search, trial_timeout_s",
         ],
     ),
     "unknown service": (
@@ -291,7 +291,7 @@ def test_several_problems_come_in_one_message_misspelt_keys_first(tmp_path: Path
     text = GOOD.replace("repeats: 2", "repeats: 0").replace("  items: 100", "  itmes: 100")
     lines = error_of(write(tmp_path, text)).splitlines()
     assert "workload.itmes: unknown key 'itmes' (did you mean 'items'?)" in lines[0]
-    assert any("sweep.repeats: must be an integer >= 1, got 0" in x for x in lines)
+    assert any("sweep.repeats: must be an integer >= 1 or 'auto', got 0" in x for x in lines)
     assert all(x.startswith(str(tmp_path)) for x in lines)
 
 
@@ -379,7 +379,9 @@ def test_the_cli_exits_2_without_a_traceback(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.startswith(f"{bad}:15: sweep.repeats: must be an integer >= 1, got 'many'")
+    assert proc.stderr.startswith(
+        f"{bad}:15: sweep.repeats: must be an integer >= 1 or 'auto', got 'many'"
+    )
 
 
 def test_cli_main_checks_several_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

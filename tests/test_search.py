@@ -336,3 +336,27 @@ def test_a_small_adaptive_sweep_end_to_end(tmp_path: Path) -> None:
     html = (run.path / "report.html").read_text()
     assert "<h2>Search path</h2>" in html and "<h2>Queueing model</h2>" in html
     assert html.count("data:image/png;base64,") >= 7
+
+
+@pytest.mark.parametrize(
+    ("sweep", "expected"),
+    [
+        ("repeats: some", "sweep.repeats"),
+        ("search: {kind: adaptve}", "sweep.search"),
+        (
+            "search: {kind: adaptive, budget_trials: 0}",
+            "sweep.search.budget_trials: must be an integer >= 1",
+        ),
+        ("search: {kind: adaptive, budget_s: -1}", "sweep.search.budget_s: must be a number > 0"),
+        ("search: {kind: grid, budget_trials: 5}", "budget_trials"),
+        ("repeats: 6\n  max_repeats: 3", "sweep.max_repeats: must be >= repeats (6), got 3"),
+    ],
+)
+def test_bad_search_settings_are_located_errors(tmp_path: Path, sweep: str, expected: str) -> None:
+    from lab.errors import ConfigError
+
+    path = tmp_path / "s.yaml"
+    path.write_text(ADAPTIVE.split("sweep:")[0] + f"sweep:\n  {sweep}\n")
+    with pytest.raises(ConfigError) as error:
+        load_scenario(path)
+    assert expected in str(error.value) and str(path) in str(error.value)

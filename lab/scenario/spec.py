@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -255,6 +256,15 @@ class Quick(_Strict):
     )
 
 
+def _repeats(value: Any) -> Any:
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"must be an integer >= 1 or 'auto', got {value!r}")
+
+
+Repeats = Annotated[int | Literal["auto"], BeforeValidator(_repeats)]
+
+
 class GridSearch(_Strict):
     """Every combination of the three axes, `repeats` times each (racing with `repeats: auto`)."""
 
@@ -288,7 +298,7 @@ class Sweep(_Strict):
         "into jobs; latency counts from the FIRST item's scheduled arrival, so batching "
         "cannot hide waiting.",
     )
-    repeats: PosInt | Literal["auto"] = Field(
+    repeats: Repeats = Field(
         default=1,
         description="Runs of each configuration (for intervals). auto: racing, as many as it "
         "takes to tell a configuration from the best, up to max_repeats (with search "
