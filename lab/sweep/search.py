@@ -509,7 +509,10 @@ class Search:
         low, high = int(lo[axis]), int(chosen[axis])
         if high - low < 2:
             return None  # adjacent: nothing between them
-        if not bool(lo.get("stopped_early", False)) and not beats(chosen, lo, metric):
+        stopped = bool(lo.get("stopped_early", False))
+        if not stopped and _measured_once(lo):
+            return lo  # one trial, maybe an outlier, would send the search past the knee
+        if not stopped and not beats(chosen, lo, metric):
             # they differ by less than the noise: no knee between them, unless the gap is over
             # the margin and only wide intervals keep them apart
             return lo if chosen[metric] / lo[metric] - 1 > NOISE_MARGIN else None
@@ -550,8 +553,8 @@ class Search:
             return False
         self._decide(
             REPEAT,
-            f"to tell the pick from its cheaper neighbour (over {NOISE_MARGIN:.0%} apart, "
-            f"intervals overlapping): {'; '.join(why)}",
+            f"to tell the pick from its cheaper neighbour (one trial, or over "
+            f"{NOISE_MARGIN:.0%} apart with intervals overlapping): {'; '.join(why)}",
             plans,
         )
         return True
@@ -632,6 +635,11 @@ class Search:
             best_rate = float(choice.best[rank_metric(self.scenario.objective)])
             best_name = label(choice.best)
         return EarlyStop(self.scenario, plan, best_rate, best_name)
+
+
+def _measured_once(row: pd.Series) -> bool:
+    """Its ranked figure stands on one trial (no interval yet)."""
+    return int(row["steady_repeats"] if not bool(row["too_short"]) else row["repeats"]) < 2
 
 
 def _along(config: Configuration, axis: str, value: int) -> Configuration:
