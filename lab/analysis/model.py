@@ -92,7 +92,7 @@ class Prediction:
     """What the model expects of one configuration."""
 
     config: Configuration
-    items_per_s: float  # sustained (steady-window) throughput
+    items_per_s: float  # sustained (steady-window) throughput, with work for every slot
     makespan_s: float  # a backlog: clock start to the last job's end; NaN for arrivals
     bound: str  # the tightest ceiling (BOUNDS)
     bounds: Mapping[str, float]  # every ceiling, items/s
@@ -190,28 +190,31 @@ class QueueingModel:
         delay_s = requests * self.fit.client_ms / 1000
         jobs = math.ceil(self.items / batch_size) if self.items else None
         most = max(n * instances for n in nws)
-        if jobs is not None:
-            most = min(most, jobs)
         queues = [s for name, s in stations.items() if name != "harness"]
         curve = _mva(queues, delay_s, max(most, 1))
         alone_s = delay_s + sum(s.demand_s for s in queues)
         out = []
         for nw in nws:
-            in_flight = nw * instances if jobs is None else min(nw * instances, jobs)
-            ceilings = self._ceilings(stations, requests, batch_size, in_flight, alone_s)
-            caps = [ceilings.get(k, math.inf) / batch_size for k in ("arrivals", "harness")]
-            network = np.minimum(curve[:in_flight], min(caps))
+            slots = nw * instances
+            ceilings = self._ceilings(stations, requests, batch_size, slots, alone_s)
+            caps = min(ceilings.get(k, math.inf) / batch_size for k in ("arrivals", "harness"))
+            network = np.minimum(curve[:slots], caps)
             jobs_per_s = min(network[-1], ceilings.get("rate_limit", math.inf) / batch_size)
-            items_per_s = jobs_per_s * batch_size
             makespan = math.nan
             if jobs is not None:  # the drain: in flight = min(slots, jobs left) as the tail empties
-                makespan = (jobs - in_flight) / network[-1] + float(np.sum(1 / network))
+                in_flight = min(slots, jobs)
+                drain = network[:in_flight]
+                makespan = (jobs - in_flight) / drain[-1] + float(np.sum(1 / drain))
                 if self.fit.rate_limit_per_s is not None and requests > 0:
                     after_burst = max(0.0, jobs * requests - self.fit.burst)
                     makespan = max(makespan, after_burst / self.fit.rate_limit_per_s)
             config = Configuration(nw, instances, batch_size, placement)
             bound = min(ceilings, key=lambda k: ceilings[k])
-            out.append(Prediction(config, items_per_s, makespan, bound, ceilings, self.items or 0))
+            out.append(
+                Prediction(
+                    config, jobs_per_s * batch_size, makespan, bound, ceilings, self.items or 0
+                )
+            )
         return out
 
     def _ceilings(

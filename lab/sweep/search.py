@@ -411,10 +411,11 @@ class Search:
         return True
 
     def _lengthen(self, choice: Choice, metric: str) -> bool:
-        """Backlog configurations in the race whose trials were too short to measure."""
+        """Backlog configurations whose trials were too short to measure a steady rate: all
+        that meet the SLO, since a whole-trial figure does not compare with a steady one."""
         if not isinstance(self.scenario.workload.arrival, Backlog):
             return False
-        racing = [choice.best, *self._contenders(choice, metric)]
+        racing = [row for _, row in choice.ok.iterrows()]
         plans, why = [], []
         trials = self.trials()
         for row in racing:
