@@ -128,3 +128,23 @@ def test_forked_workers_stop_with_their_trial_and_the_fork_server_with_the_harne
         assert {u.role for u in outcome.usage.values()} >= {"worker", "mock"}
         assert not zygote.children()  # every forked worker stopped with its trial
     assert not psutil.pid_exists(zygote.pid) or zygote.status() == psutil.STATUS_ZOMBIE
+
+
+def test_a_stop_rule_ends_a_trial_early_and_says_why(tmp_path: Path, broker: Broker) -> None:
+    """The drain asks the rule at every poll; a reason stops the trial (nothing left running)."""
+    from lab.sweep.trial import DrainProgress, TrialOptions
+
+    slow = SCENARIO.replace("median_ms: 1, p99_ms: 5", "median_ms: 50, p99_ms: 60")
+    seen: list[DrainProgress] = []
+
+    def rule(p: DrainProgress) -> str | None:
+        seen.append(p)
+        return "enough seen" if p.items_done >= 20 else None
+
+    outcome = run_trial(scenario(tmp_path, slow), TrialPlan(0, 1, 1, 10, 0), broker=broker,
+                        logs=tmp_path / "t", options=TrialOptions(stop_rule=rule))  # fmt: skip
+    row = outcome.row
+    assert row["stopped_early"] is True and row["stop_reason"] == "enough seen"
+    assert row["timed_out"] is False and 20 <= row["items_done"] < 80
+    assert row["unfinished_jobs"] > 0 and row["error_rate"] == 0.0  # cut, not failed
+    assert seen[-1].items_planned == 80 and len(seen[-1].arrivals_s) == 8

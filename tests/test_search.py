@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -360,3 +361,22 @@ def test_bad_search_settings_are_located_errors(tmp_path: Path, sweep: str, expe
     with pytest.raises(ConfigError) as error:
         load_scenario(path)
     assert expected in str(error.value) and str(path) in str(error.value)
+
+
+def test_plots_draw_a_configuration_stopped_early_hollow(tmp_path: Path) -> None:
+    from lab.analysis.configs import analyze_trials
+    from lab.report.plots import throughput_vs_workers
+
+    sc = scenario(tmp_path, capacity=8, sweep="num_workers: [1, 8]\nrepeats: auto\n")
+    fake = FakeTrials(knee_curve(8), noise=0.0, capacity=8)
+    rows = [fake.run(TrialPlan(i, nw, 1, 1, 0), None, 1000)[0] for i, nw in enumerate((1, 8))]
+    rows[0] |= {"stopped_early": True, "stop_reason": "projected makespan 10 s"}
+    analysis = analyze_trials(pd.DataFrame(rows), sc.objective)
+    assert analysis.recommendation.config is not None
+    assert analysis.recommendation.config.num_workers == 8  # never the stopped one
+    fig = throughput_vs_workers(analysis)
+    hollow = [
+        c for ax in fig.axes for c in ax.collections
+        if len(c.get_facecolors()) and tuple(c.get_facecolors()[0]) == (1.0, 1.0, 1.0, 1.0)
+    ]  # fmt: skip
+    assert len(hollow) == 1 and list(hollow[0].get_offsets()[:, 0]) == [1]

@@ -61,6 +61,7 @@ class Fit:
     fixed_ms: float  # service time of one request, fixed part
     per_item_ms: float  # ... and per item it carries
     client_ms: float  # per request, spent outside the service without holding a server
+    client_per_item_ms: float  # ... and per item it carries (the body sent, parsed)
     capacity: int
     rate_limit_per_s: float | None
     burst: int
@@ -77,7 +78,7 @@ class Fit:
         rate = "none" if self.rate_limit_per_s is None else f"{self.rate_limit_per_s:,.0f}/s"
         rows = [
             ("service time per request", f"{self.fixed_ms:.2f} ms + {self.per_item_ms:.3f} ms/item", "service_time"),
-            ("client time per request", f"{self.client_ms:.2f} ms", "client_ms"),
+            ("client time per request", f"{self.client_ms:.2f} ms + {self.client_per_item_ms:.3f} ms/item", "client_ms"),
             ("service capacity", f"{self.capacity} at once", "capacity"),
             ("rate limit", rate, "rate_limit"),
             ("worker CPU", f"{self.worker_cpu_ms_per_job:.3f} ms/job + {self.worker_cpu_ms_per_item:.4f} ms/item", "worker_cpu"),
@@ -152,6 +153,12 @@ class QueueingModel:
         requests = self.requests_per_job(batch_size)
         return batch_size / requests if requests else 0.0
 
+    def client_ms(self, batch_size: int) -> float:
+        """One request's time outside the service, for jobs of `batch_size` items."""
+        return self.fit.client_ms + self.fit.client_per_item_ms * self._items_per_request(
+            batch_size
+        )
+
     def service_ms(self, batch_size: int) -> float:
         """One request's service time at the service, for jobs of `batch_size` items."""
         return self.fit.fixed_ms + self.fit.per_item_ms * self._items_per_request(batch_size)
@@ -187,7 +194,7 @@ class QueueingModel:
         cores = self.cores if this_machine else None
         stations = self._stations(batch_size, instances, cores)
         requests = self.requests_per_job(batch_size)
-        delay_s = requests * self.fit.client_ms / 1000
+        delay_s = requests * self.client_ms(batch_size) / 1000
         jobs = math.ceil(self.items / batch_size) if self.items else None
         most = max(n * instances for n in nws)
         queues = [s for name, s in stations.items() if name != "harness"]
@@ -323,7 +330,8 @@ def fit_model(
             (data["requests"] / data["attempts"] / data["batch_size"]).median()
         )
     fit = Fit(
-        fixed_ms=fixed, per_item_ms=per_item, client_ms=0.0, capacity=spec.capacity,
+        fixed_ms=fixed, per_item_ms=per_item, client_ms=0.0, client_per_item_ms=0.0,
+        capacity=spec.capacity,
         rate_limit_per_s=spec.rate_limit.per_s if spec.rate_limit else None,
         burst=spec.rate_limit.burst_requests if spec.rate_limit else 0,
         connection_limit=spec.connection_limit,
@@ -334,13 +342,15 @@ def fit_model(
     )  # fmt: skip
     arrivals = _arrival_rate(trials, scenario)
     model = QueueingModel(fit, scenario, cores=cores, arrival_items_per_s=arrivals)
-    fit = dataclasses.replace(fit, client_ms=_client_ms(model, data))
+    client, client_per_item = _client_ms(model, data)
+    fit = dataclasses.replace(fit, client_ms=client, client_per_item_ms=client_per_item)
     return QueueingModel(fit, scenario, cores=cores, arrival_items_per_s=arrivals)
 
 
-def _client_ms(model: QueueingModel, data: pd.DataFrame) -> float:
+def _client_ms(model: QueueingModel, data: pd.DataFrame) -> tuple[float, float]:
     """Per request, the part of a job's duration spent neither in the service (its work and its
-    queue) nor on the worker's CPU: from the trials where the service did not queue."""
+    queue) nor on the worker's CPU, as a fixed part and a part per item the request carries
+    (sending and parsing a bulk body): from the trials where the service did not queue."""
     calm = data[~data["queued"]] if (~data["queued"]).any() else data
     requests = np.array([model.requests_per_job(int(b)) for b in calm["batch_size"]])
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -349,8 +359,15 @@ def _client_ms(model: QueueingModel, data: pd.DataFrame) -> float:
             - calm["service_ms"]
             - calm["wait_ms"]
         )
-    rest = rest[np.isfinite(rest)]
-    return max(0.0, float(np.median(rest))) if len(rest) else 0.0
+    usable = np.isfinite(rest) & np.isfinite(calm["k"])
+    if not usable.any():
+        return 0.0, 0.0
+    rest, k = rest[usable].clip(lower=0.0), calm["k"][usable]
+    if k.nunique() < 2:
+        return float(np.median(rest)), 0.0
+    # per item size the median (robust to a trial slowed by the machine), then a line through them
+    by_k = rest.groupby(k).median()
+    return _linear(by_k.index.to_numpy(dtype=float), by_k.to_numpy(), np.ones(len(by_k)))
 
 
 def _arrival_rate(trials: pd.DataFrame, scenario: Scenario) -> float | None:
