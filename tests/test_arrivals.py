@@ -51,7 +51,8 @@ def test_open_loop_stamps_each_job_with_its_scheduled_arrival(queue: Queue) -> N
     )
     assert (report.jobs_sent, report.items_sent) == (5, 10)
     messages = [
-        decode_job(p.decode())[1] for p in reversed(queue.client.lrange(queue.keys.pending, 0, -1))
+        decode_job(p.decode() if isinstance(p, bytes) else p)[1]
+        for p in reversed(queue.client.lrange(queue.keys.pending, 0, -1))
     ]
     assert [m["enq"] for m in messages] == pytest.approx(
         [clock_start + 0.1 * i for i in range(5)], abs=1e-6

@@ -18,9 +18,10 @@ import pytest
 
 from lab.infra.broker import Broker
 from lab.infra.procs import wait_for
+from lab.mocks.control import MockControl
 from lab.mocks.spec import parse_spec
 from lab.scenario.spec import Scenario, load_scenario
-from lab.sweep.harness import ServicePool, http_json, start_harness
+from lab.sweep.harness import ServicePool, start_harness
 from lab.sweep.trial import TrialPlan, run_trial
 
 SCENARIO = """\
@@ -79,7 +80,7 @@ def test_a_reused_mock_gives_the_next_trial_what_a_fresh_one_would(
     for row in (reused.row, fresh.row):
         assert row["items_done"] == 80 and row["lost_items"] == 0 and row["duplicate_items"] == 0
     assert not mock.alive()  # the harness stopped what it started
-    assert (tmp_path / "b" / "worker-0.log").read_text().strip().endswith("exit code 0")
+    assert (tmp_path / "b" / "worker-0.log.exit").read_text() == "0"  # a graceful stop
 
 
 def test_a_mock_that_will_not_empty_is_replaced(tmp_path: Path) -> None:
@@ -101,7 +102,7 @@ def test_a_mock_that_will_not_empty_is_replaced(tmp_path: Path) -> None:
         slow = threading.Thread(target=call, daemon=True)
         slow.start()  # a request left behind, still inside the service
         wait_for(
-            lambda: http_json(f"{url}/_lab/stats")["now"]["in_flight"] == 1,
+            lambda: MockControl(url, pool.token).stats()["now"]["in_flight"] == 1,
             what="the request inside",
             timeout_s=10,
         )
@@ -148,3 +149,32 @@ def test_a_stop_rule_ends_a_trial_early_and_says_why(tmp_path: Path, broker: Bro
     assert row["timed_out"] is False and 20 <= row["items_done"] < 80
     assert row["unfinished_jobs"] > 0 and row["error_rate"] == 0.0  # cut, not failed
     assert seen[-1].items_planned == 80 and len(seen[-1].arrivals_s) == 8
+
+
+def test_the_fork_server_reports_how_each_child_ended(tmp_path: Path) -> None:
+    """Its children are not the lab's: their exit status comes back through the zygote."""
+    import signal
+
+    from lab.infra.zygote import start_zygote
+
+    with start_zygote(["lab.infra.zygote"], log_path=tmp_path / "zygote.log") as zygote:
+        with zygote.spawn(
+            "lab.infra.zygote", ["--nonsense"], name="bad", log_path=tmp_path / "bad.log"
+        ) as bad:
+            wait_for(lambda: not bad.alive(), what="the bad child to exit", timeout_s=30)
+            assert bad.exit_description() == "exited with code 2"  # argparse's usage error
+            assert "usage:" in bad.log_tail()
+        env = {"PATH": "/usr/bin:/bin", "LAB_MARK": "from-the-request"}
+        code = "import os, time; print(os.environ['LAB_MARK'], flush=True); time.sleep(60)"
+        with zygote.spawn(
+            "tests.zygote_probe", [code], name="probe", log_path=tmp_path / "p.log", env=env
+        ) as probe:
+            wait_for(
+                lambda: "from-the-request" in probe.log_tail(),
+                what="the probe's line",
+                timeout_s=30,
+            )
+            probe.signal(signal.SIGKILL)
+            wait_for(lambda: not probe.alive(), what="the probe to die", timeout_s=30)
+            assert probe.exit_description() == "was killed by SIGKILL"
+    assert not psutil.pid_exists(zygote.child.pid) or not zygote.child.alive()

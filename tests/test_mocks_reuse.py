@@ -11,6 +11,9 @@ import aiohttp
 import pytest
 
 from lab.mocks import parse_spec, run_mock
+from lab.mocks.control import control_headers
+
+TOKEN = "test-token"
 
 SPEC: dict[str, Any] = {
     "kind": "opensearch",
@@ -43,21 +46,21 @@ async def workload(session: aiohttp.ClientSession, url: str, n: int) -> list[Any
 
 
 async def stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with session.get(f"{url}/_lab/stats") as r:
+    async with session.get(f"{url}/_lab/stats", headers=control_headers(TOKEN)) as r:
         data = await r.json()
     data["samples"].pop("wait_ms")
     return {k: v for k, v in data.items() if k not in TIMING}
 
 
 async def reset(session: aiohttp.ClientSession, url: str, body: Any) -> tuple[int, Any]:
-    async with session.post(f"{url}/_lab/reset", json=body) as r:
+    async with session.post(f"{url}/_lab/reset", json=body, headers=control_headers(TOKEN)) as r:
         return r.status, await r.json()
 
 
 @pytest.mark.asyncio
 async def test_a_reset_with_a_seed_leaves_nothing_of_the_last_trial() -> None:
     async with aiohttp.ClientSession() as session:
-        async with run_mock(parse_spec({**SPEC, "seed": 1})) as url:
+        async with run_mock(parse_spec({**SPEC, "seed": 1}), token=TOKEN) as url:
             first = await workload(session, url, 9)  # uses up the bucket, writes documents
             assert any(status == 429 for status, _ in first)
             assert await reset(session, url, {"seed": 42}) == (
@@ -65,7 +68,7 @@ async def test_a_reset_with_a_seed_leaves_nothing_of_the_last_trial() -> None:
             )  # fmt: skip
             reused = await workload(session, url, 6)
             reused_stats = await stats(session, url)
-        async with run_mock(parse_spec({**SPEC, "seed": 42})) as url:
+        async with run_mock(parse_spec({**SPEC, "seed": 42}), token=TOKEN) as url:
             fresh = await workload(session, url, 6)
             fresh_stats = await stats(session, url)
     assert reused == fresh  # same statuses (errors, 429s) and the same generated ids
@@ -78,10 +81,10 @@ async def test_a_fresh_reset_refuses_while_requests_are_inside() -> None:
     spec = parse_spec(
         {"kind": "http_api", "capacity": 1, "latency": {"dist": "constant", "ms": 300}}
     )
-    async with aiohttp.ClientSession() as session, run_mock(spec) as url:
+    async with aiohttp.ClientSession() as session, run_mock(spec, token=TOKEN) as url:
         slow = asyncio.ensure_future(session.post(f"{url}/call", json={}))
         for _ in range(200):  # until the request holds the service's one slot
-            async with session.get(f"{url}/_lab/stats") as r:
+            async with session.get(f"{url}/_lab/stats", headers=control_headers(TOKEN)) as r:
                 if (await r.json())["now"]["in_flight"]:
                     break
             await asyncio.sleep(0.005)

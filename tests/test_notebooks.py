@@ -46,6 +46,7 @@ def test_01_quickstart_runs_the_sweep_and_shows_the_answer(tmp_path: Path) -> No
     nb = execute("01_quickstart.ipynb", out_dir=str(tmp_path))
     text, images = outputs(nb)
     assert "recommended: num_workers=" in text and "why:" in text
+    assert "items/s): held by " in text  # what held each configuration, in words
     assert images == 5
     [report] = tmp_path.glob("quickstart/*/report.html")
     assert str(report) in text
@@ -57,6 +58,7 @@ def test_02_explore_a_run_shows_every_figure_of_any_run_folder() -> None:
     nb = execute("02_explore_a_run.ipynb", run_dir=run_dir)
     text, images = outputs(nb)
     assert "opensearch_delete:" in text and "why:" in text
+    assert "nw16-in1-bs1 (831 items/s): held by the service's capacity" in text
     assert images == 5
 
 
@@ -64,6 +66,7 @@ def test_02_explore_a_run_shows_every_figure_of_any_run_folder() -> None:
 def test_03_loco_case_measures_the_speedups() -> None:
     text, images = outputs(execute("03_loco_opensearch_case.ipynb"))
     assert "× nw1-in1-bs1" in text  # a measured speed-up over the default
+    assert "nw1-in1-bs1: held by concurrency: 1 slot at" in text
     assert images == 5  # two comparisons, throughput x 2, the heatmap
 
 

@@ -11,7 +11,7 @@ beat beyond the noise, chooses the cheapest by the scenario's `prefer` order. "B
 follows asv's `_is_result_better`: better only if the intervals are apart AND the gain beats
 NOISE_MARGIN; with one repeat there is no interval, so the margin alone decides.
 
-The ranking uses the STEADY-WINDOW throughput (`rank_metric`: items_per_s_steady, from the
+The ranking uses the STEADY-PART throughput (`rank_metric`: steady_items_per_s, from the
 repeats long enough to measure it), not items/s over the whole trial: the whole-trial figure of a
 short trial mixes start-up and the tail into the rate and swings by 20-35 % from repeat to
 repeat, so a configuration could win or lose by chance. Where no repeat was long enough, the
@@ -32,12 +32,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lab.analysis.explain import explain, trial_warnings, unstable
+from lab.analysis.attribution import Context, attribute_configs, fill_older_layout
+from lab.analysis.explain import bottleneck_reason, explain, trial_warnings, unstable
+from lab.analysis.faults import fault_warnings
 from lab.analysis.recommendation import Candidate, Recommendation
 from lab.analysis.usl import UslFit, fit_usl
 from lab.configuration import SEPARATE, Configuration, label
 from lab.mocks.spec import ServiceSpec
 from lab.results import STATUS_COMPLETE, RunFolder
+from lab.scenario.faults import Fault
 from lab.scenario.spec import Objective, Scenario, Slo
 
 CONFIG = ["num_workers", "instances", "batch_size"]
@@ -191,27 +194,29 @@ def _sum_known(s: pd.Series) -> float:
 
 def rank_metric(objective: Objective) -> str:
     """The per-configuration column the recommendation ranks by (see the module's docstring)."""
-    return f"{objective.maximize}_steady"
+    return f"steady_{objective.maximize}"
 
 
 def unit(metric: str) -> str:
-    """items_per_s, items_per_s_steady -> items/s."""
-    return metric.removesuffix("_steady").replace("_per_s", "/s")
+    """items_per_s, steady_items_per_s -> items/s."""
+    return metric.removeprefix("steady_").replace("_per_s", "/s")
 
 
-#: What a results layout older than 3 lacks, as it would have read.
-_LAYOUT_3_DEFAULTS = {"length_x": 1, "too_short": False, "stopped_early": False, "stop_reason": ""}
+#: What a results layout older than 5 lacks, as it would have read.
+_LAYOUT_5_DEFAULTS = {"length_x": 1, "too_short": False, "stopped_early": False, "stop_reason": ""}
 
 
-def _with_layout_3(trials: pd.DataFrame) -> pd.DataFrame:
+def _with_layout_5(trials: pd.DataFrame) -> pd.DataFrame:
+    """The search's columns filled for an older layout (or a synthetic table), and each trial's
+    steady jobs/s (its steady items/s over its batch size)."""
     out = trials.copy()
-    for column, default in _LAYOUT_3_DEFAULTS.items():
+    for column, default in _LAYOUT_5_DEFAULTS.items():
         values = out[column] if column in out else pd.Series(default, index=out.index)
         out[column] = values.astype(object).where(values.notna(), default).astype(type(default))
-    for metric in ("items_per_s", "jobs_per_s"):
-        if f"{metric}_steady" not in out:
-            out[f"{metric}_steady"] = math.nan
-    out["too_short"] |= out["items_per_s_steady"].isna()  # no steady window was measured
+    if "steady_items_per_s" not in out:
+        out["steady_items_per_s"] = math.nan
+    out["steady_jobs_per_s"] = out["steady_items_per_s"] / out["batch_size"]
+    out["too_short"] |= out["steady_items_per_s"].isna()  # no steady part was measured
     return out
 
 
@@ -223,14 +228,14 @@ def _steady(trials: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
     grouped = measurable.groupby(keys, sort=True)
     steady = pd.DataFrame({"steady_repeats": grouped.size()})
     for metric in ("items_per_s", "jobs_per_s"):
-        column = f"{metric}_steady"
+        column = f"steady_{metric}"
         steady[column] = grouped[column].mean()
         steady[f"{column}_ci_low"], steady[f"{column}_ci_high"] = _intervals(measurable, column)
     out = configs.merge(steady.reset_index(), on=keys, how="left")
     out["steady_repeats"] = out["steady_repeats"].fillna(0).astype(int)
     out["too_short"] = out["steady_repeats"] == 0
     for metric in ("items_per_s", "jobs_per_s"):
-        column = f"{metric}_steady"
+        column = f"steady_{metric}"
         for suffix in ("", "_ci_low", "_ci_high"):
             out[column + suffix] = out[column + suffix].where(
                 ~out["too_short"], out[metric + suffix]
@@ -243,7 +248,7 @@ def per_config(trials: pd.DataFrame) -> pd.DataFrame:
     and the steady-window figures the ranking uses."""
     if PLACEMENT not in trials:
         trials = trials.assign(**{PLACEMENT: SEPARATE})
-    trials = _with_layout_3(trials)
+    trials = _with_layout_5(trials)
     scenario_length = trials[trials["length_x"] == 1]
     grouped = scenario_length.groupby([*CONFIG, PLACEMENT], as_index=False, sort=True)
     configs = grouped.agg(
@@ -268,6 +273,7 @@ def per_config(trials: pd.DataFrame) -> pd.DataFrame:
         lost_items=("lost_items", _sum_known),
         duplicate_items=("duplicate_items", _sum_known),
         timed_out=("timed_out", "any"),
+        failed=("failed", "any"),
         harness_saturated=("harness_saturated", "any"),
         machine_saturated=("machine_saturated", "any"),
         littles_bound_items_per_s=("littles_bound_items_per_s", "mean"),
@@ -299,6 +305,8 @@ def slo_problems(row: pd.Series, slo: Slo) -> list[str]:
         problems.append(f"stopped early: {row['stop_reason']}")
     if bool(row["timed_out"]):
         problems.append("timed out")
+    elif bool(row["failed"]):
+        problems.append("a trial could not finish")
     if slo.p99_latency_ms is not None and row["latency_p99_worst_ms"] > slo.p99_latency_ms:
         problems.append(f"p99 {row['latency_p99_worst_ms']:,.0f} ms > {slo.p99_latency_ms:,.0f} ms")
     if row["error_rate"] > slo.max_error_rate:
@@ -309,7 +317,7 @@ def slo_problems(row: pd.Series, slo: Slo) -> list[str]:
 
 
 def beats(best: pd.Series, other: pd.Series, metric: str, margin: float = NOISE_MARGIN) -> bool:
-    """True when `best` is better than `other` beyond the noise (style.md point 12)."""
+    """True when `best` is better than `other` beyond the noise (both tests must agree: a wide interval alone never makes a winner)."""
     if not other[metric] > 0:
         return True
     if best[metric] / other[metric] - 1 <= margin:
@@ -320,8 +328,8 @@ def beats(best: pd.Series, other: pd.Series, metric: str, margin: float = NOISE_
 
 
 _FIGURES = [
-    "items_per_s", "items_per_s_ci_low", "items_per_s_ci_high", "items_per_s_steady",
-    "items_per_s_steady_ci_low", "items_per_s_steady_ci_high", "jobs_per_s",
+    "items_per_s", "items_per_s_ci_low", "items_per_s_ci_high", "steady_items_per_s",
+    "steady_items_per_s_ci_low", "steady_items_per_s_ci_high", "jobs_per_s",
     "latency_p50_ms", "latency_p99_ms", "latency_p99_worst_ms", "error_rate", "retry_rate",
     "service_rejected", "bound_ratio", "lost_items",
 ]  # fmt: skip
@@ -346,11 +354,14 @@ def _candidate(row: pd.Series, within_noise: bool | None = None) -> Candidate:
         "concurrency": int(row["concurrency"]), "repeats": int(row["repeats"]),
         "too_short": bool(row["too_short"]),
     }  # fmt: skip
-    return Candidate(Configuration.of(row), json_safe(figures), within_noise)
+    return Candidate(
+        Configuration.of(row), json_safe(figures), within_noise, str(row["bottleneck"]),
+        json_safe(dict(row["evidence"])),
+    )  # fmt: skip
 
 
 def _fits(trials: pd.DataFrame) -> list[UslFit]:
-    usable = trials[~trials["timed_out"].astype(bool)]
+    usable = trials[~trials["failed"].astype(bool)]
     return [
         fit_usl(part["concurrency"], part["items_per_s"], batch_size=int(batch))
         for batch, part in usable.groupby("batch_size", sort=True)
@@ -364,16 +375,29 @@ def analyze_trials(
     service: ServiceSpec | None = None,
     cpu_count: int | None = None,
     margin: float = NOISE_MARGIN,
+    jobs: pd.DataFrame | None = None,
+    context: Context | None = None,
+    faults: tuple[Fault, ...] = (),
 ) -> Analysis:
-    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec."""
-    configs = configs_table(trials, objective)
+    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec,
+    `jobs` the attempts (jobs.parquet, for the retry-wave detector), `context` what attribution
+    needs to know of the scenario (default: `service`, the SLO and a backlog), `faults` the
+    scenario's (to tell planned instance exits from the others)."""
+    if PLACEMENT not in trials:
+        trials = trials.assign(**{PLACEMENT: SEPARATE})
+    context = context or Context(service, objective.slo.max_error_rate, None, cpu_count)
+    configs = per_config(trials)
+    if not configs.empty:  # an empty frame's key columns have no type to merge on
+        attributed = attribute_configs(trials, jobs, context, [*CONFIG, PLACEMENT])
+        configs = configs.merge(attributed, on=[*CONFIG, PLACEMENT], how="left")
+    configs = _with_slo_problems(configs, objective)
     fits = _fits(trials)
-    warnings = trial_warnings(trials, cpu_count=cpu_count) + unstable(
-        configs, rank_metric(objective)
+    warnings = (
+        trial_warnings(trials, cpu_count=cpu_count)
+        + fault_warnings(trials, faults)
+        + unstable(configs, rank_metric(objective))
     )
-    pick, reasons, runners = _recommendation(
-        configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
-    )
+    pick, reasons, runners = _recommendation(configs, objective, margin=margin, fits=fits)
     rec = Recommendation(
         pick,
         tuple(reasons),
@@ -381,13 +405,17 @@ def analyze_trials(
         tuple(warnings),
         tuple(json_safe(_fit_entry(f)) for f in fits),
         objective.model_dump(mode="json") | {"noise_margin": margin, "confidence": CONFIDENCE},
+        tuple(_candidate(r) for _, r in configs.iterrows()),
     )
     return Analysis(objective, trials, configs, rec, fits, warnings, service)
 
 
 def configs_table(trials: pd.DataFrame, objective: Objective) -> pd.DataFrame:
     """`per_config` with each configuration's `slo_problems` (empty: it may be recommended)."""
-    configs = per_config(trials)
+    return _with_slo_problems(per_config(trials), objective)
+
+
+def _with_slo_problems(configs: pd.DataFrame, objective: Objective) -> pd.DataFrame:
     configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
     return configs
 
@@ -421,16 +449,13 @@ def choose(
 
 
 def _recommendation(
-    configs: pd.DataFrame, objective: Objective, *, service: ServiceSpec | None,
-    cpu_count: int | None, margin: float, fits: list[UslFit],
-) -> tuple[Candidate | None, list[str], list[Candidate]]:  # fmt: skip
+    configs: pd.DataFrame, objective: Objective, *, margin: float, fits: list[UslFit]
+) -> tuple[Candidate | None, list[str], list[Candidate]]:
     """The pick (None when nothing qualifies), the reasons, the runners-up."""
     if configs.empty:
         return None, ["no trial finished"], []
     metric = rank_metric(objective)
-    context = explain(
-        configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
-    )
+    context = explain(configs, objective, margin=margin, fits=fits)
     choice = choose(configs, objective, margin)
     if choice is None:
         verdict = (
@@ -439,7 +464,11 @@ def _recommendation(
         )
         return None, [verdict, *context], []
     chosen, best, tied, ok = choice.chosen, choice.best, choice.tied, choice.ok
-    reasons = [_choice_sentence(chosen, best, tied, ok, objective, margin), *context]
+    reasons = [
+        _choice_sentence(chosen, best, tied, ok, objective, margin),
+        bottleneck_reason(chosen),
+        *context,
+    ]
     if bool(chosen["harness_saturated"]):
         reasons.append(
             "caution: a trial of the chosen configuration saturated the lab itself, so its "
@@ -533,9 +562,15 @@ def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
     scenario = run.scenario
     service = scenario.services.get(scenario.workload.service)
     cpu_count = run.manifest.get("cpu_count")
-    analysis = analyze_trials(
-        run.trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin
+    context = Context.of(scenario, cpu_count)
+    folder = RunFolder(run.path)
+    trials = fill_older_layout(
+        run.trials, run.jobs, folder.services, scenario.workload.service, context
     )
+    analysis = analyze_trials(
+        trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin,
+        jobs=run.jobs, context=context, faults=scenario.faults,
+    )  # fmt: skip
     status = run.manifest.get("status")
     planned = len(run.manifest.get("trials_planned", []))
     extra = []

@@ -450,7 +450,7 @@ def compare(model: QueueingModel, configs: pd.DataFrame, metric: str) -> pd.Data
             continue
         p = model.predict(Configuration.of(row))
         predicted = p.whole_items_per_s if bool(row.get("too_short", False)) else p.items_per_s
-        if metric.startswith("jobs"):
+        if "jobs_per_s" in metric:
             predicted /= int(row["batch_size"])
         measured = float(row[metric])
         rows.append(

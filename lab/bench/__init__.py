@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m lab.bench runtime` and `python -m lab.bench mocks`.
+"""Benchmarks: `python -m lab.bench runtime`, `... mocks` and `... peers`.
 
 Benchmarks are run by hand and reported; tests never assert timings.
 """

@@ -1,11 +1,16 @@
-"""`python -m lab.bench {runtime,mocks} [options]`: dispatch to one benchmark's `main`."""
+"""`python -m lab.bench {runtime,mocks,peers,faults} [options]`: dispatch to one benchmark's `main`."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = {"runtime": "lab.bench.runtime", "mocks": "lab.bench.mocks"}
+BENCHMARKS = {
+    "runtime": "lab.bench.runtime",
+    "mocks": "lab.bench.mocks",
+    "peers": "lab.bench.peers",
+    "faults": "lab.bench.faults",
+}
 
 
 def main(argv: list[str]) -> int:

@@ -1,6 +1,7 @@
 """`python -m lab.bench runtime`: how fast one worker instance drains a queue, and at what CPU cost.
 
-Method (the same as `../shared/peers/bench.py`, so the numbers sit beside the peers' table):
+Method (the same as `python -m lab.bench peers`, which sets the lab beside a bare event loop;
+this one uses the lab's own job handlers and counts finished jobs by the queue's `done`):
 1. A private redis-server (loopback TCP by default, like the peers'), the queue purged.
 2. The whole backlog enqueued BEFORE the worker starts (not timed).
 3. One worker process started; the harness polls the queue's `done` counter every 5 ms and
@@ -20,17 +21,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
 import redis
 
-from lab.infra.broker import start_broker
-from lab.infra.procs import Child, python_module_argv, spawn, wait_for
+from lab.bench.harness import cpu_seconds, sleep_server
+from lab.infra.broker import BROKER_URL_ENV, start_broker
+from lab.infra.procs import Child, python_module_argv, spawn
 from lab.runtime.queue import Queue
 
 
@@ -48,26 +50,6 @@ class Measurement:
     efficiency: float | None
 
 
-def _cpu_s(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            t = p.cpu_times()
-            total += t.user + t.system
-    return total
-
-
-@contextlib.contextmanager
-def _sleep_server(tmp: Path) -> Iterator[str]:
-    ready = tmp / "sleep-server.json"
-    with spawn(
-        python_module_argv("lab.bench.sleep_server", "--ready-file", str(ready)),
-        name="sleep-server",
-    ) as child:
-        wait_for(ready.exists, what="the sleep server", timeout_s=15, children=[child])
-        yield str(json.loads(ready.read_text())["url"])
-
-
 def measure(
     broker_url: str,
     *,
@@ -80,6 +62,7 @@ def measure(
     service_s: float | None = None,
     loop: str = "uvloop",
     prefetch: int = 0,
+    services: Mapping[str, str] | None = None,
 ) -> Measurement:
     """Enqueue `jobs`, start the instances, return the steady rate and CPU cost."""
     client = redis.Redis.from_url(broker_url)
@@ -87,8 +70,6 @@ def measure(
     queue.purge()
     queue.enqueue_many(job, (dict(args or {}) for _ in range(jobs)))
     argv = [
-        "--broker",
-        broker_url,
         "--queue",
         "bench",
         "--num-workers",
@@ -100,6 +81,9 @@ def measure(
         "--prefetch",
         str(prefetch),
     ]
+    for name, url in (services or {}).items():
+        argv += ["--service", f"{name}={url}"]
+    env = {**os.environ, BROKER_URL_ENV: broker_url}  # a password never goes on argv
     with contextlib.ExitStack() as stack:
         t_start = time.monotonic()
         children: list[Child] = [
@@ -107,11 +91,12 @@ def measure(
                 spawn(
                     python_module_argv("lab.runtime.worker", *argv, "--instance-id", f"bench-{i}"),
                     name=f"worker-{i}",
+                    env=env,
                 )
             )
             for i in range(instances)
         ]
-        procs = [psutil.Process(c.pid) for c in children]
+        pids = [c.pid for c in children]
         marks: dict[float, tuple[float, float, int]] = {}
         deadline = t_start + 300
         while True:
@@ -119,7 +104,7 @@ def measure(
             now = time.monotonic()
             for frac in (0.1, 0.9):
                 if frac not in marks and done >= frac * jobs:
-                    marks[frac] = (now, _cpu_s(procs), done)
+                    marks[frac] = (now, sum(cpu_seconds(pid) for pid in pids), done)
             if done >= jobs or now > deadline:
                 break
             for c in children:
@@ -153,7 +138,7 @@ def run_benchmark(
         url: str | None = None
         with contextlib.ExitStack() as stack:
             if {"io", "wide"} & set(scenarios):
-                url = stack.enter_context(_sleep_server(Path(tmp)))
+                url, _ = stack.enter_context(sleep_server(Path(tmp)))
             for _ in range(repeats):
                 if "noop" in scenarios:
                     for c in (1, 10, 100):
@@ -168,20 +153,23 @@ def run_benchmark(
                             )
                         )
                         _print(out[-1])
+                sleep = {"sleep": url} if url else {}
                 if "io" in scenarios:
-                    args = {"url": url, "path": "/sleep?ms=50", "method": "GET"}
+                    args = {"service": "sleep", "path": "/sleep?ms=50", "method": "GET"}
                     for c in (10, 50, 200):
                         m = measure(
                             broker.url, scenario="io-50ms", jobs=max(1000, 40 * c), num_workers=c,
                             job="http.call", args=args, service_s=0.050, loop=loop, prefetch=prefetch,
+                            services=sleep,
                         )  # fmt: skip
                         out.append(m)
                         _print(m)
                 if "wide" in scenarios:
-                    args = {"url": url, "path": "/sleep?ms=1000", "method": "GET"}
+                    args = {"service": "sleep", "path": "/sleep?ms=1000", "method": "GET"}
                     m = measure(
                         broker.url, scenario="io-1s", jobs=8000, num_workers=100, instances=10,
                         job="http.call", args=args, service_s=1.0, loop=loop, prefetch=prefetch,
+                        services=sleep,
                     )  # fmt: skip
                     out.append(m)
                     _print(m)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
+
+from lab.infra.files import atomic_write
 
 
 def run_main(main: Coroutine[Any, Any, None], *, use_uvloop: bool = True) -> None:
@@ -24,7 +25,6 @@ def run_main(main: Coroutine[Any, Any, None], *, use_uvloop: bool = True) -> Non
 
 
 def write_ready_file(path: Path, info: dict[str, Any]) -> None:
-    """Announce readiness: write then rename, so a polling parent never reads half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Announce readiness atomically (a polling parent never reads half a file), readable by
+    this user only (it may carry a mock's control token), never through a planted link."""
+    atomic_write(path, json.dumps(info, sort_keys=True) + "\n", mode=0o600)

@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,10 +28,12 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from lab.errors import ServiceError
+from lab.infra.files import UnsafePath
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+_TAIL_BYTES = 64 * 1024
 _pending_stop: int | None = None  # the stop signal received, until it has been raised
 _defer_stop = 0  # > 0 while a child is being spawned: the signal is only recorded
 
@@ -59,6 +63,23 @@ class Process(Protocol):
     def send_signal(self, signum: int) -> None: ...
 
 
+#: A line that names an error: a Python exception (`ModuleNotFoundError: ...`), or a lab CLI's
+#: one-line message (`lab.runtime.worker: ...`).
+_ERROR_LINE = re.compile(r"^(?:[\w.]+(?:Error|Exception|Exit|Interrupt)\b|lab(?:\.\w+)+: )")
+
+
+def describe_returncode(code: int | None) -> str:
+    """How a process ended, in words: 'exited with code 1', 'was killed by SIGKILL'."""
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 @dataclass
 class Child:
     """A running child process and where its output goes."""
@@ -75,11 +96,34 @@ class Child:
         return self.popen.poll() is None
 
     def log_tail(self, lines: int = 20) -> str:
-        """The last lines the child wrote, to put in an error message."""
-        if self.log_path is None or not self.log_path.exists():
+        """The last lines the child wrote (of its last 64 KiB), to put in an error message."""
+        if self.log_path is None:
             return ""
-        text = self.log_path.read_text(errors="replace").splitlines()
+        try:
+            fd = os.open(self.log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return ""
+        with os.fdopen(fd, "rb") as f:
+            f.seek(max(0, os.fstat(fd).st_size - _TAIL_BYTES))
+            text = f.read(_TAIL_BYTES).decode(errors="replace").splitlines()
         return "\n".join(text[-lines:])
+
+    def exit_description(self) -> str:
+        """How the child ended ('exited with code 2', 'was killed by SIGKILL'), or 'is still running'."""
+        return describe_returncode(self.popen.poll())
+
+    def last_words(self, lines: int = 12) -> str:
+        """Why it ended, for an error message: the error line it wrote (a Python exception, a
+        lab CLI's message), then its last lines; or that it wrote nothing (a signal, say)."""
+        tail = [line for line in self.log_tail(lines).splitlines() if line.strip()]
+        where = f" ({self.log_path})" if self.log_path is not None else ""
+        if not tail:
+            return f"it wrote nothing{where}"
+        error = next((line for line in reversed(tail) if _ERROR_LINE.match(line)), tail[-1])
+        if tail == [error]:
+            return f"{error}{where}"
+        shown = "\n".join(f"  | {line}" for line in tail)
+        return f"{error}\n  its last output{where}:\n{shown}"
 
     def signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -113,7 +157,17 @@ def spawn(
     out: IO[Any] | int = subprocess.DEVNULL
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = log_path.open("ab")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:  # never through a link planted where the log goes
+            out = os.fdopen(os.open(log_path, flags, 0o644), "ab")
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(
+                    f"{log_path}: is a symbolic link; the lab never writes through one"
+                ) from None
+            raise ServiceError(
+                f"{log_path}: cannot write the log of {name}: {exc.strerror}"
+            ) from None
     try:
         with holding_stop():  # a stop signal now would orphan the child: hold it until it is ours
             popen = subprocess.Popen(
@@ -179,8 +233,8 @@ def wait_for(
         for child in children:
             if not child.alive():
                 raise ServiceError(
-                    f"{child.name} exited with code {child.popen.returncode} while waiting for "
-                    f"{what}; its last output:\n{child.log_tail()}"
+                    f"{child.name} {child.exit_description()} while waiting for {what}: "
+                    f"{child.last_words()}"
                 )
         if check():
             return

@@ -7,8 +7,9 @@ milliseconds. It is safe to fork: the zygote runs no event loop and no thread.
 
 Ownership is the same as `procs.spawn`'s: the zygote is a `spawn`ed child (stopped on any exit,
 SIGTERM when the lab dies); each forked child runs in its own session, asks the kernel for
-SIGTERM when the zygote dies, and is stopped when its `with` block exits. The zygote ignores
-SIGCHLD, so the kernel reaps its children: a child's exit code is written at the end of its log.
+SIGTERM when the zygote dies, and is stopped when its `with` block exits. The zygote reaps its
+children and writes each one's exit status next to its log (`<log>.exit`: the code, or minus the
+signal that killed it, as `subprocess` says it).
 
 Protocol over an inherited socket, one JSON line each way:
     -> {"module": "lab.runtime.worker", "argv": [...], "log": "/path/w0.log"}
@@ -30,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,25 +42,42 @@ from lab.infra.procs import Child, holding_stop, python_module_argv, spawn
 _PR_SET_PDEATHSIG = 1
 
 
+#: A child gone without an exit file this long after: its zygote died first (and the kernel's
+#: parent-death SIGTERM ended it).
+ORPHAN_GRACE_S = 1.0
+
+
+def exit_file(log_path: Path | str) -> Path:
+    """Where the zygote writes a child's exit status."""
+    return Path(f"{log_path}.exit")
+
+
 class ForkedProcess:
     """A zygote's child, with the part of `subprocess.Popen` that `procs.Child` uses."""
 
-    def __init__(self, pid: int, create_time: float) -> None:
-        self.pid, self._create_time = pid, create_time
+    def __init__(self, pid: int, create_time: float, log_path: Path) -> None:
+        self.pid, self._create_time, self._exit = pid, create_time, exit_file(log_path)
         self.returncode: int | None = None
+        self._gone_since: float | None = None
+
+    def _running(self) -> bool:
+        try:
+            proc = psutil.Process(self.pid)
+            return proc.create_time() == self._create_time
+        except psutil.NoSuchProcess:
+            return False
 
     def poll(self) -> int | None:
-        """None while it runs; then -1 (the zygote reaped it: its log holds the exit code)."""
-        if self.returncode is None:
-            try:
-                proc = psutil.Process(self.pid)
-                gone = proc.create_time() != self._create_time or (
-                    proc.status() == psutil.STATUS_ZOMBIE
-                )
-            except psutil.NoSuchProcess:
-                gone = True
-            if gone:
-                self.returncode = -1
+        """None while it runs (or is not reaped yet); then its exit status, as Popen's."""
+        if self.returncode is not None:
+            return self.returncode
+        if self._exit.exists():
+            self.returncode = int(self._exit.read_text())
+        elif not self._running():
+            now = time.monotonic()
+            self._gone_since = self._gone_since or now
+            if now - self._gone_since > ORPHAN_GRACE_S:
+                self.returncode = -signal.SIGTERM
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
@@ -85,11 +103,15 @@ class Zygote:
 
     @contextlib.contextmanager
     def spawn(
-        self, module: str, argv: Sequence[str], *, name: str, log_path: Path, grace_s: float = 5.0
-    ) -> Iterator[Child]:
-        """Like `procs.spawn(python_module_argv(module, *argv))`, in milliseconds."""
+        self, module: str, argv: Sequence[str], *, name: str, log_path: Path, grace_s: float = 5.0,
+        env: Mapping[str, str] | None = None,
+    ) -> Iterator[Child]:  # fmt: skip
+        """Like `procs.spawn(python_module_argv(module, *argv), env=env)`, in milliseconds. The
+        environment goes over the private socket (never on argv, which `ps` shows)."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        request = {"module": module, "argv": list(argv), "log": str(log_path)}
+        request: dict[str, Any] = {"module": module, "argv": list(argv), "log": str(log_path)}
+        if env is not None:
+            request["env"] = dict(env)
         with holding_stop(), self._lock:  # a stop signal now would orphan the child
             self._file.write(json.dumps(request).encode() + b"\n")
             self._file.flush()
@@ -97,7 +119,7 @@ class Zygote:
             if not line:
                 raise OSError(f"the fork server exited: {self.child.log_tail()}")
             reply = json.loads(line)
-        child = Child(name, ForkedProcess(reply["pid"], reply["create_time"]), log_path)
+        child = Child(name, ForkedProcess(reply["pid"], reply["create_time"], log_path), log_path)
         try:
             yield child
         finally:
@@ -138,7 +160,11 @@ def _run_child(request: dict[str, Any], zygote_pid: int, fd: int) -> None:
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if "env" in request:
+            os.environ.clear()
+            os.environ.update(request["env"])
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW  # never through a link
+        log = os.open(request["log"], flags, 0o644)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.dup2(log, 1)
@@ -156,7 +182,6 @@ def _run_child(request: dict[str, Any], zygote_pid: int, fd: int) -> None:
         traceback.print_exc()
     finally:
         with contextlib.suppress(BaseException):
-            print(f"exit code {code}", file=sys.stderr)
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
@@ -166,14 +191,42 @@ def serve(fd: int, preload: Sequence[str]) -> int:
     """Import `preload`, then fork a child per request until the parent closes the socket."""
     for module in preload:
         importlib.import_module(module)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
+    logs: dict[int, str] = {}  # running children's logs, by pid
+    early: dict[int, int] = {}  # children reaped before their log was noted
+
+    def write(log: str, code: int) -> None:
+        tmp = f"{log}.exit.tmp"
+        with open(tmp, "w") as f:
+            f.write(str(code))
+        os.replace(tmp, exit_file(log))
+
+    def reap(signum: int, frame: object) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            log = logs.pop(pid, None)
+            if log is None:
+                early[pid] = code
+            else:
+                write(log, code)
+
+    signal.signal(signal.SIGCHLD, reap)
     me = os.getpid()
     with socket.socket(fileno=fd) as sock, sock.makefile("rwb") as stream:
         for line in stream:
             request = json.loads(line)
+            exit_file(request["log"]).unlink(missing_ok=True)
             pid = os.fork()
             if pid == 0:
                 _run_child(request, me, fd)
+            logs[pid] = request["log"]
+            if pid in early:
+                write(logs.pop(pid), early.pop(pid))
             try:
                 created = psutil.Process(pid).create_time()
             except psutil.NoSuchProcess:  # it exited already: the parent will see it gone

@@ -128,6 +128,14 @@ class MockService:
     def reseed(self, seed: int) -> None:
         """The service's own state as when just started with `seed` (override when it has any)."""
 
+    def state(self) -> dict[str, Any]:
+        """What a restart carries over (`--state-file`): the statistics since the last reset."""
+        return {"stats": self.model.stats.state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a previous process's `state()`."""
+        self.model.stats.restore(state["stats"])
+
     def controls(self) -> dict[str, ControlHandler]:
         """Extra `/_lab/<name>` routes of this service (e.g. opensearch `seed`)."""
         return {}

@@ -288,6 +288,13 @@ class OpenSearchMock(MockService):
 
     reset_options = frozenset({"clear_docs"})
 
+    def state(self) -> dict[str, Any]:
+        return super().state() | {"docs": self.store.state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self.store.restore(state["docs"])
+
     def reset(self, options: dict[str, Any]) -> dict[str, Any]:
         """Zero the statistics and write ledgers; keep the documents unless `clear_docs` (or
         `seed`: as just started, so no document either)."""
@@ -304,9 +311,18 @@ class OpenSearchMock(MockService):
 
     async def _seed(self, request: web.BaseRequest) -> web.StreamResponse:
         """`POST /_lab/seed {"index": "x", "ids": [...]}`: documents in place before the clock."""
-        data = await request.json()
-        index, ids = data.get("index"), data.get("ids")
-        if set(data) != {"index", "ids"} or not isinstance(index, str) or not isinstance(ids, list):
+        try:
+            data = await request.json()
+        except ValueError:
+            data = None
+        index, ids = (
+            (data.get("index"), data.get("ids")) if isinstance(data, dict) else (None, None)
+        )
+        if (
+            set(data or ()) != {"index", "ids"}
+            or not isinstance(index, str)
+            or not isinstance(ids, list)
+        ):
             return json_response(
                 {"error": 'expected {"index": str, "ids": [str, ...]}'}, status=400
             )

@@ -2,8 +2,8 @@
 
 The report opens offline in any browser and can be attached to a ticket: figures are embedded
 as base64 PNG, the style sheet is inline, nothing is fetched. It shows the scenario, the machine,
-the recommendation and its reasons, the warnings, every standard figure, the table of
-configurations and the scalability fits. Everything that comes from the scenario or the
+the recommendation and its reasons, the warnings, every standard figure, the faults (when a
+trial had one), the table of configurations and the scalability fits. Everything that comes from the scenario or the
 manifest is escaped (a scenario is user input).
 """
 
@@ -24,6 +24,8 @@ from lab.analysis.configs import Analysis, Run, analyze, load_run
 from lab.analysis.recommendation import Recommendation
 from lab.configuration import label
 from lab.errors import exit_status
+from lab.infra.broker import redact_url
+from lab.report.faults import faults_section
 from lab.report.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
 from lab.report.search import model_section, search_section
 from lab.results import RunFolder
@@ -106,7 +108,7 @@ _TABLE = [
     ("latency_p99_ms", "p99 ms", ",.0f"), ("latency_p99_worst_ms", "worst p99 ms", ",.0f"),
     ("error_rate", "errors", ".1%"), ("retries", "retries", ",.0f"),
     ("service_rejected", "429s", ",.0f"), ("bound_ratio", "of bound", ".0%"),
-    ("workers_cores", "worker cores", ".2f"),
+    ("workers_cores", "worker cores", ".2f"), ("bottleneck", "held by", ""),
 ]  # fmt: skip
 
 
@@ -135,6 +137,17 @@ def _configs_table(analysis: Analysis) -> str:
         rows.append(f'<tr class="{css}">{cells}<td class="l">{escape(note)}</td></tr>')
     table = f'<table><tr>{head}<th class="l">notes</th></tr>{"".join(rows)}</table>'
     return f'<div class="wide">{table}</div>'
+
+
+def _bottlenecks(analysis: Analysis) -> str:
+    """What held each configuration, in words, best first (lab.analysis.attribution)."""
+    metric = analysis.objective.maximize
+    items = "".join(
+        f"<li><b>{escape(label(row))}</b> ({_num(row[metric])} {escape(metric.replace('_per_s', '/s'))}): "
+        f"held by {escape(str(row['why']))}</li>"
+        for _, row in analysis.configs.sort_values(metric, ascending=False).iterrows()
+    )
+    return f"<ul>{items}</ul>"
 
 
 def _fits_table(analysis: Analysis) -> str:
@@ -177,7 +190,7 @@ def _scenario(run: Run) -> str:
         + (f", rate limit {spec.rate_limit.per_s:g}/s" if spec.rate_limit else "")
         for name, spec in s.services.items()
     )
-    text = (run.path / "scenario.yaml").read_text() if (run.path / "scenario.yaml").exists() else ""
+    text = redact_url(RunFolder(run.path).scenario_text())  # a broker password stays out
     return (
         _definitions(
             [
@@ -262,11 +275,18 @@ def render_report(analysis: Analysis) -> str:
         figures,
         _web_section(analysis),
         search_section(analysis, figure_png),
+        faults_section(analysis, figure_png),
         "<h2>Configurations</h2>",
         "<p>Means over repeats; the interval is Student-t 95 % (none with one repeat). "
         "<i>of bound</i>: throughput over the tighter of the Little's-law and capacity bounds. "
         "Greyed: ruled out by the SLO, lost items or a timeout.</p>",
         _configs_table(analysis),
+        "<h2>What held each configuration</h2>",
+        "<p>The binding constraint of each configuration, from its own evidence (repeats "
+        "aggregated): concurrency, the service's capacity, its rate limit or connection limit, "
+        "the workers' CPU, the broker or the lab itself, retries, the arrivals, or errors. The "
+        "heatmap and the throughput figure mark it with the same words.</p>",
+        _bottlenecks(analysis),
         "<h2>Scalability fit (Universal Scalability Law)</h2>",
         _fits_table(analysis),
         model_section(analysis, figure_png),
@@ -289,11 +309,7 @@ def write_report(run_dir: str | Path, *, analysis: Analysis | None = None) -> Pa
     folder = RunFolder.open(Path(run_dir))
     if analysis is None or analysis.run is None:
         analysis = analyze(load_run(folder.path))
-    path = folder.report_html
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_report(analysis), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return folder.write_text(folder.report_html.name, render_report(analysis))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

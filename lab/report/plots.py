@@ -35,6 +35,20 @@ RECOMMENDED: dict[str, Any] = {
 }
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 
+#: A marker and a colour per bottleneck word (lab.analysis.attribution.BOTTLENECKS).
+BOTTLENECK_STYLE: dict[str, tuple[str, str]] = {
+    "concurrency": ("o", "#1f77b4"),
+    "service_capacity": ("s", "#ff7f0e"),
+    "rate_limit": ("v", "#d62728"),
+    "connection_limit": ("D", "#9467bd"),
+    "worker_cpu": ("^", "#8c564b"),
+    "broker": ("P", "#7f7f7f"),
+    "harness": ("X", "#3b3b3b"),
+    "retry_waste": ("h", "#e377c2"),
+    "arrivals": (">", "#2ca02c"),
+    "errors": ("p", "#bcbd22"),
+}
+
 
 Panel = tuple[int, str | None]  # (batch_size, placement or None when the run had one)
 
@@ -101,9 +115,23 @@ def _yerr(part: pd.DataFrame, metric: str) -> np.ndarray | None:
     return np.vstack([(mean - low).fillna(0).to_numpy(), (high - mean).fillna(0).to_numpy()])
 
 
+def _bottleneck_handles(configs: pd.DataFrame, *, coloured: bool) -> list[Artist]:
+    """Legend entries for the bottleneck words present: their marker (and colour)."""
+    present = set(configs["bottleneck"].dropna()) if "bottleneck" in configs else set()
+    return [
+        Line2D(
+            [], [], linestyle="", marker=marker, markersize=8, label=f"held by: {word}",
+            markerfacecolor=color if coloured else "white", markeredgecolor="black",
+        )
+        for word, (marker, color) in BOTTLENECK_STYLE.items()
+        if word in present
+    ]  # fmt: skip
+
+
 def throughput_vs_workers(analysis: Analysis) -> Figure:
     """Items/s against num_workers: a line per instance count, a panel per batch size, with the
-    Little's-law bound (dotted, per instance count) and the service's capacity bound (dashed)."""
+    Little's-law bound (dotted, per instance count) and the service's capacity bound (dashed).
+    Each point's marker says what held it (its bottleneck)."""
     configs = analysis.configs
     fig, axes, batches = _panels(analysis, "Throughput vs num_workers")
     instances = sorted(int(i) for i in configs["instances"].unique())
@@ -119,11 +147,16 @@ def throughput_vs_workers(analysis: Analysis) -> Figure:
                 line["num_workers"],
                 line["items_per_s"],
                 yerr=_yerr(line, "items_per_s"),
-                marker="o",
                 color=color,
                 capsize=3,
                 label=f"{n_inst} instance{'s' if n_inst > 1 else ''}",
             )
+            for _, point in line.iterrows():
+                marker, _ = BOTTLENECK_STYLE.get(str(point.get("bottleneck")), ("o", color))
+                ax.scatter(
+                    [point["num_workers"]], [point["items_per_s"]], marker=marker, s=55,
+                    color=color, edgecolor="black", linewidth=0.6, zorder=4,
+                )  # fmt: skip
             ax.plot(line["num_workers"], line["littles_bound_items_per_s"], ":", color=color)
             _hollow_if_stopped(ax, line, "num_workers", "items_per_s", color)
         capacity = part["capacity_bound_items_per_s"].mean()
@@ -147,7 +180,8 @@ def throughput_vs_workers(analysis: Analysis) -> Figure:
     ]
     if analysis.chosen is not None:
         handles.append(Line2D([], [], linestyle="", label="recommended", **_star_handle()))
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    handles += _bottleneck_handles(configs, coloured=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4))
     return fig
 
 
@@ -198,7 +232,8 @@ def latency_vs_concurrency(analysis: Analysis) -> Figure:
 
 def heatmap(analysis: Analysis) -> Figure:
     """Items/s on an instances × num_workers grid, a panel per batch size. ✗: ruled out by the
-    SLO, lost items or a timeout; a thick frame: the recommendation."""
+    SLO, lost items or a timeout; a thick frame: the recommendation; the marker in a cell's
+    corner: what held it (its bottleneck)."""
     configs = analysis.configs
     fig, axes, batches = _panels(analysis, "Throughput (items/s) by instances × num_workers")
     workers = sorted(int(w) for w in configs["num_workers"].unique())
@@ -230,6 +265,12 @@ def heatmap(analysis: Analysis) -> Figure:
                 ax.add_patch(
                     Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3)
                 )
+            style = BOTTLENECK_STYLE.get(str(row.get("bottleneck")))
+            if style is not None:
+                ax.scatter(
+                    [c - 0.32], [r + 0.3], marker=style[0], s=70, color=style[1],
+                    edgecolor="white", linewidth=0.8, zorder=4,
+                )  # fmt: skip
         ax.set_xticks(range(len(workers)), [str(w) for w in workers])
         ax.set_yticks(range(len(instances)), [str(i) for i in instances])
         ax.set_title(_title(batch))
@@ -249,7 +290,8 @@ def heatmap(analysis: Analysis) -> Figure:
         handles.append(
             Rectangle((0, 0), 1, 1, fill=False, edgecolor="red", linewidth=3, label="recommended")
         )
-    fig.legend(handles=handles, loc="outside lower center", ncols=2)
+    handles += _bottleneck_handles(configs, coloured=True)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4))
     return fig
 
 
@@ -459,11 +501,12 @@ def web_latency_vs_workers(analysis: Analysis) -> Figure:
 #: The report's figures, in order: name -> (caption, function).
 STANDARD: dict[str, tuple[str, Callable[[Analysis], Figure]]] = {
     "throughput": (
-        "Throughput vs num_workers, with the Little's-law and capacity bounds",
+        "Throughput vs num_workers, with the Little's-law and capacity bounds; the marker says "
+        "what held each point",
         throughput_vs_workers,
     ),
     "latency": ("Latency percentiles vs total concurrency, with the SLO", latency_vs_concurrency),
-    "heatmap": ("Throughput by instances × num_workers", heatmap),
+    "heatmap": ("Throughput by instances × num_workers, what held each cell marked", heatmap),
     "frontier": ("Throughput / latency frontier, the recommendation marked", frontier),
     "errors": ("429s, retries and errors vs total concurrency", errors_vs_concurrency),
 }

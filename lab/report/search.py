@@ -42,7 +42,7 @@ def decisions_of(analysis: Analysis) -> list[dict[str, Any]]:
 
 def trial_figure(trials: pd.DataFrame, metric: str) -> pd.Series:
     """Each trial's own figure for the ranking: its steady rate, else its whole-trial rate."""
-    whole = metric.removesuffix("_steady")
+    whole = metric.removeprefix("steady_")
     steady = trials[metric] if metric in trials else pd.Series(math.nan, index=trials.index)
     short = trials["too_short"].astype(object).fillna(True).astype(bool)
     return steady.where(~short & steady.notna(), trials[whole]).astype(float)
@@ -150,8 +150,8 @@ def model_curves(analysis: Analysis, model: QueueingModel) -> Figure:
 def search_section(analysis: Analysis, png: Png) -> str:
     """The "Search path" section: the decisions and the figure ("" without search.jsonl)."""
     decisions = decisions_of(analysis)
-    if not decisions or analysis.configs.empty:
-        return ""
+    if analysis.configs.empty or all(d["action"] in ("plan", "done") for d in decisions):
+        return ""  # a plain grid: its path is the grid, in a shuffled order
     items = "".join(
         f"<li><b>{escape(d['action'])}</b> after {d['step']} trial(s), {d['elapsed_s']:,.0f} s: "
         f"{escape(d['reason'])}</li>"

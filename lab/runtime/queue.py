@@ -13,6 +13,7 @@ Keys of queue `q` (all under `lab:{q}:`):
 | hb:{instance}     | str  | heartbeat, expires after the instance's TTL                    |
 | proc:{instance}   | hash | job id -> payload, claimed by the instance and not yet acked   |
 | inbox:{instance}  | list | payloads a blocked BLMOVE handed to the instance, not yet seen |
+| runtime           | list | one JSON record per stopped instance: its slot gaps and exchange round trips (`lab.runtime.telemetry`) |
 
 At-least-once: a job moves atomically from `pending` into the claiming instance's `proc` hash and
 leaves it only when its outcome is written (ack, retry or dead letter, in the same script). When
@@ -164,6 +165,7 @@ class QueueKeys:
         self.events = self.prefix + "events"
         self.stats = self.prefix + "stats"
         self.instances = self.prefix + "instances"
+        self.runtime = self.prefix + "runtime"
 
     def heartbeat(self, instance: str) -> str:
         return f"{self.prefix}hb:{instance}"
@@ -225,12 +227,23 @@ class JobEvent:
         return cls(*fields)
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            [
-                self.job_id, self.job, self.instance, self.enqueued_at, self.started_at,
-                self.finished_at, self.attempt, self.outcome, self.items, self.error, self.extra,
-            ]
+        return encode_event(
+            self.job_id, self.job, self.instance, self.enqueued_at, self.started_at,
+            self.finished_at, self.attempt, self.outcome, self.items, self.error, self.extra,
         )  # fmt: skip
+
+
+def encode_event(
+    job_id: str, job: str, instance: str, enqueued_at: float, started_at: float,
+    finished_at: float, attempt: int, outcome: str, items: int, error: str | None,
+    extra: Mapping[str, Any] | None,
+) -> bytes:  # fmt: skip
+    """An event record (JobEvent's fields, in order), without building a JobEvent: the worker
+    writes one per attempt."""
+    return orjson.dumps(
+        [job_id, job, instance, enqueued_at, started_at, finished_at, attempt, outcome, items,
+         error, extra]
+    )  # fmt: skip
 
 
 class Queue:
@@ -301,7 +314,7 @@ class Queue:
 
     def outstanding(self) -> int:
         """Jobs not finished: pending, scheduled for retry, or held by an instance."""
-        instances = [_text(m) for m in self.client.smembers(self.keys.instances)]
+        instances = list(self.registered_instances())
         pipe = self.client.pipeline(transaction=False)
         pipe.llen(self.keys.pending)
         pipe.zcard(self.keys.scheduled)
@@ -312,11 +325,15 @@ class Queue:
 
     def live_instances(self) -> set[str]:
         """Registered instances whose heartbeat is current (a worker is ready once it is here)."""
-        instances = [_text(m) for m in self.client.smembers(self.keys.instances)]
+        instances = list(self.registered_instances())
         pipe = self.client.pipeline(transaction=False)
         for inst in instances:
             pipe.exists(self.keys.heartbeat(inst))
         return {inst for inst, alive in zip(instances, pipe.execute(), strict=True) if alive}
+
+    def registered_instances(self) -> set[str]:
+        """Instances that may hold jobs: alive, or dead and not yet recovered (jobs not put back)."""
+        return {_text(m) for m in self.client.smembers(self.keys.instances)}
 
     def events(self, start: int = 0) -> list[JobEvent]:
         """Finished attempts recorded so far, from index `start` on."""
@@ -325,6 +342,10 @@ class Queue:
             out += [JobEvent.decode(r) for r in batch]
             start += len(batch)
         return out
+
+    def runtime_stats(self) -> list[dict[str, Any]]:
+        """The records stopped instances wrote about their own cost (`lab.runtime.telemetry`)."""
+        return [orjson.loads(r) for r in self.client.lrange(self.keys.runtime, 0, -1)]
 
     def dead_letters(self) -> list[tuple[str, dict[str, Any]]]:
         return [decode_job(_text(p)) for p in self.client.lrange(self.keys.dead, 0, -1)]

@@ -3,27 +3,37 @@
 This is the knob of Loco's BackgroundQueue worker: `num_workers` async slots per process, and
 `instances` processes side by side.
 
-How a job flows through an instance (one Redis round trip per batch, not per job):
-- `num_workers` long-lived consumer tasks take claimed payloads from a local queue.
-- One exchange task owns the Redis round trips: each call of the exchange script acks the jobs
-  finished since the last call, records their events, schedules retries and dead letters, and
-  claims as many new jobs as there are free slots, atomically. Under load, many jobs finish per
-  round trip, so acks and claims batch themselves; with one slot it is one round trip per job.
-- When the queue is empty, a waiter blocks on BLMOVE (no polling delay) and wakes the exchanger
-  as soon as a job arrives.
+How a job flows through an instance (Loco's semantics: a job is claimed only for a free slot,
+unless `prefetch` asks for more):
+- Each job runs in a task of its own; `slot_limit` says how many may run at once.
+- Exchanges with Redis go through one pipelined connection (`lab.runtime.wire`). One call of
+  the exchange script acks the jobs finished since the last call, records their events,
+  schedules retries and dead letters, and claims as many new jobs as there are free slots not
+  yet asked for, atomically. An exchange is sent as soon as a slot frees (on the next turn of
+  the loop, so that the jobs that finished together go in one call), even while earlier ones
+  are still on the wire; its reply starts the claimed jobs straight from the connection's
+  callback. Under load, many jobs finish per round trip, so acks and claims batch themselves.
+- When a claim comes back short (the queue is empty), a waiter blocks on BLMOVE (no polling
+  delay) and triggers an exchange as soon as a job arrives.
 - A heartbeat task refreshes this instance's heartbeat and reaps instances whose heartbeat
   expired (crash recovery, see `lab.runtime.queue`).
+- The instance measures its own cost (`lab.runtime.telemetry`): the slot gap, the exchange's
+  round trip and batch; it writes one record at its stop.
 
-Stop (SIGTERM or SIGINT): stop claiming, let in-flight jobs finish within `grace_s`, cancel the
-rest, flush acks, and put every unfinished job back at the head of the queue.
+Stop (SIGTERM or SIGINT): stop claiming, let running jobs finish within `grace_s`, cancel the
+rest, flush acks, and put every unfinished job (and any claimed but not started) back at the
+head of the queue.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import functools
 import logging
+import math
 import os
 import random
 import secrets
@@ -36,11 +46,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 import redis
 import redis.asyncio as aioredis
 
 from lab.errors import BrokerError, ConfigError, exit_status
 from lab.infra.aio import run_main
+from lab.infra.broker import BROKER_URL_ENV, redact_url
 from lab.runtime.jobs import BUILTINS, Handler, JobContext, JobError, execute, item_count, resolve
 from lab.runtime.queue import (
     DEAD,
@@ -48,12 +60,12 @@ from lab.runtime.queue import (
     OK,
     RELEASE_LUA,
     RETRY,
-    JobEvent,
     QueueKeys,
-    decode_job,
+    encode_event,
     encode_job,
 )
-from lab.runtime.retry import DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy
+from lab.runtime.retry import AFTER_FLOOR, DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy
+from lab.runtime.telemetry import RuntimeStats
 from lab.runtime.wire import WireConnection
 
 log = logging.getLogger(__name__)
@@ -64,6 +76,9 @@ BROKER_LOST_S = 30.0
 #: Longest single BLMOVE wait: bounds how long a stop waits for the waiter to come back.
 _BLOCK_S = 0.5
 
+#: Pause before an exchange is retried after the broker connection failed.
+_RETRY_EXCHANGE_S = 0.2
+
 
 def default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
@@ -73,7 +88,7 @@ def default_instance_id() -> str:
 class WorkerSettings:
     """Everything one instance needs; the CLI flags map one to one onto these fields."""
 
-    broker_url: str
+    broker_url: str = field(repr=False)  # may hold a password: see lab.infra.broker.redact_url
     queue: str = "default"
     num_workers: int = 1
     # Jobs claimed ahead of free slots and held locally (still recoverable). 0 is Loco's
@@ -82,8 +97,8 @@ class WorkerSettings:
     instance_id: str = field(default_factory=default_instance_id)
     services: Mapping[str, str] = field(default_factory=dict)
     jobs: Sequence[str] = ()  # resolved at start, so an unknown name fails before any job runs
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    job_timeout_s: float | None = 300.0
+    retry: RetryPolicy = DEFAULT_RETRY
+    job_timeout_s: float | None = DEFAULT_JOB_TIMEOUT_S
     grace_s: float = 10.0
     heartbeat_ttl_s: float = 10.0
     seed: int | None = None
@@ -114,14 +129,25 @@ class Worker:
         self._rng = random.Random(settings.seed)
         self._stop_requested = asyncio.Event()
         self._accepting = True
-        self._in_flight = 0
-        self._ready: asyncio.Queue[str] = asyncio.Queue()
-        self._wake = asyncio.Event()  # something to ack, or a slot to fill
-        self._idle = asyncio.Event()  # no job in flight
+        # One task per job in a slot, with its deadline (loop time; in start order, and so in
+        # deadline order, since every attempt has the same timeout).
+        self._running: dict[asyncio.Task[None], float] = {}
+        self._expired: set[asyncio.Task[None]] = set()  # cancelled by their deadline
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._held: collections.deque[str] = collections.deque()  # claimed, waiting for a slot
+        # When each free slot freed, oldest first (for the slot gap).
+        self._free_since: collections.deque[float] = collections.deque()
+        self._reserved = 0  # jobs asked for by exchanges still on the wire
+        self._exchanges = 0  # exchanges still on the wire
+        self._flush_handle: asyncio.Handle | None = None
+        self._turn_sent = False  # an exchange went out in this turn of the loop
+        self._idle = asyncio.Event()  # no job running
+        self._wire_idle = asyncio.Event()  # no exchange on the wire
         self._queue_empty = asyncio.Event()  # the last claim came back short: block on BLMOVE
-        self._exchange_lock = asyncio.Lock()
+        self._recovering: asyncio.Task[None] | None = None
         self._next_due: float | None = None
-        # Outcomes waiting for the next exchange round trip.
+        self.stats = RuntimeStats()
+        # Outcomes waiting for the next exchange.
         self._acks: list[str] = []
         self._events: list[bytes] = []
         self._retries: list[str] = []  # flat (id, due, payload) triples
@@ -131,12 +157,20 @@ class Worker:
     def instance_id(self) -> str:
         return self.settings.instance_id
 
+    @property
+    def slot_limit(self) -> int:
+        """How many jobs this instance may run at once, now. The one place a dynamic limit
+        (for example an adaptive one) plugs in: claims and slot filling both read it."""
+        return self.settings.num_workers
+
     def stop(self) -> None:
         """Ask for a graceful stop (safe to call from a signal handler on the loop)."""
         self._stop_requested.set()
 
     async def run(self) -> None:
         s = self.settings
+        self._loop = asyncio.get_running_loop()
+        self._failure: asyncio.Future[None] = self._loop.create_future()
         self._redis = aioredis.from_url(s.broker_url, decode_responses=True)
         # The waiter's own single connection: its BLMOVE must not hold up the exchanges.
         self._blocking = aioredis.from_url(s.broker_url, decode_responses=True, max_connections=1)
@@ -149,11 +183,15 @@ class Worker:
             self.keys.scheduled, self.keys.dead, self.keys.events, self.keys.stats,
         ]  # fmt: skip
         connector = aiohttp.TCPConnector(limit=s.num_workers)  # the pool follows num_workers
+        # The attempt's own deadline bounds every request in it; a session-wide timeout on top
+        # would only cost a timer per request (about 15 % of aiohttp's calls per request).
+        timeout = aiohttp.ClientTimeout(total=None) if s.job_timeout_s else aiohttp.ClientTimeout()
         try:
-            async with aiohttp.ClientSession(connector=connector) as session:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
                 self._ctx = JobContext(
                     instance=self.instance_id, session=session, services=s.services
                 )
+                await self._wire.connect()
                 await self._beat()
                 await self._reap()
                 await self._serve()
@@ -163,11 +201,6 @@ class Worker:
             await self._blocking.aclose()
 
     async def _serve(self) -> None:
-        slots = {
-            asyncio.create_task(self._consume(), name=f"slot-{i}")
-            for i in range(self.settings.num_workers)
-        }
-        exchanger = asyncio.create_task(self._exchange_loop(), name="exchange")
         # These two stop by themselves once stop is requested: cancelling a Redis command in
         # flight (above all a blocking one) can wedge redis-py's connection (redis-py #2579).
         self_stopping = {
@@ -175,24 +208,27 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         }
         stop = asyncio.create_task(self._stop_requested.wait(), name="stop")
+        now = time.time()
+        self._free_since.extend(now for _ in range(self.slot_limit))
         self._idle.set()
-        self._wake.set()
+        self._wire_idle.set()
+        self._schedule_exchange()
         log.info(
-            "%s ready: %d slots on queue %r", self.instance_id, len(slots), self.settings.queue
+            "%s ready: %d slots on queue %r", self.instance_id, self.slot_limit, self.settings.queue
         )
-        everything = slots | self_stopping | {exchanger, stop}
+        everything: set[asyncio.Future[Any]] = {*self_stopping, stop, self._failure}
         done, _ = await asyncio.wait(everything, return_when=asyncio.FIRST_COMPLETED)
         self.stop()
-        await self._shutdown(slots, exchanger, self_stopping)
+        await self._shutdown(self_stopping)
         for task in done - {stop}:
             task.result()  # a runtime task must never end by itself: re-raise what ended it
 
-    async def _shutdown(
-        self,
-        slots: set[asyncio.Task[None]],
-        exchanger: asyncio.Task[None],
-        self_stopping: set[asyncio.Task[None]],
-    ) -> None:
+    def _fail(self, exc: BaseException) -> None:
+        """A bug or a broker refusal in a callback: end the instance with it (see `_serve`)."""
+        if not self._failure.done():
+            self._failure.set_exception(exc)
+
+    async def _shutdown(self, self_stopping: set[asyncio.Task[None]]) -> None:
         self._accepting = False
         self._queue_empty.set()  # let the waiter see the stop...
         with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
@@ -200,18 +236,20 @@ class Worker:
                 await self._redis.client_unblock(self._blocking_client_id)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.settings.grace_s)
-        for task in slots:
+        running = list(self._running)
+        for task in running:
             task.cancel()
-        await asyncio.gather(*slots, return_exceptions=True)
-        async with self._exchange_lock:  # never cut an exchange round trip in half
-            exchanger.cancel()
-            await asyncio.gather(exchanger, return_exceptions=True)
-            await self._exchange_once()  # the last acks and events
+        await asyncio.gather(*running, return_exceptions=True)
+        if self._recovering is not None:
+            self._recovering.cancel()
+        await self._flush_outcomes()
         _, late = await asyncio.wait(self_stopping, timeout=_BLOCK_S + 5)
         for task in late:  # last resort; should not happen
             task.cancel()
         keys = [self.keys.instances, self.keys.pending, self.keys.stats]
         try:
+            record = self.stats.record(self.instance_id, self.slot_limit)
+            await self._redis.rpush(self.keys.runtime, orjson.dumps(record))
             put_back = await self._release_script(
                 keys=keys, args=[self.keys.prefix, self.instance_id, "released"]
             )
@@ -224,119 +262,258 @@ class Worker:
         else:
             log.info("%s stopped; %d unfinished jobs put back", self.instance_id, put_back)
 
+    async def _flush_outcomes(self) -> None:
+        """The last acks and events: wait for the exchanges on the wire, send what is left."""
+        for attempt in range(4):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wire_idle.wait(), 10)
+            if not self._has_outcomes():
+                return
+            if attempt == 3:
+                break
+            try:
+                await self._wire.connect()
+            except redis.ConnectionError:
+                await asyncio.sleep(_RETRY_EXCHANGE_S)
+            else:
+                self._exchange()
+                await asyncio.sleep(0)  # let an exchange that could not be sent report it
+        log.error("%s could not write its last outcomes; its jobs may run again", self.instance_id)
+
     # -- the job slots --------------------------------------------------------------------------
 
-    async def _consume(self) -> None:
-        while True:
-            payload = await self._ready.get()
-            try:
-                await self._run_one(payload)
-            finally:
-                self._in_flight -= 1
-                if self._in_flight == 0:
-                    self._idle.set()
-                self._wake.set()
+    def _fill_slots(self) -> None:
+        """Start held jobs while a slot is free."""
+        if not self._accepting:
+            return
+        held, running, limit = self._held, self._running, self.slot_limit
+        timeout_s = self.settings.job_timeout_s
+        deadline = self._loop.time() + timeout_s if timeout_s is not None else math.inf
+        while held and len(running) < limit:
+            free_since = self._free_since.popleft() if self._free_since else time.time()
+            running[self._loop.create_task(self._run(held.popleft(), free_since))] = deadline
+        if running:
+            self._idle.clear()
+            if self._deadline_timer is None and timeout_s is not None:
+                self._arm_deadlines()
 
-    async def _run_one(self, payload: str) -> None:
-        job_id, msg = decode_job(payload)
-        name, args, attempt = msg["job"], msg["args"], msg["att"]
+    def _arm_deadlines(self) -> None:
+        """One timer for every running job's timeout, at the earliest deadline (the oldest job)."""
+        for deadline in self._running.values():
+            self._deadline_timer = self._loop.call_at(deadline, self._expire)
+            return
+        self._deadline_timer = None
+
+    def _expire(self) -> None:
+        """Cancel the jobs past their deadline; `_run` turns that into a timed-out attempt."""
+        now = self._loop.time()
+        late = []
+        for task, deadline in self._running.items():
+            if deadline > now:
+                break
+            late.append(task)
+        for task in late:
+            self._expired.add(task)
+            task.cancel()
+        self._arm_deadlines()
+
+    async def _run(self, payload: str, free_since: float) -> None:
+        """One attempt of one job, in a slot; the slot frees when it ends (cancelled or not)."""
         started = time.time()
-        error: str | None
-        extra: Any = None
-        retry_after_s: float | None = None
-        retryable = True
         try:
-            handler = self._handlers.get(name) or self._resolve_late(name)
-        except ConfigError as exc:  # unknown job name: retrying cannot help
-            error, retryable = str(exc), False
-        else:
-            error, retry_after_s, extra = await self._attempt(handler, args)
+            job_id, _, body = payload.partition(" ")
+            msg = orjson.loads(body)
+            if msg["att"] == 1:  # the slot gap: a free slot and an available job, kept apart
+                enqueued = msg["enq"]
+                self.stats.slot_gap.add(
+                    started - (enqueued if enqueued > free_since else free_since)
+                )
+            error: str | None = None
+            extra: Any = None
+            retry_after_s: float | None = None
+            retryable = True
+            try:
+                handler = self._handlers.get(msg["job"]) or self._resolve_late(msg["job"])
+            except ConfigError as exc:  # unknown job name: retrying cannot help
+                error, retryable = str(exc), False
+            else:
+                try:
+                    extra = await execute(handler, self._ctx, msg["args"])
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is None or task not in self._expired:
+                        raise  # a stop, not a timeout
+                    self._expired.discard(task)
+                    task.uncancel()
+                    error = f"timeout after {self.settings.job_timeout_s:g}s"
+                except Exception as exc:
+                    error = _describe(exc)
+                    retry_after_s = getattr(exc, "retry_after_s", None)
+            self._settle(job_id, msg, started, error, retry_after_s, retryable, extra)
+        except Exception as exc:  # a bug of the runtime, not of the job: end the instance
+            self._fail(exc)
+        finally:
+            self._slot_freed()
+
+    def _settle(
+        self, job_id: str, msg: dict[str, Any], started: float, error: str | None,
+        retry_after_s: float | None, retryable: bool, extra: Any,
+    ) -> None:  # fmt: skip
+        """Record one finished attempt: the one place every job outcome passes (an adaptive
+        limit observes latency and rejections here)."""
         finished = time.time()
+        name, args, attempt, enqueued = msg["job"], msg["args"], msg["att"], msg["enq"]
+        retry = self.settings.retry
         if error is None:
             outcome = OK
             self._acks.append(job_id)
-        elif retryable and self.settings.retry.should_retry(attempt):
+        elif retryable and retry.should_retry(attempt):
             outcome = RETRY
-            delay_s = max(self.settings.retry.delay_s(attempt, self._rng), retry_after_s or 0.0)
-            retry = encode_job(job_id, name, args, msg["enq"], attempt + 1)
-            self._retries += [job_id, repr(finished + delay_s), retry]
+            delay_s = retry.retry_delay_s(attempt, self._rng, retry_after_s)
+            again = encode_job(job_id, name, args, enqueued, attempt + 1)
+            self._retries += [job_id, repr(finished + delay_s), again]
         else:
             outcome = DEAD
             self._dead += [
                 job_id,
-                encode_job(job_id, name, {**args, "_error": error}, msg["enq"], attempt),
+                encode_job(job_id, name, {**args, "_error": error}, enqueued, attempt),
             ]
         self._events.append(
-            JobEvent(
-                job_id, name, self.instance_id, msg["enq"], started, finished, attempt, outcome,
+            encode_event(
+                job_id, name, self.settings.instance_id, enqueued, started, finished, attempt, outcome,
                 item_count(args), error, dict(extra) if extra else None,
-            ).encode()
+            )
         )  # fmt: skip
 
-    async def _attempt(
-        self, handler: Handler, args: dict[str, Any]
-    ) -> tuple[str | None, float | None, Any]:
-        """Run the handler under the job timeout: (error or None, Retry-After floor, extra)."""
-        deadline = asyncio.timeout(self.settings.job_timeout_s)
-        try:
-            async with deadline:
-                return None, None, await execute(handler, self._ctx, args)
-        except Exception as exc:
-            if isinstance(exc, TimeoutError) and deadline.expired():
-                return f"timeout after {self.settings.job_timeout_s:g}s", None, None
-            return _describe(exc), getattr(exc, "retry_after_s", None), None
+    def _slot_freed(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            del self._running[task]
+            if self._expired:  # a handler that turned its cancellation into another error
+                self._expired.discard(task)
+        self._free_since.append(time.time())
+        if self._held:
+            self._fill_slots()  # a prefetched job takes the slot at once
+        if not self._running:
+            self._idle.set()
+        if self._turn_sent:
+            self._schedule_exchange()  # the others that free in this turn go together, next turn
+        else:  # the first slot to free in this turn of the loop asks at once
+            self._turn_sent = True
+            self._loop.call_soon(self._new_turn)
+            self._exchange()
 
     def _resolve_late(self, name: str) -> Handler:
+        """A built-in named by a job; anything else must have been given at start (`--job`):
+        a payload in Redis never makes this process import a module of its choosing."""
+        if name not in BUILTINS:
+            raise ConfigError(
+                f"job {name[:100]!r} is not a built-in nor one this worker was started with "
+                f"(--job: {', '.join(self.settings.jobs) or 'none'})"
+            )
         handler = self._handlers[name] = resolve(name)
         return handler
 
     # -- the Redis side -------------------------------------------------------------------------
 
-    async def _exchange_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            async with self._exchange_lock:
-                await self._exchange_once()
+    def _has_outcomes(self) -> bool:
+        return bool(self._acks or self._events or self._retries or self._dead)
 
-    async def _exchange_once(self) -> None:
-        """One round trip: write outcomes, claim up to the free slots, learn the next retry due."""
-        limit = self.settings.num_workers + self.settings.prefetch
-        want = limit - self._in_flight if self._accepting else 0
-        if want <= 0 and not (self._acks or self._events or self._retries or self._dead):
+    def _wanted(self) -> int:
+        """Jobs to claim now: free places (slots, plus `prefetch`) no exchange has asked for yet."""
+        if not self._accepting:
+            return 0
+        room = self.slot_limit + self.settings.prefetch
+        return room - len(self._running) - len(self._held) - self._reserved
+
+    def _new_turn(self) -> None:
+        self._turn_sent = False
+
+    def _schedule_exchange(self) -> None:
+        """Exchange on the next turn of the loop: the jobs that finish in this turn go together."""
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._exchange)
+
+    def _exchange(self) -> None:
+        """Send one exchange: write outcomes, claim up to the free places; the reply comes to
+        `_on_exchange`. Never waits: earlier exchanges may still be on the wire."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        want = max(0, self._wanted())
+        if want == 0 and not self._has_outcomes():
+            return
+        if not self._wire.connected:
+            self._broker_trouble(redis.ConnectionError("not connected"))
             return
         acks, events, retries, dead = self._acks, self._events, self._retries, self._dead
         self._acks, self._events, self._retries, self._dead = [], [], [], []
-        args: list[Any] = [
-            time.time(),
-            want,
-            len(acks),
-            len(events),
-            len(retries) // 3,
-            len(dead) // 2,
-        ]
+        head: list[Any] = [
+            time.time(), want, len(acks), len(events), len(retries) // 3, len(dead) // 2,
+        ]  # fmt: skip
+        self._reserved += want
+        self._exchanges += 1
+        self._wire_idle.clear()
+        callback = functools.partial(
+            self._on_exchange, want, (acks, events, retries, dead), time.perf_counter()
+        )
+        self._wire.send_script(
+            self._exchange_sha, self._exchange_keys, head + acks + events + retries + dead, callback
+        )
+
+    def _on_exchange(
+        self, want: int, outcomes: tuple[list[Any], ...], sent_at: float, reply: Any
+    ) -> None:
         try:
-            claimed, next_due = await self._wire.evalsha(
-                self._exchange_sha, self._exchange_keys, args + acks + events + retries + dead
-            )
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            # Keep the outcomes for the next try; jobs stay claimed meanwhile. Acks are idempotent,
-            # but if the script ran and only its reply was lost, these events are written twice
-            # and the jobs it claimed wait in our processing hash until we stop (then go back).
-            log.warning("exchange with the broker failed (%s); retrying", exc)
-            self._acks, self._events = acks + self._acks, events + self._events
-            self._retries, self._dead = retries + self._retries, dead + self._dead
-            await asyncio.sleep(0.2)
-            self._wake.set()
+            self._reserved -= want
+            self._exchanges -= 1
+            if not self._exchanges:
+                self._wire_idle.set()
+            if isinstance(reply, redis.ConnectionError):
+                # Keep the outcomes for the next try; jobs stay claimed meanwhile. Acks are
+                # idempotent, but if the script ran and only its reply was lost, these events
+                # are written twice and the jobs it claimed wait in our processing hash until
+                # we stop (then go back).
+                acks, events, retries, dead = outcomes
+                self._acks, self._events = acks + self._acks, events + self._events
+                self._retries, self._dead = retries + self._retries, dead + self._dead
+                self._broker_trouble(reply)
+                return
+            if isinstance(reply, Exception):
+                raise reply
+            stats = self.stats
+            stats.exchange_rtt.add(time.perf_counter() - sent_at)
+            stats.exchanges += 1
+            claimed, next_due = reply
+            self._next_due = float(next_due) if next_due else None
+            if want:
+                stats.claims += 1
+                stats.claimed += len(claimed)
+                if claimed:
+                    self._held.extend(claimed)
+                    self._fill_slots()
+                if self._accepting and len(claimed) < want:
+                    self._queue_empty.set()
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _broker_trouble(self, exc: Exception) -> None:
+        """The exchange connection failed: reconnect in the background, then exchange again."""
+        if not self._accepting or (self._recovering is not None and not self._recovering.done()):
             return
-        if claimed:
-            self._in_flight += len(claimed)
-            self._idle.clear()
-            for payload in claimed:
-                self._ready.put_nowait(payload)
-        self._next_due = float(next_due) if next_due else None
-        if self._accepting and len(claimed) < want:
-            self._queue_empty.set()
+        log.warning("exchange with the broker failed (%s); retrying", exc)
+        self._recovering = self._loop.create_task(self._recover(), name="recover")
+
+    async def _recover(self) -> None:
+        while True:
+            await asyncio.sleep(_RETRY_EXCHANGE_S)
+            try:
+                await self._wire.connect()
+            except redis.ConnectionError as exc:
+                log.warning("reconnecting to the broker failed (%s); retrying", exc)
+            else:
+                self._schedule_exchange()
+                return
 
     async def _wait_for_work(self) -> None:
         """Block on the broker while the queue is empty, so a new job starts without a poll delay."""
@@ -362,7 +539,7 @@ class Worker:
                 log.warning("waiting on the broker failed (%s); retrying", exc)
                 self._blocking_client_id = None
                 await asyncio.sleep(0.2)
-            self._wake.set()
+            self._schedule_exchange()
 
     async def _beat(self) -> None:
         ttl_ms = int(self.settings.heartbeat_ttl_s * 1000)
@@ -400,7 +577,7 @@ class Worker:
                 if gone_s > max(BROKER_LOST_S, self.settings.heartbeat_ttl_s):
                     # Our jobs were put back by now anyway; an orphan must not spin forever.
                     raise BrokerError(
-                        f"broker {self.settings.broker_url} lost for {gone_s:.0f}s"
+                        f"broker {redact_url(self.settings.broker_url)} lost for {gone_s:.0f}s"
                     ) from exc
 
 
@@ -419,7 +596,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m lab.runtime.worker", description=__doc__.split("\n")[0]
     )
     p.add_argument(
-        "--broker", required=True, help="Redis URL, e.g. redis://127.0.0.1:6379/0 or unix:///path"
+        "--broker",
+        default=os.environ.get(BROKER_URL_ENV),
+        help=f"Redis URL, e.g. redis://127.0.0.1:6379/0 or unix:///path (default: ${BROKER_URL_ENV},"
+        " which keeps a password off the command line)",
     )
     p.add_argument("--queue", default="default")
     p.add_argument("--num-workers", type=int, default=1, help="jobs this instance runs at once")
@@ -443,6 +623,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff-ms", type=float, default=DEFAULT_RETRY.backoff_ms)
     p.add_argument("--max-backoff-ms", type=float, default=DEFAULT_RETRY.max_backoff_ms)
     p.add_argument("--jitter", choices=["full", "none"], default=DEFAULT_RETRY.jitter)
+    p.add_argument(
+        "--after-floor",
+        choices=AFTER_FLOOR,
+        default=DEFAULT_RETRY.after_floor,
+        help="a Retry-After floor: jittered (floor + backoff draw) or exact (the floor itself)",
+    )
     p.add_argument("--job-timeout-s", type=float, default=DEFAULT_JOB_TIMEOUT_S, help="0 for none")
     p.add_argument(
         "--grace-s", type=float, default=10.0, help="on SIGTERM, how long in-flight jobs may finish"
@@ -460,8 +646,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(ns: argparse.Namespace) -> WorkerSettings:
+    if not ns.broker:
+        raise ConfigError(f"give --broker URL, or set {BROKER_URL_ENV}")
     try:
-        retry = RetryPolicy(ns.max_attempts, ns.backoff_ms, ns.max_backoff_ms, ns.jitter)
+        retry = RetryPolicy(
+            ns.max_attempts, ns.backoff_ms, ns.max_backoff_ms, ns.jitter, ns.after_floor
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     return WorkerSettings(

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import os
 import socket
 import time
 import urllib.error
@@ -19,10 +19,11 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from lab.infra.files import atomic_write
 from lab.infra.procs import Child, python_module_argv, spawn
 from lab.infra.zygote import Zygote, start_zygote
+from lab.mocks.control import TOKEN_ENV, MockControl, new_token
 from lab.mocks.spec import ServiceSpec, spec_to_json
 
 #: How long a mock may take to finish the last trial's requests before it is restarted.
@@ -30,14 +31,6 @@ QUIET_TIMEOUT_S = 5.0
 
 #: Modules the fork server imports once (the worker and everything it loads).
 PRELOAD = ("lab.runtime.worker",)
-
-
-def http_json(url: str, body: dict[str, Any] | None = None) -> Any:
-    """A control call to a child (`/_lab/...`): POST `body`, or GET without one; the answer."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
 
 
 @contextlib.contextmanager
@@ -62,6 +55,7 @@ class ServicePool:
 
     def __init__(self, logs: Path) -> None:
         self.logs = logs
+        self.token = new_token()  # the mocks' /_lab/ routes answer only to this pool
         self._mocks: dict[str, _Mock] = {}
         self.restarts = 0  # mocks restarted because they would not empty
         self.quiet_timeout_s = QUIET_TIMEOUT_S
@@ -100,7 +94,7 @@ class ServicePool:
         deadline = time.monotonic() + self.quiet_timeout_s
         while mock.child.alive():
             try:
-                http_json(f"{mock.url}/_lab/reset", {"seed": seed})
+                MockControl(mock.url, self.token).reset(seed=seed)
                 return True
             except urllib.error.HTTPError as exc:
                 if exc.code != 409 or time.monotonic() > deadline:
@@ -114,9 +108,11 @@ class ServicePool:
         stack = contextlib.ExitStack()
         ready = self.logs / f"mock-{name}.ready.json"
         ready.unlink(missing_ok=True)
+        spec_file = self.logs / f"mock-{name}.spec.json"  # a spec of any size; argv has a limit
+        atomic_write(spec_file, spec_to_json(spec))
         with listening_socket() as sock:
             argv = python_module_argv(
-                "lab.mocks", spec.kind, "--spec-json", spec_to_json(spec),
+                "lab.mocks", spec.kind, "--spec-file", str(spec_file),
                 "--ready-file", str(ready), "--listen-fd", str(sock.fileno()),
             )  # fmt: skip
             child = stack.enter_context(
@@ -125,6 +121,7 @@ class ServicePool:
                     name=f"mock-{name}",
                     log_path=self.logs / f"mock-{name}.log",
                     pass_fds=(sock.fileno(),),
+                    env={**os.environ, TOKEN_ENV: self.token},  # argv is public; the env is not
                 )
             )
             url = f"http://127.0.0.1:{sock.getsockname()[1]}"

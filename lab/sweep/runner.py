@@ -9,7 +9,9 @@ Grid trials run in a shuffled order (seeded), so slow drift of the machine does 
 configuration; `sweep.search: {kind: adaptive}` or `sweep.repeats: auto` let the search
 (lab.sweep.search) decide the trials as the outcomes come in, and write down why. Ctrl-C (or SIGTERM) stops within seconds, stops every child process, marks the
 run interrupted and prints the command that resumes it. Bad input exits with status 2 and
-writes nothing.
+writes nothing. A worker instance that dies is part of a trial's figures and a trial that could
+not finish is recorded as failed; only a broken harness (the broker, a mock) stops the run: one
+message, exit status 2, the run marked failed and resumable.
 """
 
 from __future__ import annotations
@@ -21,18 +23,22 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from lab.analysis.configs import analyze
-from lab.errors import ConfigError, LabError
+from lab.errors import ConfigError, HarnessError, LabError
 from lab.infra.broker import start_broker
 from lab.infra.procs import check_stop, stop_on_signals
 from lab.results import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunFolder
 from lab.runtime.jobs import job_type
-from lab.scenario.spec import Scenario, load_scenario
+from lab.scenario.loader import read_text
+from lab.scenario.spec import Scenario, import_job, load_scenario
+from lab.sweep.faults import fault_summary
 from lab.sweep.harness import start_harness
-from lab.sweep.search import Decision, Search, estimate_trial_s, plan_trials
+from lab.sweep.plan import estimate_trial_s, plan_trials
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
+
+if TYPE_CHECKING:
+    from lab.sweep.search import Decision, Search
 
 __all__ = ["estimate_trial_s", "main", "plan_trials", "run_sweep"]
 
@@ -74,8 +80,9 @@ class ProgressLine:
 
     def end(self, row: dict[str, object]) -> None:
         self.trial_times.append(time.monotonic() - self._trial_start)
-        flags = " TIMED OUT" if row["timed_out"] else ""
+        flags = f" FAILED: {row['failure_reason']}" if row["failed"] else ""
         flags += " stopped early" if row["stopped_early"] else ""
+        flags += fault_summary(row)
         flags += " harness-saturated" if row["harness_saturated"] else ""
         line = (
             f"{self.label} {row['items_per_s']:>9,.0f} items/s  p99 {row['latency_p99_ms']:>7,.0f} ms  "
@@ -99,23 +106,27 @@ def run_sweep(
     stream = stream or sys.stdout
     if resume is not None:
         run = RunFolder.open(resume)
-        scenario = load_scenario(run.path / "scenario.yaml")
+        source = run.scenario_path
+        scenario = load_scenario(source)
         quick = bool(run.manifest.get("quick", False))
     elif scenario_path is not None:
-        scenario = load_scenario(scenario_path)
+        source = Path(scenario_path)
+        scenario = load_scenario(source)
     else:
         raise ConfigError("give a scenario file, or --resume RUN_DIR")
     if quick:
         scenario = scenario.quick_variant()
+    from lab.sweep.search import Search  # pandas, scipy: only once the arguments hold
+
     search = Search(scenario, cpu_count=os.cpu_count())
     if dry_run:
         _print_plan(scenario, search, stream)
         return None
+    import_job(scenario, source)  # the user's module runs only now, when trials will run
     if resume is None:
-        assert scenario_path is not None
         run = RunFolder.create(
-            out_dir, scenario.name, Path(scenario_path).read_text(),
-            {"seed": scenario.seed, "quick": quick, "command": sys.argv, "search": search.budget_words()},
+            out_dir, scenario.name, read_text(source, what="scenario"),
+            {"seed": scenario.seed, "quick": quick, "command": ["python", "-m", "lab.sweep", *sys.argv[1:]], "search": search.budget_words()},
         )  # fmt: skip
 
     def log(decision: Decision) -> None:
@@ -157,7 +168,7 @@ def run_sweep(
                     options=opts,
                     harness=harness,
                 )
-                run.add_trial(outcome.row, outcome.events, outcome.services)
+                run.add_trial(outcome.row, outcome.events, outcome.services, outcome.faults)
                 search.record(outcome.row, outcome.services)
                 progress.end(outcome.row)
     except (KeyboardInterrupt, SystemExit):
@@ -166,6 +177,13 @@ def run_sweep(
             f"\ninterrupted: the run is marked incomplete. Resume it with:\n  python -m lab.sweep --resume {run.path}\n"
         )
         raise
+    except HarnessError as exc:
+        run.mark(STATUS_FAILED)
+        again = "" if scenario.broker.url is None else " once the broker answers again"
+        raise HarnessError(
+            f"{exc}\nThe run is marked failed; finished trials are kept. Resume it{again} with:\n"
+            f"  python -m lab.sweep --resume {run.path}"
+        ) from None
     except BaseException:
         run.mark(STATUS_FAILED)
         raise
@@ -177,7 +195,8 @@ def run_sweep(
 
 def _recommend_and_report(run: RunFolder, stream: TextIO) -> Path:
     """The end of every run: recommendation.json, report.html, the one-line verdict."""
-    from lab.report.html import write_report  # matplotlib: loaded only when a run ends
+    from lab.analysis.configs import analyze  # pandas, scipy: loaded only when a run ends
+    from lab.report.html import write_report  # matplotlib: likewise
 
     analysis = analyze(run.path)
     run.write_json("recommendation.json", analysis.recommendation.to_json())

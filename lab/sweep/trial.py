@@ -8,37 +8,49 @@
    while CPU and RSS are sampled;
 4. wait until drained (or the trial's timeout); stop the slots, then read the job events and the
    services' statistics; stop the services.
-Every child process lives in a context manager: any exit from here stops it.
+Every child process lives in a context manager: any exit from here stops it. Faults, injected or
+not, are `lab.sweep.faults`'s: an instance that dies is measured, a broken harness stops the run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import itertools
 import json
 import math
 import os
 import random
 import secrets
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lab.configuration import COLOCATED, Configuration
-from lab.errors import ServiceError
+from lab.errors import HarnessError
 from lab.infra.broker import Broker
+from lab.infra.files import atomic_write
 from lab.infra.procs import Child, check_stop, python_module_argv, spawn, terminate_all, wait_for
 from lab.infra.zygote import Zygote
+from lab.mocks.control import TOKEN_ENV, MockControl, new_token
+from lab.mocks.spec import spec_to_json
 from lab.producers.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
 from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import JobEvent, Queue
 from lab.scenario.spec import LocustArrival, Placement, Scenario
-from lab.sweep.harness import Harness, ServicePool, http_json, listening_socket
+from lab.sweep.faults import (
+    BROKER_ANSWER_S,
+    BROKER_ERRORS,
+    ServiceHandle,
+    TrialFaults,
+    broker_lost,
+)
+from lab.sweep.harness import Harness, listening_socket
 from lab.sweep.resources import ResourceSampler, Usage
 from lab.sweep.trial_row import trial_row
 
@@ -110,9 +122,7 @@ class TrialPlan:
 class TrialOptions:
     """Harness settings that are not part of the scenario."""
 
-    heartbeat_ttl_s: float = 3.0  # a killed instance's jobs return after this
     grace_s: float = 5.0
-    kill_instance_after_s: float | None = None  # failure injection: SIGKILL instance 0
     on_progress: Progress | None = None
     stop_rule: StopRule | None = None  # early stop (lab.sweep.search)
 
@@ -123,6 +133,7 @@ class TrialOutcome:
     events: list[JobEvent]
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # mock stats by name
     usage: dict[str, Usage] = field(default_factory=dict)
+    faults: list[dict[str, Any]] = field(default_factory=list)  # FaultRecord.to_json() each
 
 
 class _Actors:
@@ -136,14 +147,17 @@ class _Actors:
         self.ready_files: list[Path] = []
 
     def start_module(
-        self, name: str, role: str, module: str, args: list[str], *, grace_s: float
-    ) -> Child:
+        self, name: str, role: str, module: str, args: list[str], *, grace_s: float,
+        env: Mapping[str, str],
+    ) -> Child:  # fmt: skip
         """`python -m module args`: forked from the sweep's fork server when there is one."""
         if self.launcher is None:
-            return self.start(name, role, python_module_argv(module, *args), grace_s=grace_s)
+            argv = python_module_argv(module, *args)
+            return self.start(name, role, argv, grace_s=grace_s, env=env)
+        log_path = self.logs / f"{name}.log"
         child = self.stack.enter_context(
             self.launcher.spawn(
-                module, args, name=name, log_path=self.logs / f"{name}.log", grace_s=grace_s
+                module, args, name=name, log_path=log_path, grace_s=grace_s, env=env
             )
         )
         self.children[name] = (role, child)
@@ -158,6 +172,7 @@ class _Actors:
         ready: Path | None = None,
         pass_fds: tuple[int, ...] = (),
         grace_s: float = 5.0,
+        env: Mapping[str, str] | None = None,
     ) -> Child:
         if ready is not None:
             ready.unlink(missing_ok=True)  # a resumed trial must not trust the last attempt's file
@@ -169,6 +184,7 @@ class _Actors:
                 log_path=self.logs / f"{name}.log",
                 pass_fds=pass_fds,
                 grace_s=grace_s,
+                env=env,
             )
         )
         self.children[name] = (role, child)
@@ -187,7 +203,8 @@ def _worker_flags(
         "--num-workers", str(plan.num_workers), "--instance-id", instance_id(plan, i),
         "--max-attempts", str(w.retry.max_attempts), "--backoff-ms", str(w.retry.backoff_ms),
         "--max-backoff-ms", str(w.retry.max_backoff_ms), "--jitter", w.retry.jitter,
-        "--job-timeout-s", str(w.job_timeout_s), "--heartbeat-ttl-s", str(options.heartbeat_ttl_s),
+        "--after-floor", w.retry.after_floor, "--job-timeout-s", str(w.job_timeout_s),
+        "--heartbeat-ttl-s", str(scenario.workers.heartbeat_ttl_s),
         "--grace-s", str(options.grace_s), "--seed", str(derive_seed(scenario.seed, plan.repeat, "worker", i)),
     ]  # fmt: skip
     for name, url in urls.items():
@@ -218,12 +235,15 @@ def _start_slots(
     w = scenario.workload
     colocated = plan.placement == COLOCATED
     needs_web = colocated or isinstance(w.arrival, LocustArrival)
-    common = ["--broker", broker.url, "--queue", queue, "--job", w.job]
+    common = ["--queue", queue, "--job", w.job]
+    env = broker.child_env()  # the broker URL (and any password in it) never goes on argv
     grace = options.grace_s + 5
     if not colocated:
         for i in range(plan.instances):
             args = [*common, *_worker_flags(scenario, plan, urls, i, options)]
-            actors.start_module(f"worker-{i}", "worker", "lab.runtime.worker", args, grace_s=grace)
+            actors.start_module(
+                f"worker-{i}", "worker", "lab.runtime.worker", args, grace_s=grace, env=env
+            )
     if not needs_web:
         return None
     sock = stack.enter_context(listening_socket())
@@ -244,21 +264,19 @@ def _start_slots(
             ready=ready,
             pass_fds=(sock.fileno(),),
             grace_s=grace,
+            env=env,
         )
     return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-def _prepare_services(scenario: Scenario, urls: dict[str, str], items: int) -> None:
+def _prepare_services(scenario: Scenario, mocks: dict[str, MockControl], items: int) -> None:
     """Before the clock: documents in place for a job type that acts on existing ids (deletes),
     every counter at zero."""
     w = scenario.workload
     if job_type(w.job).seeds_ids:
-        http_json(
-            f"{urls[w.service]}/_lab/seed",
-            {"index": w.index, "ids": [str(i) for i in range(items)]},
-        )
-    for url in urls.values():
-        http_json(f"{url}/_lab/reset", {})
+        mocks[w.service].seed(w.index, [str(i) for i in range(items)])
+    for mock in mocks.values():
+        mock.reset()
 
 
 def derive_seed(scenario_seed: int, *parts: object) -> int:
@@ -275,9 +293,11 @@ class _Measured:
     clock_start: float  # epoch seconds, as the job events are stamped
     wall_s: float
     timed_out: bool
-    stop_reason: str | None  # why the trial was stopped early, if it was
+    failure: str | None  # why the work could not finish (a timeout, every instance gone)
+    stop_reason: str | None  # why a stop rule ended the trial early, if one did
     report: ProducerReport
     usage: dict[str, Usage]
+    faults: TrialFaults
 
 
 class _Trial:
@@ -288,7 +308,11 @@ class _Trial:
         options: TrialOptions, harness: Harness | None = None,
     ) -> None:  # fmt: skip
         self.scenario, self.plan, self.broker, self.logs = scenario, plan, broker, logs
-        self.options, self.harness = options, harness
+        self.options = options
+        # the harness's mocks serve trial after trial, unless a fault restarts one mid-trial
+        restarts = any(f.restart for f in scenario.faults)
+        self.harness = harness
+        self.pool = harness.services if harness is not None and not restarts else None
         w = scenario.workload
         self.locust = w.arrival if isinstance(w.arrival, LocustArrival) else None
         rng = random.Random(derive_seed(scenario.seed, plan.repeat, "arrivals"))
@@ -303,9 +327,22 @@ class _Trial:
         self.items_planned = (
             sum(len(j.items) for j in self.jobs) or w.expected_items * plan.batch_size
         )
+        # the mocks' /_lab/ routes answer only to this trial (or to this sweep's, when shared)
+        self.token = self.pool.token if self.pool is not None else new_token()
 
     def run(self) -> TrialOutcome:
-        with self.broker.client() as client, contextlib.ExitStack() as services_stack:
+        try:
+            return self._run()
+        except BROKER_ERRORS as exc:  # the children are stopped by now
+            raise broker_lost(self.broker, self.plan.trial_id, exc) from None
+
+    def _run(self) -> TrialOutcome:
+        pauses = [f.for_s or 0.0 for f in self.scenario.faults if f.pause]
+        timeout_s = BROKER_ANSWER_S + max(pauses, default=0.0)
+        with (
+            self.broker.client(socket_timeout=timeout_s) as client,
+            contextlib.ExitStack() as services_stack,
+        ):
             queue = Queue(client, f"trial-{self.plan.trial_id}-{secrets.token_hex(3)}")
             queue.purge()
             services = _Actors(services_stack, self.logs)
@@ -317,29 +354,66 @@ class _Trial:
                     slots, self.scenario, self.plan, self.broker, queue.name, urls, self.options,
                     slots_stack,
                 )  # fmt: skip
+                # on any exit, every slot gets SIGTERM at once: graceful stops overlap
+                slots_stack.callback(terminate_all, slots.of_role("worker", "web"))
                 self._wait_ready(queue, services, slots, urls)
                 measured = self._measure(queue, services, slots, web_url)
-                terminate_all(slots.of_role("worker", "web"))  # graceful stops overlap
             # the slots are stopped: every ack is written; the services are still up
-            service_stats = {name: http_json(f"{url}/_lab/stats") for name, url in urls.items()}
-        return self._collect(queue, service_stats, measured)
+            service_stats = {name: self._stats(name, url) for name, url in urls.items()}
+            return self._collect(queue, service_stats, measured)  # the client still open
+
+    def _mock(self, url: str) -> MockControl:
+        return MockControl(url, self.token)
+
+    def _stats(self, name: str, url: str) -> dict[str, Any]:
+        try:
+            return self._mock(url).stats()
+        except OSError as exc:
+            raise HarnessError(
+                f"the mock service {name} did not answer after trial {self.plan.trial_id}: {exc}"
+            ) from None
 
     def _start_services(self, actors: _Actors) -> dict[str, str]:
-        """The mock services, as if just started with this trial's seeds: the harness's (reset),
-        else processes of this trial's own; returns their URLs."""
-        if self.harness is not None:
-            pool = self.harness.services
-        else:
-            pool = ServicePool(self.logs)
-            actors.stack.callback(pool.close)
-        urls = pool.checkout(
-            {
-                name: spec.model_copy(update={"seed": self._mock_seed(name, spec.seed)})
-                for name, spec in self.scenario.services.items()
-            }
-        )
-        actors.children |= {name: ("mock", child) for name, child in pool.children.items()}
-        actors.ready_files += pool.starting
+        """Each mock service in its own process, on a socket bound here; returns their URLs.
+
+        The spec goes through a file (a command line has a length limit, a spec with many
+        brown-outs does not), the control token through the environment (argv is public). The
+        socket stays open here for the whole trial, so a restarted mock serves the same address
+        (connections made meanwhile wait in its backlog)."""
+        if self.pool is not None:  # the harness's, reset as fresh with this trial's seeds
+            shared = self.pool.checkout(
+                {
+                    name: spec.model_copy(update={"seed": self._mock_seed(name, spec.seed)})
+                    for name, spec in self.scenario.services.items()
+                }
+            )
+            actors.children |= {n: ("mock", c) for n, c in self.pool.children.items()}
+            actors.ready_files += self.pool.starting
+            return shared
+        urls: dict[str, str] = {}
+        env = {**os.environ, TOKEN_ENV: self.token}
+        restarted = {f.name for f in self.scenario.faults if f.restart}
+        self._service_starts: dict[str, Callable[[], Child]] = {}
+        for name, spec in self.scenario.services.items():
+            seed = self._mock_seed(name, spec.seed)
+            spec_file = self.logs / f"mock-{name}.spec.json"
+            atomic_write(spec_file, spec_to_json(spec.model_copy(update={"seed": seed})))
+            ready = self.logs / f"mock-{name}.ready.json"
+            sock = actors.stack.enter_context(listening_socket())
+            argv = python_module_argv(
+                "lab.mocks", spec.kind, "--spec-file", str(spec_file),
+                "--ready-file", str(ready), "--listen-fd", str(sock.fileno()),
+            )  # fmt: skip
+            if name in restarted:  # a restart keeps the trial's figures and documents
+                state = self.logs / f"mock-{name}.state.json"
+                state.unlink(missing_ok=True)  # never an earlier attempt's
+                argv += ["--state-file", str(state)]
+            self._service_starts[name] = functools.partial(
+                actors.start, f"mock-{name}", "mock", argv, ready=ready,
+                pass_fds=(sock.fileno(),), env=env,
+            )  # fmt: skip
+            self._service_starts[name]()
+            urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
         return urls
 
     def _mock_seed(self, name: str, seed: int) -> int:
@@ -357,7 +431,8 @@ class _Trial:
             timeout_s=READY_TIMEOUT_S,
             children=everyone,
         )
-        _prepare_services(self.scenario, urls, self.items_planned)
+        mocks = {name: self._mock(url) for name, url in urls.items()}
+        _prepare_services(self.scenario, mocks, self.items_planned)
         expected = {instance_id(self.plan, i) for i in range(self.plan.instances)}
         wait_for(
             lambda: queue.live_instances() >= expected,
@@ -379,6 +454,7 @@ class _Trial:
         sampler = ResourceSampler(pids)
         with sampler.running():
             clock_start, started = time.time(), time.monotonic()
+            faults = self._faults(queue, services, slots, sampler, started)
             if self.locust is not None:
                 assert web_url is not None
                 drive = _drive_with_locust(
@@ -389,21 +465,60 @@ class _Trial:
                     queue, self.scenario.workload.job, self.jobs, _base_args(self.scenario),
                     clock_start,
                 )  # fmt: skip
-            with drive as (sent, report):
+            with drive as (sent, report), faults:
                 drain = _Drain(
                     queue=queue,
                     sent=sent,
                     started=started,
                     timeout_s=self.scenario.sweep.trial_timeout_s,
-                    workers=slots.of_role("worker"),
+                    faults=faults,
                     options=self.options,
                     items_planned=self.items_planned,
                     batch_size=self.plan.batch_size,
                     arrivals_s=sorted(j.arrive_s for j in self.jobs),
                 )
-                timed_out = drain.wait()
+                timed_out, failure = drain.wait()
             wall_s = time.monotonic() - started
-        return _Measured(clock_start, wall_s, timed_out, drain.stopped, report, sampler.usage)
+        return _Measured(
+            clock_start, wall_s, timed_out, failure, drain.stopped, report, sampler.usage, faults
+        )
+
+    def _faults(
+        self,
+        queue: Queue,
+        services: _Actors,
+        slots: _Actors,
+        sampler: ResourceSampler,
+        started: float,
+    ) -> TrialFaults:
+        """The trial's fault schedule and watch over its instances, services and broker."""
+        restarts = itertools.count(1)
+
+        def start_again(name: str) -> Child:
+            child = self._service_starts[name]()
+            sampler.add(f"mock-{name}-restart{next(restarts)}", "mock", child.pid)
+            return child
+
+        handles = {
+            name: ServiceHandle(
+                child=services.children[f"mock-{name}"][1],
+                start_again=functools.partial(start_again, name),
+                ready=(self.logs / f"mock-{name}.ready.json").exists,
+            )
+            for name in self.scenario.services
+        }
+        workers = slots.of_role("worker")
+        return TrialFaults(
+            self.scenario.faults,
+            trial_id=self.plan.trial_id,
+            queue=queue,
+            broker=self.broker,
+            instances={instance_id(self.plan, i): c for i, c in enumerate(workers)},
+            services=handles,
+            rng=random.Random(derive_seed(self.scenario.seed, self.plan.repeat, "faults")),
+            heartbeat_ttl_s=self.scenario.workers.heartbeat_ttl_s,
+            started=started,
+        )
 
     def _collect(
         self, queue: Queue, service_stats: dict[str, Any], measured: _Measured
@@ -411,6 +526,7 @@ class _Trial:
         """The job events and queue counters, then the queue's keys removed; the row."""
         events = queue.events()
         recovered = queue.stats().get("recovered", 0)
+        runtime = queue.runtime_stats()
         with self.broker.client() as client:
             Queue(client, queue.name).purge()
         web = (
@@ -421,10 +537,14 @@ class _Trial:
         row = trial_row(
             self.plan.config(), self.scenario, events, service_stats, measured.usage,
             measured.report, clock_start=measured.clock_start, wall_s=measured.wall_s,
-            timed_out=measured.timed_out, recovered=recovered, web=web,
-            stop_reason=measured.stop_reason,
+            timed_out=measured.timed_out, failure=measured.failure, recovered=recovered,
+            faults=measured.faults.figures(events, clock_start=measured.clock_start), web=web,
+            runtime=runtime, stop_reason=measured.stop_reason,
         )  # fmt: skip
-        return TrialOutcome(row=row, events=events, services=service_stats, usage=measured.usage)
+        return TrialOutcome(
+            row=row, events=events, services=service_stats, usage=measured.usage,
+            faults=[r.to_json() for r in measured.faults.records],
+        )  # fmt: skip
 
 
 def run_trial(
@@ -450,19 +570,31 @@ def _drive_with_producer(
     """Send `jobs` on schedule from a thread; yields (jobs sent once all are, else None; report)."""
     stop = threading.Event()
     report = ProducerReport()
+    failed: list[Exception] = []  # what stopped the producer early (a lost broker), for `sent`
 
     def _run() -> None:
-        done = produce(queue, job, jobs, base_args=base_args, clock_start=clock_start, stop=stop)
+        try:
+            done = produce(
+                queue, job, jobs, base_args=base_args, clock_start=clock_start, stop=stop
+            )
+        except Exception as exc:
+            failed.append(exc)
+            return
         report.jobs_sent, report.items_sent, report.max_lag_s = (
             done.jobs_sent,
             done.items_sent,
             done.max_lag_s,
         )
 
+    def sent() -> int | None:
+        if failed:
+            raise failed[0]
+        return None if producer.is_alive() else report.jobs_sent
+
     producer = threading.Thread(target=_run, name="producer", daemon=True)
     producer.start()
     try:
-        yield (lambda: None if producer.is_alive() else report.jobs_sent), report
+        yield sent, report
     finally:
         stop.set()
         producer.join()
@@ -510,7 +642,7 @@ class _Drain:
     sent: Callable[[], int | None]  # jobs sent once production ended, else None
     started: float  # time.monotonic() at the clock's start
     timeout_s: float
-    workers: list[Child]
+    faults: TrialFaults
     options: TrialOptions
     items_planned: int
     batch_size: int
@@ -536,15 +668,12 @@ class _Drain:
         )  # fmt: skip
         return self.stopped is not None
 
-    def wait(self) -> bool:
-        """True if the trial timed out before draining (`stopped` says if a rule ended it)."""
-        killed = False
+    def wait(self) -> tuple[bool, str | None]:
+        """(timed out, why the work could not finish); (False, None) once drained or stopped by
+        the stop rule (`stopped` says why)."""
         while True:
             elapsed = time.monotonic() - self.started
-            kill_at = self.options.kill_instance_after_s
-            if kill_at is not None and not killed and elapsed >= kill_at:
-                self.workers[0].signal(signal.SIGKILL)
-                killed = True
+            self.faults.poll(elapsed)
             stats = self.queue.stats()
             if self.options.on_progress is not None:
                 items_done = min(self.items_planned, stats.get("done", 0) * self.batch_size)
@@ -555,13 +684,12 @@ class _Drain:
                 and stats.get("done", 0) + stats.get("dead", 0) >= jobs
                 and self.queue.outstanding() == 0
             ):
-                return False
+                return False, None
             if elapsed > self.timeout_s:
-                return True
+                return True, f"timed out after {self.timeout_s:g} s before draining"
+            if (gone := self.faults.every_instance_gone()) is not None:
+                return False, gone
             if self._stop_early(stats, elapsed):
-                return False
-            for child in self.workers[1 if killed else 0 :]:
-                if not child.alive():
-                    raise ServiceError(f"{child.name} exited during the trial: {child.log_tail()}")
+                return False, None
             check_stop()
             time.sleep(POLL_S)

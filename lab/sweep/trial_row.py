@@ -15,22 +15,21 @@ from typing import Any
 
 import numpy as np
 
+from lab.analysis.attribution import (
+    Context,
+    service_columns,
+    steady_items_per_s,
+    too_short,
+    trial_bottleneck,
+)
 from lab.producers.arrivals import ProducerReport
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent
+from lab.runtime.telemetry import runtime_figures
 from lab.scenario.spec import Scenario
 from lab.sweep.resources import Usage, saturation
 
 PERCENTILES = (50, 90, 99)
-
-#: The steady window: from the completion that brings the items done past 10 % to the one past
-#: 90 % (as the peers' harness does), leaving out start-up (first connections, first claims) and
-#: the tail (the last jobs, when slots run out of work: a property of the backlog's size).
-STEADY_FROM, STEADY_TO = 0.10, 0.90
-
-#: A steady window shorter than this, or holding fewer job completions, measures no rate.
-MIN_STEADY_S = 0.5
-MIN_STEADY_JOBS = 10
 
 
 def percentile(values: Sequence[float] | np.ndarray, q: float) -> float:
@@ -81,7 +80,10 @@ def job_figures(
         "makespan_s": makespan_s,
         "items_per_s": items_done / makespan_s if makespan_s > 0 else math.nan,
         "jobs_per_s": len(done) / makespan_s if makespan_s > 0 else math.nan,
-        **steady_figures(done),
+        "steady_items_per_s": steady_items_per_s(
+            [e.finished_at for e in done], [e.items for e in done]
+        ),
+        "too_short": too_short([e.finished_at for e in done], [e.items for e in done]),
         "attempts": len(events),
         "retries": retries,
         "dead_letters": len(dead_only),
@@ -99,29 +101,6 @@ def job_figures(
     figures |= summary_ms("queue_wait", (first_start[e.job_id] - e.enqueued_at for e in done))
     figures |= summary_ms("service", (e.finished_at - e.started_at for e in done))
     return figures
-
-
-def steady_figures(done: Sequence[JobEvent]) -> dict[str, Any]:
-    """Items/s and jobs/s over the steady window of the successful jobs, its length, and
-    `too_short` when the window is too short (or too sparse) to measure a rate."""
-    finished = sorted((e.finished_at, e.items) for e in done)
-    nan = {"items_per_s_steady": math.nan, "jobs_per_s_steady": math.nan, "steady_s": 0.0}
-    if len(finished) < 2:
-        return nan | {"too_short": True}
-    ends = np.array([f for f, _ in finished])
-    cumulative = np.cumsum([n for _, n in finished])
-    first, last = (
-        int(np.searchsorted(cumulative, q * cumulative[-1])) for q in (STEADY_FROM, STEADY_TO)
-    )
-    window_s, jobs = float(ends[last] - ends[first]), last - first
-    if jobs < 1 or window_s <= 0:
-        return nan | {"too_short": True}
-    return {
-        "items_per_s_steady": float(cumulative[last] - cumulative[first]) / window_s,
-        "jobs_per_s_steady": jobs / window_s,
-        "steady_s": window_s,
-        "too_short": bool(jobs < MIN_STEADY_JOBS or window_s < MIN_STEADY_S),
-    }
 
 
 def bounds(
@@ -147,9 +126,10 @@ def bounds(
     if service_stats and capacity:
         samples = service_stats.get("samples", {}).get("service_ms", [])
         served = service_stats.get("served", 0)
-        if samples and served:
+        mean_s = float(np.mean(samples)) / 1000 if samples else 0.0
+        if mean_s > 0 and served:  # a service of constant 0 ms has no capacity bound
             items_per_request = service_stats.get("served_items", served) / served
-            capacity_bound = capacity * items_per_request / (float(np.mean(samples)) / 1000)
+            capacity_bound = capacity * items_per_request / mean_s
             if rate_limit_per_s:
                 capacity_bound = min(capacity_bound, rate_limit_per_s * items_per_request)
     candidates = [b for b in (littles, capacity_bound) if not math.isnan(b)]
@@ -181,15 +161,18 @@ def _service_accounting(job: str, stats: Mapping[str, Any], items: int) -> dict[
 def trial_row(
     config: Mapping[str, Any], scenario: Scenario, events: Sequence[JobEvent],
     services: Mapping[str, Mapping[str, Any]], usage: Mapping[str, Usage], report: ProducerReport,
-    *, clock_start: float, wall_s: float, timed_out: bool, recovered: int,
-    web: Mapping[str, float], stop_reason: str | None = None,
+    *, clock_start: float, wall_s: float, timed_out: bool, failure: str | None, recovered: int,
+    faults: Mapping[str, Any], web: Mapping[str, float],
+    runtime: Sequence[Mapping[str, Any]] = (), stop_reason: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One row of trials.csv (lab.results.TRIAL_COLUMNS, in that order).
 
     `config` holds the trial's identity (trial_id, order, num_workers, instances, batch_size,
-    placement, repeat, concurrency, length_x); `web` the Locust figures (NaN without web
-    traffic); `stop_reason` why a stop rule ended the trial early (its unfinished jobs are then
-    not errors: they were cut, not failed).
+    placement, repeat, concurrency, length_x); `failure` why the work could not finish (None
+    when it did); `faults` the fault columns (lab.sweep.faults); `web` the Locust figures (NaN
+    without web traffic); `runtime` the worker instances' records of their own cost
+    (`lab.runtime.telemetry`); `stop_reason` why a stop rule ended the trial early (its
+    unfinished jobs are then not errors: they were cut, not failed).
     """
     w = scenario.workload
     target_spec = scenario.services[w.service]
@@ -211,6 +194,8 @@ def trial_row(
         "started_at": clock_start,
         "wall_s": wall_s,
         "timed_out": timed_out,
+        "failed": failure is not None,
+        "failure_reason": failure or "",
         "stopped_early": stop_reason is not None,
         "stop_reason": stop_reason or "",
         **figures,
@@ -223,15 +208,20 @@ def trial_row(
         ),
         **_service_accounting(w.job, target, report.items_sent),
         "recovered_jobs": recovered,
+        **faults,
         "service_requests": target.get("requests", 0),
         "service_rejected": target.get("rejected", 0),
         "service_errors": target.get("errors", 0),
         "service_max_in_flight": target.get("max", {}).get("in_flight", 0),
         "service_max_queue_depth": target.get("max", {}).get("queue_depth", 0),
+        **service_columns(target, target_spec, figures["makespan_s"]),
         "producer_max_lag_s": report.max_lag_s,
         "workers_cores": sum(u.cores for u in by_role["worker"]),
         "worker_peak_cores": max((u.peak_cores for u in by_role["worker"]), default=0.0),
+        "worker_steady_cores": max((u.steady_cores for u in by_role["worker"]), default=0.0),
+        "worker_cpu_demand": max((u.steady_demand for u in by_role["worker"]), default=0.0),
         "worker_rss_max_mb": max((u.rss_max_mb for u in by_role["worker"]), default=0.0),
+        **runtime_figures(runtime),
         "mock_cores": max((u.cores for u in by_role["mock"]), default=0.0),
         "redis_cores": sum(u.cores for u in by_role["redis"]),
         "producer_cores": sum(u.cores for u in by_role["producer"]),
@@ -244,4 +234,5 @@ def trial_row(
     }
     if stop_reason is not None and report.jobs_sent:
         row["error_rate"] = figures["dead_letters"] / report.jobs_sent
+    row["bottleneck"] = trial_bottleneck(row, Context.of(scenario, os.cpu_count()), events)
     return row
