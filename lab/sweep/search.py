@@ -58,8 +58,10 @@ RACE_NET = 0.25
 #: Early stop: a trial is stopped only if even this many times its pace so far stays short.
 EARLY_STOP_SLACK = 2.0
 
-#: ... and only after this long, with this many jobs settled (else on its best possible pace).
+#: ... and only after this long, its pace taken over the last PACE_WINDOW_S when this many jobs
+#: settled in it (else on its best possible pace: every item done this instant).
 EARLY_STOP_AFTER_S = 1.0
+PACE_WINDOW_S = 0.5
 EARLY_STOP_MIN_JOBS = 3
 
 #: A lengthened trial aims at a steady window this long and this full; at most this multiple.
@@ -633,6 +635,18 @@ class EarlyStop:
     best_name: str
     _late_done: int = 0
     _done_ids: set[str] = field(default_factory=set)
+    _history: list[tuple[float, int, int]] = field(default_factory=list)  # (s, done, settled)
+
+    def _recent_pace(self, now: float, done: int, settled: int) -> float | None:
+        """The pace over the last PACE_WINDOW_S (the start-up left out: the first completions
+        come late and would make the pace look slow), when enough jobs settled in it."""
+        since = [h for h in self._history if h[0] >= now - PACE_WINDOW_S]
+        then = since[0] if since else None
+        if then is None or now - then[0] < PACE_WINDOW_S / 2:
+            return None
+        if settled - then[2] < EARLY_STOP_MIN_JOBS:
+            return None
+        return (done - then[1]) / (now - then[0])
 
     def __call__(self, p: DrainProgress) -> str | None:
         if p.elapsed_s < EARLY_STOP_AFTER_S:
@@ -672,9 +686,10 @@ class EarlyStop:
         per_item = self.scenario.objective.maximize == "items_per_s"
         total = p.items_planned if per_item else len(p.arrivals_s)
         done = p.items_done if per_item else p.jobs_settled
+        self._history.append((p.elapsed_s, done, p.jobs_settled))
         threshold = self.best_rate / (1 + NOISE_MARGIN)
         at_best = total / p.elapsed_s  # even if the rest finished this instant
-        pace = done / p.elapsed_s if p.jobs_settled >= EARLY_STOP_MIN_JOBS else at_best
+        pace = self._recent_pace(p.elapsed_s, done, p.jobs_settled) or at_best
         if EARLY_STOP_SLACK * min(at_best, pace) >= threshold:
             return None
         unit = "items/s" if per_item else "jobs/s"
