@@ -9,8 +9,11 @@ results/<scenario>/<YYYYmmdd-HHMMSS>/
     search.jsonl           the search's decisions: what it ran and why (lab.sweep.search)
     faults/<trial>.json    what went wrong in the trial, when, and how long recovery took
                            (only for trials with a fault or an instance exit)
+    placement/<trial>.json with a cluster: which node ran what, clock offsets, per-node CPU
     recommendation.json    the chosen configuration, its figures and the reasons (lab.analysis.configs)
     report.html            the self-contained report (lab.report)
+    verification.json      with --verify: predicted (mock) vs real (lab.sweep.verify)
+    verify/                with --verify: the real trials (trials.csv, jobs.parquet/, services/)
     logs/<trial>/          worker and mock logs
 
 A run folder is never overwritten: a name already taken gets a suffix. A trial counts as done
@@ -57,10 +60,12 @@ from lab.strict import Strict, show, validate
 #: by kind, connections and utilization, `worker_steady_cores`, `worker_cpu_demand`,
 #: `bottleneck` and the runtime's own columns (`slot_gap_*`, `exchange_*`); 4 = trials.csv gains
 #: `failed`, `failure_reason`, `instance_crashes`, `faults_injected`, `recovery_s` and
-#: `dip_ratio`, and `faults/<trial>.json` appears; 5 = trials.csv gains `length_x`, `too_short`,
-#: `stopped_early` and `stop_reason`, and `search.jsonl` holds the search's decisions. Readers
-#: accept older layouts and fill the columns they lack.
-SCHEMA_VERSION = 5
+#: `dip_ratio`, and `faults/<trial>.json` appears; 5 = trials.csv gains `clipped` (a real
+#: service's caps), and a run may hold `verify/` and `verification.json` (`lab.sweep --verify`);
+#: 6 = trials.csv gains `length_x`, `too_short`, `stopped_early` and `stop_reason`, and
+#: `search.jsonl` holds the search's decisions. Readers accept older layouts and fill the
+#: columns they lack.
+SCHEMA_VERSION = 6
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_FAILED = (
     "running",
@@ -80,6 +85,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "repeat": "repeat number, from 0",
     "concurrency": "num_workers x instances",
     "length_x": "the backlog multiplied by this (1: the scenario's items), to measure a steady rate",
+    "clipped": "what a real service's caps changed in the configuration asked for (empty: nothing)",
     "started_at": "clock start, epoch seconds (all instances ready)",
     "wall_s": "clock start to drained (or timed out), seconds",
     "timed_out": "true when the trial hit sweep.trial_timeout_s before draining",
@@ -123,7 +129,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "instance_crashes": "worker instances that exited during the trial: any signal or exit code, injected or not",
     "faults_injected": "faults of the scenario's `faults` applied (one that fell due after the trial drained is not)",
     "recovery_s": "the longest recovery, s: an exit until its jobs were back in the queue; a restart until the service was up; a pause until the broker answered",
-    "dip_ratio": "items/s while faults lasted (each until its recovery) over items/s before the first one: 1 no dip, 0 a standstill",
+    "dip_ratio": "items/s while faults lasted (each until its recovery) over items/s before the first one: 1 no dip, 0 a standstill, above 1 catching up on a backlog",
     "service_requests": "requests the target service received",
     "service_rejected": "rejected requests and connections (429: queue full, rate limit; 503: connection limit)",
     "service_errors": "of them, failed with 5xx",
@@ -175,6 +181,20 @@ def machine_metadata() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "hostname": socket.gethostname(),
     }
+
+
+def new_folder(parent: Path) -> Path:
+    """A new, empty `parent/<YYYYmmdd-HHMMSS>` folder; a taken name gets a suffix (-1, -2...)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        path = parent / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{parent}: 1000 folders named {stamp}: clean it up")
 
 
 _Text = Annotated[str, Field(max_length=1_000)]
@@ -263,7 +283,8 @@ _BOOL_COLUMNS = (
     "timed_out", "failed", "harness_saturated", "machine_saturated", "too_short", "stopped_early",
 )  # fmt: skip
 _TEXT_COLUMNS = (
-    "trial_id", "placement", "saturation_reason", "bottleneck", "failure_reason", "stop_reason",
+    "trial_id", "placement", "saturation_reason", "bottleneck", "failure_reason", "clipped",
+    "stop_reason",
 )  # fmt: skip
 
 #: The search's decisions (lab.sweep.search.Decision): one JSON object a line.
@@ -283,16 +304,7 @@ class RunFolder:
         cls, out_dir: Path, scenario_name: str, scenario_text: str, manifest: Mapping[str, Any]
     ) -> RunFolder:
         """A new, empty run folder; a taken name gets a suffix, so no run is ever overwritten."""
-        parent = out_dir / scenario_name
-        parent.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        for n in range(1000):
-            path = parent / (stamp if n == 0 else f"{stamp}-{n}")
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                continue
+        path = new_folder(out_dir / scenario_name)
         run = cls(path)
         with run._dir() as d:  # 0600: it may hold a broker password
             d.write("scenario.yaml", scenario_text.encode(), mode=0o600)
@@ -387,8 +399,10 @@ class RunFolder:
         events: list[JobEvent],
         services: Mapping[str, Any],
         faults: list[dict[str, Any]] | None = None,
+        placement: Mapping[str, Any] | None = None,
     ) -> None:
-        """Store one finished trial: events, service stats and faults first, its row last."""
+        """Store one finished trial: events, service stats, faults (and, with a cluster, what
+        ran where) first, its row last."""
         if list(row) != list(TRIAL_COLUMNS):
             missing, extra = set(TRIAL_COLUMNS) - set(row), set(row) - set(TRIAL_COLUMNS)
             raise ValueError(
@@ -402,6 +416,9 @@ class RunFolder:
         if faults:
             with self._dir("faults", create=True) as d:
                 d.write(f"{trial_id}.json", _dump(faults))
+        if placement is not None:
+            with self._dir("placement", create=True) as d:
+                d.write(f"{trial_id}.json", _dump(placement))
         buffer = io.StringIO()
         with self._dir() as d:
             new_file = not d.exists("trials.csv")
@@ -489,7 +506,7 @@ class RunFolder:
         frame[["instance_crashes", "faults_injected"]] = frame[
             ["instance_crashes", "faults_injected"]
         ].fillna(0)
-        # ...and before layout 5 every trial ran the scenario's own backlog to its end
+        # ...and before layout 6 every trial ran the scenario's own backlog to its end
         frame["length_x"] = frame["length_x"].fillna(1)
         frame["stopped_early"] = frame["stopped_early"].astype(object).fillna(False)
         frame["stop_reason"] = frame["stop_reason"].astype(object).fillna("")
@@ -525,6 +542,20 @@ class RunFolder:
             if not d.exists("scenario.yaml"):
                 return ""
             return d.read("scenario.yaml", limit=L.SCENARIO_BYTES_MAX).decode("utf-8", "replace")
+
+    def placement(self, trial_id: str) -> dict[str, Any] | None:
+        """Which node ran what in a trial placed on a cluster (None for a trial on this host)."""
+        name = f"{trial_id}.json"
+        with self._dir() as root:
+            if not root.exists("placement"):
+                return None
+        with self._dir("placement") as d:
+            if not d.exists(name):
+                return None
+            data = _parse_json(d.read(name, limit=L.JSON_BYTES_MAX), str(d.path / name))
+            if not isinstance(data, dict):
+                raise ConfigError(f"{d.path / name}: must be a JSON object, got {show(data)}")
+            return data
 
     def trial_logs(self, trial_id: str) -> Path:
         """A new, empty folder for one trial's child-process logs (an earlier attempt's, from an

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from lab.errors import ConfigError
 from lab.infra.procs import env_with_pythonpath
-from lab.mocks.spec import LognormalLatency, RateLimit
+from lab.mocks.spec import LognormalLatency, RateLimit, ServiceSpec
 from lab.runtime.retry import RetryPolicy
 from lab.scenario.spec import (
     QUICK_DURATION_MAX_S,
@@ -95,6 +95,7 @@ def test_every_shipped_scenario_loads_and_says_what_it_teaches(path: Path) -> No
 def test_quickstart_matches_its_brief() -> None:
     s = load_scenario(ROOT / "scenarios" / "quickstart.yaml")
     spec = s.services[s.workload.service]
+    assert isinstance(spec, ServiceSpec)
     assert (spec.kind, spec.capacity, spec.queue, spec.per_item_ms) == ("opensearch", 4, 100, 0.2)
     assert spec.latency == LognormalLatency(median_ms=10, p99_ms=40)
     assert (s.workload.job, s.workload.items, s.workload.arrival) == (
@@ -112,7 +113,8 @@ def test_quickstart_matches_its_brief() -> None:
 
 def test_rate_limited_api_drains_a_burst_through_the_limit() -> None:
     s = load_scenario(ROOT / "scenarios" / "rate_limited_api.yaml")
-    assert s.services["payments"].rate_limit == RateLimit(per_s=200, burst=20)
+    spec = s.services["payments"]
+    assert isinstance(spec, ServiceSpec) and spec.rate_limit == RateLimit(per_s=200, burst=20)
     assert (s.workload.arrival, s.workload.items) == (Backlog(), 1000)
     assert s.workload.retry.after_floor == "jittered"
 
@@ -160,7 +162,8 @@ def test_defaults_fill_in(tmp_path: Path) -> None:
     o = s.objective
     assert (o.maximize, o.slo.p99_latency_ms, o.slo.max_error_rate) == ("items_per_s", None, 0.01)
     assert o.prefer == ("fewer_instances", "fewer_num_workers")
-    assert s.services["search"].capacity == 8  # ServiceSpec's own defaults
+    spec = s.services["search"]
+    assert isinstance(spec, ServiceSpec) and spec.capacity == 8  # ServiceSpec's own defaults
 
 
 def test_the_design_sketch_loads(tmp_path: Path) -> None:
@@ -237,7 +240,7 @@ BAD: dict[str, tuple[str, int, list[str]]] = {
     "unknown service kind": (
         GOOD.replace("kind: opensearch", "kind: elastic"),
         4,
-        ["services.search.kind: ", "'elastic'", "'opensearch', 'http_api', 'database'"],
+        ["services.search.kind: ", "'elastic'", "'database', 'external', 'http_api', 'opensearch'"],
     ),
     "unknown job": (
         GOOD.replace("opensearch.bulk", "opensearch.blk"),
@@ -404,7 +407,7 @@ def test_the_cli_prints_the_json_schema_with_descriptions() -> None:
     assert out == json.dumps(schema, sort_keys=True, indent=2) + "\n"
     sweep = schema["$defs"]["Sweep"]["properties"]
     assert "FIRST item's scheduled arrival" in sweep["batch_size"]["description"]
-    assert schema["properties"]["services"]["description"].startswith("Mock services by name")
+    assert schema["properties"]["services"]["description"].startswith("Services by name")
     assert set(schema["required"]) == {"name", "services", "workload"}
 
 

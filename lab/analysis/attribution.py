@@ -87,8 +87,9 @@ class Context:
     def of(cls, scenario: Scenario, cpu_count: int | None = None) -> Context:
         w = scenario.workload
         duration_s = expected_duration_s(w.arrival)
+        service = scenario.services.get(w.service)
         return cls(
-            service=scenario.services.get(w.service),
+            service=service if isinstance(service, ServiceSpec) else None,  # None: a real one
             max_error_rate=scenario.objective.slo.max_error_rate,
             open_loop_s=duration_s or None,
             cpu_count=cpu_count,
@@ -130,10 +131,10 @@ def too_short(finished_at: Sequence[float], items: Sequence[int]) -> bool:
 
 
 def service_columns(
-    stats: Mapping[str, Any], spec: ServiceSpec, makespan_s: float
+    stats: Mapping[str, Any], spec: ServiceSpec | None, makespan_s: float
 ) -> dict[str, Any]:
     """The trials.csv columns that split the target service's rejections by kind and say how busy
-    it was, from its `/_lab/stats` document."""
+    it was, from its `/_lab/stats` document (`spec` None: a real service, utilization unknown)."""
     rejections = stats.get("rejections", {})
     samples = stats.get("samples", {}).get("service_ms", [])
     served = stats.get("served", 0)
@@ -145,7 +146,7 @@ def service_columns(
         + rejections.get("connection_wait_timeout", 0),
         "service_max_connections": stats.get("max", {}).get("connections", 0),
         "service_utilization": busy_s / (spec.capacity * makespan_s)
-        if makespan_s and makespan_s > 0
+        if spec is not None and makespan_s and makespan_s > 0
         else math.nan,
     }
 
@@ -349,7 +350,8 @@ def describe(bottleneck: str, ev: Mapping[str, Any]) -> str:
         )
     if bottleneck == "arrivals":
         return (
-            f"the work itself: only {ev['jobs']:,.0f} jobs for {_slots(ev['concurrency'])}, "
+            f"the work itself: only {ev['jobs']:,.0f} job{'' if ev['jobs'] == 1 else 's'} for "
+            f"{_slots(ev['concurrency'])}, "
             "so more slots have nothing to run"
         )
     if bottleneck == "rate_limit":

@@ -561,6 +561,7 @@ def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
         run = load_run(run)
     scenario = run.scenario
     service = scenario.services.get(scenario.workload.service)
+    service = service if isinstance(service, ServiceSpec) else None  # a real service: no model
     cpu_count = run.manifest.get("cpu_count")
     context = Context.of(scenario, cpu_count)
     folder = RunFolder(run.path)

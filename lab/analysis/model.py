@@ -40,6 +40,7 @@ from scipy.optimize import nnls
 
 from lab.analysis.configs import NOISE_MARGIN, preference_key
 from lab.configuration import Configuration
+from lab.mocks.spec import ServiceSpec
 from lab.results import RunFolder
 from lab.runtime.jobs import job_type
 from lab.scenario.spec import Backlog, LocustArrival, Scenario
@@ -297,6 +298,8 @@ def fit_model(
     trial id (services/<trial>.json). Raises ValueError when no trial can be used."""
     w = scenario.workload
     spec = scenario.services[w.service]
+    if not isinstance(spec, ServiceSpec):  # a real service: its capacity is unknown here
+        raise ValueError(f"{w.service} is a real service: the model needs a mock's settings")
     data = _per_trial(trials, services, w.service)
     if data.empty:
         raise ValueError("no finished trial with service statistics to fit the model to")

@@ -127,14 +127,19 @@ class Zygote:
 
 
 @contextlib.contextmanager
-def start_zygote(preload: Sequence[str], *, log_path: Path) -> Iterator[Zygote]:
-    """A fork server that imported `preload`; stopped (with any child left) when the block ends."""
+def start_zygote(
+    preload: Sequence[str], *, log_path: Path, env: Mapping[str, str] | None = None
+) -> Iterator[Zygote]:
+    """A fork server that imported `preload`, with `env` (default: this process's); stopped
+    (with any child left) when the block ends."""
     parent, theirs = socket.socketpair()
     with parent, theirs:
         argv = python_module_argv(
             "lab.infra.zygote", "--fd", str(theirs.fileno()), *(f"--preload={m}" for m in preload)
         )
-        with spawn(argv, name="zygote", log_path=log_path, pass_fds=(theirs.fileno(),)) as child:
+        with spawn(
+            argv, name="zygote", log_path=log_path, pass_fds=(theirs.fileno(),), env=env
+        ) as child:
             theirs.close()
             yield Zygote(parent, child)
 

@@ -56,6 +56,7 @@ class MockService:
         self.spec = spec
         self.model = LoadModel(spec)
         self._limit_connections = spec.connection_limit is not None
+        self._send_retry_after = spec.rate_limit is None or spec.rate_limit.retry_after
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Entry point for every non-`/_lab/` request."""
@@ -86,7 +87,11 @@ class MockService:
                 "retry_after_s": round(wait_s, 3),
             }
         }
-        return json_response(body, status=429, headers=retry_after_header(wait_s))
+        return json_response(body, status=429, headers=self.retry_after(wait_s))
+
+    def retry_after(self, wait_s: float) -> dict[str, str] | None:
+        """The rate-limited 429's Retry-After header, unless the spec turns it off."""
+        return retry_after_header(wait_s) if self._send_retry_after else None
 
     def refused(self, reason: str) -> web.Response:
         """503 for a connection past `connection_limit`; the connection is then closed."""

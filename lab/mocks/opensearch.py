@@ -36,7 +36,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from lab.mocks.base import ControlHandler, MockService, json_response, retry_after_header
+from lab.mocks.base import ControlHandler, MockService, json_response
 from lab.mocks.bulk import BulkError, BulkOp, parse_bulk
 from lab.mocks.docstore import DocStore, WriteResult
 from lab.mocks.load import Outcome
@@ -276,7 +276,7 @@ class OpenSearchMock(MockService):
 
     def rate_limited(self, wait_s: float) -> web.Response:
         reason = "rate limit exceeded: too many requests"
-        return os_error(429, "too_many_requests", reason, headers=retry_after_header(wait_s))
+        return os_error(429, "too_many_requests", reason, headers=self.retry_after(wait_s))
 
     def refused(self, reason: str) -> web.Response:
         return os_error(503, reason, "too many connections")

@@ -24,7 +24,10 @@ from lab.analysis.configs import Analysis, Run, analyze, load_run
 from lab.analysis.recommendation import Recommendation
 from lab.configuration import label
 from lab.errors import exit_status
+from lab.external import ExternalService
 from lab.infra.broker import redact_url
+from lab.mocks.spec import ServiceSpec
+from lab.report import verification
 from lab.report.faults import faults_section
 from lab.report.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
 from lab.report.search import model_section, search_section
@@ -183,13 +186,7 @@ def _definitions(items: Sequence[tuple[str, Any]]) -> str:
 def _scenario(run: Run) -> str:
     s = run.scenario
     w, sweep, o = s.workload, s.sweep, s.objective
-    services = "; ".join(
-        f"{name}: {spec.kind}, capacity {spec.capacity}, queue {spec.queue}, "
-        f"latency {_latency(spec.latency.model_dump(exclude_none=True))}, "
-        f"per item {spec.per_item_ms:g} ms"
-        + (f", rate limit {spec.rate_limit.per_s:g}/s" if spec.rate_limit else "")
-        for name, spec in s.services.items()
-    )
+    services = "; ".join(_service(name, spec) for name, spec in s.services.items())
     text = redact_url(RunFolder(run.path).scenario_text())  # a broker password stays out
     return (
         _definitions(
@@ -214,6 +211,21 @@ def _scenario(run: Run) -> str:
             ]
         )
         + f"<details><summary>scenario.yaml, as run</summary><pre>{escape(text)}</pre></details>"
+    )
+
+
+def _service(name: str, spec: ServiceSpec | ExternalService) -> str:
+    if isinstance(spec, ExternalService):
+        return (
+            f"{name}: a real {spec.protocol} service at {spec.url}, at most {spec.max_in_flight} "
+            f"requests in flight and {spec.max_requests_per_s:g} per second"
+        )
+    return (
+        f"{name}: {spec.kind}, capacity {spec.capacity}, queue {spec.queue}, "
+        f"latency {_latency(spec.latency.model_dump(exclude_none=True))}, "
+        f"per item {spec.per_item_ms:g} ms"
+        + (f", rate limit {spec.rate_limit.per_s:g}/s" if spec.rate_limit else "")
+        + (f", fitted to {spec.calibrated_from.url}" if spec.calibrated_from else "")
     )
 
 
@@ -270,6 +282,7 @@ def render_report(analysis: Analysis) -> str:
         f"({escape(str(run.manifest.get('status', '?')))})</p>",
         "<h2>Recommendation</h2>",
         _recommendation(analysis.recommendation),
+        verification.section(run.path),
         f'<h2>Warnings</h2><div class="box warn"><ul>{warnings}</ul></div>' if warnings else "",
         "<h2>Figures</h2>",
         figures,
@@ -295,11 +308,15 @@ def render_report(analysis: Analysis) -> str:
         "<h2>Machine and run</h2>",
         _machine(run),
     ]
-    body = "\n".join(sections)
+    return html_page(f"{run.scenario.name}: lab report", "\n".join(sections))
+
+
+def html_page(title: str, body: str) -> str:
+    """A self-contained HTML document around `body`: inline style, no script, nothing fetched."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{name}: lab report</title><style>{_CSS}</style></head>\n"
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head>\n"
         f"<body>\n{body}\n</body></html>\n"
     )
 

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, field_validator, mo
 
 from lab import limits as L
 from lab.errors import ConfigError
+from lab.external import ExternalService, speaks
 from lab.infra.broker import redact_url
 from lab.mocks.spec import ServiceSpec
 from lab.runtime.jobs import BUILTINS, find_job_module, job_type, resolve
@@ -118,6 +119,39 @@ class Broker(_Strict):
         )
 
 
+class Cluster(_Strict):
+    """Where a trial runs when one host is not enough: a Ray cluster (docs/ray.md).
+
+    The producer and the clock stay on this host (the driver); each mock service gets a node of
+    its own where the cluster has room, and the worker instances spread over the other nodes.
+    """
+
+    engine: Literal["ray"] = Field(description="The cluster engine; only ray today.")
+    address: str = Field(
+        default="auto",
+        description="auto: the running cluster RAY_ADDRESS or `ray start` names; "
+        "ray://host:port: a remote cluster through Ray Client; local: a one-node Ray on this "
+        "host, on loopback.",
+    )
+    workers_resource: Name | None = Field(
+        default=None,
+        description="Only nodes offering this custom Ray resource host worker instances; "
+        "null = any node.",
+    )
+    services_resource: Name | None = Field(
+        default=None,
+        description="Only nodes offering this custom Ray resource host mock services; "
+        "null = any node.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        if address in ("auto", "local") or re.fullmatch(r"ray://[^/:\s]+:\d+", address):
+            return address
+        raise ValueError(f"must be auto, local or ray://host:port, got {address!r}")
+
+
 class Backlog(_Strict):
     """Every item enqueued at once, like a bulk import: the figures are makespan and items/s."""
 
@@ -178,6 +212,7 @@ class LocustArrival(_Strict):
 Arrival = Annotated[Backlog | Poisson | Ramp | LocustArrival, Field(discriminator="kind")]
 
 Placement = Literal["separate", "colocated"]
+Service = Annotated[ServiceSpec | ExternalService, Field(discriminator="kind")]
 
 
 class Workers(_Strict):
@@ -469,14 +504,18 @@ class Scenario(_Strict):
     )
     broker: Broker = Field(default_factory=Broker, description="Where the job queue lives.")
     services: Annotated[
-        dict[Name, ServiceSpec], Field(max_length=L.SERVICES_MAX), why(L.SERVICES_WHY)
+        dict[Name, Service], Field(max_length=L.SERVICES_MAX), why(L.SERVICES_WHY)
     ] = Field(
         min_length=1,
-        description="Mock services by name (at least one; names as for `name`); see "
-        "lab.mocks.spec.",
+        description="Services by name (at least one; names as for `name`): mocks (kind "
+        "opensearch, http_api, database; see lab.mocks.spec) or real ones (kind external; "
+        "see lab.external).",
     )
     workload: Workload = Field(description="The job, its service and how items arrive.")
     workers: Workers = Field(default_factory=Workers, description="Where the job slots run.")
+    cluster: Cluster | None = Field(
+        default=None, description="A Ray cluster to place trials on; null = this host only."
+    )
     sweep: Sweep = Field(default_factory=Sweep, description="The configurations to try.")
     objective: Objective = Field(default_factory=Objective, description="What best means.")
     faults: tuple[Fault, ...] = Field(
@@ -494,15 +533,33 @@ class Scenario(_Strict):
         if name not in self.services:
             known = f"{hint(name, self.services)}; known: {', '.join(sorted(self.services))}"
             problems.append((("workload", "service"), f"unknown service {name!r}{known}"))
-        elif (need := job_type(job).service_kind) and self.services[name].kind != need:
-            kind = self.services[name].kind
+        elif (need := job_type(job).service_kind) and speaks(self.services[name]) != need:
+            kind = speaks(self.services[name])
             problems.append((("workload", "job"), f"{job} needs an {need} service, not {kind}"))
+        if self.cluster is not None and "colocated" in self.workers.placements:
+            problems.append(
+                (("workers", "placement"), "colocated slots run in the web app on this host; "
+                 "with a cluster use separate")
+            )  # fmt: skip
+        if self.cluster is not None:
+            problems += [
+                (("faults", i, "restart"), "restarting a mock service is for this host only, "
+                 "not with a cluster")
+                for i, f in enumerate(self.faults)
+                if f.restart
+            ]  # fmt: skip
         problems += fault_problems(
             self.faults,
             self.services,
             broker_url=self.broker.url,
             timeout_s=self.sweep.trial_timeout_s,
         )
+        problems += [
+            (("faults", i, "name"), f"{f.name!r} is a real service (kind external): the lab "
+             "starts and stops only its mocks")
+            for i, f in enumerate(self.faults)
+            if isinstance(self.services.get(f.name or ""), ExternalService)
+        ]  # fmt: skip
         if isinstance(self.workload.arrival, Backlog) and quick.duration_s is not None:
             problems.append(
                 (("sweep", "quick", "duration_s"), "poisson/ramp only; for a backlog use items")

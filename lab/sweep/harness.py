@@ -1,4 +1,5 @@
-"""What a sweep keeps running across its trials, so a trial's fixed cost is milliseconds.
+"""What a sweep keeps running across its trials on this host, so a trial's fixed cost is
+milliseconds (`lab.sweep.placement.LocalPlacement` uses it; a cluster's trials do not).
 
 - The mock services: one process per service for the whole sweep. Before each trial it is reset
   to exactly what a fresh process started with that trial's seed would be (`POST /_lab/reset
@@ -12,34 +13,26 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab.infra.files import atomic_write
-from lab.infra.procs import Child, python_module_argv, spawn
+from lab.infra.procs import Child, spawn
+from lab.infra.sockets import listening_socket, served_argv, url_of
 from lab.infra.zygote import Zygote, start_zygote
 from lab.mocks.control import TOKEN_ENV, MockControl, new_token
 from lab.mocks.spec import ServiceSpec, spec_to_json
+from lab.sweep.placement import mock_args
 
 #: How long a mock may take to finish the last trial's requests before it is restarted.
 QUIET_TIMEOUT_S = 5.0
 
 #: Modules the fork server imports once (the worker and everything it loads).
 PRELOAD = ("lab.runtime.worker",)
-
-
-@contextlib.contextmanager
-def listening_socket() -> Iterator[socket.socket]:
-    """A loopback socket bound here and handed to children: its URL is known before they are
-    up (so everything can start at once), and no port can be taken in between."""
-    with socket.create_server(("127.0.0.1", 0), backlog=1024) as sock:
-        sock.set_inheritable(True)
-        yield sock
 
 
 @dataclass
@@ -111,10 +104,7 @@ class ServicePool:
         spec_file = self.logs / f"mock-{name}.spec.json"  # a spec of any size; argv has a limit
         atomic_write(spec_file, spec_to_json(spec))
         with listening_socket() as sock:
-            argv = python_module_argv(
-                "lab.mocks", spec.kind, "--spec-file", str(spec_file),
-                "--ready-file", str(ready), "--listen-fd", str(sock.fileno()),
-            )  # fmt: skip
+            argv = served_argv("lab.mocks", mock_args(spec.kind, spec_file), sock, ready)
             child = stack.enter_context(
                 spawn(
                     argv,
@@ -124,7 +114,7 @@ class ServicePool:
                     env={**os.environ, TOKEN_ENV: self.token},  # argv is public; the env is not
                 )
             )
-            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+            url = url_of(sock)
         self._mocks[name] = _Mock(spec, url, child, stack)
         self.starting.append(ready)
 
@@ -145,12 +135,15 @@ class Harness:
 
 
 @contextlib.contextmanager
-def start_harness(logs: Path) -> Iterator[Harness]:
-    """Start the fork server now (the mocks on first use); stop everything when the block ends."""
+def start_harness(logs: Path, env: Mapping[str, str] | None = None) -> Iterator[Harness]:
+    """Start the fork server now (the mocks on first use); stop everything when the block ends.
+
+    `env`: the fork server's environment, as a worker's would be (its forked children get
+    theirs over its socket, but a process's environment as the OS shows it is the server's)."""
     logs.mkdir(parents=True, exist_ok=True)
     pool = ServicePool(logs)
     try:
-        with start_zygote(PRELOAD, log_path=logs / "zygote.log") as zygote:
+        with start_zygote(PRELOAD, log_path=logs / "zygote.log", env=env) as zygote:
             yield Harness(pool, zygote)
     finally:
         pool.close()

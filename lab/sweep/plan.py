@@ -13,6 +13,7 @@ from lab.mocks.distributions import mean_ms
 from lab.producers.arrivals import expected_duration_s
 from lab.runtime.jobs import job_type
 from lab.scenario.spec import Scenario
+from lab.sweep import external
 from lab.sweep.trial import TrialPlan
 
 #: Seconds a trial costs beyond its drain: workers forked, ready checks, stop, mocks reset.
@@ -24,7 +25,7 @@ def estimate_trial_s(scenario: Scenario, plan: TrialPlan) -> float:
 
     A user handler's requests are unknown to the lab: the estimate assumes one per item."""
     w = scenario.workload
-    spec = scenario.services[w.service]
+    spec = external.stand_in(scenario.services[w.service])
     kind = job_type(w.job)
     requests_per_job = kind.requests_per_job(plan.batch_size)
     per_request_ms = mean_ms(spec.latency) + spec.per_item_ms * kind.items_per_request(

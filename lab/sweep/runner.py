@@ -4,6 +4,7 @@
     python -m lab.sweep scenarios/opensearch_index.yaml --quick  # the scenario's small grid
     python -m lab.sweep scenarios/x.yaml --dry-run             # the plan and an estimate only
     python -m lab.sweep --resume results/x/20261128-101500     # finish an interrupted run
+    python -m lab.sweep scenarios/twin.yaml --verify           # then the best on the real service
 
 Grid trials run in a shuffled order (seeded), so slow drift of the machine does not favour one
 configuration; `sweep.search: {kind: adaptive}` or `sweep.repeats: auto` let the search
@@ -17,25 +18,30 @@ message, exit status 2, the run marked failed and resumable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from lab.analysis.recommendation import Recommendation
 from lab.errors import ConfigError, HarnessError, LabError
-from lab.infra.broker import start_broker
+from lab.infra.broker import Broker, start_broker
 from lab.infra.procs import check_stop, stop_on_signals
 from lab.results import STATUS_COMPLETE, STATUS_FAILED, STATUS_INTERRUPTED, RunFolder
 from lab.runtime.jobs import job_type
 from lab.scenario.loader import read_text
 from lab.scenario.spec import Scenario, import_job, load_scenario
 from lab.sweep.faults import fault_summary
-from lab.sweep.harness import start_harness
+from lab.sweep.harness import Harness, start_harness
+from lab.sweep.placement import connect_cluster, with_cluster
 from lab.sweep.plan import estimate_trial_s, plan_trials
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
+from lab.sweep.verify import real_service
+from lab.sweep.verify import verify as verify_on_real
 
 if TYPE_CHECKING:
     from lab.sweep.search import Decision, Search
@@ -92,6 +98,41 @@ class ProgressLine:
         self.stream.flush()
 
 
+@contextlib.contextmanager
+def _shared_processes(scenario: Scenario, logs: Path, broker: Broker) -> Iterator[Harness | None]:
+    """The mocks and the workers' fork server that trials on this host share (`start_harness`).
+    None with a cluster: its trials start their own mocks and instances on its nodes, where
+    neither a mock on this host nor a fork server here could serve them."""
+    if scenario.cluster is not None:
+        yield None
+        return
+    with start_harness(logs, env=broker.child_env()) as harness:
+        yield harness
+
+
+def _scenario(
+    scenario_path: Path | None, resume: Path | None, quick: bool, cluster: str | None
+) -> tuple[RunFolder | None, Path, Scenario, bool, str | None]:
+    """The run folder being resumed (or None), the scenario's file, the scenario as it will run
+    (quick variant, cluster override), and the quick and cluster settings a resume keeps."""
+    run = None
+    if resume is not None:
+        run = RunFolder.open(resume)
+        source = run.scenario_path
+        quick = bool(run.manifest.get("quick", False))
+        cluster = cluster or run.manifest.get("cluster_flag")
+    elif scenario_path is not None:
+        source = Path(scenario_path)
+    else:
+        raise ConfigError("give a scenario file, or --resume RUN_DIR")
+    scenario = load_scenario(source)
+    if quick:
+        scenario = scenario.quick_variant()
+    if cluster is not None:
+        scenario = with_cluster(scenario, cluster)
+    return run, source, scenario, quick, cluster
+
+
 def run_sweep(
     scenario_path: Path | None = None,
     *,
@@ -101,21 +142,17 @@ def run_sweep(
     resume: Path | None = None,
     options: TrialOptions | None = None,
     stream: TextIO | None = None,
+    cluster: str | None = None,
+    verify: bool = False,
 ) -> RunFolder | None:
-    """Run (or resume) a sweep; returns its folder (None for a dry run). Raises LabError on bad input."""
+    """Run (or resume) a sweep; returns its folder (None for a dry run). Raises LabError on bad input.
+
+    `verify`: the workload's service is a mock fitted to a real one (`calibrated_from`); the
+    recommendation and its runners-up are then rerun on the real service (`lab.sweep.verify`)."""
     stream = stream or sys.stdout
-    if resume is not None:
-        run = RunFolder.open(resume)
-        source = run.scenario_path
-        scenario = load_scenario(source)
-        quick = bool(run.manifest.get("quick", False))
-    elif scenario_path is not None:
-        source = Path(scenario_path)
-        scenario = load_scenario(source)
-    else:
-        raise ConfigError("give a scenario file, or --resume RUN_DIR")
-    if quick:
-        scenario = scenario.quick_variant()
+    resumed, source, scenario, quick, cluster = _scenario(scenario_path, resume, quick, cluster)
+    if verify:
+        real_service(scenario)  # bad input stops here, before anything is written
     from lab.sweep.search import Search  # pandas, scipy: only once the arguments hold
 
     search = Search(scenario, cpu_count=os.cpu_count())
@@ -123,10 +160,12 @@ def run_sweep(
         _print_plan(scenario, search, stream)
         return None
     import_job(scenario, source)  # the user's module runs only now, when trials will run
-    if resume is None:
+    if resumed is not None:
+        run = resumed
+    else:
         run = RunFolder.create(
             out_dir, scenario.name, read_text(source, what="scenario"),
-            {"seed": scenario.seed, "quick": quick, "command": ["python", "-m", "lab.sweep", *sys.argv[1:]], "search": search.budget_words()},
+            {"seed": scenario.seed, "quick": quick, "command": ["python", "-m", "lab.sweep", *sys.argv[1:]], "search": search.budget_words(), "cluster_flag": cluster},
         )  # fmt: skip
 
     def log(decision: Decision) -> None:
@@ -146,9 +185,10 @@ def run_sweep(
     trial_options = options or TrialOptions()
     try:
         with (
+            connect_cluster(scenario.cluster),
             stop_on_signals(),
             start_broker(scenario.broker.url) as broker,
-            start_harness(run.path / "logs" / "shared") as harness,
+            _shared_processes(scenario, run.path / "logs" / "shared", broker) as harness,
         ):
             run.update_manifest(
                 status="running", broker="embedded" if broker.embedded else "broker.url"
@@ -168,7 +208,10 @@ def run_sweep(
                     options=opts,
                     harness=harness,
                 )
-                run.add_trial(outcome.row, outcome.events, outcome.services, outcome.faults)
+                run.add_trial(
+                    outcome.row, outcome.events, outcome.services, outcome.faults,
+                    outcome.placement,
+                )  # fmt: skip
                 search.record(outcome.row, outcome.services)
                 progress.end(outcome.row)
     except (KeyboardInterrupt, SystemExit):
@@ -188,19 +231,33 @@ def run_sweep(
         run.mark(STATUS_FAILED)
         raise
     run.mark(STATUS_COMPLETE)
-    report = _recommend_and_report(run, stream)
+
+    def check_on_the_real_service(recommendation: Recommendation) -> None:
+        with stop_on_signals(), start_broker(scenario.broker.url) as broker:
+            verify_on_real(
+                run, scenario, recommendation, broker=broker, options=trial_options, stream=stream
+            )
+
+    report = _recommend_and_report(
+        run, stream, verify=check_on_the_real_service if verify else None
+    )
     stream.write(f"report: {report}\nrun: {run.path}\n")
     return run
 
 
-def _recommend_and_report(run: RunFolder, stream: TextIO) -> Path:
-    """The end of every run: recommendation.json, report.html, the one-line verdict."""
+def _recommend_and_report(
+    run: RunFolder, stream: TextIO, *, verify: Callable[[Recommendation], None] | None = None
+) -> Path:
+    """The end of every run: recommendation.json, the one-line verdict, the check on the real
+    service when asked (`verify`), report.html."""
     from lab.analysis.configs import analyze  # pandas, scipy: loaded only when a run ends
     from lab.report.html import write_report  # matplotlib: likewise
 
     analysis = analyze(run.path)
     run.write_json("recommendation.json", analysis.recommendation.to_json())
     stream.write(analysis.recommendation.describe() + "\n")
+    if verify is not None:
+        verify(analysis.recommendation)
     return write_report(run.path, analysis=analysis)
 
 
@@ -235,6 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the plan and an estimate; run nothing"
     )
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="place the trials on a Ray cluster: auto, local or ray://host:port (overrides the "
+        "scenario's cluster); none: this host only",
+    )
+    p.add_argument(
+        "--verify", action="store_true",
+        help="then rerun the best configurations on the real service the mock was fitted to",
+    )  # fmt: skip
     return p
 
 
@@ -244,7 +311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("lab.sweep: give a scenario or --resume, not both", file=sys.stderr)
         return 2
     try:
-        run_sweep(ns.scenario, out_dir=ns.out, quick=ns.quick, dry_run=ns.dry_run, resume=ns.resume)
+        run_sweep(
+            ns.scenario, out_dir=ns.out, quick=ns.quick, dry_run=ns.dry_run, resume=ns.resume,
+            cluster=ns.cluster, verify=ns.verify,
+        )  # fmt: skip
     except LabError as exc:
         print(f"lab.sweep: {exc}", file=sys.stderr)
         return exc.exit_code

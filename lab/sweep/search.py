@@ -47,6 +47,7 @@ from lab.analysis.configs import (
 )
 from lab.analysis.model import QueueingModel, fit_model, model_pick
 from lab.configuration import Configuration, label
+from lab.mocks.spec import ServiceSpec
 from lab.results import TRIAL_COLUMNS
 from lab.scenario.spec import Backlog, Scenario
 from lab.sweep.plan import estimate_trial_s, plan_trials
@@ -294,6 +295,7 @@ class Search:
         if not self.rows:
             return None
         service = self.scenario.services.get(self.scenario.workload.service)
+        service = service if isinstance(service, ServiceSpec) else None  # a real one: no model
         return analyze_trials(
             self.trials(), self.scenario.objective, service=service, cpu_count=self.cpu_count
         )

@@ -15,9 +15,8 @@ not, are `lab.sweep.faults`'s: an instance that dies is measured, a broken harne
 from __future__ import annotations
 
 import contextlib
-import functools
+import dataclasses
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -25,36 +24,38 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lab.configuration import COLOCATED, Configuration
 from lab.errors import HarnessError
+from lab.external import ExternalService
 from lab.infra.broker import Broker
-from lab.infra.files import atomic_write
-from lab.infra.procs import Child, check_stop, python_module_argv, spawn, terminate_all, wait_for
-from lab.infra.zygote import Zygote
-from lab.mocks.control import TOKEN_ENV, MockControl, new_token
-from lab.mocks.spec import spec_to_json
+from lab.infra.procs import check_stop, python_module_argv, spawn, wait_for
+from lab.infra.sockets import listening_socket, url_of
+from lab.mocks.control import MockControl, new_token
+from lab.mocks.spec import ServiceSpec
 from lab.producers.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
 from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import JobEvent, Queue
 from lab.scenario.spec import LocustArrival, Placement, Scenario
-from lab.sweep.faults import (
-    BROKER_ANSWER_S,
-    BROKER_ERRORS,
-    ServiceHandle,
-    TrialFaults,
-    broker_lost,
-)
-from lab.sweep.harness import Harness, listening_socket
+from lab.sweep import external
+from lab.sweep.faults import BROKER_ANSWER_S, BROKER_ERRORS, TrialFaults, broker_lost
+from lab.sweep.harness import Harness
+from lab.sweep.placement import Processes, TrialPlacement, open_placement
 from lab.sweep.resources import ResourceSampler, Usage
 from lab.sweep.trial_row import trial_row
 
 Progress = Callable[[int, int, float], None]  # (items done, items expected, seconds elapsed)
+
+#: How long children may take to announce they are ready before the trial fails.
+READY_TIMEOUT_S = 60.0
+
+#: How often the trial polls the queue while it drains.
+POLL_S = 0.02
 
 
 @dataclass
@@ -72,12 +73,6 @@ class DrainProgress:
 
 #: Decides, while a trial drains, to stop it: the reason, or None to go on.
 StopRule = Callable[[DrainProgress], str | None]
-
-#: How long children may take to announce they are ready before the trial fails.
-READY_TIMEOUT_S = 60.0
-
-#: How often the trial polls the queue while it drains.
-POLL_S = 0.02
 
 
 def instance_id(plan: TrialPlan, i: int) -> str:
@@ -134,64 +129,7 @@ class TrialOutcome:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # mock stats by name
     usage: dict[str, Usage] = field(default_factory=dict)
     faults: list[dict[str, Any]] = field(default_factory=list)  # FaultRecord.to_json() each
-
-
-class _Actors:
-    """The trial's child processes by name, with their role for CPU accounting."""
-
-    def __init__(
-        self, stack: contextlib.ExitStack, logs: Path, launcher: Zygote | None = None
-    ) -> None:
-        self.stack, self.logs, self.launcher = stack, logs, launcher
-        self.children: dict[str, tuple[str, Child]] = {}
-        self.ready_files: list[Path] = []
-
-    def start_module(
-        self, name: str, role: str, module: str, args: list[str], *, grace_s: float,
-        env: Mapping[str, str],
-    ) -> Child:  # fmt: skip
-        """`python -m module args`: forked from the sweep's fork server when there is one."""
-        if self.launcher is None:
-            argv = python_module_argv(module, *args)
-            return self.start(name, role, argv, grace_s=grace_s, env=env)
-        log_path = self.logs / f"{name}.log"
-        child = self.stack.enter_context(
-            self.launcher.spawn(
-                module, args, name=name, log_path=log_path, grace_s=grace_s, env=env
-            )
-        )
-        self.children[name] = (role, child)
-        return child
-
-    def start(
-        self,
-        name: str,
-        role: str,
-        argv: list[str],
-        *,
-        ready: Path | None = None,
-        pass_fds: tuple[int, ...] = (),
-        grace_s: float = 5.0,
-        env: Mapping[str, str] | None = None,
-    ) -> Child:
-        if ready is not None:
-            ready.unlink(missing_ok=True)  # a resumed trial must not trust the last attempt's file
-            self.ready_files.append(ready)
-        child = self.stack.enter_context(
-            spawn(
-                argv,
-                name=name,
-                log_path=self.logs / f"{name}.log",
-                pass_fds=pass_fds,
-                grace_s=grace_s,
-                env=env,
-            )
-        )
-        self.children[name] = (role, child)
-        return child
-
-    def of_role(self, *roles: str) -> list[Child]:
-        return [c for role, c in self.children.values() if role in roles]
+    placement: dict[str, Any] | None = None  # what ran where, with a cluster (placement.record)
 
 
 def _worker_flags(
@@ -209,7 +147,7 @@ def _worker_flags(
     ]  # fmt: skip
     for name, url in urls.items():
         flags += ["--service", f"{name}={url}"]
-    return flags
+    return flags + external.worker_flags(scenario, plan.instances)
 
 
 def _base_args(scenario: Scenario) -> dict[str, Any]:
@@ -222,14 +160,13 @@ def _base_args(scenario: Scenario) -> dict[str, Any]:
 
 
 def _start_slots(
-    actors: _Actors,
+    place: TrialPlacement,
     scenario: Scenario,
     plan: TrialPlan,
     broker: Broker,
     queue: str,
     urls: dict[str, str],
     options: TrialOptions,
-    stack: contextlib.ExitStack,
 ) -> str | None:
     """Start the job slots (and the web app when there is one); returns the web app's URL."""
     w = scenario.workload
@@ -239,14 +176,18 @@ def _start_slots(
     env = broker.child_env()  # the broker URL (and any password in it) never goes on argv
     grace = options.grace_s + 5
     if not colocated:
-        for i in range(plan.instances):
-            args = [*common, *_worker_flags(scenario, plan, urls, i, options)]
-            actors.start_module(
-                f"worker-{i}", "worker", "lab.runtime.worker", args, grace_s=grace, env=env
-            )
+        place.start_workers(
+            {
+                instance_id(plan, i): [*common, *_worker_flags(scenario, plan, urls, i, options)]
+                for i in range(plan.instances)
+            },
+            grace_s=grace,
+            env=broker.child_env(base={}),
+        )
     if not needs_web:
         return None
-    sock = stack.enter_context(listening_socket())
+    actors = place.driver
+    sock = actors.stack.enter_context(listening_socket())
     jobs_per_request = w.arrival.jobs_per_request if isinstance(w.arrival, LocustArrival) else 1
     for i in range(plan.instances if colocated else 1):
         ready = actors.logs / f"web-{i}.ready.json"
@@ -266,14 +207,16 @@ def _start_slots(
             grace_s=grace,
             env=env,
         )
-    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+    return url_of(sock)
 
 
 def _prepare_services(scenario: Scenario, mocks: dict[str, MockControl], items: int) -> None:
     """Before the clock: documents in place for a job type that acts on existing ids (deletes),
-    every counter at zero."""
+    every counter at zero. `mocks` are the mocks only: an external service is prepared by
+    `external.prepare`, with its own protocol (never a /_lab/ route)."""
     w = scenario.workload
-    if job_type(w.job).seeds_ids:
+    external.prepare(scenario, items)
+    if job_type(w.job).seeds_ids and w.service in mocks:
         mocks[w.service].seed(w.index, [str(i) for i in range(items)])
     for mock in mocks.values():
         mock.reset()
@@ -307,12 +250,17 @@ class _Trial:
         self, scenario: Scenario, plan: TrialPlan, broker: Broker, logs: Path,
         options: TrialOptions, harness: Harness | None = None,
     ) -> None:  # fmt: skip
+        num_workers, instances, self.clipped = external.clip(
+            scenario, plan.num_workers, plan.instances
+        )
+        self.asked = plan  # its id and order name the trial; `plan` is what runs
+        plan = dataclasses.replace(plan, num_workers=num_workers, instances=instances)
+        scenario = external.with_trial_index(scenario, plan.trial_id, secrets.token_hex(3))
         self.scenario, self.plan, self.broker, self.logs = scenario, plan, broker, logs
         self.options = options
-        # the harness's mocks serve trial after trial, unless a fault restarts one mid-trial
-        restarts = any(f.restart for f in scenario.faults)
-        self.harness = harness
-        self.pool = harness.services if harness is not None and not restarts else None
+        # on this host the sweep's mocks serve trial after trial (LocalPlacement); a cluster's
+        # trials start their own (open_placement leaves the harness out)
+        self.harness = harness if scenario.cluster is None else None
         w = scenario.workload
         self.locust = w.arrival if isinstance(w.arrival, LocustArrival) else None
         rng = random.Random(derive_seed(scenario.seed, plan.repeat, "arrivals"))
@@ -328,7 +276,7 @@ class _Trial:
             sum(len(j.items) for j in self.jobs) or w.expected_items * plan.batch_size
         )
         # the mocks' /_lab/ routes answer only to this trial (or to this sweep's, when shared)
-        self.token = self.pool.token if self.pool is not None else new_token()
+        self.token = self.harness.services.token if self.harness is not None else new_token()
 
     def run(self) -> TrialOutcome:
         try:
@@ -341,26 +289,28 @@ class _Trial:
         timeout_s = BROKER_ANSWER_S + max(pauses, default=0.0)
         with (
             self.broker.client(socket_timeout=timeout_s) as client,
-            contextlib.ExitStack() as services_stack,
+            open_placement(self.scenario.cluster, self.broker, self.logs, self.harness) as place,
         ):
             queue = Queue(client, f"trial-{self.plan.trial_id}-{secrets.token_hex(3)}")
             queue.purge()
-            services = _Actors(services_stack, self.logs)
-            urls = self._start_services(services)
-            with contextlib.ExitStack() as slots_stack:
-                launcher = self.harness.launcher if self.harness is not None else None
-                slots = _Actors(slots_stack, self.logs, launcher)
-                web_url = _start_slots(
-                    slots, self.scenario, self.plan, self.broker, queue.name, urls, self.options,
-                    slots_stack,
-                )  # fmt: skip
-                # on any exit, every slot gets SIGTERM at once: graceful stops overlap
-                slots_stack.callback(terminate_all, slots.of_role("worker", "web"))
-                self._wait_ready(queue, services, slots, urls)
-                measured = self._measure(queue, services, slots, web_url)
+            restarted = {f.name for f in self.scenario.faults if f.restart and f.name}
+            mocks = place.start_services(
+                self._seeded_services(), token=self.token, restartable=restarted
+            )
+            urls = mocks | {
+                name: spec.url for name, spec in external.externals(self.scenario).items()
+            }
+            web_url = _start_slots(
+                place, self.scenario, self.plan, self.broker, queue.name, urls, self.options
+            )
+            self._wait_ready(queue, place, mocks)
+            measured = self._measure(queue, place, web_url)
+            place.stop_workers()
             # the slots are stopped: every ack is written; the services are still up
-            service_stats = {name: self._stats(name, url) for name, url in urls.items()}
-            return self._collect(queue, service_stats, measured)  # the client still open
+            service_stats = {name: self._stats(name, url) for name, url in mocks.items()}
+            for name in external.externals(self.scenario):
+                service_stats[name] = external.collect(self.scenario, name)
+            return self._collect(queue, service_stats, measured, place)  # the client still open
 
     def _mock(self, url: str) -> MockControl:
         return MockControl(url, self.token)
@@ -373,60 +323,25 @@ class _Trial:
                 f"the mock service {name} did not answer after trial {self.plan.trial_id}: {exc}"
             ) from None
 
-    def _start_services(self, actors: _Actors) -> dict[str, str]:
-        """Each mock service in its own process, on a socket bound here; returns their URLs.
-
-        The spec goes through a file (a command line has a length limit, a spec with many
-        brown-outs does not), the control token through the environment (argv is public). The
-        socket stays open here for the whole trial, so a restarted mock serves the same address
-        (connections made meanwhile wait in its backlog)."""
-        if self.pool is not None:  # the harness's, reset as fresh with this trial's seeds
-            shared = self.pool.checkout(
-                {
-                    name: spec.model_copy(update={"seed": self._mock_seed(name, spec.seed)})
-                    for name, spec in self.scenario.services.items()
+    def _seeded_services(self) -> dict[str, ServiceSpec]:
+        """The scenario's mock services (not its external ones), each with the trial's own seed."""
+        return {
+            name: spec.model_copy(
+                update={
+                    "seed": derive_seed(
+                        self.scenario.seed, self.plan.repeat, "mock", name, spec.seed
+                    )
                 }
             )
-            actors.children |= {n: ("mock", c) for n, c in self.pool.children.items()}
-            actors.ready_files += self.pool.starting
-            return shared
-        urls: dict[str, str] = {}
-        env = {**os.environ, TOKEN_ENV: self.token}
-        restarted = {f.name for f in self.scenario.faults if f.restart}
-        self._service_starts: dict[str, Callable[[], Child]] = {}
-        for name, spec in self.scenario.services.items():
-            seed = self._mock_seed(name, spec.seed)
-            spec_file = self.logs / f"mock-{name}.spec.json"
-            atomic_write(spec_file, spec_to_json(spec.model_copy(update={"seed": seed})))
-            ready = self.logs / f"mock-{name}.ready.json"
-            sock = actors.stack.enter_context(listening_socket())
-            argv = python_module_argv(
-                "lab.mocks", spec.kind, "--spec-file", str(spec_file),
-                "--ready-file", str(ready), "--listen-fd", str(sock.fileno()),
-            )  # fmt: skip
-            if name in restarted:  # a restart keeps the trial's figures and documents
-                state = self.logs / f"mock-{name}.state.json"
-                state.unlink(missing_ok=True)  # never an earlier attempt's
-                argv += ["--state-file", str(state)]
-            self._service_starts[name] = functools.partial(
-                actors.start, f"mock-{name}", "mock", argv, ready=ready,
-                pass_fds=(sock.fileno(),), env=env,
-            )  # fmt: skip
-            self._service_starts[name]()
-            urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        return urls
+            for name, spec in self.scenario.services.items()
+            if not isinstance(spec, ExternalService)
+        }
 
-    def _mock_seed(self, name: str, seed: int) -> int:
-        return derive_seed(self.scenario.seed, self.plan.repeat, "mock", name, seed)
-
-    def _wait_ready(
-        self, queue: Queue, services: _Actors, slots: _Actors, urls: dict[str, str]
-    ) -> None:
+    def _wait_ready(self, queue: Queue, place: TrialPlacement, urls: dict[str, str]) -> None:
         """Every service and slot up, the services seeded and zeroed: the clock may start."""
-        everyone = services.of_role("mock") + slots.of_role("worker", "web")
-        ready_files = services.ready_files + slots.ready_files
+        everyone = place.watched()
         wait_for(
-            lambda: all(p.exists() for p in ready_files),
+            place.started,
             what="the mock services and web app",
             timeout_s=READY_TIMEOUT_S,
             children=everyone,
@@ -434,31 +349,32 @@ class _Trial:
         mocks = {name: self._mock(url) for name, url in urls.items()}
         _prepare_services(self.scenario, mocks, self.items_planned)
         expected = {instance_id(self.plan, i) for i in range(self.plan.instances)}
+
+        def instances_up() -> bool:
+            place.check()
+            return queue.live_instances() >= expected
+
         wait_for(
-            lambda: queue.live_instances() >= expected,
+            instances_up,
             what=f"{self.plan.instances} job instances to be ready",
             timeout_s=READY_TIMEOUT_S,
             children=everyone,
         )
 
-    def _measure(
-        self, queue: Queue, services: _Actors, slots: _Actors, web_url: str | None
-    ) -> _Measured:
+    def _measure(self, queue: Queue, place: TrialPlacement, web_url: str | None) -> _Measured:
         """Start the clock, produce the work, wait until it drained, sampling CPU and RSS."""
-        pids = {
-            name: (role, c.pid) for name, (role, c) in (services.children | slots.children).items()
-        }
+        pids = place.local_pids()
         pids["producer"] = ("producer", os.getpid())
         if self.broker.child is not None:
             pids["redis"] = ("redis", self.broker.child.pid)
         sampler = ResourceSampler(pids)
-        with sampler.running():
+        with sampler.running(), place.sampling() as remote_usage:
             clock_start, started = time.time(), time.monotonic()
-            faults = self._faults(queue, services, slots, sampler, started)
+            faults = self._faults(queue, place, sampler, started)
             if self.locust is not None:
                 assert web_url is not None
                 drive = _drive_with_locust(
-                    queue, self.locust, web_url, slots, sampler, self.plan.batch_size
+                    queue, self.locust, web_url, place.driver, sampler, self.plan.batch_size
                 )
             else:
                 drive = _drive_with_producer(
@@ -479,52 +395,39 @@ class _Trial:
                 )
                 timed_out, failure = drain.wait()
             wall_s = time.monotonic() - started
+        usage = sampler.usage | remote_usage
         return _Measured(
-            clock_start, wall_s, timed_out, failure, drain.stopped, report, sampler.usage, faults
+            clock_start, wall_s, timed_out, failure, drain.stopped, report, usage, faults
         )
 
     def _faults(
-        self,
-        queue: Queue,
-        services: _Actors,
-        slots: _Actors,
-        sampler: ResourceSampler,
-        started: float,
+        self, queue: Queue, place: TrialPlacement, sampler: ResourceSampler, started: float
     ) -> TrialFaults:
         """The trial's fault schedule and watch over its instances, services and broker."""
-        restarts = itertools.count(1)
-
-        def start_again(name: str) -> Child:
-            child = self._service_starts[name]()
-            sampler.add(f"mock-{name}-restart{next(restarts)}", "mock", child.pid)
-            return child
-
-        handles = {
-            name: ServiceHandle(
-                child=services.children[f"mock-{name}"][1],
-                start_again=functools.partial(start_again, name),
-                ready=(self.logs / f"mock-{name}.ready.json").exists,
-            )
-            for name in self.scenario.services
-        }
-        workers = slots.of_role("worker")
+        instances, services = place.fault_targets(sampler)
         return TrialFaults(
             self.scenario.faults,
             trial_id=self.plan.trial_id,
             queue=queue,
             broker=self.broker,
-            instances={instance_id(self.plan, i): c for i, c in enumerate(workers)},
-            services=handles,
+            instances={instance_id(self.plan, i): c for i, c in enumerate(instances)},
+            services=services,
             rng=random.Random(derive_seed(self.scenario.seed, self.plan.repeat, "faults")),
             heartbeat_ttl_s=self.scenario.workers.heartbeat_ttl_s,
             started=started,
         )
 
     def _collect(
-        self, queue: Queue, service_stats: dict[str, Any], measured: _Measured
+        self,
+        queue: Queue,
+        service_stats: dict[str, Any],
+        measured: _Measured,
+        place: TrialPlacement,
     ) -> TrialOutcome:
-        """The job events and queue counters, then the queue's keys removed; the row."""
-        events = queue.events()
+        """The job events (on one clock) and queue counters, then the queue's keys removed; the
+        row. A node lost mid-trial fails the trial, whatever the survivors achieved."""
+        events, clock_start = place.on_one_clock(queue.events(), measured.clock_start)
+        failure = measured.failure or place.failure()
         recovered = queue.stats().get("recovered", 0)
         runtime = queue.runtime_stats()
         with self.broker.client() as client:
@@ -534,16 +437,18 @@ class _Trial:
             if self.locust
             else dict.fromkeys(LOCUST_COLUMNS, math.nan)
         )
+        identity = {"trial_id": self.asked.trial_id, "order": self.asked.index}
         row = trial_row(
-            self.plan.config(), self.scenario, events, service_stats, measured.usage,
-            measured.report, clock_start=measured.clock_start, wall_s=measured.wall_s,
-            timed_out=measured.timed_out, failure=measured.failure, recovered=recovered,
-            faults=measured.faults.figures(events, clock_start=measured.clock_start), web=web,
-            runtime=runtime, stop_reason=measured.stop_reason,
+            self.plan.config() | identity | {"clipped": self.clipped}, self.scenario, events,
+            service_stats, measured.usage, measured.report, clock_start=clock_start,
+            wall_s=measured.wall_s, timed_out=measured.timed_out, failure=failure,
+            recovered=recovered, faults=measured.faults.figures(events, clock_start=clock_start),
+            web=web, runtime=runtime, stop_reason=measured.stop_reason,
         )  # fmt: skip
+        row |= place.saturation(measured.usage)
         return TrialOutcome(
             row=row, events=events, services=service_stats, usage=measured.usage,
-            faults=[r.to_json() for r in measured.faults.records],
+            faults=[r.to_json() for r in measured.faults.records], placement=place.record(),
         )  # fmt: skip
 
 
@@ -558,7 +463,8 @@ def run_trial(
 ) -> TrialOutcome:
     """Run one trial and return its row, events and service statistics; `logs` gets the
     children's logs (the run folder's `RunFolder.trial_logs`). With a `harness` (a sweep's
-    `start_harness`) the mocks and the workers' fork server are shared across trials."""
+    `start_harness`) the mocks and the workers' fork server are shared across trials on this
+    host (not on a cluster)."""
     logs.mkdir(parents=True, exist_ok=True)
     return _Trial(scenario, plan, broker, logs, options or TrialOptions(), harness).run()
 
@@ -605,7 +511,7 @@ def _drive_with_locust(
     queue: Queue,
     arrival: LocustArrival,
     web_url: str,
-    slots: _Actors,
+    slots: Processes,
     sampler: ResourceSampler,
     batch_size: int,
 ) -> Iterator[tuple[Callable[[], int | None], ProducerReport]]:

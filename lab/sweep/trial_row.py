@@ -22,11 +22,13 @@ from lab.analysis.attribution import (
     too_short,
     trial_bottleneck,
 )
+from lab.mocks.spec import ServiceSpec
 from lab.producers.arrivals import ProducerReport
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent
 from lab.runtime.telemetry import runtime_figures
 from lab.scenario.spec import Scenario
+from lab.sweep import external
 from lab.sweep.resources import Usage, saturation
 
 PERCENTILES = (50, 90, 99)
@@ -177,13 +179,14 @@ def trial_row(
     w = scenario.workload
     target_spec = scenario.services[w.service]
     target = services[w.service]
+    mock = target_spec if isinstance(target_spec, ServiceSpec) else None  # None: a real service
     figures = job_figures(
         events,
         clock_start=clock_start,
         jobs_enqueued=report.jobs_sent,
         items_enqueued=report.items_sent,
     )
-    rate_limit = target_spec.rate_limit.per_s if target_spec.rate_limit else None
+    rate_limit = mock.rate_limit.per_s if mock and mock.rate_limit else None
     harness, machine, why = saturation(usage, cpu_count=os.cpu_count() or 1)
     by_role = {
         role: [u for u in usage.values() if u.role == role]
@@ -202,7 +205,7 @@ def trial_row(
         **bounds(
             figures,
             concurrency=int(config["concurrency"]),
-            capacity=target_spec.capacity,
+            capacity=mock.capacity if mock else None,
             service_stats=target,
             rate_limit_per_s=rate_limit,
         ),
@@ -214,7 +217,7 @@ def trial_row(
         "service_errors": target.get("errors", 0),
         "service_max_in_flight": target.get("max", {}).get("in_flight", 0),
         "service_max_queue_depth": target.get("max", {}).get("queue_depth", 0),
-        **service_columns(target, target_spec, figures["makespan_s"]),
+        **service_columns(target, mock, figures["makespan_s"]),
         "producer_max_lag_s": report.max_lag_s,
         "workers_cores": sum(u.cores for u in by_role["worker"]),
         "worker_peak_cores": max((u.peak_cores for u in by_role["worker"]), default=0.0),
@@ -234,5 +237,7 @@ def trial_row(
     }
     if stop_reason is not None and report.jobs_sent:
         row["error_rate"] = figures["dead_letters"] / report.jobs_sent
+    if mock is None:
+        row.update(external.row_columns(w.job, target, report.items_sent))
     row["bottleneck"] = trial_bottleneck(row, Context.of(scenario, os.cpu_count()), events)
     return row
