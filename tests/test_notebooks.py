@@ -70,6 +70,14 @@ def test_03_loco_case_measures_the_speedups() -> None:
     assert images == 5  # two comparisons, throughput x 2, the heatmap
 
 
+@pytest.mark.timeout(180)
+def test_04_search_and_model_shows_the_path_and_the_model() -> None:
+    text, images = outputs(execute("04_search_and_model.ipynb"))
+    assert "recommended: num_workers=" in text and "refine" in text
+    assert "median absolute error" in text and "service_capacity" in text
+    assert images == 2  # the search path, the model's curves with the measured points
+
+
 @pytest.mark.timeout(420)
 def test_05_calibrates_a_stand_in_sweeps_its_twin_and_verifies(tmp_path: Path) -> None:
     """Against a local stand-in (the lab's mock, with settings the calibrator is not told)."""

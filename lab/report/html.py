@@ -30,6 +30,7 @@ from lab.mocks.spec import ServiceSpec
 from lab.report import verification
 from lab.report.faults import faults_section
 from lab.report.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
+from lab.report.search import model_section, search_section
 from lab.results import RunFolder
 
 #: Resolution of the embedded figures: sharp on a laptop screen, ~100 kB each.
@@ -286,6 +287,7 @@ def render_report(analysis: Analysis) -> str:
         "<h2>Figures</h2>",
         figures,
         _web_section(analysis),
+        search_section(analysis, figure_png),
         faults_section(analysis, figure_png),
         "<h2>Configurations</h2>",
         "<p>Means over repeats; the interval is Student-t 95 % (none with one repeat). "
@@ -300,6 +302,7 @@ def render_report(analysis: Analysis) -> str:
         _bottlenecks(analysis),
         "<h2>Scalability fit (Universal Scalability Law)</h2>",
         _fits_table(analysis),
+        model_section(analysis, figure_png),
         "<h2>Scenario</h2>",
         _scenario(run),
         "<h2>Machine and run</h2>",

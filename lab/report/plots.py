@@ -158,6 +158,7 @@ def throughput_vs_workers(analysis: Analysis) -> Figure:
                     color=color, edgecolor="black", linewidth=0.6, zorder=4,
                 )  # fmt: skip
             ax.plot(line["num_workers"], line["littles_bound_items_per_s"], ":", color=color)
+            _hollow_if_stopped(ax, line, "num_workers", "items_per_s", color)
         capacity = part["capacity_bound_items_per_s"].mean()
         if np.isfinite(capacity):
             ax.axhline(capacity, color="grey", linestyle="--", linewidth=1.2)
@@ -182,6 +183,15 @@ def throughput_vs_workers(analysis: Analysis) -> Figure:
     handles += _bottleneck_handles(configs, coloured=False)
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
     return fig
+
+
+def _hollow_if_stopped(ax: Axes, part: pd.DataFrame, x: str, y: str, color: str) -> None:
+    """Draw over a configuration stopped early (by the search) with a hollow marker."""
+    if "stopped_early" not in part:
+        return
+    stopped = part[part["stopped_early"].astype(bool)]
+    if not stopped.empty:
+        ax.scatter(stopped[x], stopped[y], s=60, facecolors="white", edgecolors=color, zorder=4)
 
 
 def _star_handle() -> dict[str, Any]:

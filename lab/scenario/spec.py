@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from lab import limits as L
 from lab.errors import ConfigError
@@ -367,6 +367,39 @@ class Quick(_Strict):
     )
 
 
+def _repeats_or_auto(value: Any) -> Any:
+    if value == "auto" or (
+        isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= L.REPEATS_MAX
+    ):
+        return value
+    raise ValueError(f"must be an integer in [1, {L.REPEATS_MAX}] or 'auto', got {value!r}")
+
+
+RepeatsOrAuto = Annotated[Repeats | Literal["auto"], BeforeValidator(_repeats_or_auto)]
+
+
+class GridSearch(_Strict):
+    """Every combination of the three axes, `repeats` times each (racing with `repeats: auto`)."""
+
+    kind: Literal["grid"] = Field(default="grid", description="Search mode.")
+
+
+class AdaptiveSearch(_Strict):
+    """Start from the grid, then measure where the answer lies (lab.sweep.search): racing
+    repeats, early stops, and refinement between grid points guided by a queueing model."""
+
+    kind: Literal["adaptive"] = Field(default="adaptive", description="Search mode.")
+    budget_trials: Annotated[int, Field(ge=1, le=L.TRIALS_MAX), why(L.TRIALS_WHY)] | None = Field(
+        default=None, description="Most trials to run, starting grid included; null = no limit."
+    )
+    budget_s: Timeout | None = Field(
+        default=None, description="Most seconds of sweep (wall time) to spend; null = no limit."
+    )
+
+
+Search = Annotated[GridSearch | AdaptiveSearch, Field(discriminator="kind")]
+
+
 class Sweep(_Strict):
     """The grid: every combination of the three axes is one trial, run `repeats` times."""
 
@@ -380,11 +413,47 @@ class Sweep(_Strict):
         "into jobs; latency counts from the FIRST item's scheduled arrival, so batching "
         "cannot hide waiting.",
     )
-    repeats: Repeats = Field(default=1, description="Runs of each configuration (for intervals).")
+    repeats: RepeatsOrAuto = Field(
+        default=1,
+        description="Runs of each configuration (for intervals). auto: racing, as many as it "
+        "takes to tell a configuration from the best, up to max_repeats (with search "
+        "adaptive, a number is where racing starts).",
+    )
+    max_repeats: Repeats = Field(
+        default=5, description="Racing: most runs of one configuration (repeats auto, adaptive)."
+    )
+    search: Search = Field(
+        default_factory=GridSearch,
+        description="grid: every combination (the default); adaptive: start from the grid and "
+        "measure where the answer lies, within budget_trials / budget_s.",
+    )
     trial_timeout_s: Timeout = Field(
         default=120.0, description="A trial not drained by then is stopped, marked timed out."
     )
     quick: Quick | None = Field(default=None, description="The small grid `--quick` runs.")
+
+    @model_validator(mode="after")
+    def _repeats_fit(self) -> Sweep:
+        if isinstance(self.repeats, int) and self.repeats > self.max_repeats:
+            if "max_repeats" in self.model_fields_set:
+                raise Problems(
+                    (
+                        ("max_repeats",),
+                        f"must be >= repeats ({self.repeats}), got {self.max_repeats}",
+                    )
+                )
+            object.__setattr__(self, "max_repeats", self.repeats)  # frozen; set while validating
+        return self
+
+    @property
+    def racing(self) -> bool:
+        """Repeats are added where a configuration is not yet told apart from the best."""
+        return self.repeats == "auto" or self.search.kind == "adaptive"
+
+    @property
+    def first_repeats(self) -> int:
+        """Runs of each configuration before any racing: `repeats`, or 1 for auto."""
+        return 1 if self.repeats == "auto" else self.repeats
 
 
 class Slo(_Strict):
@@ -529,7 +598,7 @@ class Scenario(_Strict):
 def _grid_problems(s: Scenario, loc: Loc) -> list[tuple[Loc, str]]:
     """What one machine cannot run: too many trials, too much concurrency, too many items."""
     sw, problems = s.sweep, []
-    sizes = (len(sw.num_workers), len(sw.instances), len(sw.batch_size), sw.repeats)
+    sizes = (len(sw.num_workers), len(sw.instances), len(sw.batch_size), sw.first_repeats)
     trials = math.prod(sizes) * len(s.workers.placements)
     if trials > L.TRIALS_MAX:
         shape = (

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
@@ -33,6 +33,9 @@ from lab.runtime.queue import JobEvent
 from lab.scenario.spec import Cluster, Scenario
 from lab.sweep.faults import ProcessLike, ServiceHandle
 from lab.sweep.resources import ResourceSampler, Usage
+
+if TYPE_CHECKING:
+    from lab.sweep.harness import Harness
 
 
 class Processes:
@@ -164,10 +167,14 @@ class TrialPlacement(Protocol):
 
 
 class LocalPlacement:
-    """Everything on this host, each mock and each worker instance a child process."""
+    """Everything on this host, each mock and each worker instance a child process.
 
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
+    With a sweep's `harness` (`lab.sweep.harness`), the mocks are the sweep's, reset for this
+    trial (unless one may be restarted mid-trial: a restart needs a process of the trial's own),
+    and the instances are forked from the sweep's fork server."""
+
+    def __init__(self, logs: Path, harness: Harness | None = None) -> None:
+        self.logs, self.harness = logs, harness
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> LocalPlacement:
@@ -192,10 +199,20 @@ class LocalPlacement:
         The spec goes through a file (a command line has a length limit, a spec with many
         brown-outs does not), the control token through the environment (argv is public). The
         socket stays open here for the whole trial, so a restarted mock serves the same address
-        (connections made meanwhile wait in its backlog)."""
-        urls: dict[str, str] = {}
-        env = {**os.environ, TOKEN_ENV: token}
+        (connections made meanwhile wait in its backlog). With the harness's mocks, `token` is
+        theirs (`ServicePool.token`)."""
         self._service_starts: dict[str, Callable[[], Child]] = {}
+        self._mock_names = list(specs)
+        if self.harness is not None and not restartable:
+            pool = self.harness.services
+            assert token == pool.token, "a shared mock answers only the sweep's token"
+            urls = pool.checkout(dict(specs))
+            # watched and sampled as the trial's own, but stopped by the sweep, not here
+            self.services.children |= {n: ("mock", c) for n, c in pool.children.items()}
+            self.services.ready_files += pool.starting
+            return urls
+        urls = {}
+        env = {**os.environ, TOKEN_ENV: token}
         for name, spec in specs.items():
             spec_file = self.logs / f"mock-{name}.spec.json"
             atomic_write(spec_file, spec_to_json(spec))
@@ -217,11 +234,20 @@ class LocalPlacement:
     def start_workers(
         self, args: Mapping[str, Sequence[str]], *, grace_s: float, env: Mapping[str, str]
     ) -> None:
+        full_env = {**os.environ, **env}
         for i, worker_args in enumerate(args.values()):
-            argv = python_module_argv("lab.runtime.worker", *worker_args)
-            self.driver.start(
-                f"worker-{i}", "worker", argv, grace_s=grace_s, env={**os.environ, **env}
-            )
+            name = f"worker-{i}"
+            if self.harness is None:
+                argv = python_module_argv("lab.runtime.worker", *worker_args)
+                self.driver.start(name, "worker", argv, grace_s=grace_s, env=full_env)
+                continue
+            child = self.driver.stack.enter_context(
+                self.harness.launcher.spawn(  # forked: the environment replaces the server's
+                    "lab.runtime.worker", list(worker_args), name=name,
+                    log_path=self.logs / f"{name}.log", grace_s=grace_s, env=full_env,
+                )
+            )  # fmt: skip
+            self.driver.children[name] = ("worker", child)
 
     def watched(self) -> list[Child]:
         return self.services.of_role("mock") + self.driver.of_role("worker", "web")
@@ -247,8 +273,8 @@ class LocalPlacement:
                 child=self.services.children[f"mock-{name}"][1],
                 start_again=functools.partial(start_again, name),
                 ready=(self.logs / f"mock-{name}.ready.json").exists,
-            )
-            for name in self._service_starts
+            )  # a shared mock is never restarted mid-trial (start_services): watched only
+            for name in self._mock_names
         }
         return list(self.driver.of_role("worker")), services
 
@@ -329,10 +355,14 @@ def mock_args(kind: str, spec_file: Path) -> list[str]:
     return [kind, "--spec-file", str(spec_file)]
 
 
-def open_placement(cluster: Cluster | None, broker: Broker, logs: Path) -> TrialPlacement:
+def open_placement(
+    cluster: Cluster | None, broker: Broker, logs: Path, harness: Harness | None = None
+) -> TrialPlacement:
     """The placement a scenario asks for: this host, or its Ray cluster (which
-    `connect_cluster` connects once for a sweep)."""
+    `connect_cluster` connects once for a sweep). The `harness` (mocks and a fork server shared
+    across trials) serves this host only: on a cluster each trial starts its own on the nodes,
+    where a mock process here and a fork server here could not be placed."""
     if cluster is None:
-        return LocalPlacement(logs)
+        return LocalPlacement(logs, harness)
     placement: TrialPlacement = _ray_module("ray_placement").RayPlacement(cluster, broker, logs)
     return placement
