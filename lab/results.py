@@ -8,6 +8,7 @@ results/<scenario>/<YYYYmmdd-HHMMSS>/
     services/<trial>.json  each mock service's statistics for the trial
     dynamics/<trial>.json  num_workers auto / autoscaled instances: limits and instances over
                            time (lab.sweep.dynamics)
+    search.jsonl           the search's decisions: what it ran and why (lab.sweep.search)
     faults/<trial>.json    what went wrong in the trial, when, and how long recovery took
                            (only for trials with a fault or an instance exit)
     placement/<trial>.json with a cluster: which node ran what, clock offsets, per-node CPU
@@ -61,14 +62,15 @@ from lab.strict import Strict, show, validate
 #: by kind, connections and utilization, `worker_steady_cores`, `worker_cpu_demand`,
 #: `bottleneck` and the runtime's own columns (`slot_gap_*`, `exchange_*`); 4 = trials.csv gains
 #: `failed`, `failure_reason`, `instance_crashes`, `faults_injected`, `recovery_s` and
-#: `dip_ratio`, and `faults/<trial>.json` appears;
-#: 5 = trials.csv gains `clipped` (a real service's caps), and a run may hold `verify/` and
-#: `verification.json` (`lab.sweep --verify`);
-#: 6 = dynamic configurations: `num_workers` may read `auto` and `instances` `autoscale`
-#: (`concurrency` is then empty), trials.csv gains `timeouts` and the cost columns
-#: (instance_seconds, instances_max, slots_mean, slots_max), and dynamics/<trial>.json appears.
-#: Readers accept older layouts and fill the columns they lack.
-SCHEMA_VERSION = 6
+#: `dip_ratio`, and `faults/<trial>.json` appears; 5 = trials.csv gains `clipped` (a real
+#: service's caps), and a run may hold `verify/` and `verification.json` (`lab.sweep --verify`);
+#: 6 = trials.csv gains `length_x`, `too_short`, `stopped_early` and `stop_reason`, and
+#: `search.jsonl` holds the search's decisions; 7 = dynamic configurations: `num_workers` may
+#: read `auto` and `instances` `autoscale` (`concurrency` is then empty), trials.csv gains
+#: `timeouts` and the cost columns (instance_seconds, instances_max, slots_mean, slots_max),
+#: and dynamics/<trial>.json appears. Readers accept older layouts and fill the columns they
+#: lack.
+SCHEMA_VERSION = 7
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_FAILED = (
     "running",
@@ -87,12 +89,15 @@ TRIAL_COLUMNS: dict[str, str] = {
     "placement": "separate: worker processes; colocated: the slots run inside the web app's processes",
     "repeat": "repeat number, from 0",
     "concurrency": "num_workers x instances",
+    "length_x": "the backlog multiplied by this (1: the scenario's items), to measure a steady rate",
     "clipped": "what a real service's caps changed in the configuration asked for (empty: nothing)",
     "started_at": "clock start, epoch seconds (all instances ready)",
     "wall_s": "clock start to drained (or timed out), seconds",
     "timed_out": "true when the trial hit sweep.trial_timeout_s before draining",
     "failed": "true when the work could not finish: timed out, or every instance exited",
     "failure_reason": "why it failed, in words (empty when it did not)",
+    "stopped_early": "true when the search stopped the trial: it could not come within noise of the best",
+    "stop_reason": "why it was stopped early (projected makespan, or the SLO already broken)",
     "jobs_enqueued": "jobs the producer sent",
     "items_enqueued": "items the producer sent",
     "jobs_done": "jobs that succeeded (each counted once)",
@@ -101,13 +106,14 @@ TRIAL_COLUMNS: dict[str, str] = {
     "items_per_s": "items_done / makespan_s: the throughput",
     "jobs_per_s": "jobs_done / makespan_s",
     "steady_items_per_s": "items/s between the 10th and 90th percentile of the items done (the steady part: no start-up, no drain tail)",
+    "too_short": "the steady part lasted under 0.5 s or held under 10 job completions: too short to measure a steady rate",
     "attempts": "job attempts, retries included",
     "retries": "failed attempts that were retried",
     "timeouts": "attempts that hit workload.job_timeout_s",
     "dead_letters": "jobs that used up their attempts",
     "duplicate_jobs": "extra successful runs of a job (at-least-once after a crash)",
     "unfinished_jobs": "jobs neither done nor dead when the trial ended",
-    "error_rate": "(dead + unfinished jobs) / jobs enqueued",
+    "error_rate": "(dead + unfinished jobs) / jobs enqueued (a trial stopped early: dead / enqueued)",
     "retry_rate": "retries / attempts",
     "not_found": "deletes of ids the service did not hold",
     **{
@@ -279,15 +285,23 @@ _INT_COLUMNS = {  # (least, most): what the scenario's bounds let a run write
     "instances": (1, L.INSTANCES_MAX), "batch_size": (1, L.BATCH_SIZE_MAX),
     "repeat": (0, L.REPEATS_MAX), "concurrency": (1, L.CONCURRENCY_MAX),
     "instance_crashes": (0, L.INSTANCES_MAX), "faults_injected": (0, L.FAULTS_MAX),
+    "length_x": (1, L.ITEMS_MAX),
 }  # fmt: skip
 #: The knobs that may name a dynamic policy instead of a number (layout 6).
 _POLICIES = {"num_workers": AUTO, "instances": AUTOSCALE}
 _FIGURE_MAX = 1e15
 _TRIAL_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
-_BOOL_COLUMNS = ("timed_out", "failed", "harness_saturated", "machine_saturated")
+_BOOL_COLUMNS = (
+    "timed_out", "failed", "harness_saturated", "machine_saturated", "too_short", "stopped_early",
+)  # fmt: skip
 _TEXT_COLUMNS = (
     "trial_id", "placement", "saturation_reason", "bottleneck", "failure_reason", "clipped",
+    "stop_reason",
 )  # fmt: skip
+
+#: The search's decisions (lab.sweep.search.Decision): one JSON object a line.
+SEARCH_LOG = "search.jsonl"
+_DECISION_KEYS = {"step": int, "action": str, "reason": str, "configs": list, "trials": list}
 
 
 class RunFolder:
@@ -437,6 +451,45 @@ class RunFolder:
             d.append("trials.csv", buffer.getvalue().encode())  # a whole row, or a torn one
         self.update_manifest(trials_completed=len(self.completed_trials()), updated_at=time.time())
 
+    @property
+    def search_log(self) -> Path:
+        """`search.jsonl`: the search's decisions, one JSON object a line (lab.sweep.search)."""
+        return self.path / SEARCH_LOG
+
+    def add_decision(self, decision: Mapping[str, Any]) -> None:
+        """Append one decision of the search (a whole line per write, like a trial's row)."""
+        with self._dir() as d:
+            if d.exists(SEARCH_LOG):  # a torn last line, from a crash, is dropped first
+                text = d.read(SEARCH_LOG, limit=L.CSV_BYTES_MAX)
+                if text and not text.endswith(b"\n"):
+                    d.write(SEARCH_LOG, text[: text.rfind(b"\n") + 1])
+            line = json.dumps(decision, sort_keys=True, default=str) + "\n"
+            d.append(SEARCH_LOG, line.encode())
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """The search's decisions so far, each checked (ConfigError naming the line); a torn
+        last line, from a crash, is dropped."""
+        with self._dir() as d:
+            if not d.exists(SEARCH_LOG):
+                return []
+            text = d.read(SEARCH_LOG, limit=L.CSV_BYTES_MAX).decode("utf-8", "replace")
+        lines = text.split("\n")
+        out = []
+        for number, line in enumerate(lines[:-1], start=1):  # the last piece: torn, or empty
+            where = f"{self.search_log}: line {number}"
+            data = _parse_json(line.encode(), where)
+            if not isinstance(data, dict) or not _DECISION_KEYS.items() <= {
+                (k, type(v)) for k, v in data.items() if k in _DECISION_KEYS
+            }:
+                fields = ", ".join(f"{k} ({t.__name__})" for k, t in _DECISION_KEYS.items())
+                raise ConfigError(f"{where}: must be a decision with {fields}, got {show(data)}")
+            out.append(data)
+        return out
+
+    def service_stats(self) -> dict[str, dict[str, Any]]:
+        """Every finished trial's services statistics (`services`), by trial id."""
+        return {trial_id: self.services(trial_id) for trial_id in self.completed_trials()}
+
     def write_json(self, name: str, data: Any) -> Path:
         """Write `name` (in the folder) as sorted JSON, atomically."""
         with self._dir() as d:
@@ -476,6 +529,10 @@ class RunFolder:
         frame[["instance_crashes", "faults_injected"]] = frame[
             ["instance_crashes", "faults_injected"]
         ].fillna(0)
+        # ...and before layout 6 every trial ran the scenario's own backlog to its end
+        frame["length_x"] = frame["length_x"].fillna(1)
+        frame["stopped_early"] = frame["stopped_early"].astype(object).fillna(False)
+        frame["stop_reason"] = frame["stop_reason"].astype(object).fillna("")
         _check_trials(frame, self.trials_csv)
         frame["failed"] = frame["failed"].astype(bool)
         return frame

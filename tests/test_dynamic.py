@@ -94,6 +94,7 @@ def test_auto_and_autoscale_are_axis_values_with_their_settings(tmp_path: Path) 
         ("instances: [1]", "instances: [{autoscale: {min: 3, max: 2}}]", "sweep.instances[0].autoscale.max: must be >= min (3), got 2"),
         ("sweep:\n", "workers: {placement: colocated}\nsweep:\n", "autoscale needs workers.placement separate"),
         ("sweep:\n", "cluster: {engine: ray, address: local}\nsweep:\n", "sweep.instances: autoscale starts and stops worker processes on this host"),
+        ("  trial_timeout_s: 60\n", "  trial_timeout_s: 60\n  repeats: auto\n", "sweep: auto or autoscale runs as listed"),
     ],
 )  # fmt: skip
 def test_a_bad_dynamic_entry_is_one_clear_message(

@@ -78,6 +78,14 @@ def test_06_dynamic_policies_compares_each_with_the_best_fixed_setting() -> None
     assert images == 1  # the policies over time
 
 
+@pytest.mark.timeout(180)
+def test_04_search_and_model_shows_the_path_and_the_model() -> None:
+    text, images = outputs(execute("04_search_and_model.ipynb"))
+    assert "recommended: num_workers=" in text and "refine" in text
+    assert "median absolute error" in text and "service_capacity" in text
+    assert images == 2  # the search path, the model's curves with the measured points
+
+
 @pytest.mark.timeout(420)
 def test_05_calibrates_a_stand_in_sweeps_its_twin_and_verifies(tmp_path: Path) -> None:
     """Against a local stand-in (the lab's mock, with settings the calibrator is not told)."""

@@ -88,7 +88,7 @@ def test_every_shipped_scenario_loads_and_says_what_it_teaches(path: Path) -> No
     scenario = load_scenario(path)
     assert scenario.name == path.stem
     assert path.read_text().startswith("# ")  # the comment block comes first
-    assert scenario.quick_variant().sweep.repeats >= 1
+    assert scenario.quick_variant().sweep.first_repeats >= 1
     assert Scenario.model_validate_json(scenario.model_dump_json()) == scenario
 
 
@@ -229,7 +229,7 @@ BAD: dict[str, tuple[str, int, list[str]]] = {
             "sweep.num_workes: ",
             "unknown key 'num_workes'",
             "did you mean 'num_workers'?",
-            "allowed: batch_size, instances, num_workers, quick, repeats, trial_timeout_s",
+            "allowed: batch_size, instances, max_repeats, num_workers, quick, repeats, search, trial_timeout_s",
         ],
     ),
     "unknown service": (
@@ -331,7 +331,7 @@ def test_several_problems_come_in_one_message_misspelt_keys_first(tmp_path: Path
     text = GOOD.replace("repeats: 2", "repeats: 0").replace("  items: 100", "  itmes: 100")
     lines = error_of(write(tmp_path, text)).splitlines()
     assert "workload.itmes: unknown key 'itmes' (did you mean 'items'?)" in lines[0]
-    assert any("sweep.repeats: must be an integer in [1, 100], got 0" in x for x in lines)
+    assert any("sweep.repeats: must be an integer in [1, 100] or 'auto', got 0" in x for x in lines)
     assert all(x.startswith(str(tmp_path)) for x in lines)
 
 
@@ -420,7 +420,7 @@ def test_the_cli_exits_2_without_a_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith(
-        f"{bad}:15: sweep.repeats: must be an integer in [1, 100], got 'many'"
+        f"{bad}:15: sweep.repeats: must be an integer in [1, 100] or 'auto', got 'many'"
     )
 
 

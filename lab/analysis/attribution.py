@@ -96,19 +96,38 @@ class Context:
         )
 
 
-def steady_items_per_s(finished_at: Sequence[float], items: Sequence[int]) -> float:
-    """Items/s between the STEADY_QUANTILES of the items done (by completion time): the steady
-    part, without the start-up and the drain's tail. NaN with fewer than 10 jobs."""
-    if len(finished_at) < 10:
-        return math.nan
+#: A steady part shorter than this, or holding fewer job completions, is too short to rank by.
+MIN_STEADY_S = 0.5
+MIN_STEADY_JOBS = 10
+
+
+def steady_window(finished_at: Sequence[float], items: Sequence[int]) -> tuple[float, int, float]:
+    """(items done, jobs done, seconds) between the STEADY_QUANTILES of the items done (by
+    completion time): the steady part, without the start-up and the drain's tail."""
+    if len(finished_at) < 2:
+        return 0.0, 0, 0.0
     order = np.argsort(np.asarray(finished_at, dtype=float))
     t = np.asarray(finished_at, dtype=float)[order]
     done = np.cumsum(np.asarray(items, dtype=float)[order])
     lo_q, hi_q = STEADY_QUANTILES
     lo = int(np.searchsorted(done, lo_q * done[-1]))
     hi = int(np.searchsorted(done, hi_q * done[-1]))
-    span = t[hi] - t[lo]
-    return float((done[hi] - done[lo]) / span) if span > 0 else math.nan
+    return float(done[hi] - done[lo]), hi - lo, float(t[hi] - t[lo])
+
+
+def steady_items_per_s(finished_at: Sequence[float], items: Sequence[int]) -> float:
+    """Items/s over the steady part (`steady_window`). NaN with fewer than 10 jobs."""
+    if len(finished_at) < 10:
+        return math.nan
+    done, _, span = steady_window(finished_at, items)
+    return done / span if span > 0 else math.nan
+
+
+def too_short(finished_at: Sequence[float], items: Sequence[int]) -> bool:
+    """The steady part lasts under MIN_STEADY_S or holds under MIN_STEADY_JOBS completions: a
+    rate over it swings with every repeat, so it should not decide a ranking."""
+    _, jobs, span = steady_window(finished_at, items)
+    return bool(jobs < MIN_STEADY_JOBS or span < MIN_STEADY_S or len(finished_at) < MIN_STEADY_JOBS)
 
 
 def service_columns(

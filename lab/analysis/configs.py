@@ -10,12 +10,21 @@ timed out; takes the best by the objective; and among the configurations that th
 beat beyond the noise, chooses the cheapest by the scenario's `prefer` order. "Beyond the noise"
 follows asv's `_is_result_better`: better only if the intervals are apart AND the gain beats
 NOISE_MARGIN; with one repeat there is no interval, so the margin alone decides.
+
+The ranking uses the STEADY-PART throughput (`rank_metric`: steady_items_per_s, from the
+repeats long enough to measure it), not items/s over the whole trial: the whole-trial figure of a
+short trial mixes start-up and the tail into the rate and swings by 20-35 % from repeat to
+repeat, so a configuration could win or lose by chance. Where no repeat was long enough, the
+whole-trial figure stands in and `too_short` says so. Lengthened repeats (`length_x` > 1) count
+only for the steady figure: a bigger backlog waits longer, so its latency is not the scenario's.
+A configuration with a trial stopped early (it could not come within noise of the best) is
+never recommended.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +60,14 @@ _PREFER_KEYS = {
     "smaller_batch_size": ("batch_size", True),
     "larger_batch_size": ("batch_size", False),
 }
+
+
+def preference_key(config: Configuration, prefer: Sequence[str]) -> tuple[int, ...]:
+    """Sorts configurations cheapest first by an objective's `prefer` order."""
+    return tuple(
+        int(getattr(config, column)) * (1 if ascending else -1)
+        for column, ascending in (_PREFER_KEYS[p] for p in prefer)
+    )
 
 
 @dataclass(frozen=True)
@@ -158,15 +175,85 @@ def confidence_interval(
     return float(v.mean()) - half, float(v.mean()) + half
 
 
+def _intervals(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """`confidence_interval` of `column` for every configuration of `frame` at once, in
+    `per_config`'s order (low clipped at 0: a rate is never negative); NaN below two values."""
+    from scipy import stats
+
+    values = frame[column].astype(float).replace([np.inf, -np.inf], np.nan)
+    keys = [frame[k] for k in (*CONFIG, PLACEMENT)]
+    g = values.groupby(keys, sort=True).agg(["mean", "std", "count"])
+    n = g["count"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = stats.t.ppf((1 + CONFIDENCE) / 2, np.where(n >= 2, n - 1, np.nan))
+        half = t * g["std"].to_numpy(dtype=float) / np.sqrt(n)
+    mean = g["mean"].to_numpy(dtype=float)
+    return np.maximum(mean - half, 0.0), mean + half
+
+
 def _sum_known(s: pd.Series) -> float:
     return float(s.sum(min_count=1))  # NaN when no repeat could tell (not 0: unknown)
 
 
+def rank_metric(objective: Objective) -> str:
+    """The per-configuration column the recommendation ranks by (see the module's docstring)."""
+    return f"steady_{objective.maximize}"
+
+
+def unit(metric: str) -> str:
+    """items_per_s, steady_items_per_s -> items/s."""
+    return metric.removeprefix("steady_").replace("_per_s", "/s")
+
+
+#: What a results layout older than 5 lacks, as it would have read.
+_LAYOUT_5_DEFAULTS = {"length_x": 1, "too_short": False, "stopped_early": False, "stop_reason": ""}
+
+
+def _with_layout_5(trials: pd.DataFrame) -> pd.DataFrame:
+    """The search's columns filled for an older layout (or a synthetic table), and each trial's
+    steady jobs/s (its steady items/s over its batch size)."""
+    out = trials.copy()
+    for column, default in _LAYOUT_5_DEFAULTS.items():
+        values = out[column] if column in out else pd.Series(default, index=out.index)
+        out[column] = values.astype(object).where(values.notna(), default).astype(type(default))
+    if "steady_items_per_s" not in out:
+        out["steady_items_per_s"] = math.nan
+    out["steady_jobs_per_s"] = out["steady_items_per_s"] / out["batch_size"]
+    out["too_short"] |= out["steady_items_per_s"].isna()  # no steady part was measured
+    return out
+
+
+def _steady(trials: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
+    """The steady-window figures per configuration, from its measurable repeats; where it has
+    none, the whole-trial figures stand in (`too_short`)."""
+    measurable = trials[~trials["too_short"] & ~trials["stopped_early"]]
+    keys = [*CONFIG, PLACEMENT]
+    grouped = measurable.groupby(keys, sort=True)
+    steady = pd.DataFrame({"steady_repeats": grouped.size()})
+    for metric in ("items_per_s", "jobs_per_s"):
+        column = f"steady_{metric}"
+        steady[column] = grouped[column].mean()
+        steady[f"{column}_ci_low"], steady[f"{column}_ci_high"] = _intervals(measurable, column)
+    out = configs.merge(steady.reset_index(), on=keys, how="left")
+    out["steady_repeats"] = out["steady_repeats"].fillna(0).astype(int)
+    out["too_short"] = out["steady_repeats"] == 0
+    for metric in ("items_per_s", "jobs_per_s"):
+        column = f"steady_{metric}"
+        for suffix in ("", "_ci_low", "_ci_high"):
+            out[column + suffix] = out[column + suffix].where(
+                ~out["too_short"], out[metric + suffix]
+            )
+    return out
+
+
 def per_config(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration: means over repeats, 95 % intervals, the SLO's worst cases."""
+    """One row per configuration: means over repeats, 95 % intervals, the SLO's worst cases,
+    and the steady-window figures the ranking uses."""
     if PLACEMENT not in trials:
         trials = trials.assign(**{PLACEMENT: SEPARATE})
-    grouped = trials.groupby([*CONFIG, PLACEMENT], as_index=False, sort=True)
+    trials = _with_layout_5(trials)
+    scenario_length = trials[trials["length_x"] == 1]
+    grouped = scenario_length.groupby([*CONFIG, PLACEMENT], as_index=False, sort=True)
     configs = grouped.agg(
         concurrency=("concurrency", "first"),
         repeats=("trial_id", "count"),
@@ -203,20 +290,25 @@ def per_config(trials: pd.DataFrame) -> pd.DataFrame:
         web_p50_ms=("web_p50_ms", "mean"),
         web_p99_ms=("web_p99_ms", "mean"),
         web_requests_per_s=("web_requests_per_s", "mean"),
+        stopped_early=("stopped_early", "any"),
+        stop_reason=("stop_reason", "max"),
     )
     for metric in ("items_per_s", "jobs_per_s"):
-        intervals = grouped[metric].agg(lambda s: confidence_interval(s))[metric]
-        # a rate is never negative: clip the (symmetric) interval at 0; NaN stays NaN
-        configs[f"{metric}_ci_low"] = [
-            lo if math.isnan(lo) else max(lo, 0.0) for lo, _ in intervals
-        ]
-        configs[f"{metric}_ci_high"] = [hi for _, hi in intervals]
-    return configs
+        configs[f"{metric}_ci_low"], configs[f"{metric}_ci_high"] = _intervals(
+            scenario_length, metric
+        )
+    every_length = trials.groupby([*CONFIG, PLACEMENT], sort=True).size()
+    configs["repeats"] = every_length.reindex(
+        pd.MultiIndex.from_frame(configs[[*CONFIG, PLACEMENT]])
+    ).to_numpy()
+    return _steady(trials, configs)
 
 
 def slo_problems(row: pd.Series, slo: Slo) -> list[str]:
     """Why a configuration cannot be recommended, in words; empty when it qualifies."""
     problems = []
+    if bool(row.get("stopped_early", False)):
+        problems.append(f"stopped early: {row['stop_reason']}")
     if bool(row["timed_out"]):
         problems.append("timed out")
     elif bool(row["failed"]):
@@ -242,7 +334,8 @@ def beats(best: pd.Series, other: pd.Series, metric: str, margin: float = NOISE_
 
 
 _FIGURES = [
-    "items_per_s", "items_per_s_ci_low", "items_per_s_ci_high", "jobs_per_s",
+    "items_per_s", "items_per_s_ci_low", "items_per_s_ci_high", "steady_items_per_s",
+    "steady_items_per_s_ci_low", "steady_items_per_s_ci_high", "jobs_per_s",
     "latency_p50_ms", "latency_p99_ms", "latency_p99_worst_ms", "error_rate", "retry_rate",
     "service_rejected", "bound_ratio", "lost_items",
 ]  # fmt: skip
@@ -263,7 +356,10 @@ def json_safe(value: Any) -> Any:
 
 def _candidate(row: pd.Series, within_noise: bool | None = None) -> Candidate:
     figures = {k: float(row[k]) for k in _FIGURES}
-    figures |= {"concurrency": int(row["concurrency"]), "repeats": int(row["repeats"])}
+    figures |= {
+        "concurrency": int(row["concurrency"]), "repeats": int(row["repeats"]),
+        "too_short": bool(row["too_short"]),
+    }  # fmt: skip
     return Candidate(
         Configuration.of(row), json_safe(figures), within_noise, str(row["bottleneck"]),
         json_safe(dict(row["evidence"])),
@@ -307,12 +403,12 @@ def analyze_trials(
     if not configs.empty:  # an empty frame's key columns have no type to merge on
         attributed = attribute_configs(fixed, jobs, context, [*CONFIG, PLACEMENT])
         configs = configs.merge(attributed, on=[*CONFIG, PLACEMENT], how="left")
-    configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
+    configs = _with_slo_problems(configs, objective)
     fits = _fits(fixed)
     warnings = (
         trial_warnings(trials, cpu_count=cpu_count)
         + fault_warnings(trials, faults)
-        + unstable(configs, objective.maximize)
+        + unstable(configs, rank_metric(objective))
     )
     pick, reasons, runners = _recommendation(configs, objective, margin=margin, fits=fits)
     if configs.empty and not dynamic_trials.empty:
@@ -334,19 +430,42 @@ def analyze_trials(
     return Analysis(objective, trials, configs, rec, fits, warnings, service, dynamic=policies)
 
 
+def configs_table(trials: pd.DataFrame, objective: Objective) -> pd.DataFrame:
+    """`per_config` with each configuration's `slo_problems` (empty: it may be recommended)."""
+    return _with_slo_problems(per_config(trials), objective)
+
+
+def _with_slo_problems(configs: pd.DataFrame, objective: Objective) -> pd.DataFrame:
+    configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
+    return configs
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The pick among the configurations meeting the SLO, the best, and those tied with it."""
+
+    chosen: pd.Series
+    best: pd.Series
+    tied: pd.DataFrame
+    ok: pd.DataFrame  # every configuration meeting the SLO
+
+
 def choose(
-    ok: pd.DataFrame, objective: Objective, margin: float = NOISE_MARGIN
-) -> tuple[pd.Series, pd.DataFrame, pd.Series]:
-    """Among configurations that meet the SLO (not empty): the best by the objective, those
-    it does not beat beyond the noise, and the cheapest of them by `objective.prefer`."""
-    metric = objective.maximize
+    configs: pd.DataFrame, objective: Objective, margin: float = NOISE_MARGIN
+) -> Choice | None:
+    """The best by the ranked figure, and the cheapest (objective.prefer) of the configurations
+    it does not beat beyond the noise; None when nothing meets the SLO."""
+    ok = configs[configs["slo_problems"].map(len) == 0]
+    if ok.empty:
+        return None
+    metric = rank_metric(objective)
     best = ok.loc[ok[metric].idxmax()]
     tied = ok[[not beats(best, r, metric, margin) for _, r in ok.iterrows()]]
     keys = [_PREFER_KEYS[p] for p in objective.prefer]
     chosen = tied.sort_values(
         [k for k, _ in keys] + [metric], ascending=[asc for _, asc in keys] + [False]
     ).iloc[0]
-    return best, tied, chosen
+    return Choice(chosen, best, tied, ok)
 
 
 def _recommendation(
@@ -355,16 +474,16 @@ def _recommendation(
     """The pick (None when nothing qualifies), the reasons, the runners-up."""
     if configs.empty:
         return None, ["no trial finished"], []
-    metric = objective.maximize
-    ok = configs[configs["slo_problems"].map(len) == 0]
+    metric = rank_metric(objective)
     context = explain(configs, objective, margin=margin, fits=fits)
-    if ok.empty:
+    choice = choose(configs, objective, margin)
+    if choice is None:
         verdict = (
             "no configuration met the SLO and kept every item, so none is recommended "
             f"({_slo_words(objective.slo)}); relax the SLO or change the scenario"
         )
         return None, [verdict, *context], []
-    best, tied, chosen = choose(ok, objective, margin)
+    chosen, best, tied, ok = choice.chosen, choice.best, choice.tied, choice.ok
     reasons = [
         _choice_sentence(chosen, best, tied, ok, objective, margin),
         bottleneck_reason(chosen),
@@ -403,14 +522,16 @@ def _choice_sentence(
     chosen: pd.Series, best: pd.Series, tied: pd.DataFrame, ok: pd.DataFrame,
     objective: Objective, margin: float,
 ) -> str:  # fmt: skip
-    metric = objective.maximize
-    unit = metric.replace("_per_s", "/s")
+    metric = rank_metric(objective)
+    steady = "" if bool(chosen["too_short"]) else " (steady window)"
     head = (
-        f"{Configuration.of(chosen).describe()}: {chosen[metric]:,.0f} {unit}"
+        f"{Configuration.of(chosen).describe()}: {chosen[metric]:,.0f} {unit(metric)}{steady}"
         f"{_interval(chosen, metric)}, p99 {chosen['latency_p99_ms']:,.0f} ms, "
         f"errors {chosen['error_rate']:.1%}, {_repeats(int(chosen['repeats']))}"
     )
-    prefer = ", then ".join(p.replace("_", " ", 1) for p in objective.prefer) or f"higher {unit}"
+    prefer = ", then ".join(p.replace("_", " ", 1) for p in objective.prefer) or (
+        f"higher {unit(metric)}"
+    )
     if label(chosen) == label(best):
         rule = (
             f"better only if the 95 % intervals are apart and the gain is over {margin:.0%}"
@@ -426,7 +547,7 @@ def _choice_sentence(
     else:
         gain = best[metric] / chosen[metric] - 1
         rest = (
-            f"the best, {label(best)} at {best[metric]:,.0f} {unit}, is {gain:.0%} more but "
+            f"the best, {label(best)} at {best[metric]:,.0f} {unit(metric)}, is {gain:.0%} more but "
             f"within the noise: {_why_tied(best, chosen, metric, margin)}. Of the {len(tied)} "
             f"within noise of the best, this is the cheapest ({prefer})"
         )

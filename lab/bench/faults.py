@@ -40,21 +40,35 @@ from lab.runtime.queue import Queue
 
 
 def sweep_processes(sweep: psutil.Process, module: str) -> list[psutil.Process]:
-    """The sweep's descendants running `python -m module` (or that binary, e.g. redis-server)."""
+    """The sweep's descendants running `python -m module` (or that binary, e.g. redis-server).
+
+    A worker forked from the sweep's fork server (`lab.infra.zygote`, which preloads the module)
+    shows the server's command line: its children count, the server itself does not."""
     out = []
     for proc in sweep.children(recursive=True):
         with contextlib.suppress(psutil.Error):
-            if module in " ".join(proc.cmdline()):
-                out.append(proc)
+            line = " ".join(proc.cmdline())
+            if module not in line:
+                continue
+            parent = proc.parent()
+            if _ZYGOTE in line and (parent is None or _ZYGOTE not in " ".join(parent.cmdline())):
+                continue  # the fork server, not one of its children
+            out.append(proc)
     return out
 
 
-def _flag(proc: psutil.Process, flag: str) -> str | None:
-    with contextlib.suppress(psutil.Error):
-        args = proc.cmdline()
-        if flag in args:
-            return args[args.index(flag) + 1]
-    return None
+_ZYGOTE = "lab.infra.zygote"
+
+
+def _instances(client: redis.Redis) -> dict[int, str]:
+    """pid -> instance id of every live worker instance, from the trial queues' heartbeats (a
+    forked worker's command line is its fork server's: no --instance-id there)."""
+    out: dict[int, str] = {}
+    for key in client.scan_iter(match="lab:{trial-*}:hb:*", count=1000):
+        with contextlib.suppress(redis.RedisError, TypeError, ValueError):
+            pid = int(client.get(key))  # type: ignore[arg-type]
+            out[pid] = bytes(key).decode().rsplit(":hb:", 1)[1]
+    return out
 
 
 def broker_url(sweep: psutil.Process) -> str | None:
@@ -90,11 +104,12 @@ class OutsideKiller:
 
     def poll(self, client: redis.Redis) -> None:
         """One look: kill in every trial that reached its drawn moment and lost no one yet."""
-        by_trial: dict[str, list[psutil.Process]] = {}
+        by_trial: dict[str, list[tuple[psutil.Process, str]]] = {}
+        instances = _instances(client)
         for proc in sweep_processes(self.sweep, "lab.runtime.worker"):
-            instance = _flag(proc, "--instance-id")
+            instance = instances.get(proc.pid)
             if instance is not None:
-                by_trial.setdefault(instance.rsplit("-i", 1)[0], []).append(proc)
+                by_trial.setdefault(instance.rsplit("-i", 1)[0], []).append((proc, instance))
         for trial_id, procs in by_trial.items():
             if trial_id in self._hit or len(procs) < self.instances:
                 continue  # already hit, or not every instance started yet
@@ -103,8 +118,7 @@ class OutsideKiller:
                 continue
             aim = self._aim.setdefault(trial_id, self.rng.uniform(self.low, self.high))
             if done / enqueued >= aim:
-                victim = self.rng.choice(sorted(procs, key=lambda p: p.pid))
-                target = _flag(victim, "--instance-id") or "?"  # read while it is alive
+                victim, target = self.rng.choice(sorted(procs, key=lambda p: p[0].pid))
                 with contextlib.suppress(psutil.Error):
                     victim.send_signal(signal.SIGKILL)
                     self.kills.append(Kill(trial_id, target, done / enqueued))

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from lab.errors import ServiceError
 from lab.infra.files import UnsafePath
@@ -52,6 +52,17 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     return setup
 
 
+class Process(Protocol):
+    """What `Child` needs of a process: `subprocess.Popen`, or a fork server's child."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, signum: int) -> None: ...
+
+
 #: A line that names an error: a Python exception (`ModuleNotFoundError: ...`), or a lab CLI's
 #: one-line message (`lab.runtime.worker: ...`).
 _ERROR_LINE = re.compile(r"^(?:[\w.]+(?:Error|Exception|Exit|Interrupt)\b|lab(?:\.\w+)+: )")
@@ -74,7 +85,7 @@ class Child:
     """A running child process and where its output goes."""
 
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: Process
     log_path: Path | None
 
     @property
@@ -157,33 +168,42 @@ def spawn(
             raise ServiceError(
                 f"{log_path}: cannot write the log of {name}: {exc.strerror}"
             ) from None
-    global _defer_stop
-    _defer_stop += 1  # a stop signal now would orphan the child: hold it until it is ours
     try:
-        popen = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
-            start_new_session=True,
-            pass_fds=tuple(pass_fds),
-            preexec_fn=_die_with_parent(os.getpid()) if sys.platform.startswith("linux") else None,
-        )
-    except BaseException:
-        _defer_stop -= 1
-        raise
+        with holding_stop():  # a stop signal now would orphan the child: hold it until it is ours
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                start_new_session=True,
+                pass_fds=tuple(pass_fds),
+                preexec_fn=_die_with_parent(os.getpid())
+                if sys.platform.startswith("linux")
+                else None,
+            )
+            child = Child(name=name, popen=popen, log_path=log_path)
     finally:
         if not isinstance(out, int):
             out.close()  # the child holds its own copy of the descriptor
-    child = Child(name=name, popen=popen, log_path=log_path)
     log.debug("started %s (pid %d): %s", name, popen.pid, " ".join(argv))
     try:
-        _defer_stop -= 1
         check_stop()  # a stop signal that came during the spawn lands here, with the child owned
         yield child
     finally:
         child.stop(grace_s=grace_s)
+
+
+@contextlib.contextmanager
+def holding_stop() -> Iterator[None]:
+    """Record a stop signal instead of raising it for the block (a child being started is not
+    owned yet); `check_stop` raises it afterwards."""
+    global _defer_stop
+    _defer_stop += 1
+    try:
+        yield
+    finally:
+        _defer_stop -= 1
 
 
 def terminate_all(children: Sequence[Child]) -> None:

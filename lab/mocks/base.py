@@ -39,6 +39,14 @@ def retry_after_header(wait_s: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(wait_s)))}
 
 
+class Busy(Exception):
+    """A fresh-state reset while a trial's requests are still in the service."""
+
+    def __init__(self, left: dict[str, int]) -> None:
+        super().__init__(", ".join(f"{k} {v}" for k, v in sorted(left.items())))
+        self.left = left
+
+
 class MockService:
     """A mock's protocol on top of the shared load model."""
 
@@ -94,12 +102,36 @@ class MockService:
         """`GET /_lab/stats`: the load model's statistics plus the service's own keys."""
         return self.model.to_json()
 
+    #: `POST /_lab/reset` options this service takes besides `seed`.
+    reset_options: ClassVar[frozenset[str]] = frozenset()
+
     def reset(self, options: dict[str, Any]) -> dict[str, Any]:
-        """`POST /_lab/reset`: zero the statistics; returns what was done."""
-        if options:
-            raise ValueError(f"unknown reset option(s) {sorted(options)}; this mock takes none")
-        self.model.reset()
-        return {"reset": True}
+        """`POST /_lab/reset`: zero the statistics; returns what was done.
+
+        With `{"seed": N}` the service becomes indistinguishable from one just started with
+        seed N (a reused mock across trials): random streams, token bucket and the service's
+        own state too. That refuses (`Busy`) while a trial's requests are still in flight.
+        """
+        unknown = set(options) - {"seed"} - self.reset_options
+        if unknown:
+            allowed = ", ".join(sorted({"seed"} | self.reset_options))
+            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; allowed: {allowed}")
+        seed = options.get("seed")
+        if seed is None:
+            self.model.reset()
+            return {"reset": True}
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        left = self.model.busy()
+        if left:
+            raise Busy(left)
+        self.model.reseed(seed)
+        self.spec = self.model.spec
+        self.reseed(seed)
+        return {"reset": True, "seed": seed}
+
+    def reseed(self, seed: int) -> None:
+        """The service's own state as when just started with `seed` (override when it has any)."""
 
     def state(self) -> dict[str, Any]:
         """What a restart carries over (`--state-file`): the statistics since the last reset."""

@@ -286,6 +286,8 @@ class OpenSearchMock(MockService):
         out["opensearch"] = self.store.to_json()
         return out
 
+    reset_options = frozenset({"clear_docs"})
+
     def state(self) -> dict[str, Any]:
         return super().state() | {"docs": self.store.state()}
 
@@ -294,14 +296,15 @@ class OpenSearchMock(MockService):
         self.store.restore(state["docs"])
 
     def reset(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Zero the statistics and write ledgers; keep the documents unless `clear_docs`."""
-        unknown = set(options) - {"clear_docs"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; allowed: clear_docs")
-        clear_docs = bool(options.get("clear_docs", False))
-        self.model.reset()
+        """Zero the statistics and write ledgers; keep the documents unless `clear_docs` (or
+        `seed`: as just started, so no document either)."""
+        clear_docs = bool(options.get("clear_docs", False)) or "seed" in options
+        done = super().reset({k: v for k, v in options.items() if k != "clear_docs"})
         self.store.reset(clear_docs=clear_docs)
-        return {"reset": True, "clear_docs": clear_docs}
+        return {**done, "clear_docs": clear_docs}
+
+    def reseed(self, seed: int) -> None:
+        self._id_rng = random.Random(f"{seed}:ids")
 
     def controls(self) -> dict[str, ControlHandler]:
         return {"seed": self._seed, "docs": self._docs}

@@ -5,7 +5,9 @@ need the mock's control token in the `X-Lab-Token` header (401 without it; `lab.
   GET  /_lab/stats   the statistics document (see `lab.mocks.stats`), sorted keys
   POST /_lab/reset   zero statistics, time series and write ledgers, restart the epoch that
                      brown-outs are timed from; documents are KEPT (seeded ids survive) unless
-                     the body is `{"clear_docs": true}` (opensearch)
+                     the body is `{"clear_docs": true}` (opensearch). `{"seed": N}`: as if just
+                     started with seed N (random streams, token bucket, documents), so one
+                     process serves trial after trial; 409 while requests are still inside
   GET  /_lab/health  `{"ok": true, "kind": ...}`
   opensearch only: POST /_lab/seed `{"index": "x", "ids": [...]}`, GET /_lab/docs?index=x
 
@@ -40,7 +42,7 @@ from aiohttp.web_protocol import RequestHandler
 from lab.errors import ConfigError
 from lab.infra.aio import run_main, write_ready_file
 from lab.limits import BODY_BYTES_MAX, BULK_BODY_BYTES_MAX
-from lab.mocks.base import MockService, json_response
+from lab.mocks.base import Busy, MockService, json_response
 from lab.mocks.control import TOKEN_ENV, TOKEN_HEADER, new_token, token_ok
 from lab.mocks.database import DatabaseMock
 from lab.mocks.http_api import HttpApiMock
@@ -151,6 +153,8 @@ async def _reset(service: MockService, request: web.BaseRequest) -> web.StreamRe
         return json_response(service.reset(options))
     except ValueError as exc:
         return json_response({"error": str(exc)}, status=400)
+    except Busy as exc:
+        return json_response({"error": f"busy: {exc}", "busy": exc.left}, status=409)
 
 
 async def _health(service: MockService, request: web.BaseRequest) -> web.StreamResponse:

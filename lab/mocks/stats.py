@@ -44,6 +44,10 @@ class Stats:
         self._seed = seed
         self.reset()
 
+    def reseed(self, seed: int) -> None:
+        """Draw the reservoir's samples from `seed` from now on (applied by the next reset)."""
+        self._seed = seed
+
     def reset(self) -> None:
         """Zero everything and restart the clock (the trial's epoch)."""
         self.epoch = time.monotonic()

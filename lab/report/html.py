@@ -38,6 +38,7 @@ from lab.report.plots import (
     has_web,
     web_latency_vs_workers,
 )
+from lab.report.search import model_section, search_section
 from lab.results import RunFolder
 from lab.scenario.spec import axis_values
 
@@ -336,6 +337,7 @@ def render_report(analysis: Analysis) -> str:
         figures,
         _web_section(analysis),
         _dynamic_section(analysis),
+        search_section(analysis, figure_png),
         faults_section(analysis, figure_png),
         "<h2>Configurations</h2>",
         "<p>Means over repeats; the interval is Student-t 95 % (none with one repeat). "
@@ -350,6 +352,7 @@ def render_report(analysis: Analysis) -> str:
         _bottlenecks(analysis),
         "<h2>Scalability fit (Universal Scalability Law)</h2>",
         _fits_table(analysis),
+        model_section(analysis, figure_png),
         "<h2>Scenario</h2>",
         _scenario(run),
         "<h2>Machine and run</h2>",

@@ -16,7 +16,15 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from lab import limits as L
 from lab.configuration import COLOCATED
@@ -138,7 +146,7 @@ class Cluster(_Strict):
     """
 
     engine: Literal["ray"] = Field(description="The cluster engine; only ray today.")
-    address: str = Field(
+    address: Annotated[str, Field(max_length=L.URL_CHARS_MAX)] = Field(
         default="auto",
         description="auto: the running cluster RAY_ADDRESS or `ray start` names; "
         "ray://host:port: a remote cluster through Ray Client; local: a one-node Ray on this "
@@ -444,6 +452,12 @@ def axis_values(axis: tuple[Any, ...]) -> tuple[int | str, ...]:
     )
 
 
+def fixed_values(axis: tuple[Any, ...]) -> tuple[int, ...]:
+    """An axis's integers, its dynamic entry left out ((1,) when it has no integer): what the
+    model and the search, which step integer axes, work with."""
+    return tuple(v for v in axis if isinstance(v, int)) or (1,)
+
+
 class Retry(_Strict):
     """How a failed attempt is retried: see lab.runtime.retry.RetryPolicy."""
 
@@ -571,6 +585,39 @@ class Quick(_Strict):
     )
 
 
+def _repeats_or_auto(value: Any) -> Any:
+    if value == "auto" or (
+        isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= L.REPEATS_MAX
+    ):
+        return value
+    raise ValueError(f"must be an integer in [1, {L.REPEATS_MAX}] or 'auto', got {value!r}")
+
+
+RepeatsOrAuto = Annotated[Repeats | Literal["auto"], BeforeValidator(_repeats_or_auto)]
+
+
+class GridSearch(_Strict):
+    """Every combination of the three axes, `repeats` times each (racing with `repeats: auto`)."""
+
+    kind: Literal["grid"] = Field(default="grid", description="Search mode.")
+
+
+class AdaptiveSearch(_Strict):
+    """Start from the grid, then measure where the answer lies (lab.sweep.search): racing
+    repeats, early stops, and refinement between grid points guided by a queueing model."""
+
+    kind: Literal["adaptive"] = Field(default="adaptive", description="Search mode.")
+    budget_trials: Annotated[int, Field(ge=1, le=L.TRIALS_MAX), why(L.TRIALS_WHY)] | None = Field(
+        default=None, description="Most trials to run, starting grid included; null = no limit."
+    )
+    budget_s: Timeout | None = Field(
+        default=None, description="Most seconds of sweep (wall time) to spend; null = no limit."
+    )
+
+
+Search = Annotated[GridSearch | AdaptiveSearch, Field(discriminator="kind")]
+
+
 class Sweep(_Strict):
     """The grid: every combination of the three axes is one trial, run `repeats` times."""
 
@@ -590,7 +637,20 @@ class Sweep(_Strict):
         "into jobs; latency counts from the FIRST item's scheduled arrival, so batching "
         "cannot hide waiting.",
     )
-    repeats: Repeats = Field(default=1, description="Runs of each configuration (for intervals).")
+    repeats: RepeatsOrAuto = Field(
+        default=1,
+        description="Runs of each configuration (for intervals). auto: racing, as many as it "
+        "takes to tell a configuration from the best, up to max_repeats (with search "
+        "adaptive, a number is where racing starts).",
+    )
+    max_repeats: Repeats = Field(
+        default=5, description="Racing: most runs of one configuration (repeats auto, adaptive)."
+    )
+    search: Search = Field(
+        default_factory=GridSearch,
+        description="grid: every combination (the default); adaptive: start from the grid and "
+        "measure where the answer lies, within budget_trials / budget_s.",
+    )
     trial_timeout_s: Timeout = Field(
         default=120.0, description="A trial not drained by then is stopped, marked timed out."
     )
@@ -616,6 +676,29 @@ class Sweep(_Strict):
         nw += [self.auto_limit.max] if len(nw) < len(self.num_workers) else []
         inst += [self.autoscale.max] if len(inst) < len(self.instances) else []
         return max(nw), max(inst)
+
+    @model_validator(mode="after")
+    def _repeats_fit(self) -> Sweep:
+        if isinstance(self.repeats, int) and self.repeats > self.max_repeats:
+            if "max_repeats" in self.model_fields_set:
+                raise Problems(
+                    (
+                        ("max_repeats",),
+                        f"must be >= repeats ({self.repeats}), got {self.max_repeats}",
+                    )
+                )
+            object.__setattr__(self, "max_repeats", self.repeats)  # frozen; set while validating
+        return self
+
+    @property
+    def racing(self) -> bool:
+        """Repeats are added where a configuration is not yet told apart from the best."""
+        return self.repeats == "auto" or self.search.kind == "adaptive"
+
+    @property
+    def first_repeats(self) -> int:
+        """Runs of each configuration before any racing: `repeats`, or 1 for auto."""
+        return 1 if self.repeats == "auto" else self.repeats
 
 
 class Slo(_Strict):
@@ -734,6 +817,14 @@ class Scenario(_Strict):
                  "host; with a cluster list instance counts")
             )  # fmt: skip
         problems += _dynamic_external_problems(self)
+        dynamic = any(
+            not isinstance(v, int) for v in (*self.sweep.num_workers, *self.sweep.instances)
+        )
+        if dynamic and self.sweep.racing:
+            problems.append(
+                (("sweep",), "auto or autoscale runs as listed: with it use a number of repeats "
+                 "and search kind grid (racing and the adaptive search step integer axes)")
+            )  # fmt: skip
         if isinstance(self.workload.arrival, Backlog) and quick.duration_s is not None:
             problems.append(
                 (("sweep", "quick", "duration_s"), "poisson/ramp only; for a backlog use items")
@@ -803,7 +894,7 @@ def _dynamic_external_problems(s: Scenario) -> list[tuple[Loc, str]]:
 def _grid_problems(s: Scenario, loc: Loc) -> list[tuple[Loc, str]]:
     """What one machine cannot run: too many trials, too much concurrency, too many items."""
     sw, problems = s.sweep, []
-    sizes = (len(sw.num_workers), len(sw.instances), len(sw.batch_size), sw.repeats)
+    sizes = (len(sw.num_workers), len(sw.instances), len(sw.batch_size), sw.first_repeats)
     trials = math.prod(sizes) * len(s.workers.placements)
     if trials > L.TRIALS_MAX:
         shape = (

@@ -19,7 +19,7 @@ import signal
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType, TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
@@ -34,6 +34,9 @@ from lab.runtime.queue import JobEvent
 from lab.scenario.spec import Cluster, Scenario
 from lab.sweep.faults import ProcessLike, ServiceHandle
 from lab.sweep.resources import ResourceSampler, Usage
+
+if TYPE_CHECKING:
+    from lab.sweep.harness import Harness
 
 
 class Processes:
@@ -165,10 +168,14 @@ class TrialPlacement(Protocol):
 
 
 class LocalPlacement:
-    """Everything on this host, each mock and each worker instance a child process."""
+    """Everything on this host, each mock and each worker instance a child process.
 
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
+    With a sweep's `harness` (`lab.sweep.harness`), the mocks are the sweep's, reset for this
+    trial (unless one may be restarted mid-trial: a restart needs a process of the trial's own),
+    and the instances are forked from the sweep's fork server."""
+
+    def __init__(self, logs: Path, harness: Harness | None = None) -> None:
+        self.logs, self.harness = logs, harness
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> LocalPlacement:
@@ -193,10 +200,20 @@ class LocalPlacement:
         The spec goes through a file (a command line has a length limit, a spec with many
         brown-outs does not), the control token through the environment (argv is public). The
         socket stays open here for the whole trial, so a restarted mock serves the same address
-        (connections made meanwhile wait in its backlog)."""
-        urls: dict[str, str] = {}
-        env = {**os.environ, TOKEN_ENV: token}
+        (connections made meanwhile wait in its backlog). With the harness's mocks, `token` is
+        theirs (`ServicePool.token`)."""
         self._service_starts: dict[str, Callable[[], Child]] = {}
+        self._mock_names = list(specs)
+        if self.harness is not None and not restartable:
+            pool = self.harness.services
+            assert token == pool.token, "a shared mock answers only the sweep's token"
+            urls = pool.checkout(dict(specs))
+            # watched and sampled as the trial's own, but stopped by the sweep, not here
+            self.services.children |= {n: ("mock", c) for n, c in pool.children.items()}
+            self.services.ready_files += pool.starting
+            return urls
+        urls = {}
+        env = {**os.environ, TOKEN_ENV: token}
         for name, spec in specs.items():
             spec_file = self.logs / f"mock-{name}.spec.json"
             atomic_write(spec_file, spec_to_json(spec))
@@ -219,19 +236,24 @@ class LocalPlacement:
         self, args: Mapping[str, Sequence[str]], *, grace_s: float, env: Mapping[str, str]
     ) -> None:
         for i, worker_args in enumerate(args.values()):
-            argv = python_module_argv("lab.runtime.worker", *worker_args)
-            self.driver.start(
-                f"worker-{i}", "worker", argv, grace_s=grace_s, env={**os.environ, **env}
-            )
+            self.start_worker(i, worker_args, grace_s=grace_s, env=env)
 
     def start_worker(
         self, i: int, args: Sequence[str], *, grace_s: float, env: Mapping[str, str]
     ) -> Child:
-        """Worker instance `i` started during the trial (the autoscaler's), beside the others."""
-        argv = python_module_argv("lab.runtime.worker", *args)
-        return self.driver.start(
-            f"worker-{i}", "worker", argv, grace_s=grace_s, env={**os.environ, **env}
-        )
+        """Worker instance `i`: one of the first ones, or one the autoscaler adds mid-trial."""
+        name, full_env = f"worker-{i}", {**os.environ, **env}
+        if self.harness is None:
+            argv = python_module_argv("lab.runtime.worker", *args)
+            return self.driver.start(name, "worker", argv, grace_s=grace_s, env=full_env)
+        child = self.driver.stack.enter_context(
+            self.harness.launcher.spawn(  # forked: the environment replaces the server's
+                "lab.runtime.worker", list(args), name=name,
+                log_path=self.logs / f"{name}.log", grace_s=grace_s, env=full_env,
+            )
+        )  # fmt: skip
+        self.driver.children[name] = ("worker", child)
+        return child
 
     def stop_worker(self, child: Child) -> None:
         """Ask one worker instance to stop (SIGTERM: it finishes its jobs, puts back the rest);
@@ -262,8 +284,8 @@ class LocalPlacement:
                 child=self.services.children[f"mock-{name}"][1],
                 start_again=functools.partial(start_again, name),
                 ready=(self.logs / f"mock-{name}.ready.json").exists,
-            )
-            for name in self._service_starts
+            )  # a shared mock is never restarted mid-trial (start_services): watched only
+            for name in self._mock_names
         }
         return list(self.driver.of_role("worker")), services
 
@@ -349,10 +371,14 @@ def mock_args(kind: str, spec_file: Path) -> list[str]:
     return [kind, "--spec-file", str(spec_file)]
 
 
-def open_placement(cluster: Cluster | None, broker: Broker, logs: Path) -> TrialPlacement:
+def open_placement(
+    cluster: Cluster | None, broker: Broker, logs: Path, harness: Harness | None = None
+) -> TrialPlacement:
     """The placement a scenario asks for: this host, or its Ray cluster (which
-    `connect_cluster` connects once for a sweep)."""
+    `connect_cluster` connects once for a sweep). The `harness` (mocks and a fork server shared
+    across trials) serves this host only: on a cluster each trial starts its own on the nodes,
+    where a mock process here and a fork server here could not be placed."""
     if cluster is None:
-        return LocalPlacement(logs)
+        return LocalPlacement(logs, harness)
     placement: TrialPlacement = _ray_module("ray_placement").RayPlacement(cluster, broker, logs)
     return placement

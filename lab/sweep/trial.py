@@ -47,6 +47,7 @@ from lab.sweep import external
 from lab.sweep.autoscale import AutoscaleHook
 from lab.sweep.dynamics import record
 from lab.sweep.faults import BROKER_ANSWER_S, BROKER_ERRORS, TrialFaults, broker_lost
+from lab.sweep.harness import Harness
 from lab.sweep.placement import LocalPlacement, Processes, TrialPlacement, open_placement
 from lab.sweep.resources import ResourceSampler, Usage
 from lab.sweep.trial_row import trial_row
@@ -58,6 +59,23 @@ READY_TIMEOUT_S = 60.0
 
 #: How often the trial polls the queue while it drains.
 POLL_S = 0.02
+
+
+@dataclass
+class DrainProgress:
+    """How far a trial got, as a stop rule sees it while the trial drains."""
+
+    elapsed_s: float
+    items_done: int  # jobs done x batch_size (the last job of a backlog may hold fewer)
+    items_planned: int
+    jobs_settled: int  # done or dead
+    jobs_dead: int
+    arrivals_s: list[float]  # each planned job's scheduled arrival, s after the clock, sorted
+    new_events: Callable[[], list[JobEvent]]  # attempts finished since the last call
+
+
+#: Decides, while a trial drains, to stop it: the reason, or None to go on.
+StopRule = Callable[[DrainProgress], str | None]
 
 
 def instance_id(plan: TrialPlan, i: int) -> str:
@@ -75,6 +93,7 @@ class TrialPlan:
     batch_size: int
     repeat: int
     placement: Placement = "separate"
+    length_x: int = 1  # the backlog multiplied, to measure a steady rate (backlogs only)
 
     @property
     def configuration(self) -> Configuration:
@@ -105,7 +124,7 @@ class TrialPlan:
         return {
             "trial_id": self.trial_id, "order": self.index, "num_workers": self.num_workers,
             "instances": self.instances, "batch_size": self.batch_size, "placement": self.placement,
-            "repeat": self.repeat, "concurrency": self.concurrency,
+            "repeat": self.repeat, "concurrency": self.concurrency, "length_x": self.length_x,
         }  # fmt: skip
 
 
@@ -115,6 +134,7 @@ class TrialOptions:
 
     grace_s: float = 5.0
     on_progress: Progress | None = None
+    stop_rule: StopRule | None = None  # early stop (lab.sweep.search)
 
 
 @dataclass
@@ -244,6 +264,7 @@ class _Measured:
     wall_s: float
     timed_out: bool
     failure: str | None  # why the work could not finish (a timeout, every instance gone)
+    stop_reason: str | None  # why a stop rule ended the trial early, if one did
     report: ProducerReport
     usage: dict[str, Usage]
     faults: TrialFaults
@@ -254,8 +275,9 @@ class _Trial:
     """One trial's steps, in order: services, slots, ready, measure, collect."""
 
     def __init__(
-        self, scenario: Scenario, plan: TrialPlan, broker: Broker, logs: Path, options: TrialOptions
-    ) -> None:
+        self, scenario: Scenario, plan: TrialPlan, broker: Broker, logs: Path,
+        options: TrialOptions, harness: Harness | None = None,
+    ) -> None:  # fmt: skip
         self.asked = plan  # its id and order name the trial; `plan` is what runs
         self.clipped = ""  # a dynamic policy fits the caps at its max (checked at load)
         if isinstance(plan.num_workers, int) and isinstance(plan.instances, int):
@@ -266,6 +288,9 @@ class _Trial:
         scenario = external.with_trial_index(scenario, plan.trial_id, secrets.token_hex(3))
         self.scenario, self.plan, self.broker, self.logs = scenario, plan, broker, logs
         self.options = options
+        # on this host the sweep's mocks serve trial after trial (LocalPlacement); a cluster's
+        # trials start their own (open_placement leaves the harness out)
+        self.harness = harness if scenario.cluster is None else None
         w = scenario.workload
         self.locust = w.arrival if isinstance(w.arrival, LocustArrival) else None
         rng = random.Random(derive_seed(scenario.seed, plan.repeat, "arrivals"))
@@ -273,13 +298,15 @@ class _Trial:
             []
             if self.locust is not None
             else group_into_jobs(
-                arrival_offsets(w.arrival, items=w.items, rng=rng), plan.batch_size
+                arrival_offsets(w.arrival, items=(w.items or 0) * plan.length_x, rng=rng),
+                plan.batch_size,
             )
         )
         self.items_planned = (
             sum(len(j.items) for j in self.jobs) or w.expected_items * plan.batch_size
         )
-        self.token = new_token()  # the mocks' /_lab/ routes answer only to this trial
+        # the mocks' /_lab/ routes answer only to this trial (or to this sweep's, when shared)
+        self.token = self.harness.services.token if self.harness is not None else new_token()
 
     def run(self) -> TrialOutcome:
         try:
@@ -292,7 +319,7 @@ class _Trial:
         timeout_s = BROKER_ANSWER_S + max(pauses, default=0.0)
         with (
             self.broker.client(socket_timeout=timeout_s) as client,
-            open_placement(self.scenario.cluster, self.broker, self.logs) as place,
+            open_placement(self.scenario.cluster, self.broker, self.logs, self.harness) as place,
         ):
             queue = Queue(client, f"trial-{self.plan.trial_id}-{secrets.token_hex(3)}")
             queue.purge()
@@ -313,7 +340,7 @@ class _Trial:
             service_stats = {name: self._stats(name, url) for name, url in mocks.items()}
             for name in external.externals(self.scenario):
                 service_stats[name] = external.collect(self.scenario, name)
-            return self._collect(queue, service_stats, measured, place)
+            return self._collect(queue, service_stats, measured, place)  # the client still open
 
     def _mock(self, url: str) -> MockControl:
         return MockControl(url, self.token)
@@ -390,7 +417,7 @@ class _Trial:
                 )  # fmt: skip
             hook = self._autoscale_hook(queue, place, sampler, faults, urls)
             with drive as (sent, report), faults:
-                timed_out, failure = _Drain(
+                drain = _Drain(
                     queue=queue,
                     sent=sent,
                     started=started,
@@ -400,11 +427,23 @@ class _Trial:
                     items_planned=self.items_planned,
                     batch_size=self.plan.batch_size,
                     tick=hook.tick if hook else None,
-                ).wait()
+                    arrivals_s=sorted(j.arrive_s for j in self.jobs),
+                )
+                timed_out, failure = drain.wait()
             wall_s = time.monotonic() - started
         usage = sampler.usage | remote_usage
         autoscaled = hook.finish(wall_s) if hook else None
-        return _Measured(clock_start, wall_s, timed_out, failure, report, usage, faults, autoscaled)
+        return _Measured(
+            clock_start,
+            wall_s,
+            timed_out,
+            failure,
+            drain.stopped,
+            report,
+            usage,
+            faults,
+            autoscaled,
+        )
 
     def _autoscale_hook(
         self,
@@ -494,7 +533,7 @@ class _Trial:
             wall_s=m.wall_s, timed_out=m.timed_out, failure=failure,
             recovered=recovered, faults=m.faults.figures(events, clock_start=clock_start),
             web=web, cost=dynamics.cost,
-            runtime=runtime,
+            runtime=runtime, stop_reason=m.stop_reason,
         )  # fmt: skip
         row |= place.saturation(m.usage)
         return TrialOutcome(
@@ -511,11 +550,14 @@ def run_trial(
     broker: Broker,
     logs: Path,
     options: TrialOptions | None = None,
+    harness: Harness | None = None,
 ) -> TrialOutcome:
     """Run one trial and return its row, events and service statistics; `logs` gets the
-    children's logs (the run folder's `RunFolder.trial_logs`)."""
+    children's logs (the run folder's `RunFolder.trial_logs`). With a `harness` (a sweep's
+    `start_harness`) the mocks and the workers' fork server are shared across trials on this
+    host (not on a cluster)."""
     logs.mkdir(parents=True, exist_ok=True)
-    return _Trial(scenario, plan, broker, logs, options or TrialOptions()).run()
+    return _Trial(scenario, plan, broker, logs, options or TrialOptions(), harness).run()
 
 
 @contextlib.contextmanager
@@ -602,9 +644,31 @@ class _Drain:
     items_planned: int
     batch_size: int
     tick: Callable[[float], None] | None = None  # called every poll (the autoscaler)
+    arrivals_s: list[float] = field(default_factory=list)
+    stopped: str | None = None  # why the stop rule ended the trial, if it did
+    _events_read: int = 0
+
+    def _new_events(self) -> list[JobEvent]:
+        events = self.queue.events(self._events_read)
+        self._events_read += len(events)
+        return events
+
+    def _stop_early(self, stats: dict[str, int], elapsed: float) -> bool:
+        rule = self.options.stop_rule
+        if rule is None:
+            return False
+        done, dead = stats.get("done", 0), stats.get("dead", 0)
+        self.stopped = rule(
+            DrainProgress(
+                elapsed, min(self.items_planned, done * self.batch_size), self.items_planned,
+                done + dead, dead, self.arrivals_s, self._new_events,
+            )
+        )  # fmt: skip
+        return self.stopped is not None
 
     def wait(self) -> tuple[bool, str | None]:
-        """(timed out, why the work could not finish); (False, None) once drained."""
+        """(timed out, why the work could not finish); (False, None) once drained or stopped by
+        the stop rule (`stopped` says why)."""
         while True:
             elapsed = time.monotonic() - self.started
             if self.tick is not None:
@@ -625,5 +689,7 @@ class _Drain:
                 return True, f"timed out after {self.timeout_s:g} s before draining"
             if (gone := self.faults.every_instance_gone()) is not None:
                 return False, gone
+            if self._stop_early(stats, elapsed):
+                return False, None
             check_stop()
             time.sleep(POLL_S)

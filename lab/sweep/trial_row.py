@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from lab.analysis.attribution import Context, service_columns, steady_items_per_s, trial_bottleneck
+from lab.analysis.attribution import (
+    Context,
+    service_columns,
+    steady_items_per_s,
+    too_short,
+    trial_bottleneck,
+)
 from lab.mocks.spec import ServiceSpec
 from lab.producers.arrivals import ProducerReport
 from lab.runtime.jobs import job_type
@@ -80,6 +86,7 @@ def job_figures(
         "steady_items_per_s": steady_items_per_s(
             [e.finished_at for e in done], [e.items for e in done]
         ),
+        "too_short": too_short([e.finished_at for e in done], [e.items for e in done]),
         "attempts": len(events),
         "retries": retries,
         "timeouts": sum(1 for e in events if (e.error or "").startswith(TIMEOUT_ERROR)),
@@ -160,16 +167,17 @@ def trial_row(
     services: Mapping[str, Mapping[str, Any]], usage: Mapping[str, Usage], report: ProducerReport,
     *, clock_start: float, wall_s: float, timed_out: bool, failure: str | None, recovered: int,
     faults: Mapping[str, Any], web: Mapping[str, float], cost: Mapping[str, float],
-    runtime: Sequence[Mapping[str, Any]] = (),
+    runtime: Sequence[Mapping[str, Any]] = (), stop_reason: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One row of trials.csv (lab.results.TRIAL_COLUMNS, in that order).
 
     `config` holds the trial's identity (trial_id, order, num_workers, instances, batch_size,
-    placement, repeat, concurrency); `failure` why the work could not finish (None when it
-    did); `faults` the fault columns (lab.sweep.faults); `web` the Locust figures (NaN
+    placement, repeat, concurrency, length_x); `failure` why the work could not finish (None
+    when it did); `faults` the fault columns (lab.sweep.faults); `web` the Locust figures (NaN
     without web traffic); `runtime` the worker instances' records of their own cost
     (`lab.runtime.telemetry`); `cost` the dynamic configuration's columns
-    (`lab.sweep.dynamics.record`).
+    (`lab.sweep.dynamics.record`); `stop_reason` why a stop rule ended the trial early (its
+    unfinished jobs are then not errors: they were cut, not failed).
     """
     w = scenario.workload
     target_spec = scenario.services[w.service]
@@ -194,6 +202,8 @@ def trial_row(
         "timed_out": timed_out,
         "failed": failure is not None,
         "failure_reason": failure or "",
+        "stopped_early": stop_reason is not None,
+        "stop_reason": stop_reason or "",
         **figures,
         **bounds(
             figures,
@@ -229,6 +239,8 @@ def trial_row(
         "machine_saturated": machine,
         "saturation_reason": why,
     }
+    if stop_reason is not None and report.jobs_sent:
+        row["error_rate"] = figures["dead_letters"] / report.jobs_sent
     if mock is None:
         row.update(external.row_columns(w.job, target, report.items_sent))
     row["bottleneck"] = trial_bottleneck(row, Context.of(scenario, os.cpu_count()), events)
