@@ -8,6 +8,7 @@ results/<scenario>/<YYYYmmdd-HHMMSS>/
     services/<trial>.json  each mock service's statistics for the trial
     faults/<trial>.json    what went wrong in the trial, when, and how long recovery took
                            (only for trials with a fault or an instance exit)
+    placement/<trial>.json with a cluster: which node ran what, clock offsets, per-node CPU
     recommendation.json    the chosen configuration, its figures and the reasons (lab.analysis.configs)
     report.html            the self-contained report (lab.report)
     verification.json      with --verify: predicted (mock) vs real (lab.sweep.verify)
@@ -384,8 +385,10 @@ class RunFolder:
         events: list[JobEvent],
         services: Mapping[str, Any],
         faults: list[dict[str, Any]] | None = None,
+        placement: Mapping[str, Any] | None = None,
     ) -> None:
-        """Store one finished trial: events, service stats and faults first, its row last."""
+        """Store one finished trial: events, service stats, faults (and, with a cluster, what
+        ran where) first, its row last."""
         if list(row) != list(TRIAL_COLUMNS):
             missing, extra = set(TRIAL_COLUMNS) - set(row), set(row) - set(TRIAL_COLUMNS)
             raise ValueError(
@@ -399,6 +402,9 @@ class RunFolder:
         if faults:
             with self._dir("faults", create=True) as d:
                 d.write(f"{trial_id}.json", _dump(faults))
+        if placement is not None:
+            with self._dir("placement", create=True) as d:
+                d.write(f"{trial_id}.json", _dump(placement))
         buffer = io.StringIO()
         with self._dir() as d:
             new_file = not d.exists("trials.csv")
@@ -479,6 +485,20 @@ class RunFolder:
             if not d.exists("scenario.yaml"):
                 return ""
             return d.read("scenario.yaml", limit=L.SCENARIO_BYTES_MAX).decode("utf-8", "replace")
+
+    def placement(self, trial_id: str) -> dict[str, Any] | None:
+        """Which node ran what in a trial placed on a cluster (None for a trial on this host)."""
+        name = f"{trial_id}.json"
+        with self._dir() as root:
+            if not root.exists("placement"):
+                return None
+        with self._dir("placement") as d:
+            if not d.exists(name):
+                return None
+            data = _parse_json(d.read(name, limit=L.JSON_BYTES_MAX), str(d.path / name))
+            if not isinstance(data, dict):
+                raise ConfigError(f"{d.path / name}: must be a JSON object, got {show(data)}")
+            return data
 
     def trial_logs(self, trial_id: str) -> Path:
         """A new, empty folder for one trial's child-process logs (an earlier attempt's, from an

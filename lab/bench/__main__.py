@@ -1,4 +1,4 @@
-"""`python -m lab.bench {runtime,mocks,peers,faults} [options]`: dispatch to one benchmark's `main`."""
+"""`python -m lab.bench {runtime,mocks,peers,faults,ray} [options]`: dispatch to one benchmark's `main`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ BENCHMARKS = {
     "mocks": "lab.bench.mocks",
     "peers": "lab.bench.peers",
     "faults": "lab.bench.faults",
+    "ray": "lab.bench.ray",
 }
 
 

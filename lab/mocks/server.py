@@ -64,8 +64,11 @@ def make_service(spec: ServiceSpec) -> MockService:
     return SERVICES[spec.kind](spec)
 
 
-def check_loopback(host: str) -> str:
-    """The address to bind: loopback only, so a mock is never reachable from the network."""
+def check_loopback(host: str, *, allow_network: bool = False) -> str:
+    """The address to bind: loopback only, so a mock is never reachable from the network, unless
+    `allow_network` (a cluster node's own address, for workers on other hosts)."""
+    if allow_network:
+        return host
     if host == "localhost":
         return "127.0.0.1"
     try:
@@ -181,6 +184,7 @@ async def run_mock(
     port: int = 0,
     shutdown_grace_s: float = SHUTDOWN_GRACE_S,
     sock: socket.socket | None = None,
+    allow_network: bool = False,
     token: str | None = None,
     state_file: Path | None = None,
 ) -> AsyncIterator[str]:
@@ -192,7 +196,9 @@ async def run_mock(
     On exit, requests still in flight get `shutdown_grace_s` to finish, then are cancelled;
     then the state goes to `state_file` (read back at start when it exists).
     """
-    bind = check_loopback(sock.getsockname()[0] if sock is not None else host)
+    bind = check_loopback(
+        sock.getsockname()[0] if sock is not None else host, allow_network=allow_network
+    )
     service = make_service(spec)
     if (state := _read_state(state_file)) is not None:
         service.restore(state)
@@ -233,6 +239,7 @@ async def serve(
     ready_file: Path | None = None,
     on_ready: Callable[[str], None] | None = None,
     sock: socket.socket | None = None,
+    allow_network: bool = False,
     state_file: Path | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly; announce readiness once listening.
@@ -246,7 +253,13 @@ async def serve(
     token = os.environ.get(TOKEN_ENV) or new_token()
     try:
         async with run_mock(
-            spec, host=host, port=port, sock=sock, token=token, state_file=state_file
+            spec,
+            host=host,
+            port=port,
+            sock=sock,
+            allow_network=allow_network,
+            token=token,
+            state_file=state_file,
         ) as url:
             if ready_file is not None:
                 info = {"url": url, "pid": os.getpid(), "kind": spec.kind, "token": token}
@@ -268,13 +281,14 @@ def run(
     ready_file: Path | None = None,
     on_ready: Callable[[str], None] | None = None,
     sock: socket.socket | None = None,
+    allow_network: bool = False,
     state_file: Path | None = None,
 ) -> None:
     """Own an event loop (uvloop when installed) and `serve` on it until a stop signal."""
-    check_loopback(sock.getsockname()[0] if sock is not None else host)
+    check_loopback(sock.getsockname()[0] if sock is not None else host, allow_network=allow_network)
     run_main(
         serve(
             spec, host=host, port=port, ready_file=ready_file, on_ready=on_ready, sock=sock,
-            state_file=state_file,
+            allow_network=allow_network, state_file=state_file,
         )
     )  # fmt: skip

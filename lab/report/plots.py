@@ -44,7 +44,7 @@ BOTTLENECK_STYLE: dict[str, tuple[str, str]] = {
     "worker_cpu": ("^", "#8c564b"),
     "broker": ("P", "#7f7f7f"),
     "harness": ("X", "#3b3b3b"),
-    "retry_waste": ("h", "#e377c2"),
+    "retry_waste": ("<", "#e377c2"),
     "arrivals": (">", "#2ca02c"),
     "errors": ("p", "#bcbd22"),
 }
@@ -180,7 +180,7 @@ def throughput_vs_workers(analysis: Analysis) -> Figure:
     if analysis.chosen is not None:
         handles.append(Line2D([], [], linestyle="", label="recommended", **_star_handle()))
     handles += _bottleneck_handles(configs, coloured=False)
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
     return fig
 
 
@@ -281,7 +281,7 @@ def heatmap(analysis: Analysis) -> Figure:
             Rectangle((0, 0), 1, 1, fill=False, edgecolor="red", linewidth=3, label="recommended")
         )
     handles += _bottleneck_handles(configs, coloured=True)
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
     return fig
 
 

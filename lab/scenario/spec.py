@@ -119,6 +119,39 @@ class Broker(_Strict):
         )
 
 
+class Cluster(_Strict):
+    """Where a trial runs when one host is not enough: a Ray cluster (docs/ray.md).
+
+    The producer and the clock stay on this host (the driver); each mock service gets a node of
+    its own where the cluster has room, and the worker instances spread over the other nodes.
+    """
+
+    engine: Literal["ray"] = Field(description="The cluster engine; only ray today.")
+    address: str = Field(
+        default="auto",
+        description="auto: the running cluster RAY_ADDRESS or `ray start` names; "
+        "ray://host:port: a remote cluster through Ray Client; local: a one-node Ray on this "
+        "host, on loopback.",
+    )
+    workers_resource: Name | None = Field(
+        default=None,
+        description="Only nodes offering this custom Ray resource host worker instances; "
+        "null = any node.",
+    )
+    services_resource: Name | None = Field(
+        default=None,
+        description="Only nodes offering this custom Ray resource host mock services; "
+        "null = any node.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        if address in ("auto", "local") or re.fullmatch(r"ray://[^/:\s]+:\d+", address):
+            return address
+        raise ValueError(f"must be auto, local or ray://host:port, got {address!r}")
+
+
 class Backlog(_Strict):
     """Every item enqueued at once, like a bulk import: the figures are makespan and items/s."""
 
@@ -411,6 +444,9 @@ class Scenario(_Strict):
     )
     workload: Workload = Field(description="The job, its service and how items arrive.")
     workers: Workers = Field(default_factory=Workers, description="Where the job slots run.")
+    cluster: Cluster | None = Field(
+        default=None, description="A Ray cluster to place trials on; null = this host only."
+    )
     sweep: Sweep = Field(default_factory=Sweep, description="The configurations to try.")
     objective: Objective = Field(default_factory=Objective, description="What best means.")
     faults: tuple[Fault, ...] = Field(
@@ -431,6 +467,18 @@ class Scenario(_Strict):
         elif (need := job_type(job).service_kind) and speaks(self.services[name]) != need:
             kind = speaks(self.services[name])
             problems.append((("workload", "job"), f"{job} needs an {need} service, not {kind}"))
+        if self.cluster is not None and "colocated" in self.workers.placements:
+            problems.append(
+                (("workers", "placement"), "colocated slots run in the web app on this host; "
+                 "with a cluster use separate")
+            )  # fmt: skip
+        if self.cluster is not None:
+            problems += [
+                (("faults", i, "restart"), "restarting a mock service is for this host only, "
+                 "not with a cluster")
+                for i, f in enumerate(self.faults)
+                if f.restart
+            ]  # fmt: skip
         problems += fault_problems(
             self.faults,
             self.services,

@@ -21,13 +21,12 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
 from lab.errors import HarnessError
 from lab.infra.broker import Broker
-from lab.infra.procs import Child
 from lab.runtime.queue import OK, JobEvent, Queue
 from lab.scenario.faults import Fault
 
@@ -58,12 +57,27 @@ class FaultRecord:
         return asdict(self)
 
 
+class ProcessLike(Protocol):
+    """What this module needs of a process: a local `Child`, or one a placement runs elsewhere
+    (`lab.sweep.ray_placement`)."""
+
+    name: str
+
+    def alive(self) -> bool: ...
+
+    def signal(self, signum: int) -> None: ...
+
+    def exit_description(self) -> str: ...
+
+    def last_words(self, lines: int = 12) -> str: ...
+
+
 @dataclass
 class ServiceHandle:
     """A mock service's process, and how the trial starts it again on the same address."""
 
-    child: Child
-    start_again: Callable[[], Child]  # the old process has exited; returns the new one
+    child: ProcessLike
+    start_again: Callable[[], ProcessLike]  # the old process has exited; returns the new one
     ready: Callable[[], bool]  # the new process announced it is up
 
 
@@ -98,7 +112,7 @@ class TrialFaults:
         trial_id: str,
         queue: Queue,
         broker: Broker,
-        instances: Mapping[str, Child],  # queue instance id -> its process
+        instances: Mapping[str, ProcessLike],  # queue instance id -> its process
         services: Mapping[str, ServiceHandle],  # service name -> its process
         rng: random.Random,
         heartbeat_ttl_s: float,

@@ -39,6 +39,7 @@ from lab.scenario.loader import read_text
 from lab.scenario.spec import Scenario, import_job, load_scenario
 from lab.sweep import external
 from lab.sweep.faults import fault_summary
+from lab.sweep.placement import connect_cluster, with_cluster
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
 from lab.sweep.verify import real_service
 from lab.sweep.verify import verify as verify_on_real
@@ -127,6 +128,29 @@ class ProgressLine:
         self.stream.flush()
 
 
+def _scenario(
+    scenario_path: Path | None, resume: Path | None, quick: bool, cluster: str | None
+) -> tuple[RunFolder | None, Path, Scenario, bool, str | None]:
+    """The run folder being resumed (or None), the scenario's file, the scenario as it will run
+    (quick variant, cluster override), and the quick and cluster settings a resume keeps."""
+    run = None
+    if resume is not None:
+        run = RunFolder.open(resume)
+        source = run.scenario_path
+        quick = bool(run.manifest.get("quick", False))
+        cluster = cluster or run.manifest.get("cluster_flag")
+    elif scenario_path is not None:
+        source = Path(scenario_path)
+    else:
+        raise ConfigError("give a scenario file, or --resume RUN_DIR")
+    scenario = load_scenario(source)
+    if quick:
+        scenario = scenario.quick_variant()
+    if cluster is not None:
+        scenario = with_cluster(scenario, cluster)
+    return run, source, scenario, quick, cluster
+
+
 def run_sweep(
     scenario_path: Path | None = None,
     *,
@@ -136,6 +160,7 @@ def run_sweep(
     resume: Path | None = None,
     options: TrialOptions | None = None,
     stream: TextIO | None = None,
+    cluster: str | None = None,
     verify: bool = False,
 ) -> RunFolder | None:
     """Run (or resume) a sweep; returns its folder (None for a dry run). Raises LabError on bad input.
@@ -143,18 +168,7 @@ def run_sweep(
     `verify`: the workload's service is a mock fitted to a real one (`calibrated_from`); the
     recommendation and its runners-up are then rerun on the real service (`lab.sweep.verify`)."""
     stream = stream or sys.stdout
-    if resume is not None:
-        run = RunFolder.open(resume)
-        source = run.scenario_path
-        scenario = load_scenario(source)
-        quick = bool(run.manifest.get("quick", False))
-    elif scenario_path is not None:
-        source = Path(scenario_path)
-        scenario = load_scenario(source)
-    else:
-        raise ConfigError("give a scenario file, or --resume RUN_DIR")
-    if quick:
-        scenario = scenario.quick_variant()
+    resumed, source, scenario, quick, cluster = _scenario(scenario_path, resume, quick, cluster)
     if verify:
         real_service(scenario)  # bad input stops here, before anything is written
     plan = plan_trials(scenario)
@@ -162,10 +176,12 @@ def run_sweep(
         _print_plan(scenario, plan, stream)
         return None
     import_job(scenario, source)  # the user's module runs only now, when trials will run
-    if resume is None:
+    if resumed is not None:
+        run = resumed
+    else:
         run = RunFolder.create(
             out_dir, scenario.name, read_text(source, what="scenario"),
-            {"seed": scenario.seed, "quick": quick, "command": ["python", "-m", "lab.sweep", *sys.argv[1:]], "trials_planned": [p.trial_id for p in plan]},
+            {"seed": scenario.seed, "quick": quick, "command": ["python", "-m", "lab.sweep", *sys.argv[1:]], "trials_planned": [p.trial_id for p in plan], "cluster_flag": cluster},
         )  # fmt: skip
     done = set(run.completed_trials())
     todo = [p for p in plan if p.trial_id not in done]
@@ -173,7 +189,11 @@ def run_sweep(
     progress = ProgressLine(stream, len(plan))
     trial_options = options or TrialOptions()
     try:
-        with stop_on_signals(), start_broker(scenario.broker.url) as broker:
+        with (
+            connect_cluster(scenario.cluster),
+            stop_on_signals(),
+            start_broker(scenario.broker.url) as broker,
+        ):
             run.update_manifest(
                 status="running", broker="embedded" if broker.embedded else "broker.url"
             )
@@ -188,7 +208,10 @@ def run_sweep(
                     logs=run.trial_logs(trial.trial_id),
                     options=opts,
                 )
-                run.add_trial(outcome.row, outcome.events, outcome.services, outcome.faults)
+                run.add_trial(
+                    outcome.row, outcome.events, outcome.services, outcome.faults,
+                    outcome.placement,
+                )  # fmt: skip
                 progress.end(outcome.row)
     except (KeyboardInterrupt, SystemExit):
         run.mark(STATUS_INTERRUPTED)
@@ -266,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
     p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="place the trials on a Ray cluster: auto, local or ray://host:port (overrides the "
+        "scenario's cluster); none: this host only",
+    )
+    p.add_argument(
         "--verify", action="store_true",
         help="then rerun the best configurations on the real service the mock was fitted to",
     )  # fmt: skip
@@ -280,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_sweep(
             ns.scenario, out_dir=ns.out, quick=ns.quick, dry_run=ns.dry_run, resume=ns.resume,
-            verify=ns.verify,
+            cluster=ns.cluster, verify=ns.verify,
         )  # fmt: skip
     except LabError as exc:
         print(f"lab.sweep: {exc}", file=sys.stderr)

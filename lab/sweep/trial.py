@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
-import itertools
 import json
 import math
 import os
 import random
 import secrets
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,23 +33,18 @@ from lab.configuration import COLOCATED, Configuration
 from lab.errors import HarnessError
 from lab.external import ExternalService
 from lab.infra.broker import Broker
-from lab.infra.files import atomic_write
-from lab.infra.procs import Child, check_stop, python_module_argv, spawn, terminate_all, wait_for
-from lab.mocks.control import TOKEN_ENV, MockControl, new_token
-from lab.mocks.spec import spec_to_json
+from lab.infra.procs import check_stop, python_module_argv, spawn, wait_for
+from lab.infra.sockets import listening_socket, url_of
+from lab.mocks.control import MockControl, new_token
+from lab.mocks.spec import ServiceSpec
 from lab.producers.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
 from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import JobEvent, Queue
 from lab.scenario.spec import LocustArrival, Placement, Scenario
 from lab.sweep import external
-from lab.sweep.faults import (
-    BROKER_ANSWER_S,
-    BROKER_ERRORS,
-    ServiceHandle,
-    TrialFaults,
-    broker_lost,
-)
+from lab.sweep.faults import BROKER_ANSWER_S, BROKER_ERRORS, TrialFaults, broker_lost
+from lab.sweep.placement import Processes, TrialPlacement, open_placement
 from lab.sweep.resources import ResourceSampler, Usage
 from lab.sweep.trial_row import trial_row
 
@@ -117,54 +109,7 @@ class TrialOutcome:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # mock stats by name
     usage: dict[str, Usage] = field(default_factory=dict)
     faults: list[dict[str, Any]] = field(default_factory=list)  # FaultRecord.to_json() each
-
-
-@contextlib.contextmanager
-def _listening_socket() -> Iterator[socket.socket]:
-    """A loopback socket bound here and handed to children: its URL is known before they are
-    up (so everything can start at once), and no port can be taken in between."""
-    with socket.create_server(("127.0.0.1", 0), backlog=1024) as sock:
-        sock.set_inheritable(True)
-        yield sock
-
-
-class _Actors:
-    """The trial's child processes by name, with their role for CPU accounting."""
-
-    def __init__(self, stack: contextlib.ExitStack, logs: Path) -> None:
-        self.stack, self.logs = stack, logs
-        self.children: dict[str, tuple[str, Child]] = {}
-        self.ready_files: list[Path] = []
-
-    def start(
-        self,
-        name: str,
-        role: str,
-        argv: list[str],
-        *,
-        ready: Path | None = None,
-        pass_fds: tuple[int, ...] = (),
-        grace_s: float = 5.0,
-        env: Mapping[str, str] | None = None,
-    ) -> Child:
-        if ready is not None:
-            ready.unlink(missing_ok=True)  # a resumed trial must not trust the last attempt's file
-            self.ready_files.append(ready)
-        child = self.stack.enter_context(
-            spawn(
-                argv,
-                name=name,
-                log_path=self.logs / f"{name}.log",
-                pass_fds=pass_fds,
-                grace_s=grace_s,
-                env=env,
-            )
-        )
-        self.children[name] = (role, child)
-        return child
-
-    def of_role(self, *roles: str) -> list[Child]:
-        return [c for role, c in self.children.values() if role in roles]
+    placement: dict[str, Any] | None = None  # what ran where, with a cluster (placement.record)
 
 
 def _worker_flags(
@@ -195,14 +140,13 @@ def _base_args(scenario: Scenario) -> dict[str, Any]:
 
 
 def _start_slots(
-    actors: _Actors,
+    place: TrialPlacement,
     scenario: Scenario,
     plan: TrialPlan,
     broker: Broker,
     queue: str,
     urls: dict[str, str],
     options: TrialOptions,
-    stack: contextlib.ExitStack,
 ) -> str | None:
     """Start the job slots (and the web app when there is one); returns the web app's URL."""
     w = scenario.workload
@@ -212,14 +156,18 @@ def _start_slots(
     env = broker.child_env()  # the broker URL (and any password in it) never goes on argv
     grace = options.grace_s + 5
     if not colocated:
-        for i in range(plan.instances):
-            argv = python_module_argv(
-                "lab.runtime.worker", *common, *_worker_flags(scenario, plan, urls, i, options)
-            )
-            actors.start(f"worker-{i}", "worker", argv, grace_s=grace, env=env)
+        place.start_workers(
+            {
+                instance_id(plan, i): [*common, *_worker_flags(scenario, plan, urls, i, options)]
+                for i in range(plan.instances)
+            },
+            grace_s=grace,
+            env=broker.child_env(base={}),
+        )
     if not needs_web:
         return None
-    sock = stack.enter_context(_listening_socket())
+    actors = place.driver
+    sock = actors.stack.enter_context(listening_socket())
     jobs_per_request = w.arrival.jobs_per_request if isinstance(w.arrival, LocustArrival) else 1
     for i in range(plan.instances if colocated else 1):
         ready = actors.logs / f"web-{i}.ready.json"
@@ -239,7 +187,7 @@ def _start_slots(
             grace_s=grace,
             env=env,
         )
-    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+    return url_of(sock)
 
 
 def _prepare_services(scenario: Scenario, mocks: dict[str, MockControl], items: int) -> None:
@@ -314,28 +262,28 @@ class _Trial:
         timeout_s = BROKER_ANSWER_S + max(pauses, default=0.0)
         with (
             self.broker.client(socket_timeout=timeout_s) as client,
-            contextlib.ExitStack() as services_stack,
+            open_placement(self.scenario.cluster, self.broker, self.logs) as place,
         ):
             queue = Queue(client, f"trial-{self.plan.trial_id}-{secrets.token_hex(3)}")
             queue.purge()
-            services = _Actors(services_stack, self.logs)
-            urls = self._start_services(services)
-            mocks = {n: u for n, u in urls.items() if n not in external.externals(self.scenario)}
-            with contextlib.ExitStack() as slots_stack:
-                slots = _Actors(slots_stack, self.logs)
-                web_url = _start_slots(
-                    slots, self.scenario, self.plan, self.broker, queue.name, urls, self.options,
-                    slots_stack,
-                )  # fmt: skip
-                # on any exit, every slot gets SIGTERM at once: graceful stops overlap
-                slots_stack.callback(terminate_all, slots.of_role("worker", "web"))
-                self._wait_ready(queue, services, slots, mocks)
-                measured = self._measure(queue, services, slots, web_url)
+            restarted = {f.name for f in self.scenario.faults if f.restart and f.name}
+            mocks = place.start_services(
+                self._seeded_services(), token=self.token, restartable=restarted
+            )
+            urls = mocks | {
+                name: spec.url for name, spec in external.externals(self.scenario).items()
+            }
+            web_url = _start_slots(
+                place, self.scenario, self.plan, self.broker, queue.name, urls, self.options
+            )
+            self._wait_ready(queue, place, mocks)
+            measured = self._measure(queue, place, web_url)
+            place.stop_workers()
             # the slots are stopped: every ack is written; the services are still up
             service_stats = {name: self._stats(name, url) for name, url in mocks.items()}
             for name in external.externals(self.scenario):
                 service_stats[name] = external.collect(self.scenario, name)
-        return self._collect(queue, service_stats, measured)
+            return self._collect(queue, service_stats, measured, place)
 
     def _mock(self, url: str) -> MockControl:
         return MockControl(url, self.token)
@@ -348,50 +296,25 @@ class _Trial:
                 f"the mock service {name} did not answer after trial {self.plan.trial_id}: {exc}"
             ) from None
 
-    def _start_services(self, actors: _Actors) -> dict[str, str]:
-        """Each mock service in its own process, on a socket bound here; returns their URLs.
+    def _seeded_services(self) -> dict[str, ServiceSpec]:
+        """The scenario's mock services (not its external ones), each with the trial's own seed."""
+        return {
+            name: spec.model_copy(
+                update={
+                    "seed": derive_seed(
+                        self.scenario.seed, self.plan.repeat, "mock", name, spec.seed
+                    )
+                }
+            )
+            for name, spec in self.scenario.services.items()
+            if not isinstance(spec, ExternalService)
+        }
 
-        The spec goes through a file (a command line has a length limit, a spec with many
-        brown-outs does not), the control token through the environment (argv is public). The
-        socket stays open here for the whole trial, so a restarted mock serves the same address
-        (connections made meanwhile wait in its backlog)."""
-        urls: dict[str, str] = {}
-        env = {**os.environ, TOKEN_ENV: self.token}
-        restarted = {f.name for f in self.scenario.faults if f.restart}
-        self._service_starts: dict[str, Callable[[], Child]] = {}
-        for name, spec in self.scenario.services.items():
-            if isinstance(spec, ExternalService):  # a real service: nothing to start
-                urls[name] = spec.url
-                continue
-            seed = derive_seed(self.scenario.seed, self.plan.repeat, "mock", name, spec.seed)
-            spec_file = self.logs / f"mock-{name}.spec.json"
-            atomic_write(spec_file, spec_to_json(spec.model_copy(update={"seed": seed})))
-            ready = self.logs / f"mock-{name}.ready.json"
-            sock = actors.stack.enter_context(_listening_socket())
-            argv = python_module_argv(
-                "lab.mocks", spec.kind, "--spec-file", str(spec_file),
-                "--ready-file", str(ready), "--listen-fd", str(sock.fileno()),
-            )  # fmt: skip
-            if name in restarted:  # a restart keeps the trial's figures and documents
-                state = self.logs / f"mock-{name}.state.json"
-                state.unlink(missing_ok=True)  # never an earlier attempt's
-                argv += ["--state-file", str(state)]
-            self._service_starts[name] = functools.partial(
-                actors.start, f"mock-{name}", "mock", argv, ready=ready,
-                pass_fds=(sock.fileno(),), env=env,
-            )  # fmt: skip
-            self._service_starts[name]()
-            urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        return urls
-
-    def _wait_ready(
-        self, queue: Queue, services: _Actors, slots: _Actors, urls: dict[str, str]
-    ) -> None:
+    def _wait_ready(self, queue: Queue, place: TrialPlacement, urls: dict[str, str]) -> None:
         """Every service and slot up, the services seeded and zeroed: the clock may start."""
-        everyone = services.of_role("mock") + slots.of_role("worker", "web")
-        ready_files = services.ready_files + slots.ready_files
+        everyone = place.watched()
         wait_for(
-            lambda: all(p.exists() for p in ready_files),
+            place.started,
             what="the mock services and web app",
             timeout_s=READY_TIMEOUT_S,
             children=everyone,
@@ -399,31 +322,32 @@ class _Trial:
         mocks = {name: self._mock(url) for name, url in urls.items()}
         _prepare_services(self.scenario, mocks, self.items_planned)
         expected = {instance_id(self.plan, i) for i in range(self.plan.instances)}
+
+        def instances_up() -> bool:
+            place.check()
+            return queue.live_instances() >= expected
+
         wait_for(
-            lambda: queue.live_instances() >= expected,
+            instances_up,
             what=f"{self.plan.instances} job instances to be ready",
             timeout_s=READY_TIMEOUT_S,
             children=everyone,
         )
 
-    def _measure(
-        self, queue: Queue, services: _Actors, slots: _Actors, web_url: str | None
-    ) -> _Measured:
+    def _measure(self, queue: Queue, place: TrialPlacement, web_url: str | None) -> _Measured:
         """Start the clock, produce the work, wait until it drained, sampling CPU and RSS."""
-        pids = {
-            name: (role, c.pid) for name, (role, c) in (services.children | slots.children).items()
-        }
+        pids = place.local_pids()
         pids["producer"] = ("producer", os.getpid())
         if self.broker.child is not None:
             pids["redis"] = ("redis", self.broker.child.pid)
         sampler = ResourceSampler(pids)
-        with sampler.running():
+        with sampler.running(), place.sampling() as remote_usage:
             clock_start, started = time.time(), time.monotonic()
-            faults = self._faults(queue, services, slots, sampler, started)
+            faults = self._faults(queue, place, sampler, started)
             if self.locust is not None:
                 assert web_url is not None
                 drive = _drive_with_locust(
-                    queue, self.locust, web_url, slots, sampler, self.plan.batch_size
+                    queue, self.locust, web_url, place.driver, sampler, self.plan.batch_size
                 )
             else:
                 drive = _drive_with_producer(
@@ -442,51 +366,37 @@ class _Trial:
                     batch_size=self.plan.batch_size,
                 ).wait()
             wall_s = time.monotonic() - started
-        return _Measured(clock_start, wall_s, timed_out, failure, report, sampler.usage, faults)
+        usage = sampler.usage | remote_usage
+        return _Measured(clock_start, wall_s, timed_out, failure, report, usage, faults)
 
     def _faults(
-        self,
-        queue: Queue,
-        services: _Actors,
-        slots: _Actors,
-        sampler: ResourceSampler,
-        started: float,
+        self, queue: Queue, place: TrialPlacement, sampler: ResourceSampler, started: float
     ) -> TrialFaults:
         """The trial's fault schedule and watch over its instances, services and broker."""
-        restarts = itertools.count(1)
-
-        def start_again(name: str) -> Child:
-            child = self._service_starts[name]()
-            sampler.add(f"mock-{name}-restart{next(restarts)}", "mock", child.pid)
-            return child
-
-        handles = {
-            name: ServiceHandle(
-                child=services.children[f"mock-{name}"][1],
-                start_again=functools.partial(start_again, name),
-                ready=(self.logs / f"mock-{name}.ready.json").exists,
-            )
-            for name in self.scenario.services
-            if f"mock-{name}" in services.children  # a real service is watched by no one here
-        }
-        workers = slots.of_role("worker")
+        instances, services = place.fault_targets(sampler)
         return TrialFaults(
             self.scenario.faults,
             trial_id=self.plan.trial_id,
             queue=queue,
             broker=self.broker,
-            instances={instance_id(self.plan, i): c for i, c in enumerate(workers)},
-            services=handles,
+            instances={instance_id(self.plan, i): c for i, c in enumerate(instances)},
+            services=services,
             rng=random.Random(derive_seed(self.scenario.seed, self.plan.repeat, "faults")),
             heartbeat_ttl_s=self.scenario.workers.heartbeat_ttl_s,
             started=started,
         )
 
     def _collect(
-        self, queue: Queue, service_stats: dict[str, Any], measured: _Measured
+        self,
+        queue: Queue,
+        service_stats: dict[str, Any],
+        measured: _Measured,
+        place: TrialPlacement,
     ) -> TrialOutcome:
-        """The job events and queue counters, then the queue's keys removed; the row."""
-        events = queue.events()
+        """The job events (on one clock) and queue counters, then the queue's keys removed; the
+        row. A node lost mid-trial fails the trial, whatever the survivors achieved."""
+        events, clock_start = place.on_one_clock(queue.events(), measured.clock_start)
+        failure = measured.failure or place.failure()
         recovered = queue.stats().get("recovered", 0)
         runtime = queue.runtime_stats()
         with self.broker.client() as client:
@@ -498,15 +408,17 @@ class _Trial:
         )
         identity = {"trial_id": self.asked.trial_id, "order": self.asked.index}
         row = trial_row(
-            self.plan.config() | identity | {"clipped": self.clipped}, self.scenario, events, service_stats, measured.usage,
-            measured.report, clock_start=measured.clock_start, wall_s=measured.wall_s,
-            timed_out=measured.timed_out, failure=measured.failure, recovered=recovered,
-            faults=measured.faults.figures(events, clock_start=measured.clock_start), web=web,
+            self.plan.config() | identity | {"clipped": self.clipped}, self.scenario, events,
+            service_stats, measured.usage, measured.report, clock_start=clock_start,
+            wall_s=measured.wall_s, timed_out=measured.timed_out, failure=failure,
+            recovered=recovered, faults=measured.faults.figures(events, clock_start=clock_start),
+            web=web,
             runtime=runtime,
         )  # fmt: skip
+        row |= place.saturation(measured.usage)
         return TrialOutcome(
             row=row, events=events, services=service_stats, usage=measured.usage,
-            faults=[r.to_json() for r in measured.faults.records],
+            faults=[r.to_json() for r in measured.faults.records], placement=place.record(),
         )  # fmt: skip
 
 
@@ -566,7 +478,7 @@ def _drive_with_locust(
     queue: Queue,
     arrival: LocustArrival,
     web_url: str,
-    slots: _Actors,
+    slots: Processes,
     sampler: ResourceSampler,
     batch_size: int,
 ) -> Iterator[tuple[Callable[[], int | None], ProducerReport]]:
