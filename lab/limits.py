@@ -23,6 +23,9 @@ YAML_DEPTH_MAX = 32
 JSON_BYTES_MAX = 16 * 1024 * 1024
 """Largest JSON file read back from a run folder (manifest.json holds the planned trial ids)."""
 
+SERVICES_JSON_BYTES_MAX = 64 * 1024 * 1024
+"""One trial's services/<trial>.json (SAMPLES_CAP_MAX samples and an hour of series, pretty)."""
+
 CSV_BYTES_MAX = 64 * 1024 * 1024
 """Largest trials.csv read back: TRIALS_MAX rows of ~2 KiB, with room to spare."""
 
@@ -117,3 +120,13 @@ BULK_BODY_BYTES_MAX = 100 * 1024 * 1024
 
 SEED_IDS_PER_REQUEST = 10_000
 """Ids per `/_lab/seed` request when a trial puts a delete workload's documents in place."""
+
+# -- faults -----------------------------------------------------------------------------------------
+
+FAULTS_MAX = 100
+"""Faults injected into one trial: each is a signal, a restart or a pause the drain loop applies."""
+HEARTBEAT_TTL_S_MIN = 0.1
+HEARTBEAT_TTL_WHY = "a worker beats every TTL/3 and each beat is a Redis round trip"
+STATE_BYTES_MAX = 256 * 1024 * 1024
+"""A restarted mock's state: ITEMS_MAX ids with versions and write counts (~60 MB of JSON),
+its samples and its time series."""

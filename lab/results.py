@@ -8,8 +8,14 @@ results/<scenario>/<YYYYmmdd-HHMMSS>/
     services/<trial>.json  each mock service's statistics for the trial
     dynamics/<trial>.json  num_workers auto / autoscaled instances: limits and instances over
                            time (lab.sweep.dynamics)
+    search.jsonl           the search's decisions: what it ran and why (lab.sweep.search)
+    faults/<trial>.json    what went wrong in the trial, when, and how long recovery took
+                           (only for trials with a fault or an instance exit)
+    placement/<trial>.json with a cluster: which node ran what, clock offsets, per-node CPU
     recommendation.json    the chosen configuration, its figures and the reasons (lab.analysis.configs)
     report.html            the self-contained report (lab.report)
+    verification.json      with --verify: predicted (mock) vs real (lab.sweep.verify)
+    verify/                with --verify: the real trials (trials.csv, jobs.parquet/, services/)
     logs/<trial>/          worker and mock logs
 
 A run folder is never overwritten: a name already taken gets a suffix. A trial counts as done
@@ -25,12 +31,12 @@ size limit and checked types. Problems are one ConfigError naming the file.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -45,7 +51,7 @@ from pydantic import ConfigDict, Field
 
 from lab import limits as L
 from lab.errors import ConfigError
-from lab.infra.files import Dir, UnsafePath, directory, refuse_links
+from lab.infra.files import Dir, directory, refuse_links
 from lab.runtime.queue import JobEvent
 from lab.runtime.telemetry import RUNTIME_COLUMNS
 from lab.scenario.spec import AUTO, AUTOSCALE, Scenario, load_scenario
@@ -54,12 +60,17 @@ from lab.strict import Strict, show, validate
 #: Layout history: 1 = the first layout (this docstring); 2 = trials.csv gains `placement` and
 #: the web (Locust) columns; 3 = trials.csv gains `steady_items_per_s`, the service's rejections
 #: by kind, connections and utilization, `worker_steady_cores`, `worker_cpu_demand`,
-#: `bottleneck` and the runtime's own columns (`slot_gap_*`, `exchange_*`); 4 = dynamic
-#: configurations: `num_workers` may read `auto` and `instances` `autoscale` (`concurrency` is
-#: then empty), `timeouts`, the cost columns (instance_seconds, instances_max, slots_mean,
-#: slots_max), and dynamics/<trial>.json. Readers accept older layouts and fill the columns
-#: they lack.
-SCHEMA_VERSION = 4
+#: `bottleneck` and the runtime's own columns (`slot_gap_*`, `exchange_*`); 4 = trials.csv gains
+#: `failed`, `failure_reason`, `instance_crashes`, `faults_injected`, `recovery_s` and
+#: `dip_ratio`, and `faults/<trial>.json` appears; 5 = trials.csv gains `clipped` (a real
+#: service's caps), and a run may hold `verify/` and `verification.json` (`lab.sweep --verify`);
+#: 6 = trials.csv gains `length_x`, `too_short`, `stopped_early` and `stop_reason`, and
+#: `search.jsonl` holds the search's decisions; 7 = dynamic configurations: `num_workers` may
+#: read `auto` and `instances` `autoscale` (`concurrency` is then empty), trials.csv gains
+#: `timeouts` and the cost columns (instance_seconds, instances_max, slots_mean, slots_max),
+#: and dynamics/<trial>.json appears. Readers accept older layouts and fill the columns they
+#: lack.
+SCHEMA_VERSION = 7
 
 STATUS_RUNNING, STATUS_COMPLETE, STATUS_INTERRUPTED, STATUS_FAILED = (
     "running",
@@ -78,9 +89,15 @@ TRIAL_COLUMNS: dict[str, str] = {
     "placement": "separate: worker processes; colocated: the slots run inside the web app's processes",
     "repeat": "repeat number, from 0",
     "concurrency": "num_workers x instances",
+    "length_x": "the backlog multiplied by this (1: the scenario's items), to measure a steady rate",
+    "clipped": "what a real service's caps changed in the configuration asked for (empty: nothing)",
     "started_at": "clock start, epoch seconds (all instances ready)",
     "wall_s": "clock start to drained (or timed out), seconds",
     "timed_out": "true when the trial hit sweep.trial_timeout_s before draining",
+    "failed": "true when the work could not finish: timed out, or every instance exited",
+    "failure_reason": "why it failed, in words (empty when it did not)",
+    "stopped_early": "true when the search stopped the trial: it could not come within noise of the best",
+    "stop_reason": "why it was stopped early (projected makespan, or the SLO already broken)",
     "jobs_enqueued": "jobs the producer sent",
     "items_enqueued": "items the producer sent",
     "jobs_done": "jobs that succeeded (each counted once)",
@@ -89,13 +106,14 @@ TRIAL_COLUMNS: dict[str, str] = {
     "items_per_s": "items_done / makespan_s: the throughput",
     "jobs_per_s": "jobs_done / makespan_s",
     "steady_items_per_s": "items/s between the 10th and 90th percentile of the items done (the steady part: no start-up, no drain tail)",
+    "too_short": "the steady part lasted under 0.5 s or held under 10 job completions: too short to measure a steady rate",
     "attempts": "job attempts, retries included",
     "retries": "failed attempts that were retried",
     "timeouts": "attempts that hit workload.job_timeout_s",
     "dead_letters": "jobs that used up their attempts",
     "duplicate_jobs": "extra successful runs of a job (at-least-once after a crash)",
     "unfinished_jobs": "jobs neither done nor dead when the trial ended",
-    "error_rate": "(dead + unfinished jobs) / jobs enqueued",
+    "error_rate": "(dead + unfinished jobs) / jobs enqueued (a trial stopped early: dead / enqueued)",
     "retry_rate": "retries / attempts",
     "not_found": "deletes of ids the service did not hold",
     **{
@@ -114,6 +132,10 @@ TRIAL_COLUMNS: dict[str, str] = {
     "lost_items": "items the service never received (by id; empty when it cannot tell)",
     "duplicate_items": "items the service received more than once (by id)",
     "recovered_jobs": "jobs put back after an instance's heartbeat expired",
+    "instance_crashes": "worker instances that exited during the trial: any signal or exit code, injected or not",
+    "faults_injected": "faults of the scenario's `faults` applied (one that fell due after the trial drained is not)",
+    "recovery_s": "the longest recovery, s: an exit until its jobs were back in the queue; a restart until the service was up; a pause until the broker answered",
+    "dip_ratio": "items/s while faults lasted (each until its recovery) over items/s before the first one: 1 no dip, 0 a standstill, above 1 catching up on a backlog",
     "service_requests": "requests the target service received",
     "service_rejected": "rejected requests and connections (429: queue full, rate limit; 503: connection limit)",
     "service_errors": "of them, failed with 5xx",
@@ -171,6 +193,20 @@ def machine_metadata() -> dict[str, Any]:
     }
 
 
+def new_folder(parent: Path) -> Path:
+    """A new, empty `parent/<YYYYmmdd-HHMMSS>` folder; a taken name gets a suffix (-1, -2...)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        path = parent / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{parent}: 1000 folders named {stamp}: clean it up")
+
+
 _Text = Annotated[str, Field(max_length=1_000)]
 
 
@@ -202,6 +238,39 @@ class Manifest(Strict):
     )
 
 
+_Count = Annotated[int, Field(ge=0, le=10**15)]
+
+
+class _Samples(Strict):
+    model_config = ConfigDict(extra="allow")
+    service_ms: Annotated[
+        list[Annotated[float, Field(ge=0, le=1e15)]], Field(max_length=L.SAMPLES_CAP_MAX)
+    ] = Field(default_factory=list)
+
+
+class _Maxima(Strict):
+    model_config = ConfigDict(extra="allow")
+    connections: _Count = 0
+
+
+class ServiceStats(Strict):
+    """One mock's `/_lab/stats` document as read back from services/<trial>.json: the keys the
+    analysis reads, typed; the rest kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    served: _Count = 0
+    served_items: _Count = 0
+    requests: _Count = 0
+    rejected: _Count = 0
+    errors: _Count = 0
+    rejections: Annotated[
+        dict[Annotated[str, Field(max_length=100)], _Count], Field(max_length=64)
+    ] = Field(default_factory=dict)
+    samples: _Samples = Field(default_factory=_Samples)
+    max: _Maxima = Field(default_factory=_Maxima)
+
+
 def _parse_json(data: bytes, where: str) -> Any:
     try:
         return json.loads(data.decode("utf-8"))
@@ -211,12 +280,28 @@ def _parse_json(data: bytes, where: str) -> Any:
         raise ConfigError(f"{where}: not valid JSON: {str(exc)[:200]}") from None
 
 
-_INT_COLUMNS = {"order": 0, "num_workers": 1, "instances": 1, "batch_size": 1, "repeat": 0,
-                "concurrency": 1}  # fmt: skip
-#: The knobs that may name a dynamic policy instead of a number (layout 4).
+_INT_COLUMNS = {  # (least, most): what the scenario's bounds let a run write
+    "order": (0, L.TRIALS_MAX), "num_workers": (1, L.NUM_WORKERS_MAX),
+    "instances": (1, L.INSTANCES_MAX), "batch_size": (1, L.BATCH_SIZE_MAX),
+    "repeat": (0, L.REPEATS_MAX), "concurrency": (1, L.CONCURRENCY_MAX),
+    "instance_crashes": (0, L.INSTANCES_MAX), "faults_injected": (0, L.FAULTS_MAX),
+    "length_x": (1, L.ITEMS_MAX),
+}  # fmt: skip
+#: The knobs that may name a dynamic policy instead of a number (layout 6).
 _POLICIES = {"num_workers": AUTO, "instances": AUTOSCALE}
-_BOOL_COLUMNS = ("timed_out", "harness_saturated", "machine_saturated")
-_TEXT_COLUMNS = ("trial_id", "placement", "saturation_reason", "bottleneck")
+_FIGURE_MAX = 1e15
+_TRIAL_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
+_BOOL_COLUMNS = (
+    "timed_out", "failed", "harness_saturated", "machine_saturated", "too_short", "stopped_early",
+)  # fmt: skip
+_TEXT_COLUMNS = (
+    "trial_id", "placement", "saturation_reason", "bottleneck", "failure_reason", "clipped",
+    "stop_reason",
+)  # fmt: skip
+
+#: The search's decisions (lab.sweep.search.Decision): one JSON object a line.
+SEARCH_LOG = "search.jsonl"
+_DECISION_KEYS = {"step": int, "action": str, "reason": str, "configs": list, "trials": list}
 
 
 class RunFolder:
@@ -231,16 +316,7 @@ class RunFolder:
         cls, out_dir: Path, scenario_name: str, scenario_text: str, manifest: Mapping[str, Any]
     ) -> RunFolder:
         """A new, empty run folder; a taken name gets a suffix, so no run is ever overwritten."""
-        parent = out_dir / scenario_name
-        parent.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        for n in range(1000):
-            path = parent / (stamp if n == 0 else f"{stamp}-{n}")
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                continue
+        path = new_folder(out_dir / scenario_name)
         run = cls(path)
         with run._dir() as d:  # 0600: it may hold a broker password
             d.write("scenario.yaml", scenario_text.encode(), mode=0o600)
@@ -334,10 +410,12 @@ class RunFolder:
         row: Mapping[str, Any],
         events: list[JobEvent],
         services: Mapping[str, Any],
+        faults: list[dict[str, Any]] | None = None,
+        placement: Mapping[str, Any] | None = None,
         timeline: Mapping[str, Any] | None = None,
     ) -> None:
-        """Store one finished trial: events, service stats and the dynamic timeline (if any)
-        first, its trials.csv row last."""
+        """Store one finished trial: events, service stats, faults (and, with a cluster, what
+        ran where; with a dynamic configuration, its timeline) first, its row last."""
         if list(row) != list(TRIAL_COLUMNS):
             missing, extra = set(TRIAL_COLUMNS) - set(row), set(row) - set(TRIAL_COLUMNS)
             raise ValueError(
@@ -348,6 +426,12 @@ class RunFolder:
             events_frame(events, trial_id).to_parquet(f, index=False)
         with self._dir("services", create=True) as d:
             d.write(f"{trial_id}.json", _dump(services))
+        if faults:
+            with self._dir("faults", create=True) as d:
+                d.write(f"{trial_id}.json", _dump(faults))
+        if placement is not None:
+            with self._dir("placement", create=True) as d:
+                d.write(f"{trial_id}.json", _dump(placement))
         if timeline is not None:
             with self._dir("dynamics", create=True) as d:
                 d.write(f"{trial_id}.json", _dump(timeline))
@@ -366,6 +450,45 @@ class RunFolder:
             writer.writerow(row)
             d.append("trials.csv", buffer.getvalue().encode())  # a whole row, or a torn one
         self.update_manifest(trials_completed=len(self.completed_trials()), updated_at=time.time())
+
+    @property
+    def search_log(self) -> Path:
+        """`search.jsonl`: the search's decisions, one JSON object a line (lab.sweep.search)."""
+        return self.path / SEARCH_LOG
+
+    def add_decision(self, decision: Mapping[str, Any]) -> None:
+        """Append one decision of the search (a whole line per write, like a trial's row)."""
+        with self._dir() as d:
+            if d.exists(SEARCH_LOG):  # a torn last line, from a crash, is dropped first
+                text = d.read(SEARCH_LOG, limit=L.CSV_BYTES_MAX)
+                if text and not text.endswith(b"\n"):
+                    d.write(SEARCH_LOG, text[: text.rfind(b"\n") + 1])
+            line = json.dumps(decision, sort_keys=True, default=str) + "\n"
+            d.append(SEARCH_LOG, line.encode())
+
+    def decisions(self) -> list[dict[str, Any]]:
+        """The search's decisions so far, each checked (ConfigError naming the line); a torn
+        last line, from a crash, is dropped."""
+        with self._dir() as d:
+            if not d.exists(SEARCH_LOG):
+                return []
+            text = d.read(SEARCH_LOG, limit=L.CSV_BYTES_MAX).decode("utf-8", "replace")
+        lines = text.split("\n")
+        out = []
+        for number, line in enumerate(lines[:-1], start=1):  # the last piece: torn, or empty
+            where = f"{self.search_log}: line {number}"
+            data = _parse_json(line.encode(), where)
+            if not isinstance(data, dict) or not _DECISION_KEYS.items() <= {
+                (k, type(v)) for k, v in data.items() if k in _DECISION_KEYS
+            }:
+                fields = ", ".join(f"{k} ({t.__name__})" for k, t in _DECISION_KEYS.items())
+                raise ConfigError(f"{where}: must be a decision with {fields}, got {show(data)}")
+            out.append(data)
+        return out
+
+    def service_stats(self) -> dict[str, dict[str, Any]]:
+        """Every finished trial's services statistics (`services`), by trial id."""
+        return {trial_id: self.services(trial_id) for trial_id in self.completed_trials()}
 
     def write_json(self, name: str, data: Any) -> Path:
         """Write `name` (in the folder) as sorted JSON, atomically."""
@@ -400,25 +523,46 @@ class RunFolder:
         frame = frame.reindex(columns=list(TRIAL_COLUMNS))  # an older layout lacks newer columns
         # ...but layout 1 had one placement (cast first: an all-empty column reads as float)
         frame["placement"] = frame["placement"].astype(object).fillna("separate").astype(str)
-        if frame.empty:
-            return frame
-        for knob in _POLICIES:  # integers where they are (a policy's name stays text)
-            frame[knob] = frame[knob].map(lambda v: int(v) if str(v).isdigit() else v)
+        # ...and before layout 4 only a timeout failed a trial, and no instance crashed
+        frame["failed"] = frame["failed"].astype(object).fillna(frame["timed_out"])
+        frame["failure_reason"] = frame["failure_reason"].astype(object).fillna("")
+        frame[["instance_crashes", "faults_injected"]] = frame[
+            ["instance_crashes", "faults_injected"]
+        ].fillna(0)
+        # ...and before layout 6 every trial ran the scenario's own backlog to its end
+        frame["length_x"] = frame["length_x"].fillna(1)
+        frame["stopped_early"] = frame["stopped_early"].astype(object).fillna(False)
+        frame["stop_reason"] = frame["stop_reason"].astype(object).fillna("")
         _check_trials(frame, self.trials_csv)
-        for knob in _POLICIES:
-            if frame[knob].map(lambda v: isinstance(v, int)).all():
-                frame[knob] = frame[knob].astype("int64")
+        frame["failed"] = frame["failed"].astype(bool)
         return frame
+
+    def faults(self, trial_id: str) -> list[dict[str, Any]]:
+        """What went wrong in one trial (`lab.sweep.faults.FaultRecord` fields); [] if nothing."""
+        name = f"{trial_id}.json"
+        with self._dir() as root:
+            if not root.exists("faults"):
+                return []
+        with self._dir("faults") as d:
+            if d.exists(name):
+                data = _parse_json(d.read(name, limit=L.JSON_BYTES_MAX), str(d.path / name))
+                if not isinstance(data, list):
+                    raise ConfigError(f"{d.path / name}: must be a JSON list, got {show(data)}")
+                return data
+        return []
 
     def timeline(self, trial_id: str) -> dict[str, Any] | None:
         """A dynamic trial's dynamics/<trial>.json (`lab.sweep.dynamics`), or None (a fixed
         configuration has none)."""
-        where = str(self.path / "dynamics" / f"{trial_id}.json")
-        with contextlib.suppress(UnsafePath), self._dir("dynamics") as d:
-            if d.exists(f"{trial_id}.json"):
-                data = _parse_json(d.read(f"{trial_id}.json", limit=L.JSON_BYTES_MAX), where)
+        name = f"{trial_id}.json"
+        with self._dir() as root:
+            if not root.exists("dynamics"):
+                return None
+        with self._dir("dynamics") as d:
+            if d.exists(name):
+                data = _parse_json(d.read(name, limit=L.JSON_BYTES_MAX), str(d.path / name))
                 if not isinstance(data, dict):
-                    raise ConfigError(f"{where}: must be a JSON object, got {show(data)}")
+                    raise ConfigError(f"{d.path / name}: must be a JSON object, got {show(data)}")
                 return data
         return None
 
@@ -437,6 +581,20 @@ class RunFolder:
                 return ""
             return d.read("scenario.yaml", limit=L.SCENARIO_BYTES_MAX).decode("utf-8", "replace")
 
+    def placement(self, trial_id: str) -> dict[str, Any] | None:
+        """Which node ran what in a trial placed on a cluster (None for a trial on this host)."""
+        name = f"{trial_id}.json"
+        with self._dir() as root:
+            if not root.exists("placement"):
+                return None
+        with self._dir("placement") as d:
+            if not d.exists(name):
+                return None
+            data = _parse_json(d.read(name, limit=L.JSON_BYTES_MAX), str(d.path / name))
+            if not isinstance(data, dict):
+                raise ConfigError(f"{d.path / name}: must be a JSON object, got {show(data)}")
+            return data
+
     def trial_logs(self, trial_id: str) -> Path:
         """A new, empty folder for one trial's child-process logs (an earlier attempt's, from an
         interrupted run, is moved aside): nothing planted in it can be written through."""
@@ -449,17 +607,31 @@ class RunFolder:
         return self.path / "report.html"
 
     def services(self, trial_id: str) -> dict[str, Any]:
-        """The mock services' statistics of one trial, by service name (empty when absent)."""
-        path = self.path / "services" / f"{trial_id}.json"
-        return dict(json.loads(path.read_text())) if path.exists() else {}
+        """The mock services' statistics of one trial, by service name (empty when absent);
+        the parts the analysis reads are type-checked (`ServiceStats`)."""
+        name = f"{trial_id}.json"
+        with self._dir() as root:
+            if not root.exists("services"):
+                return {}
+        with self._dir("services") as d:
+            if not d.exists(name):
+                return {}
+            where = str(d.path / name)
+            data = _parse_json(d.read(name, limit=L.SERVICES_JSON_BYTES_MAX), where)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: must be a JSON object, got {show(data)}")
+        for service, stats in data.items():
+            validate(ServiceStats, stats, where=f"{where}: {show(service)}")
+        return data
 
     def jobs(self) -> pd.DataFrame:
         """Every job attempt of every trial (jobs.parquet/*.parquet), read without following links."""
         frames = []
-        with contextlib.suppress(UnsafePath), self._dir("jobs.parquet") as d:
-            for name in d.names():
-                if name.endswith(".parquet"):
-                    frames.append(_read_parquet(d, name))
+        with self._dir() as root:
+            present = root.exists("jobs.parquet")
+        if present:
+            with self._dir("jobs.parquet") as d:
+                frames = [_read_parquet(d, n) for n in d.names() if n.endswith(".parquet")]
         return pd.concat(frames, ignore_index=True) if frames else events_frame([], "")
 
 
@@ -476,7 +648,8 @@ def _read_parquet(d: Dir, name: str) -> pd.DataFrame:
 
 
 def _check_trials(frame: pd.DataFrame, where: Path) -> None:
-    """Every column holds what the analysis expects: ConfigError at the first cell that does not."""
+    """Every column holds what the analysis expects (ConfigError at the first cell that does
+    not); numeric columns are converted in place, so a number too long for int64 is a float."""
 
     def fail(column: str, rows: pd.Series, what: str) -> None:
         i = int(rows.to_numpy().nonzero()[0][0])
@@ -490,34 +663,60 @@ def _check_trials(frame: pd.DataFrame, where: Path) -> None:
         dynamic |= frame[knob] == name
     for column in frame.columns:
         values = frame[column]
-        if column in _TEXT_COLUMNS:
-            empty_ok = column != "trial_id"
-            text = values.map(
-                lambda v, empty_ok=empty_ok: isinstance(v, str) or (empty_ok and v != v)
+        if column == "trial_id":  # it names files: services/<trial_id>.json, logs/<trial_id>/
+            ok = values.map(lambda v: isinstance(v, str) and _TRIAL_ID.fullmatch(v) is not None)
+            if not ok.all():
+                fail(column, ~ok, "a trial id (letters, digits, _ . -, not starting with . or -)")
+        elif column in _TEXT_COLUMNS:
+            empty_ok = column != "placement"
+            allowed = ("separate", "colocated") if column == "placement" else None
+            ok = values.map(
+                lambda v, empty_ok=empty_ok, allowed=allowed: (
+                    (isinstance(v, str) and (allowed is None or v in allowed))
+                    or (empty_ok and v != v)
+                )
             )
-            if not text.all():
-                fail(column, ~text, "text")
+            if not ok.all():
+                fail(column, ~ok, "one of " + ", ".join(allowed) if allowed else "text")
         elif column in _BOOL_COLUMNS:
             ok = values.map(lambda v: isinstance(v, bool | np.bool_) or v != v)
             if not ok.all():
                 fail(column, ~ok, "True or False")
         else:
-            named = values == _POLICIES.get(str(column))  # a dynamic policy, by name
-            numbers = pd.to_numeric(values.mask(named), errors="coerce")
-            bad = (values.notna() & ~named & numbers.isna()) | np.isinf(numbers.fillna(0))
-            if column in _INT_COLUMNS:
-                empty_ok = dynamic if column == "concurrency" else named
-                bad |= (numbers.isna() & ~empty_ok) | (numbers.notna() & (numbers % 1 != 0))
-                bad |= numbers < _INT_COLUMNS[column]
-                what = f"an integer >= {_INT_COLUMNS[column]}"
-                if column in _POLICIES:
-                    what += f" or {_POLICIES[column]}"
-            else:
-                what = "a finite number or empty"
+            bad, what, frame[column] = _numbers(str(column), values, dynamic)
             if bad.any():
                 fail(column, bad, what)
     if frame["trial_id"].duplicated().any():
         fail("trial_id", frame["trial_id"].duplicated(), "listed once")
+
+
+def _numbers(
+    column: str, values: pd.Series, dynamic: pd.Series
+) -> tuple[pd.Series, str, pd.Series]:
+    """A numeric column's bad cells, what it must hold, and its values converted: int64 when
+    whole, floats when a cell may be empty (`concurrency` of a dynamic configuration), and a
+    knob's policy name (`auto`, `autoscale`) kept as text beside its integers."""
+    named = values == _POLICIES.get(column)
+    numbers = pd.to_numeric(values.mask(named), errors="coerce").astype(float)
+    bad = (values.notna() & ~named & numbers.isna()) | np.isinf(numbers.fillna(0))
+    if column not in _INT_COLUMNS:  # no figure the lab writes comes near; squares stay finite
+        bad |= numbers.abs() > _FIGURE_MAX
+        return bad, f"a number of magnitude at most {_FIGURE_MAX:g}, or empty", numbers
+    least, most = _INT_COLUMNS[column]
+    empty_ok = dynamic if column == "concurrency" else named
+    bad |= (numbers.isna() & ~empty_ok) | (numbers.notna() & (numbers % 1 != 0))
+    bad |= (numbers < least) | (numbers > most)
+    what = f"an integer in [{least}, {most:,}]"
+    if column in _POLICIES:
+        what += f" or {_POLICIES[column]}"
+    if bad.any():
+        return bad, what, values
+    if named.any():
+        mixed = [
+            v if is_name else int(n) for v, n, is_name in zip(values, numbers, named, strict=True)
+        ]
+        return bad, what, pd.Series(mixed, index=values.index, dtype=object)
+    return bad, what, numbers if numbers.isna().any() else numbers.astype("int64")
 
 
 def events_frame(events: list[JobEvent], trial_id: str) -> pd.DataFrame:

@@ -48,6 +48,7 @@ def row(**figures: Any) -> dict[str, Any]:
         "workers_cores": 0.3, "worker_steady_cores": 0.3, "worker_cpu_demand": 0.35,
         "mock_cores": 0.2, "redis_cores": 0.05, "producer_cores": 0.05,
         "harness_saturated": False, "machine_saturated": False, "timed_out": False,
+        "length_x": 1,  # a trial of the scenario's own length (not lengthened by the search)
     }  # fmt: skip
     return base | figures
 

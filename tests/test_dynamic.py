@@ -28,6 +28,7 @@ from lab.runtime.limits import LimitEvent
 from lab.scenario.spec import Autoscale, Bursts, Step, axis_values, load_scenario
 from lab.sweep.autoscale import Autoscaler
 from lab.sweep.dynamics import record
+from lab.sweep.placement import with_cluster
 from lab.sweep.runner import plan_trials, run_sweep
 from lab.sweep.trial import TrialPlan, run_trial
 
@@ -92,15 +93,28 @@ def test_auto_and_autoscale_are_axis_values_with_their_settings(tmp_path: Path) 
         ("[auto, 2]", "[2.5]", "one of 'auto' or a mapping, got 2.5"),
         ("instances: [1]", "instances: [{autoscale: {min: 3, max: 2}}]", "sweep.instances[0].autoscale.max: must be >= min (3), got 2"),
         ("sweep:\n", "workers: {placement: colocated}\nsweep:\n", "autoscale needs workers.placement separate"),
+        ("sweep:\n", "cluster: {engine: ray, address: local}\nsweep:\n", "sweep.instances: autoscale starts and stops worker processes on this host"),
+        ("  trial_timeout_s: 60\n", "  trial_timeout_s: 60\n  repeats: auto\n", "sweep: auto or autoscale runs as listed"),
     ],
 )  # fmt: skip
 def test_a_bad_dynamic_entry_is_one_clear_message(
     tmp_path: Path, old: str, new: str, words: str
 ) -> None:
-    text = BASE.replace("instances: [1]", "instances: [autoscale]") if "colocated" in new else BASE
+    dynamic = "colocated" in new or "cluster" in new
+    text = BASE.replace("instances: [1]", "instances: [autoscale]") if dynamic else BASE
     message = error_of(tmp_path, text.replace(old, new))
     assert words in message
     assert len(message.splitlines()) == 1
+
+
+def test_autoscale_is_refused_when_cluster_comes_from_the_command_line(tmp_path: Path) -> None:
+    """The autoscaler starts instances through the local placement only."""
+    scenario = load_scenario(
+        scenario_file(tmp_path, BASE.replace("instances: [1]", "instances: [autoscale]"))
+    )
+    with pytest.raises(ConfigError, match=r"--cluster: the scenario.s sweep\.instances autoscale"):
+        with_cluster(scenario, "local")
+    assert with_cluster(scenario, "none").cluster is None
 
 
 def test_a_step_load_changes_rate_at_once_and_shortens_in_proportion() -> None:

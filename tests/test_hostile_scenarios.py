@@ -23,6 +23,7 @@ from lab.infra.procs import env_with_pythonpath
 from lab.mocks.spec import ServiceSpec, parse_spec
 from lab.runtime.retry import RetryPolicy
 from lab.scenario.spec import Scenario, import_job, load_scenario, main
+from lab.sweep.runner import main as sweep_main
 from lab.sweep.runner import run_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -430,17 +431,13 @@ def test_validation_and_dry_run_never_import_the_users_module(
     assert load_scenario(path).workload.job == "evilpkg.jobs:run"
     assert main([str(path)]) == 0
     assert run_sweep(path, out_dir=tmp_path / "out", dry_run=True) is None
-    env = env_with_pythonpath() | {
-        "PYTHONPATH": f"{tmp_path}{os.pathsep}{env_with_pythonpath()['PYTHONPATH']}"
-    }
-    for module in ("lab.scenario", "lab.sweep"):
-        argv = [sys.executable, "-m", module, str(path)] + (
-            ["--dry-run"] if module == "lab.sweep" else []
-        )
-        done = subprocess.run(
-            argv, capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path
-        )
-        assert done.returncode == 0, done.stderr
+    paths = f"{tmp_path}{os.pathsep}{env_with_pythonpath()['PYTHONPATH']}"
+    done = subprocess.run(  # a fresh interpreter, as a user runs it
+        [sys.executable, "-m", "lab.sweep", str(path), "--dry-run"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env=env_with_pythonpath() | {"PYTHONPATH": paths},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
     assert not marker.exists() and not (tmp_path / "out").exists()
     try:
         import_job(load_scenario(path), path)  # what the sweep does before its first trial
@@ -453,12 +450,17 @@ def test_validation_and_dry_run_never_import_the_users_module(
 # -- the command line: exit 2, one message, nothing written, within seconds ---------------------
 
 
-@pytest.mark.parametrize("case", ["billion laughs", "deep flow nesting", "a 5,000-digit integer"])
 def test_the_sweep_refuses_a_hostile_file_with_exit_2_and_writes_nothing(
-    tmp_path: Path, case: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path, SHAPES[case][0])
     out = tmp_path / "results"
+    for case in ("deep flow nesting", "a 5,000-digit integer", "an impossible date"):
+        path = write(tmp_path, SHAPES[case][0], f"{len(case)}.yaml")
+        assert sweep_main([str(path), "--out", str(out)]) == 2
+        assert sweep_main([str(path), "--dry-run"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"lab.sweep: {path}") and err.count("\n") == 2
+    path = write(tmp_path, SHAPES["billion laughs"][0])  # and once as a user runs it
     done = subprocess.run(
         [sys.executable, "-m", "lab.sweep", str(path), "--out", str(out)],
         capture_output=True, text=True, env=env_with_pythonpath(), timeout=60, cwd=ROOT,

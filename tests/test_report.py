@@ -51,7 +51,7 @@ def test_the_report_is_one_self_contained_file_with_every_figure(run_dir: Path) 
     assert path == run_dir / "report.html"
     page = Tags(path.read_text(encoding="utf-8"))
     images = [attrs["src"] or "" for tag, attrs in page.tags if tag == "img"]
-    assert len(images) == len(STANDARD)
+    assert len(images) == len(STANDARD) + 1  # and the queueing model's curves
     for src in images:
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix)
@@ -143,7 +143,8 @@ def test_a_sweep_ends_with_its_recommendation_and_report(tmp_path: Path) -> None
     printed = out.getvalue()
     assert "recommended: num_workers=" in printed
     assert f"report: {run.path / 'report.html'}" in printed
-    assert len([t for t, _ in Tags((run.path / "report.html").read_text()).tags if t == "img"]) == 5
+    images = [t for t, _ in Tags((run.path / "report.html").read_text()).tags if t == "img"]
+    assert len(images) == 6  # the five standard figures and the queueing model's curves
 
 
 def test_a_colocated_pick_reads_as_colocated_in_every_rendering(run_dir: Path) -> None:

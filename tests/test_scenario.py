@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from lab.errors import ConfigError
 from lab.infra.procs import env_with_pythonpath
-from lab.mocks.spec import LognormalLatency, RateLimit
+from lab.mocks.spec import LognormalLatency, RateLimit, ServiceSpec
 from lab.runtime.retry import RetryPolicy
 from lab.scenario.spec import (
     QUICK_DURATION_MAX_S,
@@ -88,13 +88,14 @@ def test_every_shipped_scenario_loads_and_says_what_it_teaches(path: Path) -> No
     scenario = load_scenario(path)
     assert scenario.name == path.stem
     assert path.read_text().startswith("# ")  # the comment block comes first
-    assert scenario.quick_variant().sweep.repeats >= 1
+    assert scenario.quick_variant().sweep.first_repeats >= 1
     assert Scenario.model_validate_json(scenario.model_dump_json()) == scenario
 
 
 def test_quickstart_matches_its_brief() -> None:
     s = load_scenario(ROOT / "scenarios" / "quickstart.yaml")
     spec = s.services[s.workload.service]
+    assert isinstance(spec, ServiceSpec)
     assert (spec.kind, spec.capacity, spec.queue, spec.per_item_ms) == ("opensearch", 4, 100, 0.2)
     assert spec.latency == LognormalLatency(median_ms=10, p99_ms=40)
     assert (s.workload.job, s.workload.items, s.workload.arrival) == (
@@ -112,7 +113,8 @@ def test_quickstart_matches_its_brief() -> None:
 
 def test_rate_limited_api_drains_a_burst_through_the_limit() -> None:
     s = load_scenario(ROOT / "scenarios" / "rate_limited_api.yaml")
-    assert s.services["payments"].rate_limit == RateLimit(per_s=200, burst=20)
+    spec = s.services["payments"]
+    assert isinstance(spec, ServiceSpec) and spec.rate_limit == RateLimit(per_s=200, burst=20)
     assert (s.workload.arrival, s.workload.items) == (Backlog(), 1000)
     assert s.workload.retry.after_floor == "jittered"
 
@@ -160,7 +162,8 @@ def test_defaults_fill_in(tmp_path: Path) -> None:
     o = s.objective
     assert (o.maximize, o.slo.p99_latency_ms, o.slo.max_error_rate) == ("items_per_s", None, 0.01)
     assert o.prefer == ("fewer_instances", "fewer_num_workers")
-    assert s.services["search"].capacity == 8  # ServiceSpec's own defaults
+    spec = s.services["search"]
+    assert isinstance(spec, ServiceSpec) and spec.capacity == 8  # ServiceSpec's own defaults
 
 
 def test_the_design_sketch_loads(tmp_path: Path) -> None:
@@ -226,7 +229,7 @@ BAD: dict[str, tuple[str, int, list[str]]] = {
             "sweep.num_workes: ",
             "unknown key 'num_workes'",
             "did you mean 'num_workers'?",
-            "allowed: batch_size, instances, num_workers, quick, repeats, trial_timeout_s",
+            "allowed: batch_size, instances, max_repeats, num_workers, quick, repeats, search, trial_timeout_s",
         ],
     ),
     "unknown service": (
@@ -237,7 +240,7 @@ BAD: dict[str, tuple[str, int, list[str]]] = {
     "unknown service kind": (
         GOOD.replace("kind: opensearch", "kind: elastic"),
         4,
-        ["services.search.kind: ", "'elastic'", "'opensearch', 'http_api', 'database'"],
+        ["services.search.kind: ", "'elastic'", "'database', 'external', 'http_api', 'opensearch'"],
     ),
     "unknown job": (
         GOOD.replace("opensearch.bulk", "opensearch.blk"),
@@ -328,7 +331,7 @@ def test_several_problems_come_in_one_message_misspelt_keys_first(tmp_path: Path
     text = GOOD.replace("repeats: 2", "repeats: 0").replace("  items: 100", "  itmes: 100")
     lines = error_of(write(tmp_path, text)).splitlines()
     assert "workload.itmes: unknown key 'itmes' (did you mean 'items'?)" in lines[0]
-    assert any("sweep.repeats: must be an integer in [1, 100], got 0" in x for x in lines)
+    assert any("sweep.repeats: must be an integer in [1, 100] or 'auto', got 0" in x for x in lines)
     assert all(x.startswith(str(tmp_path)) for x in lines)
 
 
@@ -404,7 +407,7 @@ def test_the_cli_prints_the_json_schema_with_descriptions() -> None:
     assert out == json.dumps(schema, sort_keys=True, indent=2) + "\n"
     sweep = schema["$defs"]["Sweep"]["properties"]
     assert "FIRST item's scheduled arrival" in sweep["batch_size"]["description"]
-    assert schema["properties"]["services"]["description"].startswith("Mock services by name")
+    assert schema["properties"]["services"]["description"].startswith("Services by name")
     assert set(schema["required"]) == {"name", "services", "workload"}
 
 
@@ -417,7 +420,7 @@ def test_the_cli_exits_2_without_a_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith(
-        f"{bad}:15: sweep.repeats: must be an integer in [1, 100], got 'many'"
+        f"{bad}:15: sweep.repeats: must be an integer in [1, 100] or 'auto', got 'many'"
     )
 
 

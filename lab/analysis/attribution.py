@@ -87,34 +87,54 @@ class Context:
     def of(cls, scenario: Scenario, cpu_count: int | None = None) -> Context:
         w = scenario.workload
         duration_s = expected_duration_s(w.arrival)
+        service = scenario.services.get(w.service)
         return cls(
-            service=scenario.services.get(w.service),
+            service=service if isinstance(service, ServiceSpec) else None,  # None: a real one
             max_error_rate=scenario.objective.slo.max_error_rate,
             open_loop_s=duration_s or None,
             cpu_count=cpu_count,
         )
 
 
-def steady_items_per_s(finished_at: Sequence[float], items: Sequence[int]) -> float:
-    """Items/s between the STEADY_QUANTILES of the items done (by completion time): the steady
-    part, without the start-up and the drain's tail. NaN with fewer than 10 jobs."""
-    if len(finished_at) < 10:
-        return math.nan
+#: A steady part shorter than this, or holding fewer job completions, is too short to rank by.
+MIN_STEADY_S = 0.5
+MIN_STEADY_JOBS = 10
+
+
+def steady_window(finished_at: Sequence[float], items: Sequence[int]) -> tuple[float, int, float]:
+    """(items done, jobs done, seconds) between the STEADY_QUANTILES of the items done (by
+    completion time): the steady part, without the start-up and the drain's tail."""
+    if len(finished_at) < 2:
+        return 0.0, 0, 0.0
     order = np.argsort(np.asarray(finished_at, dtype=float))
     t = np.asarray(finished_at, dtype=float)[order]
     done = np.cumsum(np.asarray(items, dtype=float)[order])
     lo_q, hi_q = STEADY_QUANTILES
     lo = int(np.searchsorted(done, lo_q * done[-1]))
     hi = int(np.searchsorted(done, hi_q * done[-1]))
-    span = t[hi] - t[lo]
-    return float((done[hi] - done[lo]) / span) if span > 0 else math.nan
+    return float(done[hi] - done[lo]), hi - lo, float(t[hi] - t[lo])
+
+
+def steady_items_per_s(finished_at: Sequence[float], items: Sequence[int]) -> float:
+    """Items/s over the steady part (`steady_window`). NaN with fewer than 10 jobs."""
+    if len(finished_at) < 10:
+        return math.nan
+    done, _, span = steady_window(finished_at, items)
+    return done / span if span > 0 else math.nan
+
+
+def too_short(finished_at: Sequence[float], items: Sequence[int]) -> bool:
+    """The steady part lasts under MIN_STEADY_S or holds under MIN_STEADY_JOBS completions: a
+    rate over it swings with every repeat, so it should not decide a ranking."""
+    _, jobs, span = steady_window(finished_at, items)
+    return bool(jobs < MIN_STEADY_JOBS or span < MIN_STEADY_S or len(finished_at) < MIN_STEADY_JOBS)
 
 
 def service_columns(
-    stats: Mapping[str, Any], spec: ServiceSpec, makespan_s: float
+    stats: Mapping[str, Any], spec: ServiceSpec | None, makespan_s: float
 ) -> dict[str, Any]:
     """The trials.csv columns that split the target service's rejections by kind and say how busy
-    it was, from its `/_lab/stats` document."""
+    it was, from its `/_lab/stats` document (`spec` None: a real service, utilization unknown)."""
     rejections = stats.get("rejections", {})
     samples = stats.get("samples", {}).get("service_ms", [])
     served = stats.get("served", 0)
@@ -126,7 +146,7 @@ def service_columns(
         + rejections.get("connection_wait_timeout", 0),
         "service_max_connections": stats.get("max", {}).get("connections", 0),
         "service_utilization": busy_s / (spec.capacity * makespan_s)
-        if makespan_s and makespan_s > 0
+        if spec is not None and makespan_s and makespan_s > 0
         else math.nan,
     }
 
@@ -330,7 +350,8 @@ def describe(bottleneck: str, ev: Mapping[str, Any]) -> str:
         )
     if bottleneck == "arrivals":
         return (
-            f"the work itself: only {ev['jobs']:,.0f} jobs for {_slots(ev['concurrency'])}, "
+            f"the work itself: only {ev['jobs']:,.0f} job{'' if ev['jobs'] == 1 else 's'} for "
+            f"{_slots(ev['concurrency'])}, "
             "so more slots have nothing to run"
         )
     if bottleneck == "rate_limit":

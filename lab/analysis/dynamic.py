@@ -163,9 +163,9 @@ def compare_policies(
             **_figures(policy, metric),
             **_dynamics(trials[_matches(trials, policy)], timelines or {}, brownouts, jobs),
         }
-        ok = rivals[rivals["slo_problems"].map(len) == 0] if not rivals.empty else rivals
-        if not ok.empty:
-            best, _, pick = choose(ok, objective, margin)
+        choice = choose(rivals, objective, margin) if not rivals.empty else None
+        if choice is not None:
+            best, pick, ok = choice.best, choice.chosen, choice.ok
             cheapest = ok.sort_values(["instance_seconds", metric], ascending=[True, False]).iloc[0]
             row |= {
                 "best_fixed": label(best),

@@ -62,6 +62,10 @@ def _lever(row: pd.Series | dict[str, Any]) -> str:
     return ""
 
 
+#: Words whose ceiling more slots or more instances can still raise.
+_MORE_HELPS = ("concurrency", "worker_cpu")
+
+
 def bottleneck_reason(row: pd.Series) -> str:
     """The chosen configuration's binding constraint, with its evidence: 'nw16-in1-bs1: ...'."""
     return f"{label(row)}: held by {held_by(row)}{_lever(row)}"
@@ -82,10 +86,13 @@ def plateau(configs: pd.DataFrame, metric: str, *, margin: float) -> list[str]:
         at_knee = by_n.loc[knee]
         head = f"{name}: "
         if knee == by_n.index[-1]:
+            where = f"({knee:,}: {at_knee[metric]:,.0f} {unit}, {label(at_knee)})"
             out.append(
-                f"{head}throughput still grows at the largest concurrency tried ({knee:,}: "
-                f"{at_knee[metric]:,.0f} {unit}, {label(at_knee)}), held by "
-                f"{held_by(at_knee)}{_lever(at_knee)}"
+                f"{head}throughput still grows at the largest concurrency tried {where}, held "
+                f"by {held_by(at_knee)}{_lever(at_knee)}"
+                if at_knee["bottleneck"] in _MORE_HELPS
+                else f"{head}the largest concurrency tried is the best {where}, held by "
+                f"{held_by(at_knee)}, which more concurrency does not lift"
             )
             continue
         past = by_n[by_n.index > knee]

@@ -79,9 +79,10 @@ class Broker:
         """`base` (default: this process's environment) plus the URL for a child process."""
         return {**(os.environ if base is None else base), BROKER_URL_ENV: self.url}
 
-    def client(self) -> redis.Redis:
-        """A synchronous client, for the harness (enqueue, stats, cleanup)."""
-        return redis.Redis.from_url(self.url)
+    def client(self, *, socket_timeout: float | None = None) -> redis.Redis:
+        """A synchronous client, for the harness (enqueue, stats, cleanup); `socket_timeout`
+        bounds each reply, so a broker that hangs is noticed instead of waited on forever."""
+        return redis.Redis.from_url(self.url, socket_timeout=socket_timeout)
 
 
 def redis_server_candidates() -> list[str | None]:

@@ -48,8 +48,16 @@ def _refusal(path: Path, exc: OSError, what: str) -> UnsafePath:
     return UnsafePath(f"{path}: {why}; cannot {what}")
 
 
+def _component(name: str, where: Path) -> str:
+    """`name` if it is one path component: never `..`, never a path with a slash in it."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise UnsafePath(f"{where}: {name[:100]!r} is not a file name; refusing it")
+    return name
+
+
 class Dir:
-    """An open directory: every name below it is resolved relative to its descriptor."""
+    """An open directory: every name below it is ONE component, resolved relative to its
+    descriptor (a name from a file, like a trial id, can never climb out with `../`)."""
 
     def __init__(self, fd: int, path: Path) -> None:
         self.fd, self.path = fd, path
@@ -62,6 +70,7 @@ class Dir:
     @contextlib.contextmanager
     def writer(self, name: str, *, mode: int = 0o666) -> Iterator[BinaryIO]:
         """A binary file that replaces `name` when the block ends without an exception."""
+        _component(name, self.path)
         tmp = f".{name}.{secrets.token_hex(6)}.tmp"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | os.O_CLOEXEC
         try:
@@ -79,6 +88,7 @@ class Dir:
 
     def append(self, name: str, data: bytes, *, fsync: bool = True) -> None:
         """Append in one write (a crash leaves all of it or a torn tail) to a regular file."""
+        _component(name, self.path)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
             fd = os.open(name, flags, 0o666, dir_fd=self.fd)
@@ -99,6 +109,7 @@ class Dir:
 
     def read(self, name: str, *, limit: int) -> bytes:
         """The bytes of regular file `name`, at most `limit` of them (UnsafePath if larger)."""
+        _component(name, self.path)
         flags = os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             fd = os.open(name, flags, dir_fd=self.fd)
@@ -120,6 +131,7 @@ class Dir:
 
     def exists(self, name: str) -> bool:
         """True if `name` is there (a link counts: it is not followed)."""
+        _component(name, self.path)
         try:
             os.stat(name, dir_fd=self.fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -132,6 +144,7 @@ class Dir:
     def fresh_subdir(self, name: str) -> Path:
         """A new, empty directory `name`; an older one of that name is moved aside to
         `name.1`, `name.2`, ... (kept for the record), so nothing planted in it is used."""
+        _component(name, self.path)
         if self.exists(name):
             for n in range(1, 10_000):
                 if not self.exists(f"{name}.{n}"):
@@ -155,6 +168,7 @@ def directory(root: Path, *parts: str, create: bool = False) -> Iterator[Dir]:
         raise _refusal(path, exc, "open it as a directory") from None
     try:
         for part in parts:
+            _component(part, path)
             if create:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(part, dir_fd=fd)

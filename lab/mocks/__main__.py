@@ -64,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="serve on this inherited listening socket (a parent bound it: no port race)",
     )
+    parser.add_argument(
+        "--allow-network",
+        action="store_true",
+        help="serve on a non-loopback address a parent bound (a Ray node's own address, so "
+        "workers on other hosts reach the mock); loopback only without it",
+    )
+    parser.add_argument(
+        "--state-file",
+        type=Path,
+        help="on stop, write statistics and documents here; on start, continue from it if it "
+        "exists (a restart within one trial)",
+    )
     parser.add_argument("--spec-json", help="the whole ServiceSpec as JSON (flags override)")
     parser.add_argument(
         "--spec-file",
@@ -124,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             ready_file=args.ready_file,
             on_ready=lambda url: print(url, flush=True),
             sock=sock,
+            allow_network=args.allow_network,
+            state_file=args.state_file,
         )
 
     return exit_status("lab.mocks", serve)

@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 from lab import limits as L
 from lab.errors import ConfigError
+from lab.external import ExternalService
 from lab.strict import Strict, validate, why
 
 Kind = Literal["opensearch", "http_api", "database"]
@@ -142,6 +143,11 @@ class RateLimit(_Strict):
     burst: Annotated[int, Field(ge=1, le=int(L.RATE_LIMIT_MAX))] | None = Field(
         default=None, description="Bucket size in requests; default: per_s rounded up."
     )
+    retry_after: bool = Field(
+        default=True,
+        description="Send Retry-After (whole seconds until a token) with the 429; false: none, "
+        "as nginx's limit_req answers.",
+    )
 
     @property
     def burst_requests(self) -> int:
@@ -234,6 +240,11 @@ class ServiceSpec(_Strict):
     ] = Field(default=100.0, description="Sampling period of the in-flight/queue time series.")
     samples_cap: Annotated[int, Field(ge=1, le=L.SAMPLES_CAP_MAX)] = Field(
         default=10_000, description="Service-time samples kept (a uniform reservoir)."
+    )
+    calibrated_from: ExternalService | None = Field(
+        default=None,
+        description="The real service this mock was fitted to (written by python -m "
+        "lab.calibrate); `python -m lab.sweep --verify` reruns the best configurations on it.",
     )
 
     @model_validator(mode="after")

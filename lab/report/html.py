@@ -2,8 +2,8 @@
 
 The report opens offline in any browser and can be attached to a ticket: figures are embedded
 as base64 PNG, the style sheet is inline, nothing is fetched. It shows the scenario, the machine,
-the recommendation and its reasons, the warnings, every standard figure, the table of
-configurations and the scalability fits. Everything that comes from the scenario or the
+the recommendation and its reasons, the warnings, every standard figure, the faults (when a
+trial had one), the table of configurations and the scalability fits. Everything that comes from the scenario or the
 manifest is escaped (a scenario is user input).
 """
 
@@ -24,7 +24,11 @@ from lab.analysis.configs import Analysis, Run, analyze, load_run
 from lab.analysis.recommendation import Recommendation
 from lab.configuration import label
 from lab.errors import exit_status
+from lab.external import ExternalService
 from lab.infra.broker import redact_url
+from lab.mocks.spec import ServiceSpec
+from lab.report import verification
+from lab.report.faults import faults_section
 from lab.report.plots import (
     DYNAMIC_CAPTION,
     STANDARD,
@@ -34,6 +38,7 @@ from lab.report.plots import (
     has_web,
     web_latency_vs_workers,
 )
+from lab.report.search import model_section, search_section
 from lab.results import RunFolder
 from lab.scenario.spec import axis_values
 
@@ -190,13 +195,7 @@ def _definitions(items: Sequence[tuple[str, Any]]) -> str:
 def _scenario(run: Run) -> str:
     s = run.scenario
     w, sweep, o = s.workload, s.sweep, s.objective
-    services = "; ".join(
-        f"{name}: {spec.kind}, capacity {spec.capacity}, queue {spec.queue}, "
-        f"latency {_latency(spec.latency.model_dump(exclude_none=True))}, "
-        f"per item {spec.per_item_ms:g} ms"
-        + (f", rate limit {spec.rate_limit.per_s:g}/s" if spec.rate_limit else "")
-        for name, spec in s.services.items()
-    )
+    services = "; ".join(_service(name, spec) for name, spec in s.services.items())
     text = redact_url(RunFolder(run.path).scenario_text())  # a broker password stays out
     return (
         _definitions(
@@ -222,6 +221,21 @@ def _scenario(run: Run) -> str:
             ]
         )
         + f"<details><summary>scenario.yaml, as run</summary><pre>{escape(text)}</pre></details>"
+    )
+
+
+def _service(name: str, spec: ServiceSpec | ExternalService) -> str:
+    if isinstance(spec, ExternalService):
+        return (
+            f"{name}: a real {spec.protocol} service at {spec.url}, at most {spec.max_in_flight} "
+            f"requests in flight and {spec.max_requests_per_s:g} per second"
+        )
+    return (
+        f"{name}: {spec.kind}, capacity {spec.capacity}, queue {spec.queue}, "
+        f"latency {_latency(spec.latency.model_dump(exclude_none=True))}, "
+        f"per item {spec.per_item_ms:g} ms"
+        + (f", rate limit {spec.rate_limit.per_s:g}/s" if spec.rate_limit else "")
+        + (f", fitted to {spec.calibrated_from.url}" if spec.calibrated_from else "")
     )
 
 
@@ -317,11 +331,14 @@ def render_report(analysis: Analysis) -> str:
         f"({escape(str(run.manifest.get('status', '?')))})</p>",
         "<h2>Recommendation</h2>",
         _recommendation(analysis.recommendation),
+        verification.section(run.path),
         f'<h2>Warnings</h2><div class="box warn"><ul>{warnings}</ul></div>' if warnings else "",
         "<h2>Figures</h2>",
         figures,
         _web_section(analysis),
         _dynamic_section(analysis),
+        search_section(analysis, figure_png),
+        faults_section(analysis, figure_png),
         "<h2>Configurations</h2>",
         "<p>Means over repeats; the interval is Student-t 95 % (none with one repeat). "
         "<i>of bound</i>: throughput over the tighter of the Little's-law and capacity bounds. "
@@ -335,16 +352,21 @@ def render_report(analysis: Analysis) -> str:
         _bottlenecks(analysis),
         "<h2>Scalability fit (Universal Scalability Law)</h2>",
         _fits_table(analysis),
+        model_section(analysis, figure_png),
         "<h2>Scenario</h2>",
         _scenario(run),
         "<h2>Machine and run</h2>",
         _machine(run),
     ]
-    body = "\n".join(sections)
+    return html_page(f"{run.scenario.name}: lab report", "\n".join(sections))
+
+
+def html_page(title: str, body: str) -> str:
+    """A self-contained HTML document around `body`: inline style, no script, nothing fetched."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{name}: lab report</title><style>{_CSS}</style></head>\n"
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head>\n"
         f"<body>\n{body}\n</body></html>\n"
     )
 

@@ -44,7 +44,7 @@ BOTTLENECK_STYLE: dict[str, tuple[str, str]] = {
     "worker_cpu": ("^", "#8c564b"),
     "broker": ("P", "#7f7f7f"),
     "harness": ("X", "#3b3b3b"),
-    "retry_waste": ("h", "#e377c2"),
+    "retry_waste": ("<", "#e377c2"),
     "arrivals": (">", "#2ca02c"),
     "errors": ("p", "#bcbd22"),
 }
@@ -158,6 +158,7 @@ def throughput_vs_workers(analysis: Analysis) -> Figure:
                     color=color, edgecolor="black", linewidth=0.6, zorder=4,
                 )  # fmt: skip
             ax.plot(line["num_workers"], line["littles_bound_items_per_s"], ":", color=color)
+            _hollow_if_stopped(ax, line, "num_workers", "items_per_s", color)
         capacity = part["capacity_bound_items_per_s"].mean()
         if np.isfinite(capacity):
             ax.axhline(capacity, color="grey", linestyle="--", linewidth=1.2)
@@ -180,8 +181,17 @@ def throughput_vs_workers(analysis: Analysis) -> Figure:
     if analysis.chosen is not None:
         handles.append(Line2D([], [], linestyle="", label="recommended", **_star_handle()))
     handles += _bottleneck_handles(configs, coloured=False)
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
     return fig
+
+
+def _hollow_if_stopped(ax: Axes, part: pd.DataFrame, x: str, y: str, color: str) -> None:
+    """Draw over a configuration stopped early (by the search) with a hollow marker."""
+    if "stopped_early" not in part:
+        return
+    stopped = part[part["stopped_early"].astype(bool)]
+    if not stopped.empty:
+        ax.scatter(stopped[x], stopped[y], s=60, facecolors="white", edgecolors=color, zorder=4)
 
 
 def _star_handle() -> dict[str, Any]:
@@ -281,7 +291,7 @@ def heatmap(analysis: Analysis) -> Figure:
             Rectangle((0, 0), 1, 1, fill=False, edgecolor="red", linewidth=3, label="recommended")
         )
     handles += _bottleneck_handles(configs, coloured=True)
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 4))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
     return fig
 
 

@@ -291,6 +291,10 @@ def find_job_module(module: str) -> importlib.machinery.ModuleSpec | None:
     the finders of `sys.meta_path` part by part instead, as the import system does before it
     executes anything, so checking a scenario never runs a user's module.
     """
+    if module in sys.modules:  # imported already (by the lab, or as `os.path` is)
+        return getattr(sys.modules[module], "__spec__", None) or importlib.machinery.ModuleSpec(
+            module, None
+        )
     spec: importlib.machinery.ModuleSpec | None = None
     path: Any = None
     parts = module.split(".")
@@ -301,7 +305,10 @@ def find_job_module(module: str) -> importlib.machinery.ModuleSpec | None:
         if spec is None:
             for finder in sys.meta_path:
                 find = getattr(finder, "find_spec", None)
-                spec = find(name, path) if find is not None else None
+                try:
+                    spec = find(name, path) if find is not None else None
+                except (ImportError, ValueError):  # a name no finder can take
+                    spec = None
                 if spec is not None:
                     break
         if spec is None:

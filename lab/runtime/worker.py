@@ -55,6 +55,7 @@ import redis.asyncio as aioredis
 from lab.errors import BrokerError, ConfigError, exit_status
 from lab.infra.aio import run_main
 from lab.infra.broker import BROKER_URL_ENV, redact_url
+from lab.infra.pacing import pacing_trace
 from lab.runtime.jobs import BUILTINS, Handler, JobContext, JobError, execute, item_count, resolve
 from lab.runtime.limits import ALGORITHMS, LimitSettings, is_overload, make_limiter, record_limits
 from lab.runtime.queue import (
@@ -94,7 +95,7 @@ def default_instance_id() -> str:
 class WorkerSettings:
     """Everything one instance needs; the CLI flags map one to one onto these fields."""
 
-    broker_url: str
+    broker_url: str = field(repr=False)  # may hold a password: see lab.infra.broker.redact_url
     queue: str = "default"
     num_workers: int = 1
     # Jobs claimed ahead of free slots and held locally (still recoverable). 0 is Loco's
@@ -102,6 +103,8 @@ class WorkerSettings:
     prefetch: int = 0
     instance_id: str = field(default_factory=default_instance_id)
     services: Mapping[str, str] = field(default_factory=dict)
+    # requests/s this instance may send to a service, by name: its share of a real service's cap
+    max_requests_per_s: Mapping[str, float] = field(default_factory=dict)
     jobs: Sequence[str] = ()  # resolved at start, so an unknown name fails before any job runs
     retry: RetryPolicy = DEFAULT_RETRY
     job_timeout_s: float | None = DEFAULT_JOB_TIMEOUT_S
@@ -116,6 +119,8 @@ class WorkerSettings:
             raise ConfigError(f"prefetch must be an integer >= 0, got {self.prefetch}")
         if self.num_workers < 1:
             raise ConfigError(f"num_workers must be an integer >= 1, got {self.num_workers}")
+        if unknown := sorted(set(self.max_requests_per_s) - set(self.services)):
+            raise ConfigError(f"--max-requests-per-s names unknown service(s) {unknown}")
         if self.heartbeat_ttl_s <= 0 or self.grace_s < 0:
             raise ConfigError("heartbeat_ttl_s must be > 0 and grace_s >= 0")
         if self.job_timeout_s is not None and self.job_timeout_s <= 0:
@@ -200,7 +205,11 @@ class Worker:
         # would only cost a timer per request (about 15 % of aiohttp's calls per request).
         timeout = aiohttp.ClientTimeout(total=None) if s.job_timeout_s else aiohttp.ClientTimeout()
         try:
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            paced = {s.services[name]: r for name, r in s.max_requests_per_s.items()}
+            traces = [pacing_trace(paced)] if paced else None
+            async with aiohttp.ClientSession(
+                connector=connector, timeout=timeout, trace_configs=traces
+            ) as session:
                 self._ctx = JobContext(
                     instance=self.instance_id, session=session, services=s.services
                 )
@@ -633,6 +642,17 @@ def _num_workers(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
 
 
+def _parse_rate(text: str) -> tuple[str, float]:
+    name, sep, rate = text.partition("=")
+    try:
+        per_s = float(rate)
+    except ValueError:
+        per_s = 0.0
+    if not sep or not name or not per_s > 0:
+        raise argparse.ArgumentTypeError(f"expected NAME=R with R > 0, got {text!r}")
+    return name, per_s
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lab.runtime.worker", description=__doc__.split("\n")[0]
@@ -664,6 +684,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--service", type=_parse_service, action="append", default=[], metavar="NAME=URL"
     )
+    p.add_argument(
+        "--max-requests-per-s", type=_parse_rate, action="append", default=[],
+        metavar="NAME=R", help="pace requests to service NAME at R per second at most",
+    )  # fmt: skip
     p.add_argument(
         "--job",
         action="append",
@@ -715,6 +739,7 @@ def settings_from_args(ns: argparse.Namespace) -> WorkerSettings:
         prefetch=ns.prefetch,
         instance_id=ns.instance_id or default_instance_id(),
         services=dict(ns.service),
+        max_requests_per_s=dict(ns.max_requests_per_s),
         jobs=tuple(ns.job),
         retry=retry,
         job_timeout_s=ns.job_timeout_s or None,

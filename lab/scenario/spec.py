@@ -16,16 +16,26 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from lab import limits as L
 from lab.configuration import COLOCATED
 from lab.errors import ConfigError
+from lab.external import ExternalService, speaks
 from lab.infra.broker import redact_url
 from lab.mocks.spec import ServiceSpec
 from lab.runtime.jobs import BUILTINS, find_job_module, job_type, resolve
 from lab.runtime.limits import ALGORITHMS, LimitSettings
 from lab.runtime.retry import DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, AfterFloor, RetryPolicy
+from lab.scenario.faults import Fault, fault_problems
 from lab.scenario.loader import line_of, load_yaml_model
 from lab.strict import (
     INTEGER,
@@ -126,6 +136,39 @@ class Broker(_Strict):
         raise ValueError(
             f"must be a redis://, rediss:// or unix:// URL or null, got {show(redact_url(url))}"
         )
+
+
+class Cluster(_Strict):
+    """Where a trial runs when one host is not enough: a Ray cluster (docs/ray.md).
+
+    The producer and the clock stay on this host (the driver); each mock service gets a node of
+    its own where the cluster has room, and the worker instances spread over the other nodes.
+    """
+
+    engine: Literal["ray"] = Field(description="The cluster engine; only ray today.")
+    address: Annotated[str, Field(max_length=L.URL_CHARS_MAX)] = Field(
+        default="auto",
+        description="auto: the running cluster RAY_ADDRESS or `ray start` names; "
+        "ray://host:port: a remote cluster through Ray Client; local: a one-node Ray on this "
+        "host, on loopback.",
+    )
+    workers_resource: Name | None = Field(
+        default=None,
+        description="Only nodes offering this custom Ray resource host worker instances; "
+        "null = any node.",
+    )
+    services_resource: Name | None = Field(
+        default=None,
+        description="Only nodes offering this custom Ray resource host mock services; "
+        "null = any node.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        if address in ("auto", "local") or re.fullmatch(r"ray://[^/:\s]+:\d+", address):
+            return address
+        raise ValueError(f"must be auto, local or ray://host:port, got {address!r}")
 
 
 class Backlog(_Strict):
@@ -252,6 +295,7 @@ Arrival = Annotated[
 ]
 
 Placement = Literal["separate", "colocated"]
+Service = Annotated[ServiceSpec | ExternalService, Field(discriminator="kind")]
 
 
 class Workers(_Strict):
@@ -269,6 +313,16 @@ class Workers(_Strict):
         description="separate: `instances` worker processes; colocated: the slots run inside the "
         "web app's processes (Loco's same-process mode), one instance per web process. "
         "A list sweeps both.",
+    )
+
+    heartbeat_ttl_s: Annotated[
+        float, Field(ge=L.HEARTBEAT_TTL_S_MIN, le=L.DURATION_S_MAX), why(L.HEARTBEAT_TTL_WHY)
+    ] = Field(
+        default=3.0,
+        description="A worker instance that stops beating for this long (a crash, a stall) "
+        "has its jobs put back for others: shorter recovers faster after a crash, but a stall "
+        "longer than it makes that work run twice. Survivors look every TTL, so recovery takes "
+        "one to two TTLs.",
     )
 
     @property
@@ -398,6 +452,12 @@ def axis_values(axis: tuple[Any, ...]) -> tuple[int | str, ...]:
     )
 
 
+def fixed_values(axis: tuple[Any, ...]) -> tuple[int, ...]:
+    """An axis's integers, its dynamic entry left out ((1,) when it has no integer): what the
+    model and the search, which step integer axes, work with."""
+    return tuple(v for v in axis if isinstance(v, int)) or (1,)
+
+
 class Retry(_Strict):
     """How a failed attempt is retried: see lab.runtime.retry.RetryPolicy."""
 
@@ -525,6 +585,39 @@ class Quick(_Strict):
     )
 
 
+def _repeats_or_auto(value: Any) -> Any:
+    if value == "auto" or (
+        isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= L.REPEATS_MAX
+    ):
+        return value
+    raise ValueError(f"must be an integer in [1, {L.REPEATS_MAX}] or 'auto', got {value!r}")
+
+
+RepeatsOrAuto = Annotated[Repeats | Literal["auto"], BeforeValidator(_repeats_or_auto)]
+
+
+class GridSearch(_Strict):
+    """Every combination of the three axes, `repeats` times each (racing with `repeats: auto`)."""
+
+    kind: Literal["grid"] = Field(default="grid", description="Search mode.")
+
+
+class AdaptiveSearch(_Strict):
+    """Start from the grid, then measure where the answer lies (lab.sweep.search): racing
+    repeats, early stops, and refinement between grid points guided by a queueing model."""
+
+    kind: Literal["adaptive"] = Field(default="adaptive", description="Search mode.")
+    budget_trials: Annotated[int, Field(ge=1, le=L.TRIALS_MAX), why(L.TRIALS_WHY)] | None = Field(
+        default=None, description="Most trials to run, starting grid included; null = no limit."
+    )
+    budget_s: Timeout | None = Field(
+        default=None, description="Most seconds of sweep (wall time) to spend; null = no limit."
+    )
+
+
+Search = Annotated[GridSearch | AdaptiveSearch, Field(discriminator="kind")]
+
+
 class Sweep(_Strict):
     """The grid: every combination of the three axes is one trial, run `repeats` times."""
 
@@ -544,7 +637,20 @@ class Sweep(_Strict):
         "into jobs; latency counts from the FIRST item's scheduled arrival, so batching "
         "cannot hide waiting.",
     )
-    repeats: Repeats = Field(default=1, description="Runs of each configuration (for intervals).")
+    repeats: RepeatsOrAuto = Field(
+        default=1,
+        description="Runs of each configuration (for intervals). auto: racing, as many as it "
+        "takes to tell a configuration from the best, up to max_repeats (with search "
+        "adaptive, a number is where racing starts).",
+    )
+    max_repeats: Repeats = Field(
+        default=5, description="Racing: most runs of one configuration (repeats auto, adaptive)."
+    )
+    search: Search = Field(
+        default_factory=GridSearch,
+        description="grid: every combination (the default); adaptive: start from the grid and "
+        "measure where the answer lies, within budget_trials / budget_s.",
+    )
     trial_timeout_s: Timeout = Field(
         default=120.0, description="A trial not drained by then is stopped, marked timed out."
     )
@@ -570,6 +676,29 @@ class Sweep(_Strict):
         nw += [self.auto_limit.max] if len(nw) < len(self.num_workers) else []
         inst += [self.autoscale.max] if len(inst) < len(self.instances) else []
         return max(nw), max(inst)
+
+    @model_validator(mode="after")
+    def _repeats_fit(self) -> Sweep:
+        if isinstance(self.repeats, int) and self.repeats > self.max_repeats:
+            if "max_repeats" in self.model_fields_set:
+                raise Problems(
+                    (
+                        ("max_repeats",),
+                        f"must be >= repeats ({self.repeats}), got {self.max_repeats}",
+                    )
+                )
+            object.__setattr__(self, "max_repeats", self.repeats)  # frozen; set while validating
+        return self
+
+    @property
+    def racing(self) -> bool:
+        """Repeats are added where a configuration is not yet told apart from the best."""
+        return self.repeats == "auto" or self.search.kind == "adaptive"
+
+    @property
+    def first_repeats(self) -> int:
+        """Runs of each configuration before any racing: `repeats`, or 1 for auto."""
+        return 1 if self.repeats == "auto" else self.repeats
 
 
 class Slo(_Strict):
@@ -620,16 +749,27 @@ class Scenario(_Strict):
     )
     broker: Broker = Field(default_factory=Broker, description="Where the job queue lives.")
     services: Annotated[
-        dict[Name, ServiceSpec], Field(max_length=L.SERVICES_MAX), why(L.SERVICES_WHY)
+        dict[Name, Service], Field(max_length=L.SERVICES_MAX), why(L.SERVICES_WHY)
     ] = Field(
         min_length=1,
-        description="Mock services by name (at least one; names as for `name`); see "
-        "lab.mocks.spec.",
+        description="Services by name (at least one; names as for `name`): mocks (kind "
+        "opensearch, http_api, database; see lab.mocks.spec) or real ones (kind external; "
+        "see lab.external).",
     )
     workload: Workload = Field(description="The job, its service and how items arrive.")
     workers: Workers = Field(default_factory=Workers, description="Where the job slots run.")
+    cluster: Cluster | None = Field(
+        default=None, description="A Ray cluster to place trials on; null = this host only."
+    )
     sweep: Sweep = Field(default_factory=Sweep, description="The configurations to try.")
     objective: Objective = Field(default_factory=Objective, description="What best means.")
+    faults: tuple[Fault, ...] = Field(
+        default=(),
+        max_length=L.FAULTS_MAX,
+        strict=False,
+        description="Faults injected into every trial (kill, stall, restart, pause), each at "
+        "its at_s; see lab.scenario.faults.",
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Scenario:
@@ -638,14 +778,52 @@ class Scenario(_Strict):
         if name not in self.services:
             known = f"{hint(name, self.services)}; known: {', '.join(sorted(self.services))}"
             problems.append((("workload", "service"), f"unknown service {name!r}{known}"))
-        elif (need := job_type(job).service_kind) and self.services[name].kind != need:
-            kind = self.services[name].kind
+        elif (need := job_type(job).service_kind) and speaks(self.services[name]) != need:
+            kind = speaks(self.services[name])
             problems.append((("workload", "job"), f"{job} needs an {need} service, not {kind}"))
         autoscaled = any(not isinstance(v, int) for v in self.sweep.instances)
         if autoscaled and COLOCATED in self.workers.placements:
             problems.append(
                 (("sweep", "instances"), "autoscale needs workers.placement separate: co-located "
                  "instances are the web app's processes")
+            )  # fmt: skip
+        if self.cluster is not None and "colocated" in self.workers.placements:
+            problems.append(
+                (("workers", "placement"), "colocated slots run in the web app on this host; "
+                 "with a cluster use separate")
+            )  # fmt: skip
+        if self.cluster is not None:
+            problems += [
+                (("faults", i, "restart"), "restarting a mock service is for this host only, "
+                 "not with a cluster")
+                for i, f in enumerate(self.faults)
+                if f.restart
+            ]  # fmt: skip
+        problems += fault_problems(
+            self.faults,
+            self.services,
+            broker_url=self.broker.url,
+            timeout_s=self.sweep.trial_timeout_s,
+        )
+        problems += [
+            (("faults", i, "name"), f"{f.name!r} is a real service (kind external): the lab "
+             "starts and stops only its mocks")
+            for i, f in enumerate(self.faults)
+            if isinstance(self.services.get(f.name or ""), ExternalService)
+        ]  # fmt: skip
+        if autoscaled and self.cluster is not None:
+            problems.append(
+                (("sweep", "instances"), "autoscale starts and stops worker processes on this "
+                 "host; with a cluster list instance counts")
+            )  # fmt: skip
+        problems += _dynamic_external_problems(self)
+        dynamic = any(
+            not isinstance(v, int) for v in (*self.sweep.num_workers, *self.sweep.instances)
+        )
+        if dynamic and self.sweep.racing:
+            problems.append(
+                (("sweep",), "auto or autoscale runs as listed: with it use a number of repeats "
+                 "and search kind grid (racing and the adaptive search step integer axes)")
             )  # fmt: skip
         if isinstance(self.workload.arrival, Backlog) and quick.duration_s is not None:
             problems.append(
@@ -688,10 +866,35 @@ class Scenario(_Strict):
         )
 
 
+def _dynamic_external_problems(s: Scenario) -> list[tuple[Loc, str]]:
+    """A dynamic entry beside an external service must fit its caps at its max: the sweep clips
+    fixed counts before a trial, but cannot clip counts that change during one."""
+    caps = [v for v in s.services.values() if isinstance(v, ExternalService)]
+    sw = s.sweep
+    dynamic = [not isinstance(v, int) for v in (*sw.num_workers, *sw.instances)]
+    if not caps or not any(dynamic):
+        return []
+    slots = min(c.max_in_flight for c in caps)
+    per_s = min(c.max_requests_per_s for c in caps)
+    nw, inst = sw.most_slots
+    problems: list[tuple[Loc, str]] = []
+    if nw * inst > slots:
+        problems.append(
+            (("sweep",), f"a dynamic entry may reach {nw} x {inst} slots, over an external "
+             f"service's max_in_flight {slots}: lower its max")
+        )  # fmt: skip
+    if any(not isinstance(v, int) for v in sw.instances) and sw.autoscale.max > max(1, per_s):
+        problems.append(
+            (("sweep", "instances"), f"autoscale's max {sw.autoscale.max} is over an external "
+             f"service's max_requests_per_s {per_s:g} (each instance paces at least 1/s)")
+        )  # fmt: skip
+    return problems
+
+
 def _grid_problems(s: Scenario, loc: Loc) -> list[tuple[Loc, str]]:
     """What one machine cannot run: too many trials, too much concurrency, too many items."""
     sw, problems = s.sweep, []
-    sizes = (len(sw.num_workers), len(sw.instances), len(sw.batch_size), sw.repeats)
+    sizes = (len(sw.num_workers), len(sw.instances), len(sw.batch_size), sw.first_repeats)
     trials = math.prod(sizes) * len(s.workers.placements)
     if trials > L.TRIALS_MAX:
         shape = (

@@ -18,7 +18,6 @@ series); `AutoscaleHook` is the trial's side that starts and stops the processes
 from __future__ import annotations
 
 import math
-import signal
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,12 +71,14 @@ class Instance:
 class AutoscaleHook:
     """The trial's side: every `poll_s`, read the backlog, decide, start or stop processes.
 
-    `start(i)` starts worker instance `i` and returns its process; `backlog()` reads the
-    pending list; the instances already running at the clock start are `initial`.
+    `start(i)` starts worker instance `i` and returns its process; `stop(i, child)` stops it
+    gracefully (SIGTERM: it stops claiming, finishes its jobs, puts back the rest); `backlog()`
+    reads the pending list; the instances already running at the clock start are `initial`.
     """
 
     spec: Autoscale
     start: Callable[[int], Child]
+    stop: Callable[[int, Child], None]
     backlog: Callable[[], int]
     initial: list[Child]
     scaler: Autoscaler = field(init=False)
@@ -117,7 +118,7 @@ class AutoscaleHook:
         if inst.child is None:
             inst.ended_s = elapsed_s
         else:
-            inst.child.signal(signal.SIGTERM)
+            self.stop(inst.index, inst.child)
 
     def _counts(self) -> tuple[int, int, int]:
         """Instances running, starting (ordered, not yet spawned) and stopping."""
@@ -132,10 +133,6 @@ class AutoscaleHook:
             else:
                 running += 1
         return running, starting, stopping
-
-    def must_be_alive(self) -> list[Child]:
-        """The processes that should be running (not asked to stop): one that exits failed."""
-        return [i.child for i in self.instances if i.child is not None and i.stopping_s is None]
 
     def finish(self, end_s: float) -> dict[str, Any]:
         """The cost and the series, once the trial ended at `end_s` (trial seconds)."""

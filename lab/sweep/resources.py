@@ -152,14 +152,27 @@ def saturation(usage: Mapping[str, Usage], *, cpu_count: int) -> tuple[bool, boo
     machine saturated: every core was busy, so workers and services competed for CPU; the figure
     holds for this machine only.
     """
-    reasons = [
+    reasons = harness_busy(usage)
+    harness = bool(reasons)
+    busy = machine_busy(usage, cpu_count=cpu_count)
+    if busy:
+        reasons.append(busy)
+    return harness, bool(busy), "; ".join(reasons)
+
+
+def harness_busy(usage: Mapping[str, Usage]) -> list[str]:
+    """The harness components (a mock, Redis, the producer...) that used most of a core."""
+    return [
         f"{name} used {u.cores:.2f} cores"
         for name, u in usage.items()
         if u.role in HARNESS_ROLES and u.cores >= SATURATED_CORES
     ]
-    harness = bool(reasons)
+
+
+def machine_busy(usage: Mapping[str, Usage], *, cpu_count: int) -> str:
+    """Why every core of a host was busy ("" when they were not): `usage` is all of that host's
+    processes."""
     total = sum(u.cores for u in usage.values())
-    machine = total >= 0.95 * cpu_count
-    if machine:
-        reasons.append(f"all {cpu_count} cores were busy ({total:.2f} used)")
-    return harness, machine, "; ".join(reasons)
+    return (
+        f"all {cpu_count} cores were busy ({total:.2f} used)" if total >= 0.95 * cpu_count else ""
+    )

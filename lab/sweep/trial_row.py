@@ -15,13 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from lab.analysis.attribution import Context, service_columns, steady_items_per_s, trial_bottleneck
+from lab.analysis.attribution import (
+    Context,
+    service_columns,
+    steady_items_per_s,
+    too_short,
+    trial_bottleneck,
+)
+from lab.mocks.spec import ServiceSpec
 from lab.producers.arrivals import ProducerReport
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent
 from lab.runtime.telemetry import runtime_figures
 from lab.runtime.worker import TIMEOUT_ERROR
 from lab.scenario.spec import Scenario
+from lab.sweep import external
 from lab.sweep.resources import Usage, saturation
 
 PERCENTILES = (50, 90, 99)
@@ -78,6 +86,7 @@ def job_figures(
         "steady_items_per_s": steady_items_per_s(
             [e.finished_at for e in done], [e.items for e in done]
         ),
+        "too_short": too_short([e.finished_at for e in done], [e.items for e in done]),
         "attempts": len(events),
         "retries": retries,
         "timeouts": sum(1 for e in events if (e.error or "").startswith(TIMEOUT_ERROR)),
@@ -156,27 +165,31 @@ def _service_accounting(job: str, stats: Mapping[str, Any], items: int) -> dict[
 def trial_row(
     config: Mapping[str, Any], scenario: Scenario, events: Sequence[JobEvent],
     services: Mapping[str, Mapping[str, Any]], usage: Mapping[str, Usage], report: ProducerReport,
-    *, clock_start: float, wall_s: float, timed_out: bool, recovered: int,
-    web: Mapping[str, float], cost: Mapping[str, float],
-    runtime: Sequence[Mapping[str, Any]] = (),
+    *, clock_start: float, wall_s: float, timed_out: bool, failure: str | None, recovered: int,
+    faults: Mapping[str, Any], web: Mapping[str, float], cost: Mapping[str, float],
+    runtime: Sequence[Mapping[str, Any]] = (), stop_reason: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One row of trials.csv (lab.results.TRIAL_COLUMNS, in that order).
 
     `config` holds the trial's identity (trial_id, order, num_workers, instances, batch_size,
-    placement, repeat, concurrency); `web` the Locust figures (NaN without web traffic);
-    `runtime` the worker instances' records of their own cost (`lab.runtime.telemetry`); `cost`
-    the dynamic configuration's columns (`lab.sweep.dynamics.record`).
+    placement, repeat, concurrency, length_x); `failure` why the work could not finish (None
+    when it did); `faults` the fault columns (lab.sweep.faults); `web` the Locust figures (NaN
+    without web traffic); `runtime` the worker instances' records of their own cost
+    (`lab.runtime.telemetry`); `cost` the dynamic configuration's columns
+    (`lab.sweep.dynamics.record`); `stop_reason` why a stop rule ended the trial early (its
+    unfinished jobs are then not errors: they were cut, not failed).
     """
     w = scenario.workload
     target_spec = scenario.services[w.service]
     target = services[w.service]
+    mock = target_spec if isinstance(target_spec, ServiceSpec) else None  # None: a real service
     figures = job_figures(
         events,
         clock_start=clock_start,
         jobs_enqueued=report.jobs_sent,
         items_enqueued=report.items_sent,
     )
-    rate_limit = target_spec.rate_limit.per_s if target_spec.rate_limit else None
+    rate_limit = mock.rate_limit.per_s if mock and mock.rate_limit else None
     harness, machine, why = saturation(usage, cpu_count=os.cpu_count() or 1)
     by_role = {
         role: [u for u in usage.values() if u.role == role]
@@ -187,22 +200,27 @@ def trial_row(
         "started_at": clock_start,
         "wall_s": wall_s,
         "timed_out": timed_out,
+        "failed": failure is not None,
+        "failure_reason": failure or "",
+        "stopped_early": stop_reason is not None,
+        "stop_reason": stop_reason or "",
         **figures,
         **bounds(
             figures,
             concurrency=config["concurrency"] or cost["slots_mean"],  # dynamic: the mean slots
-            capacity=target_spec.capacity,
+            capacity=mock.capacity if mock else None,
             service_stats=target,
             rate_limit_per_s=rate_limit,
         ),
         **_service_accounting(w.job, target, report.items_sent),
         "recovered_jobs": recovered,
+        **faults,
         "service_requests": target.get("requests", 0),
         "service_rejected": target.get("rejected", 0),
         "service_errors": target.get("errors", 0),
         "service_max_in_flight": target.get("max", {}).get("in_flight", 0),
         "service_max_queue_depth": target.get("max", {}).get("queue_depth", 0),
-        **service_columns(target, target_spec, figures["makespan_s"]),
+        **service_columns(target, mock, figures["makespan_s"]),
         "producer_max_lag_s": report.max_lag_s,
         **cost,
         "workers_cores": sum(u.cores for u in by_role["worker"]),
@@ -221,5 +239,9 @@ def trial_row(
         "machine_saturated": machine,
         "saturation_reason": why,
     }
+    if stop_reason is not None and report.jobs_sent:
+        row["error_rate"] = figures["dead_letters"] / report.jobs_sent
+    if mock is None:
+        row.update(external.row_columns(w.job, target, report.items_sent))
     row["bottleneck"] = trial_bottleneck(row, Context.of(scenario, os.cpu_count()), events)
     return row
