@@ -63,6 +63,7 @@ class Fit:
     per_item_ms: float  # ... and per item it carries
     client_ms: float  # per request, spent outside the service without holding a server
     client_per_item_ms: float  # ... and per item it carries (the body sent, parsed)
+    service_sd_ms: float  # the spread of one request's service time (its standard deviation)
     capacity: int
     rate_limit_per_s: float | None
     burst: int
@@ -210,9 +211,7 @@ class QueueingModel:
             jobs_per_s = min(network[-1], ceilings.get("rate_limit", math.inf) / batch_size)
             makespan = math.nan
             if jobs is not None:  # the drain: in flight = min(slots, jobs left) as the tail empties
-                in_flight = min(slots, jobs)
-                drain = network[:in_flight]
-                makespan = (jobs - in_flight) / drain[-1] + float(np.sum(1 / drain))
+                makespan = self._drain_s(network[: min(slots, jobs)], jobs, batch_size)
                 if self.fit.rate_limit_per_s is not None and requests > 0:
                     after_burst = max(0.0, jobs * requests - self.fit.burst)
                     makespan = max(makespan, after_burst / self.fit.rate_limit_per_s)
@@ -224,6 +223,20 @@ class QueueingModel:
                 )
             )
         return out
+
+    def _drain_s(self, network: np.ndarray, jobs: int, batch_size: int) -> float:
+        """A backlog's makespan, `network[n - 1]` jobs/s with n in flight. With equal service
+        times the jobs go in waves of n (the last one partial), each lasting a response time
+        n / X(n); with exponential ones, at X(n) until fewer than n are left, then one after
+        another (1 / X(r), r = n-1..1). In between by the service time's coefficient of
+        variation (the mock's own samples)."""
+        n = len(network)
+        waves, rest = divmod(jobs, n)
+        equal = waves * n / network[-1] + (rest / network[rest - 1] if rest else 0.0)
+        spread = (jobs - n) / network[-1] + float(np.sum(1 / network))
+        service_ms = self.service_ms(batch_size)
+        cv = min(1.0, self.fit.service_sd_ms / service_ms) if service_ms > 0 else 1.0
+        return equal + cv * (spread - equal)
 
     def _ceilings(
         self, stations: Mapping[str, _Station], requests: float, batch_size: int,
@@ -268,6 +281,7 @@ def _per_trial(
                 "requests": float(stats.get("requests", 0)),
                 "k": stats.get("served_items", served) / served if served else math.nan,
                 "service_ms": float(np.mean(samples["service_ms"])) if samples.get("service_ms") else math.nan,
+                "service_sd_ms": float(np.std(samples["service_ms"])) if samples.get("service_ms") else math.nan,
                 "wait_ms": float(np.mean(samples["wait_ms"])) if samples.get("wait_ms") else 0.0,
                 "job_ms": float(t["service_mean_ms"]),
                 "worker_cpu_ms": 1000 * float(t["workers_cores"]) * wall / float(t["attempts"]),
@@ -334,6 +348,7 @@ def fit_model(
         )
     fit = Fit(
         fixed_ms=fixed, per_item_ms=per_item, client_ms=0.0, client_per_item_ms=0.0,
+        service_sd_ms=float(np.nanmedian(data["service_sd_ms"])) if data["service_sd_ms"].notna().any() else 0.0,
         capacity=spec.capacity,
         rate_limit_per_s=spec.rate_limit.per_s if spec.rate_limit else None,
         burst=spec.rate_limit.burst_requests if spec.rate_limit else 0,

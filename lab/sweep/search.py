@@ -33,6 +33,7 @@ from typing import Any
 
 import pandas as pd
 
+from lab import limits as L
 from lab.analysis.attribution import MIN_STEADY_JOBS, MIN_STEADY_S
 from lab.analysis.configs import (
     NOISE_MARGIN,
@@ -69,6 +70,9 @@ EARLY_STOP_MIN_JOBS = 3
 TARGET_STEADY_S = 2.5 * MIN_STEADY_S
 TARGET_STEADY_JOBS = 3 * MIN_STEADY_JOBS
 MAX_LENGTH_X = 20
+
+#: A too-short configuration this close to the best, by whole-trial figures, is lengthened.
+LENGTHEN_NET = 0.5
 
 #: Refinement rounds at most (each measures at least one new configuration).
 MAX_ROUNDS = 30
@@ -372,13 +376,20 @@ class Search:
         return True
 
     def _lengthen(self, choice: Choice, metric: str) -> bool:
-        """Backlog configurations whose trials were too short to measure a steady rate: all
-        that meet the SLO, since a whole-trial figure does not compare with a steady one."""
+        """Backlog configurations whose trials were too short to measure a steady rate, and that
+        could be in the race: within LENGTHEN_NET of the best by whole-trial figures (which do
+        compare with each other; a whole-trial figure does not compare with a steady one)."""
         if not isinstance(self.scenario.workload.arrival, Backlog):
             return False
-        racing = [row for _, row in choice.ok.iterrows()]
+        whole = metric.removeprefix("steady_")
+        best_whole = float(choice.ok[whole].max())
+        racing = [
+            row for _, row in choice.ok.iterrows()
+            if best_whole <= (1 + LENGTHEN_NET) * float(row[whole])
+        ]  # fmt: skip
         plans, why = [], []
         trials = self.trials()
+        items = self.scenario.workload.items or 1
         for row in racing:
             name = label(row)
             if not bool(row["too_short"]) or name in self._length:
@@ -393,7 +404,9 @@ class Search:
                 math.ceil(TARGET_STEADY_JOBS / (0.8 * jobs)) if jobs > 0 else MAX_LENGTH_X,
                 math.ceil(TARGET_STEADY_S / (0.8 * makespan)) if makespan > 0 else MAX_LENGTH_X,
             )
-            factor = min(MAX_LENGTH_X, max(2, factor))
+            factor = min(MAX_LENGTH_X, L.ITEMS_MAX // items, max(2, factor))
+            if factor < 2:
+                continue  # the backlog is as long as a trial may be
             self._length[name] = factor
             more = self._more(row)
             if more is not None:
@@ -582,7 +595,29 @@ class Search:
         tail = (
             "" if not self.adaptive else "; its cheaper neighbours are adjacent or beyond the noise"
         )
+        undecided = self._undecided()
+        if undecided:
+            tail += (
+                f". Still undecided at max_repeats ({self.sweep.max_repeats}): "
+                f"{'; '.join(undecided)}; more repeats (sweep.max_repeats) or a longer backlog "
+                "would tell them apart"
+            )
         return f"settled on {pick.label}: every other configuration is told apart from the best or tied within the noise{tail}"
+
+    def _undecided(self) -> list[str]:
+        """Configurations more than the margin below the best whose interval still overlaps
+        the best's: the noise, not the measurement, keeps them tied."""
+        choice = self.state()[1]
+        if choice is None:
+            return []
+        metric, best = rank_metric(self.scenario.objective), choice.best
+        out = []
+        for _, row in choice.tied.iterrows():
+            if label(row) != label(best) and best[metric] / row[metric] - 1 > NOISE_MARGIN:
+                out.append(
+                    f"{label(row)} {_figure(row, metric)} vs {label(best)} {_figure(best, metric)}"
+                )
+        return out
 
     # -- early stop -----------------------------------------------------------------------------
 
