@@ -282,6 +282,6 @@ def stop_on_signals() -> Iterator[None]:
 def env_with_pythonpath() -> dict[str, str]:
     """The current environment, with the lab's source root on PYTHONPATH for `-m` children."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # lab/infra/procs.py -> the source root
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     return env
