@@ -39,7 +39,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from lab.analysis.configs import NOISE_MARGIN, preference_key
-from lab.configuration import Configuration
+from lab.configuration import Configuration, label
 from lab.mocks.spec import ServiceSpec
 from lab.results import RunFolder
 from lab.runtime.jobs import job_type
@@ -138,10 +138,14 @@ class QueueingModel:
     """Predicts items/s (and a backlog's makespan) for any configuration, and its bound."""
 
     def __init__(
-        self, fit: Fit, scenario: Scenario, *, cores: int | None, arrival_items_per_s: float | None
-    ) -> None:
+        self, fit: Fit, scenario: Scenario, *, cores: int | None, arrival_items_per_s: float | None,
+        offered: Mapping[str, float] | None = None,
+    ) -> None:  # fmt: skip
         self.fit, self.scenario, self.cores = fit, scenario, cores
         self.arrival_items_per_s = arrival_items_per_s
+        # Locust's users wait for the web app, so what they offer differs by configuration: the
+        # measured offer of each measured one (an input to the workers, not their output)
+        self.offered = dict(offered or {})
         w = scenario.workload
         self.items = w.items if isinstance(w.arrival, Backlog) else None
         self._kind = job_type(w.job)
@@ -205,7 +209,9 @@ class QueueingModel:
         out = []
         for nw in nws:
             slots = nw * instances
-            ceilings = self._ceilings(stations, requests, batch_size, slots, alone_s)
+            config = Configuration(nw, instances, batch_size, placement)
+            arrivals = self.offered.get(config.label, self.arrival_items_per_s)
+            ceilings = self._ceilings(stations, requests, batch_size, slots, alone_s, arrivals)
             caps = min(ceilings.get(k, math.inf) / batch_size for k in ("arrivals", "harness"))
             network = np.minimum(curve[:slots], caps)
             jobs_per_s = min(network[-1], ceilings.get("rate_limit", math.inf) / batch_size)
@@ -215,7 +221,6 @@ class QueueingModel:
                 if self.fit.rate_limit_per_s is not None and requests > 0:
                     after_burst = max(0.0, jobs * requests - self.fit.burst)
                     makespan = max(makespan, after_burst / self.fit.rate_limit_per_s)
-            config = Configuration(nw, instances, batch_size, placement)
             bound = min(ceilings, key=lambda k: ceilings[k])
             out.append(
                 Prediction(
@@ -240,7 +245,7 @@ class QueueingModel:
 
     def _ceilings(
         self, stations: Mapping[str, _Station], requests: float, batch_size: int,
-        in_flight: int, alone_s: float,
+        in_flight: int, alone_s: float, arrivals: float | None,
     ) -> dict[str, float]:  # fmt: skip
         f = self.fit
         out = {"concurrency": in_flight * batch_size / alone_s if alone_s > 0 else math.inf}
@@ -253,8 +258,8 @@ class QueueingModel:
                 out[word] = station.servers * batch_size / station.demand_s
         if f.rate_limit_per_s is not None and requests > 0:
             out["rate_limit"] = f.rate_limit_per_s / requests * batch_size
-        if self.arrival_items_per_s is not None:
-            out["arrivals"] = self.arrival_items_per_s
+        if arrivals is not None:
+            out["arrivals"] = arrivals
         return out
 
 
@@ -359,10 +364,11 @@ def fit_model(
         requests_per_item=requests_per_item, sources=sources,
     )  # fmt: skip
     arrivals = _arrival_rate(trials, scenario)
-    model = QueueingModel(fit, scenario, cores=cores, arrival_items_per_s=arrivals)
+    offered = _offered(trials, scenario)
+    model = QueueingModel(fit, scenario, cores=cores, arrival_items_per_s=arrivals, offered=offered)
     client, client_per_item = _client_ms(model, data)
     fit = dataclasses.replace(fit, client_ms=client, client_per_item_ms=client_per_item)
-    return QueueingModel(fit, scenario, cores=cores, arrival_items_per_s=arrivals)
+    return QueueingModel(fit, scenario, cores=cores, arrival_items_per_s=arrivals, offered=offered)
 
 
 def _client_ms(model: QueueingModel, data: pd.DataFrame) -> tuple[float, float]:
@@ -399,11 +405,24 @@ def _arrival_rate(trials: pd.DataFrame, scenario: Scenario) -> float | None:
     return scenario.workload.expected_items / a.duration_s
 
 
+def _offered(trials: pd.DataFrame, scenario: Scenario) -> dict[str, float]:
+    """Locust arrivals: each measured configuration's offered items/s (median of its trials)."""
+    a = scenario.workload.arrival
+    if not isinstance(a, LocustArrival) or trials.empty:
+        return {}
+    rates = trials["items_enqueued"] / a.duration_s
+    return {
+        str(k): float(v) for k, v in rates.groupby(trials.apply(label, axis=1)).median().items()
+    }
+
+
 def model_of_run(run: Run) -> QueueingModel:
-    """The model of a run folder (a `load_run` result), for this machine's core count."""
+    """The model of a run folder (a `load_run` result), for this machine's core count; a
+    `--quick` run's backlog and arrivals are its quick ones."""
     services = RunFolder(run.path).service_stats()
     cores = run.manifest.get("cpu_count")
-    return fit_model(run.trials, services, run.scenario, cores=int(cores) if cores else None)
+    scenario = run.scenario.quick_variant() if run.manifest.get("quick") else run.scenario
+    return fit_model(run.trials, services, scenario, cores=int(cores) if cores else None)
 
 
 # -- the model's pick ---------------------------------------------------------------------------
