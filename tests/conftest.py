@@ -70,3 +70,11 @@ def start_worker(broker: Broker, queue: Queue, tmp_path: Path) -> Iterator[Start
             return child
 
         yield _start
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -33,6 +33,7 @@ from lab.scenario.spec import load_scenario
 from lab.sweep.faults import FaultRecord, dip_ratio
 from lab.sweep.runner import run_sweep
 from lab.sweep.trial import TrialPlan, run_trial
+from tests.conftest import process_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,13 +64,6 @@ def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "small.yaml"
     path.write_text(textwrap.dedent(text))
     return path
-
-
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_an_outside_sigkill_of_an_instance_is_measured_and_the_sweep_goes_on(
@@ -154,7 +148,9 @@ def test_losing_the_broker_mid_trial_exits_2_with_one_message_and_resume_finishe
     assert err.startswith("lab.sweep: the broker at ") and "stopped answering during trial" in err
     assert "queued jobs were lost with it" in err and "--resume" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 3
-    wait_for(lambda: not any(alive(p) for p in seen), what="every child to exit", timeout_s=10)
+    wait_for(
+        lambda: not any(process_alive(p) for p in seen), what="every child to exit", timeout_s=10
+    )
     [run_dir] = results.glob("small/*")
     assert RunFolder.open(run_dir).manifest["status"] == STATUS_FAILED
     resumed = run_sweep(resume=run_dir, stream=io.StringIO())  # a new private broker

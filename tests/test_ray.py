@@ -33,6 +33,7 @@ from lab.sweep.clocks import (
 from lab.sweep.placement import with_cluster
 from lab.sweep.runner import main
 from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
+from tests.conftest import process_alive
 
 # Read when ray is imported: Ray then binds and connects on 127.0.0.1 only.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -83,13 +84,6 @@ def leftovers() -> list[str]:
             if any(k in line for k in ("ComponentActor", "lab.runtime.worker", "lab.mocks")):
                 found.append(f"{proc.pid}: {line[:120]}")
     return found
-
-
-def running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def assert_nothing_left() -> None:
@@ -171,7 +165,7 @@ def test_a_trial_spreads_instances_over_nodes_and_gives_the_mock_its_own(
     # the processes' logs came home
     assert (logs / "worker-0.log").exists() and (logs / "mock-search.log").exists()
     assert_nothing_left()
-    assert not any(running(c["pid"]) for c in record["components"].values())
+    assert not any(process_alive(c["pid"]) for c in record["components"].values())
 
 
 @needs_ray
