@@ -11,6 +11,7 @@ Three layers make sure of it:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
@@ -94,6 +95,25 @@ class Child:
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    async def exited(self, poll_s: float = 0.1) -> None:
+        """Wait until the child exits, without reaping it. On Linux a pidfd wakes the event
+        loop: a hundred watches polling every 0.1 s cost a tenth of a core on the host they
+        measure; elsewhere, poll every `poll_s`."""
+        try:
+            fd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3, or already gone (and reaped)
+            while self.alive():  # noqa: ASYNC110
+                await asyncio.sleep(poll_s)
+            return
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+        try:
+            await done
+        finally:
+            loop.remove_reader(fd)
+            os.close(fd)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines the child wrote (of its last 64 KiB), to put in an error message."""

@@ -42,9 +42,6 @@ from lab.sweep.resources import ResourceSampler, Usage
 #: The most of a component's log the driver brings home (its tail).
 LOG_BYTES = 256 * 1024
 
-#: How often a watch looks at its process.
-WATCH_S = 0.1
-
 
 def node_facts() -> dict[str, Any]:
     """This node as the driver records it."""
@@ -139,11 +136,9 @@ class ComponentActor:
     async def wait_exit(self) -> tuple[str, str]:
         """Until the process exits: how it ended and its last words (the driver's watch)."""
         child = self._child
-        # polled, not waited on in a thread: `stop` must stay the only one to reap the child
-        while child is not None and child.alive():  # noqa: ASYNC110
-            await asyncio.sleep(WATCH_S)
         if child is None:
             return "was never started", ""
+        await child.exited()  # woken by the kernel, not polled
         return child.exit_description(), child.last_words()
 
     async def clock(self, broker_url: str) -> ClockOffset:
