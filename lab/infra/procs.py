@@ -108,7 +108,12 @@ class Child:
             return
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+
+        def readable() -> None:  # called on every turn while readable: once is enough
+            if not done.done():
+                done.set_result(None)
+
+        loop.add_reader(fd, readable)
         try:
             await done
         finally:
