@@ -34,7 +34,7 @@ from typing import Any
 
 import pandas as pd
 
-from lab import limits as L
+from lab import bounds as L
 from lab.analysis.attribution import MIN_STEADY_JOBS, MIN_STEADY_S
 from lab.analysis.configs import (
     NOISE_MARGIN,
