@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 
-from lab import limits as L
+from lab import bounds as L
 from lab.errors import ConfigError
 from lab.strict import Strict, why
 

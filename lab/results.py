@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 from pydantic import ConfigDict, Field
 
-from lab import limits as L
+from lab import bounds as L
 from lab.errors import ConfigError
 from lab.infra.files import Dir, directory, refuse_links
 from lab.runtime.queue import JobEvent

@@ -3,7 +3,7 @@
 Scenario files (`lab.scenario`), mock service specs (`lab.mocks.spec`) and run-folder manifests
 (`lab.results`) are all models of `Strict`: unknown keys are errors, YAML's or JSON's `true` is
 not a 1 and `"100"` is not a 100, floats are finite, and every number has an upper bound (from
-`lab.limits`, with its reason). The formatter turns a pydantic error into one line per problem,
+`lab.bounds`, with its reason). The formatter turns a pydantic error into one line per problem,
 worded from the model's JSON Schema: the field path as the user wrote it, the bad value
 (shortened with `reprlib`), and what is allowed.
 

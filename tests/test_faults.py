@@ -28,12 +28,12 @@ from lab.infra.broker import Broker
 from lab.infra.procs import env_with_pythonpath, python_module_argv, spawn, wait_for
 from lab.report.faults import TIMELINE_CAPTION
 from lab.results import STATUS_COMPLETE, STATUS_FAILED, RunFolder
-from lab.runtime.queue import OK, JobEvent
+from lab.runtime.queue import OK, JobEvent, Queue
 from lab.scenario.spec import load_scenario
-from lab.sweep.faults import FaultRecord, dip_ratio
+from lab.sweep.faults import FaultRecord, TrialFaults, dip_ratio
 from lab.sweep.runner import run_sweep
 from lab.sweep.trial import TrialPlan, run_trial
-from tests.conftest import process_alive
+from tests.conftest import StartWorker, process_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,6 +120,29 @@ def test_a_trial_whose_every_instance_dies_is_recorded_failed_and_the_sweep_goes
     rec = json.loads((run.path / "recommendation.json").read_text())
     assert rec["config"] is None
     assert any("could not finish" in w for w in rec["warnings"])
+
+
+def test_instances_that_die_between_two_polls_are_each_counted_before_the_trial_gives_up(
+    broker: Broker, queue: Queue, start_worker: StartWorker
+) -> None:
+    """The order the drain loop sees exits in: one instance dies, a poll records it, then the
+    last one dies and the loop asks whether any is left before polling again. Both exits must
+    be counted and named (they were once judged gone with only the first recorded)."""
+    children = {name: start_worker(num_workers=1, instance_id=name) for name in ("w1", "w2")}
+    faults = TrialFaults(
+        [], trial_id="t", queue=queue, broker=broker, instances=children, services={},
+        rng=random.Random(0), heartbeat_ttl_s=0.5, started=time.monotonic(),
+    )  # fmt: skip
+    w1, w2 = children["w1"], children["w2"]
+    w1.signal(signal.SIGKILL)
+    wait_for(lambda: not w1.alive(), what="w1 to die", timeout_s=30)
+    faults.poll(0.1)
+    assert [r.target for r in faults.exits] == ["w1"] and faults.every_instance_gone() is None
+    w2.signal(signal.SIGKILL)
+    wait_for(lambda: not w2.alive(), what="w2 to die", timeout_s=30)
+    gone = faults.every_instance_gone()  # no poll in between
+    assert [r.target for r in faults.exits] == ["w1", "w2"]
+    assert gone is not None and "w1 was killed by SIGKILL" in gone and "w2 was killed" in gone
 
 
 def test_losing_the_broker_mid_trial_exits_2_with_one_message_and_resume_finishes(

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from lab import limits
+from lab import bounds
 from lab.errors import ConfigError
 from lab.infra.procs import env_with_pythonpath
 from lab.mocks.spec import ServiceSpec, parse_spec
@@ -105,7 +105,7 @@ SHAPES: dict[str, tuple[str | bytes, list[str]]] = {
     "two documents": (BASE + "---\n" + BASE, ["invalid YAML", "single document"]),
     "a control character": (BASE.replace("tiny", "ti\x07ny"), ["invalid YAML"]),
     "not UTF-8": (b"name: \xff\xfe\n" + BASE.encode(), [":1: not UTF-8 text (byte 0xff)"]),
-    "too large": (BASE + "#" + "x" * limits.SCENARIO_BYTES_MAX + "\n", ["larger than 256 KiB"]),
+    "too large": (BASE + "#" + "x" * bounds.SCENARIO_BYTES_MAX + "\n", ["larger than 256 KiB"]),
 }
 
 

@@ -16,7 +16,7 @@ import aiohttp
 import psutil
 import pytest
 
-from lab import limits
+from lab import bounds
 from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn, wait_for
 from lab.mocks import parse_spec, run_mock, spec_to_json
 from lab.mocks.control import TOKEN_ENV, MockControl, control_headers
@@ -81,7 +81,7 @@ def test_a_mock_process_takes_its_token_from_the_environment_not_argv(tmp_path: 
 
 
 def test_a_spec_larger_than_any_command_line_argument_goes_through_a_file(tmp_path: Path) -> None:
-    windows = [{"start_s": i, "duration_s": 0.5} for i in range(limits.BROWNOUTS_MAX)]
+    windows = [{"start_s": i, "duration_s": 0.5} for i in range(bounds.BROWNOUTS_MAX)]
     spec = parse_spec({"kind": "http_api", "brownouts": windows})
     text = spec_to_json(spec)
     padded = text[:-1] + " " * 200_000 + "}"  # over Linux's 128 KiB limit on one argv string
@@ -89,7 +89,7 @@ def test_a_spec_larger_than_any_command_line_argument_goes_through_a_file(tmp_pa
     spec_file.write_text(padded)
     with mock_process(tmp_path, "http_api", "--spec-file", str(spec_file)):
         stats = MockControl(_ready(tmp_path)["url"], TOKEN).stats()
-    assert len(stats["spec"]["brownouts"]) == limits.BROWNOUTS_MAX
+    assert len(stats["spec"]["brownouts"]) == bounds.BROWNOUTS_MAX
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ async def test_a_delete_workload_of_any_size_is_seeded_in_chunks_and_a_large_bul
             for line in (json.dumps({"index": {"_index": "b", "_id": str(i)}}), '{"title": "x"}')
         ]
         body = ("\n".join(lines) + "\n").encode()
-        assert len(body) > limits.BODY_BYTES_MAX
+        assert len(body) > bounds.BODY_BYTES_MAX
         headers = {"Content-Type": "application/x-ndjson"}
         async with s.post(f"{url}/_bulk", data=io.BytesIO(body), headers=headers) as r:
             assert r.status == 200 and not (await r.json())["errors"]

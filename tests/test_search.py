@@ -60,6 +60,7 @@ class FakeTrials:
     noise: float
     capacity: int
     seed: int = 1
+    word: str = ""  # the attribution's word every trial is given ("": none, as an old row)
     clock_s: float = 0.0
     stopped: list[str] = field(default_factory=list)
 
@@ -100,7 +101,7 @@ class FakeTrials:
             "capacity_bound_items_per_s": 1000 / SERVICE_MS * self.capacity,
             "littles_bound_items_per_s": 1000 / SERVICE_MS * n, "bound_ratio": 0.9,
             "workers_cores": 0.05, "harness_saturated": False, "machine_saturated": False,
-            "saturation_reason": "",
+            "saturation_reason": "", "bottleneck": self.word,
         }  # fmt: skip
         stats = {
             "api": {
@@ -147,6 +148,24 @@ def test_adaptive_finds_a_knee_between_grid_points(tmp_path: Path) -> None:
     assert actions[0] == "plan" and REFINE in actions and actions[-1] in (DONE, BUDGET)
     measured = {Configuration.of(r).num_workers for r in search.rows}
     assert measured - {1, 4, 16, 64}, "it measured between the grid points"
+
+
+def test_refinement_follows_the_measured_bottleneck_not_the_models(tmp_path: Path) -> None:
+    """The trials' own word (attribution, measured) decides, the model only stands in for it:
+    a pick measured `harness`-bound (the lab saturated) is not refined, since finer points would
+    measure the machine's noise; a word the model cannot predict here names the bounds."""
+    sweep = """\
+        num_workers: [1, 4, 16, 64]
+        repeats: auto
+        search: {kind: adaptive, budget_trials: 40}
+        """
+    sc = scenario(tmp_path, capacity=6, sweep=sweep)
+    saturated = drive(sc, FakeTrials(knee_curve(6), noise=0.02, capacity=6, word="harness"))
+    assert REFINE not in [d.action for d in saturated.decisions]
+    assert {Configuration.of(r).num_workers for r in saturated.rows} <= {1, 4, 16, 64}
+    words = drive(sc, FakeTrials(knee_curve(6), noise=0.02, capacity=6, word="connection_limit"))
+    [first, *_] = [d for d in words.decisions if d.action == REFINE]
+    assert "(connection_limit-bound" in first.reason and "concurrency-bound" not in first.reason
 
 
 def test_a_grid_alone_can_only_report_a_grid_point(tmp_path: Path) -> None:

@@ -51,7 +51,12 @@ def test_a_locust_driven_trial_merges_locusts_figures(broker: Broker, tmp_path: 
     assert row["items_done"] == row["items_enqueued"] == 2 * row["jobs_enqueued"]
     assert row["unfinished_jobs"] == 0 and row["placement"] == "separate"
     assert {e.instance for e in outcome.events} == {"nw2-in1-bs2-r0-i0"}
-    assert (tmp_path / "logs" / plan.trial_id / "locust_stats.csv").exists()
+    # the figures are Locust's final ones, the same as the summary it printed on exit
+    logs = tmp_path / "logs" / plan.trial_id
+    assert (logs / "locust_final_stats.csv").exists()
+    summary = [line.split() for line in (logs / "locust.log").read_text().splitlines()]
+    printed = next(int(words[1]) for words in summary if words[:1] == ["Aggregated"])
+    assert row["web_requests"] == printed
 
 
 def test_colocated_slots_run_inside_the_web_processes(broker: Broker, tmp_path: Path) -> None:

@@ -216,6 +216,8 @@ def _with_layout_5(trials: pd.DataFrame) -> pd.DataFrame:
     for column, default in _LAYOUT_5_DEFAULTS.items():
         values = out[column] if column in out else pd.Series(default, index=out.index)
         out[column] = values.astype(object).where(values.notna(), default).astype(type(default))
+    # a table made in memory (zeros for what it does not say) ran the scenario's own backlog
+    out["length_x"] = out["length_x"].where(out["length_x"] >= 1, 1)
     if "steady_items_per_s" not in out:
         out["steady_items_per_s"] = math.nan
     out["steady_jobs_per_s"] = out["steady_items_per_s"] / out["batch_size"]

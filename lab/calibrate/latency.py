@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from lab import limits as L
+from lab import bounds as L
 from lab.mocks.distributions import Z_P99, cdf, quantile
 from lab.mocks.spec import (
     BimodalLatency,

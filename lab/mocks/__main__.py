@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lab.bounds import SPEC_BYTES_MAX
 from lab.errors import ConfigError, exit_status
 from lab.infra.files import read_file
-from lab.limits import SPEC_BYTES_MAX
 from lab.mocks.server import run
 from lab.mocks.spec import KINDS, ServiceSpec, json_object, parse_spec
 

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import Any
 
-from lab.limits import SEED_IDS_PER_REQUEST
+from lab.bounds import SEED_IDS_PER_REQUEST
 
 TOKEN_HEADER = "X-Lab-Token"
 TOKEN_ENV = "LAB_MOCK_TOKEN"

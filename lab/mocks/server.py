@@ -39,9 +39,9 @@ from aiohttp import web
 from aiohttp.http import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
+from lab.bounds import BODY_BYTES_MAX, BULK_BODY_BYTES_MAX
 from lab.errors import ConfigError
 from lab.infra.aio import run_main, write_ready_file
-from lab.limits import BODY_BYTES_MAX, BULK_BODY_BYTES_MAX
 from lab.mocks.base import Busy, MockService, json_response
 from lab.mocks.control import TOKEN_ENV, TOKEN_HEADER, new_token, token_ok
 from lab.mocks.database import DatabaseMock

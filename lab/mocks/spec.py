@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from lab import limits as L
+from lab import bounds as L
 from lab.errors import ConfigError
 from lab.external import ExternalService
 from lab.strict import Strict, validate, why
@@ -26,7 +26,7 @@ Z_P99 = NormalDist().inv_cdf(0.99)  # 2.326...: lognormal sigma = ln(p99 / media
 
 _Strict = Strict  # the lab's one strict base: unknown keys, coercions, inf and NaN are errors
 
-# Bounded, finite numbers (lab.limits says why each bound is what it is).
+# Bounded, finite numbers (lab.bounds says why each bound is what it is).
 Ms = Annotated[float, Field(ge=0, le=L.LATENCY_MS_MAX), why(L.LATENCY_WHY)]
 PosMs = Annotated[float, Field(gt=0, le=L.LATENCY_MS_MAX), why(L.LATENCY_WHY)]
 Seconds = Annotated[float, Field(ge=0, le=L.WINDOW_S_MAX)]

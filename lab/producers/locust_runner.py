@@ -29,20 +29,29 @@ LOCUST_COLUMNS = {
 def locust_argv(
     *, host: str, users: int, spawn_rate: float, duration_s: float, csv_prefix: Path
 ) -> list[str]:
-    """`python -m locust` headless for `duration_s`, writing `<csv_prefix>_stats.csv`."""
+    """`python -m locust` headless for `duration_s`, writing its final figures to
+    `<csv_prefix>_final_stats.csv` on exit (and its own `--csv` files beside it)."""
     if not host.startswith(("http://127.", "http://[::1]", "http://localhost")):
         raise ValueError(f"Locust may only target loopback, got {host}")
     return [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
         "--users", str(users), "--spawn-rate", str(spawn_rate), "--run-time", f"{max(1, math.ceil(duration_s))}s",
         "--host", host, "--csv", str(csv_prefix), "--only-summary", "--loglevel", "WARNING",
-        "--stop-timeout", "5", "--exit-code-on-error", "0",
+        "--stop-timeout", "5", "--exit-code-on-error", "0", "--lab-final-csv", str(final_csv(csv_prefix)),
     ]  # fmt: skip
 
 
+def final_csv(csv_prefix: Path) -> Path:
+    """Where the locustfile writes the run's final stats (same columns as Locust's `--csv`)."""
+    return Path(f"{csv_prefix}_final_stats.csv")
+
+
 def read_locust_stats(csv_prefix: Path) -> dict[str, float]:
-    """The aggregated figures of a finished Locust run (NaN where Locust wrote nothing)."""
-    path = Path(f"{csv_prefix}_stats.csv")
+    """The aggregated figures of a finished Locust run (NaN where Locust wrote nothing).
+
+    Read from the final stats, never from Locust's `<prefix>_stats.csv`: that is a snapshot up
+    to a second old, short of the run's last responses."""
+    path = final_csv(csv_prefix)
     empty = dict.fromkeys(LOCUST_COLUMNS, math.nan)
     if not path.exists():
         return empty

@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from lab import limits as L
+from lab import bounds as L
 from lab.strict import Loc, Problems, Strict, hint, why
 
 _At = Annotated[float, Field(ge=0, le=L.TIMEOUT_S_MAX), why(L.TIMEOUT_WHY)]

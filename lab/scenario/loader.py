@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from lab.bounds import SCENARIO_BYTES_MAX, YAML_DEPTH_MAX, YAML_NODES_MAX
 from lab.errors import ConfigError
-from lab.limits import SCENARIO_BYTES_MAX, YAML_DEPTH_MAX, YAML_NODES_MAX
 from lab.strict import Loc, dotted, problems_of, required_keys, show
 
 M = TypeVar("M", bound=BaseModel)

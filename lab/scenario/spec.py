@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from lab import limits as L
+from lab import bounds as L
 from lab.configuration import COLOCATED
 from lab.errors import ConfigError
 from lab.external import ExternalService, speaks
@@ -71,7 +71,7 @@ def _unique(values: tuple[T, ...]) -> tuple[T, ...]:
 
 
 # Every number is strict (YAML gives real ints and floats, so `true` or "3" is a slip, not a 1
-# or a 3), finite, and bounded by what one machine can run (lab.limits, reason in the message).
+# or a 3), finite, and bounded by what one machine can run (lab.bounds, reason in the message).
 Items = Annotated[int, Field(ge=1, le=L.ITEMS_MAX), why(L.ITEMS_WHY)]
 NumWorkers = Annotated[int, Field(ge=1, le=L.NUM_WORKERS_MAX), why(L.NUM_WORKERS_WHY)]
 Instances = Annotated[int, Field(ge=1, le=L.INSTANCES_MAX), why(L.INSTANCES_WHY)]

@@ -160,8 +160,12 @@ class TrialFaults:
         self._retired.add(instance)
 
     def every_instance_gone(self) -> str | None:
-        """Why the work cannot finish, when no instance is left; None while one runs."""
-        if any(c.alive() for i, c in self.instances.items() if i not in self._retired):
+        """Why the work cannot finish, when no instance is left; None while one runs.
+
+        Judged on the exits recorded, after recording any new one: an instance that died since
+        the last `poll` is counted (`instance_crashes`) and named, never just seen dead."""
+        self._watch_instances(self._now_s())
+        if any(i not in self._seen_exit for i in self.instances if i not in self._retired):
             return None
         said = "; ".join(f"{r.target} {r.detail} at {r.at_s:.1f} s" for r in self.exits)
         return f"every instance exited ({said})"

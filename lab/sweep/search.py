@@ -27,13 +27,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-from lab import limits as L
+from lab import bounds as L
 from lab.analysis.attribution import MIN_STEADY_JOBS, MIN_STEADY_S
 from lab.analysis.configs import (
     NOISE_MARGIN,
@@ -78,7 +79,7 @@ LENGTHEN_NET = 0.5
 MAX_ROUNDS = 30
 
 #: The bottleneck of a per-configuration row, as one word (lab.analysis.attribution's
-#: vocabulary); by default, the bound the model predicts binds.
+#: vocabulary); by default, the attribution's word for its trials, else the model's bound.
 Bottleneck = Callable[[pd.Series], str]
 
 PLAN, REPEAT, LENGTHEN, REFINE, DONE, BUDGET = (
@@ -434,12 +435,24 @@ class Search:
         return self.model
 
     def bottleneck(self, row: pd.Series) -> str:
-        """The bound that holds a configuration: the attribution's word, else the model's."""
+        """The bound that holds a configuration: the attribution's word, measured (the one most
+        of its trials were given as they finished, trials.csv's `bottleneck`), else the model's
+        prediction (a configuration not measured yet, or rows without the word)."""
         if self._bottleneck is not None:
             return self._bottleneck(row)
+        config = Configuration.of(row)
+        words = Counter(
+            r["bottleneck"]
+            for r in self.rows
+            if isinstance(r.get("bottleneck"), str)
+            and r["bottleneck"]
+            and Configuration.of(r) == config
+        )
+        if words:
+            return words.most_common(1)[0][0]  # a tie: the word of the earliest trial
         if self.model is None:
             return "unknown"
-        return self.model.predict(Configuration.of(row)).bound
+        return self.model.predict(config).bound
 
     def _cost(self, c: Configuration) -> tuple[int, ...]:
         return preference_key(c, self.scenario.objective.prefer)
