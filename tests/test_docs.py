@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 from lab.results import TRIAL_COLUMNS
@@ -26,3 +28,19 @@ def test_readme_first_screen_has_the_two_commands_and_ci_runs_the_test_one() -> 
     assert "python -m lab.sweep scenarios/quickstart.yaml" in first_screen
     assert test_command in first_screen
     assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_no_committed_file_points_outside_the_repository() -> None:
+    """The repository stands alone: no machine's paths, no sibling folders."""
+    outside = re.compile(r"(?<![\w.])(/tmp/|/work/|/root/|/home/|\.\./shared)")
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.split(b"\0")
+    hits = []
+    for name in filter(None, listed):
+        path = ROOT / name.decode()
+        if not path.is_file() or path.suffix in {".parquet", ".png"} or path == Path(__file__):
+            continue
+        text = path.read_text(errors="replace")
+        hits += [f"{name.decode()}: {m.group(0)}" for m in outside.finditer(text)]
+    assert hits == []
