@@ -14,7 +14,7 @@ import redis
 
 from lab.infra.broker import Broker
 from lab.infra.procs import wait_for
-from lab.runtime.queue import OK, Queue
+from lab.runtime.queue import OK, Queue, encode_job
 from lab.runtime.telemetry import runtime_figures
 from tests.conftest import StartWorker
 
@@ -95,3 +95,25 @@ def test_a_killed_broker_connection_is_reopened_and_no_job_is_lost(
     assert set(counts) == set(ids)  # at least once each, none lost
     assert queue.stats()["done"] >= len(ids)
     assert "exchange with the broker failed" in worker.log_tail(200)  # the kill did land
+
+
+def test_a_job_claimed_by_a_lost_reply_is_taken_back_after_the_reconnect(
+    broker: Broker, queue: Queue, start_worker: StartWorker
+) -> None:
+    worker = start_worker(num_workers=2)
+    # As if an exchange had claimed it and its reply had been lost with the connection:
+    payload = encode_job("lost-1", "noop", {"items": [1]}, time.time())
+    queue.client.hset(queue.keys.processing("w1"), "lost-1", payload)
+    with broker.client() as killer:
+        killer.client_kill_filter(_type="normal", skip_me=True)
+    queue.client.connection_pool.disconnect()
+
+    def ran() -> bool:
+        try:
+            return any(e.job_id == "lost-1" and e.outcome == OK for e in queue.events())
+        except redis.ConnectionError:
+            return False
+
+    wait_for(ran, what="the lost job to run", timeout_s=30)
+    assert "took back 1 jobs whose claim reply was lost" in worker.log_tail(200)
+    wait_for(lambda: queue.outstanding() == 0, what="the ack", timeout_s=30)
