@@ -30,6 +30,16 @@ class ServiceError(LabError):
     """A mock service or a worker process failed to start or answer."""
 
 
+class HarnessError(LabError):
+    """The lab's own machinery (the broker, a mock service) failed during a trial.
+
+    Unlike a crashed worker instance, which is part of the experiment, this stops the run: its
+    figures would measure the lab. Exit code 2; the run is marked failed and can be resumed.
+    """
+
+    exit_code = 2
+
+
 def exit_status(prog: str, body: Callable[[], object]) -> int:
     """Run a CLI's body: a LabError becomes one line on stderr and its exit code, 0 otherwise.
 

@@ -45,14 +45,21 @@ def start_worker(broker: Broker, queue: Queue, tmp_path: Path) -> Iterator[Start
     numbers = itertools.count(1)
     with contextlib.ExitStack() as stack:
 
-        def _start(*args: str, num_workers: int = 4, instance_id: str | None = None) -> Child:
+        def _start(
+            *args: str,
+            num_workers: int = 4,
+            instance_id: str | None = None,
+            env: dict[str, str] | None = None,
+        ) -> Child:
             iid = instance_id or f"w{next(numbers)}"
             argv = python_module_argv(
-                "lab.runtime.worker", "--broker", broker.url, "--queue", queue.name,
+                "lab.runtime.worker", "--queue", queue.name,
                 "--num-workers", str(num_workers), "--instance-id", iid, *args,
             )  # fmt: skip
+            # the URL holds the broker's password: the environment, never argv
+            full_env = broker.child_env(env_with_pythonpath() | (env or {}))
             child = stack.enter_context(
-                spawn(argv, name=iid, log_path=tmp_path / f"{iid}.log", env=env_with_pythonpath())
+                spawn(argv, name=iid, log_path=tmp_path / f"{iid}.log", env=full_env)
             )
             wait_for(
                 lambda: iid in queue.live_instances(),
@@ -63,3 +70,11 @@ def start_worker(broker: Broker, queue: Queue, tmp_path: Path) -> Iterator[Start
             return child
 
         yield _start
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -44,6 +44,11 @@ def trial(nw: int, inst: int, bs: int, rep: int = 0, **figures: Any) -> dict[str
         "queue_wait_p99_ms": 10.0, "lost_items": 0, "duplicate_items": 0,
         "capacity_bound_items_per_s": 1000.0, "littles_bound_items_per_s": 125.0 * nw * inst,
         "bound_ratio": 0.9, "service_max_in_flight": min(8, nw * inst), "workers_cores": 0.2,
+        # no steady window: the ranking stands on items_per_s
+        "length_x": 1, "too_short": True, "stopped_early": False, "stop_reason": "",
+        # a service of capacity 8: slots past 8 queue there, and it is busy in proportion
+        "service_max_queue_depth": max(0, nw * inst - 8),
+        "service_utilization": min(1.0, nw * inst / 8), "bottleneck": None,
     }  # fmt: skip
     return row | figures
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import psutil
 import pytest
 import redis
 
 from lab.errors import BrokerError
-from lab.infra.broker import Broker, find_redis_server, start_broker
+from lab.infra.broker import Broker, find_redis_server, redact_url, start_broker
 from lab.infra.procs import env_with_pythonpath, wait_for
 
 
@@ -30,13 +32,52 @@ def test_embedded_broker_serves_with_persistence_off_and_stops(transport: str) -
         pid = broker.child.pid
         client = broker.client()
         assert client.ping()
-        config = client.config_get("save") | client.config_get("appendonly")
-        assert config == {"save": "", "appendonly": "no"}
+        persistence = client.info("persistence")
+        assert persistence["aof_enabled"] == 0 and persistence["rdb_bgsave_in_progress"] == 0
         if transport == "tcp":
-            assert broker.url.startswith("redis://127.0.0.1:")
-            assert client.config_get("bind")["bind"] == "127.0.0.1"
+            assert broker.url.startswith("redis://:") and "@127.0.0.1:" in broker.url
         client.close()
     assert gone(pid)
+
+
+# -- a local attacker on a shared machine ---------------------------------------------------------
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"//:[^@]*@", "//", url)
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_the_private_server_needs_a_password_and_cannot_write_files(transport: str) -> None:
+    """Another local user reaches a loopback port: without the password nothing answers, and
+    even with it the commands that write files or load code are gone."""
+    with start_broker(transport=transport) as broker:
+        assert broker.child is not None
+        with (
+            redis.Redis.from_url(_without_password(broker.url)) as stranger,
+            pytest.raises((redis.AuthenticationError, redis.ResponseError)),
+        ):
+            stranger.set("x", "1")
+        with broker.client() as client:
+            for command in (("CONFIG", "SET", "dir", "/tmp"), ("SAVE",), ("MODULE", "LIST"),
+                            ("DEBUG", "SLEEP", "0"), ("BGSAVE",), ("REPLICAOF", "NO", "ONE")):  # fmt: skip
+                with pytest.raises(redis.ResponseError, match="unknown command"):
+                    client.execute_command(*command)
+        argv = " ".join(psutil.Process(broker.child.pid).cmdline())
+        password = broker.url.split("@")[0].rsplit(":", 1)[1]
+        assert password not in argv  # `ps` shows argv to every user
+        folder = Path(broker.child.log_path or "").parent
+        assert folder.stat().st_mode & 0o077 == 0  # the socket, config and log: 0700
+        assert (folder / "redis.conf").stat().st_mode & 0o077 == 0
+
+
+def test_a_password_never_shows_in_a_message() -> None:
+    url = "redis://:s3cret@127.0.0.1:1/0"
+    assert redact_url(url) == "redis://:***@127.0.0.1:1/0"
+    assert "s3cret" not in repr(Broker(url=url))
+    with pytest.raises(BrokerError) as info, start_broker(url):
+        pass
+    assert "s3cret" not in str(info.value) and "***" in str(info.value)
 
 
 def test_broker_url_is_used_as_is_and_starts_nothing(broker: Broker) -> None:

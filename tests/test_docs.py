@@ -22,7 +22,7 @@ def test_readme_lists_every_shipped_scenario() -> None:
 
 def test_readme_first_screen_has_the_two_commands_and_ci_runs_the_test_one() -> None:
     first_screen = "\n".join(README.splitlines()[:25])
-    test_command = "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]' && .venv/bin/python -m pytest"
+    test_command = "python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev,ray]' && .venv/bin/python -m pytest"
     assert "python -m lab.sweep scenarios/quickstart.yaml" in first_screen
     assert test_command in first_screen
     assert test_command in (ROOT / ".ci" / "run").read_text()

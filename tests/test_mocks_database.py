@@ -9,6 +9,9 @@ import aiohttp
 import pytest
 
 from lab.mocks import parse_spec, run_mock
+from lab.mocks.control import control_headers
+
+TOKEN = "test-token"
 
 
 def one_connection() -> aiohttp.ClientSession:
@@ -23,7 +26,10 @@ async def query(session: aiohttp.ClientSession, url: str) -> tuple[int, dict[str
 
 async def now(url: str) -> dict[str, Any]:
     """Stats on a connection of its own: control calls never take a connection slot."""
-    async with one_connection() as s, s.get(f"{url}/_lab/stats") as response:
+    async with (
+        one_connection() as s,
+        s.get(f"{url}/_lab/stats", headers=control_headers(TOKEN)) as response,
+    ):
         data: dict[str, Any] = await response.json()
         return data
 
@@ -42,7 +48,7 @@ async def test_connections_past_the_limit_are_refused_like_postgres() -> None:
     spec = parse_spec(
         {"kind": "database", "connection_limit": 2, "latency": {"dist": "constant", "ms": 0}}
     )
-    async with run_mock(spec) as url:
+    async with run_mock(spec, token=TOKEN) as url:
         a, b, c = one_connection(), one_connection(), one_connection()
         try:
             assert (await query(a, url))[0] == 200 and (await query(b, url))[0] == 200
@@ -75,7 +81,7 @@ async def test_connections_past_the_limit_wait_for_a_slot_in_order() -> None:
             "latency": {"dist": "constant", "ms": 0},
         }
     )
-    async with run_mock(spec) as url:
+    async with run_mock(spec, token=TOKEN) as url:
         a, b = one_connection(), one_connection()
         try:
             assert (await query(a, url))[0] == 200
@@ -100,7 +106,7 @@ async def test_a_waiting_connection_gives_up_after_its_timeout() -> None:
             "latency": {"dist": "constant", "ms": 0},
         }
     )
-    async with run_mock(spec) as url:
+    async with run_mock(spec, token=TOKEN) as url:
         a, b = one_connection(), one_connection()
         try:
             assert (await query(a, url))[0] == 200
@@ -118,7 +124,7 @@ async def test_database_routes_and_batches() -> None:
     spec = parse_spec(
         {"kind": "database", "latency": {"dist": "constant", "ms": 1}, "per_item_ms": 1}
     )
-    async with run_mock(spec) as url, aiohttp.ClientSession() as s:
+    async with run_mock(spec, token=TOKEN) as url, aiohttp.ClientSession() as s:
         async with s.post(f"{url}/query", json={"items": [1, 2, 3]}) as response:
             assert (response.status, await response.json()) == (
                 200,

@@ -16,8 +16,11 @@ import aiohttp
 import pytest
 
 from lab.mocks import make_sampler, mean_ms, parse_spec, quantile, run_mock
+from lab.mocks.control import control_headers
 from lab.mocks.load import LoadModel, Outcome
 from lab.mocks.spec import Latency, ServiceSpec
+
+TOKEN = "test-token"
 
 LATENCIES: list[dict[str, Any]] = [
     {"dist": "constant", "ms": 3},
@@ -111,7 +114,7 @@ async def test_waiters_are_served_in_arrival_order() -> None:
 
 
 async def get_stats(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
-    async with session.get(f"{url}/_lab/stats") as response:
+    async with session.get(f"{url}/_lab/stats", headers=control_headers(TOKEN)) as response:
         assert response.status == 200
         data: dict[str, Any] = await response.json()
         return data
@@ -144,7 +147,7 @@ async def test_in_flight_never_exceeds_capacity_and_samples_follow_the_distribut
             "seed": 11,
         }
     )
-    async with run_mock(spec) as url, aiohttp.ClientSession() as session:
+    async with run_mock(spec, token=TOKEN) as url, aiohttp.ClientSession() as session:
         statuses = await asyncio.gather(*(call(session, url) for _ in range(1500)))
         stats = await get_stats(session, url)
     assert set(statuses) == {200}
@@ -164,7 +167,7 @@ async def test_per_item_cost_adds_to_one_draw() -> None:
     spec = parse_spec(
         {"kind": "http_api", "latency": {"dist": "constant", "ms": 2}, "per_item_ms": 0.5}
     )
-    async with run_mock(spec) as url, aiohttp.ClientSession() as session:
+    async with run_mock(spec, token=TOKEN) as url, aiohttp.ClientSession() as session:
         assert await call(session, url, {"items": list(range(10))}) == 200
         stats = await get_stats(session, url)
     assert stats["samples"]["service_ms"] == [7.0]
@@ -181,7 +184,10 @@ async def test_a_full_waiting_room_rejects_at_once() -> None:
             "latency": {"dist": "constant", "ms": 60000},
         }
     )
-    async with run_mock(spec, shutdown_grace_s=0.01) as url, aiohttp.ClientSession() as s:
+    async with (
+        run_mock(spec, shutdown_grace_s=0.01, token=TOKEN) as url,
+        aiohttp.ClientSession() as s,
+    ):
         slow = asyncio.create_task(call(s, url))
         await until_in_flight(s, url, 1)
         async with s.post(f"{url}/call") as response:
@@ -205,7 +211,7 @@ async def test_rate_limit_holds_over_a_window() -> None:
             "rate_limit": {"per_s": per_s, "burst": burst},
         }
     )
-    async with run_mock(spec) as url, aiohttp.ClientSession() as session:
+    async with run_mock(spec, token=TOKEN) as url, aiohttp.ClientSession() as session:
         started = time.monotonic()
         ok = limited = 0
         retry_after: set[str] = set()
@@ -237,7 +243,7 @@ async def test_injected_errors_follow_the_rate_and_the_seed() -> None:
             "seed": 5,
         }
     )
-    async with run_mock(spec) as url, aiohttp.ClientSession() as session:
+    async with run_mock(spec, token=TOKEN) as url, aiohttp.ClientSession() as session:
         statuses = await asyncio.gather(*(call(session, url) for _ in range(300)))
         stats = await get_stats(session, url)
     failed = statuses.count(503)
@@ -258,7 +264,7 @@ async def test_brownout_window_slows_and_fails_only_inside_the_window() -> None:
     spec = parse_spec(
         {"kind": "http_api", "latency": {"dist": "constant", "ms": 1}, "brownouts": windows}
     )
-    async with run_mock(spec) as url, aiohttp.ClientSession() as session:
+    async with run_mock(spec, token=TOKEN) as url, aiohttp.ClientSession() as session:
         statuses = [await call(session, url) for _ in range(5)]
         stats = await get_stats(session, url)
     assert statuses == [500] * 5
@@ -287,10 +293,10 @@ async def test_stats_are_bounded_and_reset_zeroes_them() -> None:
             "stats_interval_ms": 5,
         }
     )
-    async with run_mock(spec) as url, aiohttp.ClientSession() as session:
+    async with run_mock(spec, token=TOKEN) as url, aiohttp.ClientSession() as session:
         await asyncio.gather(*(call(session, url) for _ in range(300)))
         stats = await get_stats(session, url)
-        async with session.post(f"{url}/_lab/reset") as response:
+        async with session.post(f"{url}/_lab/reset", headers=control_headers(TOKEN)) as response:
             assert response.status == 200
         after = await get_stats(session, url)
     assert stats["samples"]["seen"] == 300 and len(stats["samples"]["service_ms"]) == 50

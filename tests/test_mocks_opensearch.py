@@ -14,6 +14,9 @@ from opensearchpy import AsyncOpenSearch, NotFoundError, TransportError
 from opensearchpy.helpers import async_bulk
 
 from lab.mocks import parse_spec, run_mock
+from lab.mocks.control import control_headers
+
+TOKEN = "test-token"
 
 
 def spec(**fields: Any) -> Any:
@@ -29,7 +32,10 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 async def lab(session: aiohttp.ClientSession, url: str, name: str, body: Any = None) -> Any:
     method = "GET" if name.startswith(("stats", "docs")) else "POST"
-    async with session.request(method, f"{url}/_lab/{name}", json=body) as response:
+    headers = control_headers(TOKEN)
+    async with session.request(
+        method, f"{url}/_lab/{name}", json=body, headers=headers
+    ) as response:
         return response.status, await response.json()
 
 
@@ -52,7 +58,7 @@ def bulk_body(ids: range, index: str = "docs") -> str:
 
 @pytest.mark.asyncio
 async def test_index_count_delete_with_the_async_client(session: aiohttp.ClientSession) -> None:
-    async with run_mock(spec()) as url:
+    async with run_mock(spec(), token=TOKEN) as url:
         client = AsyncOpenSearch(hosts=[url])
         try:
             assert (await client.info())["version"]["distribution"] == "opensearch"
@@ -82,7 +88,7 @@ async def test_index_count_delete_with_the_async_client(session: aiohttp.ClientS
 
 @pytest.mark.asyncio
 async def test_bulk_helper_indexes_everything(session: aiohttp.ClientSession) -> None:
-    async with run_mock(spec(per_item_ms=0.01)) as url:
+    async with run_mock(spec(per_item_ms=0.01), token=TOKEN) as url:
         client = AsyncOpenSearch(hosts=[url])
         try:
             actions = ({"_index": "docs", "_id": str(i), "n": i} for i in range(250))
@@ -106,7 +112,7 @@ async def test_partial_bulk_rejection_surfaces_as_on_a_real_cluster(
     session: aiohttp.ClientSession,
 ) -> None:
     """Four shards, one write slot, no queue: one shard part runs, three are rejected."""
-    async with run_mock(spec(capacity=1, queue=0, shards=4)) as url:
+    async with run_mock(spec(capacity=1, queue=0, shards=4), token=TOKEN) as url:
         client = AsyncOpenSearch(hosts=[url])
         try:
             raw = await client.bulk(body=bulk_body(range(40)))
@@ -133,7 +139,7 @@ async def test_single_write_rejected_with_429_when_the_queue_is_full(
     session: aiohttp.ClientSession,
 ) -> None:
     slow = spec(capacity=1, queue=0, latency={"dist": "constant", "ms": 60000})
-    async with run_mock(slow, shutdown_grace_s=0.01) as url:
+    async with run_mock(slow, shutdown_grace_s=0.01, token=TOKEN) as url:
         client = AsyncOpenSearch(hosts=[url], max_retries=0)
         try:
             holder = asyncio.create_task(client.index(index="docs", id="1", body={}))
@@ -156,7 +162,7 @@ async def test_single_write_rejected_with_429_when_the_queue_is_full(
 async def test_injected_errors_fail_the_request_or_the_shard_part(
     session: aiohttp.ClientSession,
 ) -> None:
-    async with run_mock(spec(error_rate=1.0, error_status=503)) as url:
+    async with run_mock(spec(error_rate=1.0, error_status=503), token=TOKEN) as url:
         client = AsyncOpenSearch(hosts=[url], max_retries=0)
         try:
             with pytest.raises(TransportError) as failed:
@@ -173,7 +179,7 @@ async def test_injected_errors_fail_the_request_or_the_shard_part(
 
 @pytest.mark.asyncio
 async def test_rate_limited_writes_get_retry_after(session: aiohttp.ClientSession) -> None:
-    async with run_mock(spec(rate_limit={"per_s": 0.01, "burst": 1})) as url:
+    async with run_mock(spec(rate_limit={"per_s": 0.01, "burst": 1}), token=TOKEN) as url:
         async with session.put(f"{url}/docs/_doc/1", json={}) as first:
             assert first.status == 201
         async with session.put(f"{url}/docs/_doc/2", json={}) as second:
@@ -184,7 +190,7 @@ async def test_rate_limited_writes_get_retry_after(session: aiohttp.ClientSessio
 
 @pytest.mark.asyncio
 async def test_seed_reset_and_malformed_bulk(session: aiohttp.ClientSession) -> None:
-    async with run_mock(spec()) as url:
+    async with run_mock(spec(), token=TOKEN) as url:
         status, seeded = await lab(session, url, "seed", {"index": "old", "ids": ["1", "2", "3"]})
         assert status == 200 and seeded == {"index": "old", "seeded": 3, "docs": 3}
         async with session.delete(f"{url}/old/_doc/2") as response:
@@ -202,5 +208,5 @@ async def test_seed_reset_and_malformed_bulk(session: aiohttp.ClientSession) -> 
             async with session.post(f"{url}/_bulk", data=body, headers=headers) as response:
                 assert response.status == 400
                 assert (await response.json())["status"] == 400
-        async with session.get(f"{url}/_lab/nothing") as response:
+        async with session.get(f"{url}/_lab/nothing", headers=control_headers(TOKEN)) as response:
             assert response.status == 404

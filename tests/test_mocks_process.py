@@ -16,10 +16,11 @@ from opensearchpy.helpers import BulkIndexError, bulk
 
 from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn, wait_for
 from lab.mocks import parse_spec, spec_to_json
+from lab.mocks.control import control_headers
 
 
 @contextlib.contextmanager
-def start(tmp_path: Path, kind: str, *args: str) -> Iterator[tuple[Child, str]]:
+def start(tmp_path: Path, kind: str, *args: str) -> Iterator[tuple[Child, str, str]]:
     """`python -m lab.mocks KIND ...` as the sweep starts it; ready once the ready file exists."""
     ready = tmp_path / f"{kind}.ready.json"
     argv = python_module_argv(
@@ -32,11 +33,12 @@ def start(tmp_path: Path, kind: str, *args: str) -> Iterator[tuple[Child, str]]:
         info: dict[str, Any] = json.loads(ready.read_text())
         assert info["pid"] == child.pid and info["kind"] == kind
         assert info["url"].startswith("http://127.0.0.1:")
-        yield child, info["url"]
+        assert ready.stat().st_mode & 0o077 == 0  # it holds the control token
+        yield child, info["url"], info["token"]
 
 
 @pytest.fixture
-def opensearch_mock(tmp_path: Path) -> Iterator[tuple[Child, str]]:
+def opensearch_mock(tmp_path: Path) -> Iterator[tuple[Child, str, str]]:
     spec = parse_spec(
         {
             "kind": "opensearch",
@@ -51,8 +53,11 @@ def opensearch_mock(tmp_path: Path) -> Iterator[tuple[Child, str]]:
         yield running
 
 
-def test_sync_client_indexes_bulk_indexes_and_deletes(opensearch_mock: tuple[Child, str]) -> None:
-    child, url = opensearch_mock
+def test_sync_client_indexes_bulk_indexes_and_deletes(
+    opensearch_mock: tuple[Child, str, str],
+) -> None:
+    child, url, token = opensearch_mock
+    control = control_headers(token)
     client = OpenSearch(hosts=[url], max_retries=0)
     try:
         assert client.index(index="docs", id="x", body={"n": 1})["result"] == "created"
@@ -66,10 +71,11 @@ def test_sync_client_indexes_bulk_indexes_and_deletes(opensearch_mock: tuple[Chi
         rejected = partial.value.errors
         assert 0 < len(rejected) < 40 and {e["index"]["status"] for e in rejected} == {429}
         assert client.count(index="docs")["count"] == 40 - len(rejected)
-        stats = client.transport.perform_request("GET", "/_lab/stats")
+        stats = client.transport.perform_request("GET", "/_lab/stats", headers=control)
         assert stats["rejected_items"] == len(rejected) and stats["max"]["in_flight"] == 1
-        client.transport.perform_request("POST", "/_lab/reset", body={"clear_docs": True})
-        stats = client.transport.perform_request("GET", "/_lab/stats")
+        reset = {"clear_docs": True}
+        client.transport.perform_request("POST", "/_lab/reset", body=reset, headers=control)
+        stats = client.transport.perform_request("GET", "/_lab/stats", headers=control)
         assert stats["requests"] == 0 and stats["opensearch"]["totals"]["docs"] == 0
     finally:
         client.close()
@@ -78,7 +84,11 @@ def test_sync_client_indexes_bulk_indexes_and_deletes(opensearch_mock: tuple[Chi
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_standalone_mock_stops_cleanly_on_signal(tmp_path: Path, signum: int) -> None:
-    with start(tmp_path, "http_api", "--capacity", "4", "--latency", "constant:ms=0") as (child, _):
+    with start(tmp_path, "http_api", "--capacity", "4", "--latency", "constant:ms=0") as (
+        child,
+        _,
+        _,
+    ):
         child.signal(signum)
         assert child.popen.wait(timeout=10) == 0
     assert "listening on" in (tmp_path / "http_api.log").read_text()

@@ -48,14 +48,21 @@ def test_every_field_is_documented() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"kind": "opensearch", "capacty": 3}, "capacty: unknown key, did you mean 'capacity'?"),
+        (
+            {"kind": "opensearch", "capacty": 3},
+            "capacty: unknown key 'capacty' (did you mean 'capacity'?); allowed: brownouts,",
+        ),
         (
             {"kind": "http_api", "latency": {"dist": "lognormal", "median_ms": 2, "p99ms": 9}},
-            "latency.lognormal.p99ms: unknown key, did you mean 'p99_ms'?",
+            "latency.p99ms: unknown key 'p99ms' (did you mean 'p99_ms'?)",
         ),
         ({"kind": "http_api", "rate_limit": {"per_s": 1, "brust": 2}}, "did you mean 'burst'?"),
-        ({"kind": "http_api", "capacity": 0}, "capacity: Input should be greater than or equal"),
-        ({"kind": "ftp"}, "kind: Input should be 'opensearch', 'http_api' or 'database'"),
+        (
+            {"kind": "http_api", "capacity": 0},
+            "capacity: must be an integer in [1, 1,000,000] (requests one mock process serves "
+            "at once), got 0",
+        ),
+        ({"kind": "ftp"}, "kind: must be one of 'opensearch', 'http_api', 'database', got 'ftp'"),
         (
             {"kind": "http_api", "latency": {"dist": "lognormal", "median_ms": 9, "p99_ms": 2}},
             "p99_ms (2.0) must be >= median_ms (9.0)",

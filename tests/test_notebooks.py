@@ -25,7 +25,7 @@ def execute(name: str, **parameters: Any) -> nbformat.NotebookNode:
         source = "\n".join(f"{key} = {value!r}" for key, value in parameters.items())
         nb.cells.insert(at + 1, new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
     client = NotebookClient(
-        nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
     )
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
     return nb
@@ -46,6 +46,7 @@ def test_01_quickstart_runs_the_sweep_and_shows_the_answer(tmp_path: Path) -> No
     nb = execute("01_quickstart.ipynb", out_dir=str(tmp_path))
     text, images = outputs(nb)
     assert "recommended: num_workers=" in text and "why:" in text
+    assert "items/s): held by " in text  # what held each configuration, in words
     assert images == 5
     [report] = tmp_path.glob("quickstart/*/report.html")
     assert str(report) in text
@@ -57,6 +58,7 @@ def test_02_explore_a_run_shows_every_figure_of_any_run_folder() -> None:
     nb = execute("02_explore_a_run.ipynb", run_dir=run_dir)
     text, images = outputs(nb)
     assert "opensearch_delete:" in text and "why:" in text
+    assert "nw16-in1-bs1 (831 items/s): held by the service's capacity" in text
     assert images == 5
 
 
@@ -64,4 +66,33 @@ def test_02_explore_a_run_shows_every_figure_of_any_run_folder() -> None:
 def test_03_loco_case_measures_the_speedups() -> None:
     text, images = outputs(execute("03_loco_opensearch_case.ipynb"))
     assert "× nw1-in1-bs1" in text  # a measured speed-up over the default
+    assert "nw1-in1-bs1: held by concurrency: 1 slot at" in text
     assert images == 5  # two comparisons, throughput x 2, the heatmap
+
+
+@pytest.mark.timeout(180)
+def test_06_dynamic_policies_compares_each_with_the_best_fixed_setting() -> None:
+    text, images = outputs(execute("06_dynamic_policies.ipynb"))
+    assert "dynamic num_workers=auto, instances=1" in text  # a verdict, in words
+    assert "best fixed" in text and "instance-seconds" in text
+    assert images == 1  # the policies over time
+
+
+@pytest.mark.timeout(180)
+def test_04_search_and_model_shows_the_path_and_the_model() -> None:
+    text, images = outputs(execute("04_search_and_model.ipynb"))
+    assert "recommended: num_workers=" in text and "refine" in text
+    assert "median absolute error" in text and "service_capacity" in text
+    assert images == 2  # the search path, the model's curves with the measured points
+
+
+@pytest.mark.timeout(420)
+def test_05_calibrates_a_stand_in_sweeps_its_twin_and_verifies(tmp_path: Path) -> None:
+    """Against a local stand-in (the lab's mock, with settings the calibrator is not told)."""
+    nb = execute("05_calibrate_a_service.ipynb", out_dir=str(tmp_path), budget_s=10)
+    text, images = outputs(nb)
+    assert "capacity: throughput stopped growing" in text and "calibrated_from:" in text
+    assert "recommended: num_workers=" in text and "predicted" in text
+    assert images == 2
+    [verification] = tmp_path.glob("calibrated-twin/*/verification.json")
+    assert verification.exists()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
@@ -107,3 +109,22 @@ def test_a_run_with_both_placements_gets_a_panel_for_each() -> None:
     for make in (plots.throughput_vs_workers, plots.heatmap):
         titles = [ax.get_title() for ax in make(both).axes if ax.get_label() != "<colorbar>"]
         assert titles == ["batch_size 1, colocated", "batch_size 1, separate"]
+
+
+@pytest.mark.parametrize("name", ["heatmap", "throughput"])
+def test_the_heatmap_and_throughput_mark_each_bottleneck_with_a_legend(
+    analysis: Analysis, name: str
+) -> None:
+    fig = plots.STANDARD[name][1](analysis)
+    legend = " ".join(t.get_text() for leg in fig.legends for t in leg.get_texts())
+    words = set(analysis.configs["bottleneck"])
+    assert words == {"concurrency", "service_capacity"}  # the fixture's plateau: both kinds
+    assert all(f"held by: {w}" in legend for w in words)
+    assert "held by: rate_limit" not in legend  # only the kinds present
+    shapes = {
+        str(np.asarray(c.get_paths()[0].vertices).round(2).tolist())
+        for ax in fig.axes
+        for c in ax.collections
+        if isinstance(c, PathCollection) and len(c.get_sizes()) and c.get_sizes()[0] in (55, 70)
+    }
+    assert len(shapes) == 2  # one marker shape per kind, on the points or cells

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from lab.analysis.configs import analyze
+from lab.analysis.recommendation import SCHEMA_VERSION
 from lab.configuration import Configuration
 from lab.report.html import main, render_report, write_report
 from lab.report.plots import STANDARD
@@ -50,7 +51,7 @@ def test_the_report_is_one_self_contained_file_with_every_figure(run_dir: Path) 
     assert path == run_dir / "report.html"
     page = Tags(path.read_text(encoding="utf-8"))
     images = [attrs["src"] or "" for tag, attrs in page.tags if tag == "img"]
-    assert len(images) == len(STANDARD)
+    assert len(images) == len(STANDARD) + 1  # and the queueing model's curves
     for src in images:
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix)
@@ -62,6 +63,9 @@ def test_the_report_is_one_self_contained_file_with_every_figure(run_dir: Path) 
     rec = json.loads((run_dir / "recommendation.json").read_text())
     assert Configuration.of(rec["config"]).describe() in text and "Why" in text
     assert "Configurations" in text and "Machine and run" in text and "quickstart" in text
+    # what held each configuration, in words: the capacity plateau of batch 1 says so
+    assert "What held each configuration" in text
+    assert "(305 items/s): held by the service's capacity: it serves 4" in text
 
 
 def test_scenario_text_is_escaped(run_dir: Path) -> None:
@@ -135,11 +139,12 @@ def test_a_sweep_ends_with_its_recommendation_and_report(tmp_path: Path) -> None
     run = run_sweep(scenario, out_dir=tmp_path / "results", stream=out)
     assert run is not None
     rec = json.loads((run.path / "recommendation.json").read_text())
-    assert rec["schema_version"] == 1 and rec["config"] is not None
+    assert rec["schema_version"] == SCHEMA_VERSION and rec["config"] is not None
     printed = out.getvalue()
     assert "recommended: num_workers=" in printed
     assert f"report: {run.path / 'report.html'}" in printed
-    assert len([t for t, _ in Tags((run.path / "report.html").read_text()).tags if t == "img"]) == 5
+    images = [t for t, _ in Tags((run.path / "report.html").read_text()).tags if t == "img"]
+    assert len(images) == 6  # the five standard figures and the queueing model's curves
 
 
 def test_a_colocated_pick_reads_as_colocated_in_every_rendering(run_dir: Path) -> None:

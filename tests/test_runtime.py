@@ -13,6 +13,8 @@ from lab.infra.procs import env_with_pythonpath, python_module_argv, wait_for
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent, Queue
 from tests.conftest import StartWorker
 
+SLEEP = "tests.handlers:sleep"  # a user job: workers run it only when started with --job
+
 
 def drained(queue: Queue) -> bool:
     return queue.outstanding() == 0
@@ -43,14 +45,14 @@ def test_every_job_completes_exactly_once_across_two_instances(
 
 def test_kill_9_loses_no_job(queue: Queue, start_worker: StartWorker) -> None:
     ids = queue.enqueue_many("tests.handlers:sleep", ({"s": 0.3} for _ in range(40)))
-    victim = start_worker("--heartbeat-ttl-s", "1", num_workers=10)
+    victim = start_worker("--heartbeat-ttl-s", "1", "--job", SLEEP, num_workers=10)
     wait_for(lambda: in_flight(queue, "w1") == 10, what="10 jobs in flight", timeout_s=30)
     victim.signal(signal.SIGKILL)
     victim.popen.wait()
     held = in_flight(queue, "w1")
     assert held > 0
 
-    start_worker("--heartbeat-ttl-s", "1", num_workers=10)
+    start_worker("--heartbeat-ttl-s", "1", "--job", SLEEP, num_workers=10)
     wait_for(lambda: drained(queue), what="recovery and drain", timeout_s=60)
 
     counts = ok_counts(queue.events())
@@ -64,7 +66,7 @@ def test_sigterm_finishes_in_flight_jobs_and_puts_the_rest_back(
     queue: Queue, start_worker: StartWorker
 ) -> None:
     queue.enqueue_many("tests.handlers:sleep", ({"s": 0.5} for _ in range(30)))
-    worker = start_worker("--grace-s", "20", num_workers=5)
+    worker = start_worker("--grace-s", "20", "--job", SLEEP, num_workers=5)
     wait_for(lambda: in_flight(queue, "w1") == 5, what="5 jobs in flight", timeout_s=30)
     worker.signal(signal.SIGTERM)
     assert worker.popen.wait(timeout=30) == 0
@@ -82,7 +84,7 @@ def test_sigterm_past_the_grace_period_puts_unfinished_jobs_back(
     queue: Queue, start_worker: StartWorker
 ) -> None:
     ids = queue.enqueue_many("tests.handlers:sleep", ({"s": 60} for _ in range(3)))
-    worker = start_worker("--grace-s", "0.2", num_workers=3)
+    worker = start_worker("--grace-s", "0.2", "--job", SLEEP, num_workers=3)
     wait_for(lambda: in_flight(queue, "w1") == 3, what="3 jobs in flight", timeout_s=30)
     worker.signal(signal.SIGTERM)
     assert worker.popen.wait(timeout=30) == 0
@@ -98,7 +100,7 @@ def test_sigterm_past_the_grace_period_puts_unfinished_jobs_back(
 
 def test_retries_with_backoff_then_dead_letter(queue: Queue, start_worker: StartWorker) -> None:
     ids = queue.enqueue_many("tests.handlers:fail", ({"key": i} for i in range(5)))
-    start_worker("--max-attempts", "3", "--backoff-ms", "1")
+    start_worker("--max-attempts", "3", "--backoff-ms", "1", "--job", "tests.handlers:fail")
     wait_for(lambda: drained(queue), what="retries to run out", timeout_s=60)
 
     events = sorted(queue.events(), key=lambda e: (e.job_id, e.attempt))
@@ -120,7 +122,15 @@ def test_retries_with_backoff_then_dead_letter(queue: Queue, start_worker: Start
 
 def test_a_retry_that_succeeds(queue: Queue, start_worker: StartWorker) -> None:
     queue.enqueue_many("tests.handlers:fail_times", [{"key": "k", "fail": 2}])
-    start_worker("--max-attempts", "5", "--backoff-ms", "1", num_workers=1)
+    start_worker(
+        "--max-attempts",
+        "5",
+        "--backoff-ms",
+        "1",
+        "--job",
+        "tests.handlers:fail_times",
+        num_workers=1,
+    )
     wait_for(lambda: drained(queue), what="the retries", timeout_s=30)
     outcomes = [
         (e.attempt, e.outcome, e.extra) for e in sorted(queue.events(), key=lambda e: e.attempt)
@@ -131,7 +141,7 @@ def test_a_retry_that_succeeds(queue: Queue, start_worker: StartWorker) -> None:
 
 def test_per_job_timeout(queue: Queue, start_worker: StartWorker) -> None:
     queue.enqueue_many("tests.handlers:sleep", [{"s": 30}])
-    start_worker("--job-timeout-s", "0.2", "--max-attempts", "1")
+    start_worker("--job-timeout-s", "0.2", "--max-attempts", "1", "--job", SLEEP)
     wait_for(lambda: drained(queue), what="the timeout", timeout_s=30)
     [event] = queue.events()
     assert (event.outcome, event.error) == (DEAD, "timeout after 0.2s")
@@ -145,7 +155,9 @@ def test_unknown_job_in_the_queue_is_dead_lettered_without_retries(
     wait_for(lambda: drained(queue), what="the dead letter", timeout_s=30)
     [event] = queue.events()
     assert event.outcome == DEAD and event.attempt == 1
-    assert "cannot import module 'no.such'" in (event.error or "")
+    assert "'no.such:job' is not a built-in nor one this worker was started with" in (
+        event.error or ""
+    )
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ def test_an_instance_claims_only_for_free_slots_plus_prefetch(
     queue: Queue, start_worker: StartWorker, prefetch: int, limit: int
 ) -> None:
     queue.enqueue_many("tests.handlers:sleep", ({"s": 0.04} for _ in range(60)))
-    start_worker("--prefetch", str(prefetch), num_workers=3)
+    start_worker("--prefetch", str(prefetch), "--job", "tests.handlers:sleep", num_workers=3)
     assert most_held_while_draining(queue, "w1") == limit  # reached, never passed
     assert len({e.job_id for e in queue.events() if e.outcome == OK}) == 60
 
@@ -69,7 +69,7 @@ def test_a_killed_broker_connection_is_reopened_and_no_job_is_lost(
     broker: Broker, queue: Queue, start_worker: StartWorker
 ) -> None:
     ids = queue.enqueue_many("tests.handlers:sleep", ({"s": 0.01} for _ in range(400)))
-    worker = start_worker(num_workers=4)
+    worker = start_worker("--job", "tests.handlers:sleep", num_workers=4)
     stop = threading.Event()
 
     def kill_connections() -> None:  # every client but the killer, a few times while jobs run

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from lab.errors import ConfigError
 from lab.infra.procs import env_with_pythonpath
-from lab.mocks.spec import LognormalLatency, RateLimit
+from lab.mocks.spec import LognormalLatency, RateLimit, ServiceSpec
 from lab.runtime.retry import RetryPolicy
 from lab.scenario.spec import (
     QUICK_DURATION_MAX_S,
@@ -22,6 +22,7 @@ from lab.scenario.spec import (
     Backlog,
     Poisson,
     Scenario,
+    import_job,
     load_scenario,
     main,
 )
@@ -87,13 +88,14 @@ def test_every_shipped_scenario_loads_and_says_what_it_teaches(path: Path) -> No
     scenario = load_scenario(path)
     assert scenario.name == path.stem
     assert path.read_text().startswith("# ")  # the comment block comes first
-    assert scenario.quick_variant().sweep.repeats >= 1
+    assert scenario.quick_variant().sweep.first_repeats >= 1
     assert Scenario.model_validate_json(scenario.model_dump_json()) == scenario
 
 
 def test_quickstart_matches_its_brief() -> None:
     s = load_scenario(ROOT / "scenarios" / "quickstart.yaml")
     spec = s.services[s.workload.service]
+    assert isinstance(spec, ServiceSpec)
     assert (spec.kind, spec.capacity, spec.queue, spec.per_item_ms) == ("opensearch", 4, 100, 0.2)
     assert spec.latency == LognormalLatency(median_ms=10, p99_ms=40)
     assert (s.workload.job, s.workload.items, s.workload.arrival) == (
@@ -111,8 +113,32 @@ def test_quickstart_matches_its_brief() -> None:
 
 def test_rate_limited_api_drains_a_burst_through_the_limit() -> None:
     s = load_scenario(ROOT / "scenarios" / "rate_limited_api.yaml")
-    assert s.services["payments"].rate_limit == RateLimit(per_s=100, burst=100)
-    assert (s.workload.arrival, s.workload.items) == (Backlog(), 500)
+    spec = s.services["payments"]
+    assert isinstance(spec, ServiceSpec) and spec.rate_limit == RateLimit(per_s=200, burst=20)
+    assert (s.workload.arrival, s.workload.items) == (Backlog(), 1000)
+    assert s.workload.retry.after_floor == "jittered"
+
+
+def test_retry_storm_is_the_rate_limited_api_with_retries_at_the_exact_floor() -> None:
+    storm = load_scenario(ROOT / "scenarios" / "retry_storm.yaml")
+    api = load_scenario(ROOT / "scenarios" / "rate_limited_api.yaml")
+    assert storm.workload.retry.after_floor == "exact"
+    same_retries = storm.workload.retry.model_copy(update={"after_floor": "jittered"})
+    assert same_retries == api.workload.retry
+    assert (storm.services, storm.sweep, storm.objective) == (
+        api.services,
+        api.sweep,
+        api.objective,
+    )
+
+
+def test_after_floor_is_checked_and_defaults_to_jittered(tmp_path: Path) -> None:
+    s = load_scenario(write(tmp_path, MINIMAL))
+    assert s.workload.retry.after_floor == "jittered"
+    assert s.workload.retry.policy().after_floor == "jittered"
+    bad = MINIMAL.replace("items: 10", "items: 10\n  retry: {after_floor: exactly}")
+    message = error_of(write(tmp_path, bad, "bad.yaml"))
+    assert "workload.retry.after_floor" in message and "exactly" in message
 
 
 def test_arrivals_derive_their_item_count(tmp_path: Path) -> None:
@@ -128,7 +154,7 @@ def test_defaults_fill_in(tmp_path: Path) -> None:
     w = s.workload
     assert (w.arrival, w.cpu_ms_per_item, w.index, w.job_timeout_s) == (Backlog(), 0, "lab", 30)
     assert w.retry.policy() == RetryPolicy(
-        max_attempts=5, backoff_ms=50, max_backoff_ms=30_000, jitter="full"
+        max_attempts=5, backoff_ms=50, max_backoff_ms=30_000, jitter="full", after_floor="jittered"
     )
     sw = s.sweep
     assert (sw.num_workers, sw.instances, sw.batch_size, sw.repeats) == ((1,), (1,), (1,), 1)
@@ -136,7 +162,8 @@ def test_defaults_fill_in(tmp_path: Path) -> None:
     o = s.objective
     assert (o.maximize, o.slo.p99_latency_ms, o.slo.max_error_rate) == ("items_per_s", None, 0.01)
     assert o.prefer == ("fewer_instances", "fewer_num_workers")
-    assert s.services["search"].capacity == 8  # ServiceSpec's own defaults
+    spec = s.services["search"]
+    assert isinstance(spec, ServiceSpec) and spec.capacity == 8  # ServiceSpec's own defaults
 
 
 def test_the_design_sketch_loads(tmp_path: Path) -> None:
@@ -152,14 +179,20 @@ def test_the_design_sketch_loads(tmp_path: Path) -> None:
     assert s.sweep.num_workers[-1] == 64 and s.objective.slo.p99_latency_ms == 2000
 
 
-def test_a_user_job_is_resolved_at_load_time(tmp_path: Path) -> None:
-    ok = MINIMAL.replace("opensearch.bulk", "tests.handlers:sleep")
-    assert load_scenario(write(tmp_path, ok)).workload.job == "tests.handlers:sleep"
-    missing = write(tmp_path, MINIMAL.replace("opensearch.bulk", "tests.handlers:nope"), "b.yaml")
-    message = error_of(missing)
-    assert message.startswith(f"{missing}:5: workload.job: ")
-    assert "has no attribute 'nope'" in message
-    assert load_scenario(missing, resolve_job=False).workload.job == "tests.handlers:nope"
+def test_a_user_job_module_is_looked_up_at_load_time_and_imported_by_the_sweep(
+    tmp_path: Path,
+) -> None:
+    ok = write(tmp_path, MINIMAL.replace("opensearch.bulk", "tests.handlers:sleep"))
+    assert load_scenario(ok).workload.job == "tests.handlers:sleep"
+    gone = write(tmp_path, MINIMAL.replace("opensearch.bulk", "tests.nothere:run"), "a.yaml")
+    message = error_of(gone)
+    assert message.startswith(f"{gone}:5: workload.job: no module 'tests.nothere' can be found")
+    assert load_scenario(gone, check_job=False).workload.job == "tests.nothere:run"
+    # the function itself can only be seen by importing: the sweep does, before any trial
+    nope = write(tmp_path, MINIMAL.replace("opensearch.bulk", "tests.handlers:nope"), "b.yaml")
+    scenario = load_scenario(nope)
+    with pytest.raises(ConfigError, match=r"b.yaml: workload.job: .*has no attribute 'nope'"):
+        import_job(scenario, nope)
 
 
 def test_a_user_module_that_fails_to_import_is_a_config_error(tmp_path: Path) -> None:
@@ -167,11 +200,14 @@ def test_a_user_module_that_fails_to_import_is_a_config_error(tmp_path: Path) ->
     text = MINIMAL.replace("opensearch.bulk", "broken_jobs:run")
     sys.path.insert(0, str(tmp_path))
     try:
-        message = error_of(write(tmp_path, text))
+        path = write(tmp_path, text)
+        scenario = load_scenario(path)  # found, not imported: no SyntaxError yet
+        with pytest.raises(ConfigError) as info:
+            import_job(scenario, path)
     finally:
         sys.path.remove(str(tmp_path))
         sys.modules.pop("broken_jobs", None)
-    assert ":5: workload.job: importing it failed: SyntaxError" in message
+    assert f"{path}: workload.job: importing it failed: SyntaxError" in str(info.value)
 
 
 # (yaml, line, fragments the message must hold: path, bad value, what is allowed)
@@ -184,7 +220,7 @@ BAD: dict[str, tuple[str, int, list[str]]] = {
     "wrong type": (
         GOOD.replace("repeats: 2", "repeats: many"),
         15,
-        ["sweep.repeats: ", "'many'", "an integer >= 1"],
+        ["sweep.repeats: ", "'many'", "an integer in [1, 100]"],
     ),
     "unknown field": (
         GOOD.replace("num_workers:", "num_workes:"),
@@ -193,7 +229,7 @@ BAD: dict[str, tuple[str, int, list[str]]] = {
             "sweep.num_workes: ",
             "unknown key 'num_workes'",
             "did you mean 'num_workers'?",
-            "allowed: batch_size, instances, num_workers, quick, repeats, trial_timeout_s",
+            "allowed: batch_size, instances, max_repeats, num_workers, quick, repeats, search, trial_timeout_s",
         ],
     ),
     "unknown service": (
@@ -204,7 +240,7 @@ BAD: dict[str, tuple[str, int, list[str]]] = {
     "unknown service kind": (
         GOOD.replace("kind: opensearch", "kind: elastic"),
         4,
-        ["services.search.kind: ", "'elastic'", "'opensearch', 'http_api', 'database'"],
+        ["services.search.kind: ", "'elastic'", "'database', 'external', 'http_api', 'opensearch'"],
     ),
     "unknown job": (
         GOOD.replace("opensearch.bulk", "opensearch.blk"),
@@ -220,14 +256,18 @@ BAD: dict[str, tuple[str, int, list[str]]] = {
     "empty axis": (
         GOOD.replace("num_workers: [1, 4, 16]", "num_workers: []"),
         12,
-        ["sweep.num_workers: ", "got []", "a non-empty list, each an integer >= 1"],
+        [
+            "sweep.num_workers: ",
+            "got []",
+            "a non-empty list of at most 64 values, each an integer in [1, 4,096]",
+        ],
     ),
     "negative rate": (
         GOOD.replace("  items: 100\n", "").replace(
             "{kind: backlog}", "{kind: poisson, rate_per_s: -5, duration_s: 10}"
         ),
         9,
-        ["workload.arrival.rate_per_s: ", "got -5", "a number > 0"],
+        ["workload.arrival.rate_per_s: ", "got -5", "a number in (0, 100,000]"],
     ),
     "duplicate in axis": (
         GOOD.replace("[1, 2]", "[1, 2, 2]"),
@@ -237,7 +277,7 @@ BAD: dict[str, tuple[str, int, list[str]]] = {
     "zero in axis": (
         GOOD.replace("[1, 50]", "[1, 0]"),
         14,
-        ["sweep.batch_size[1]: must be an integer >= 1, got 0"],
+        ["sweep.batch_size[1]: must be an integer in [1, 100,000] (a bulk of", "got 0"],
     ),
     "bad arrival kind": (
         GOOD.replace("{kind: backlog}", "{kind: poison}"),
@@ -246,7 +286,7 @@ BAD: dict[str, tuple[str, int, list[str]]] = {
             "workload.arrival.kind: ",
             "'poison'",
             "did you mean 'poisson'?",
-            "'backlog', 'locust', 'poisson', 'ramp'",
+            "'backlog', 'bursts', 'locust', 'poisson', 'ramp', 'step'",
         ],
     ),
     "items with arrivals": (
@@ -291,7 +331,7 @@ def test_several_problems_come_in_one_message_misspelt_keys_first(tmp_path: Path
     text = GOOD.replace("repeats: 2", "repeats: 0").replace("  items: 100", "  itmes: 100")
     lines = error_of(write(tmp_path, text)).splitlines()
     assert "workload.itmes: unknown key 'itmes' (did you mean 'items'?)" in lines[0]
-    assert any("sweep.repeats: must be an integer >= 1, got 0" in x for x in lines)
+    assert any("sweep.repeats: must be an integer in [1, 100] or 'auto', got 0" in x for x in lines)
     assert all(x.startswith(str(tmp_path)) for x in lines)
 
 
@@ -367,7 +407,7 @@ def test_the_cli_prints_the_json_schema_with_descriptions() -> None:
     assert out == json.dumps(schema, sort_keys=True, indent=2) + "\n"
     sweep = schema["$defs"]["Sweep"]["properties"]
     assert "FIRST item's scheduled arrival" in sweep["batch_size"]["description"]
-    assert schema["properties"]["services"]["description"].startswith("Mock services by name")
+    assert schema["properties"]["services"]["description"].startswith("Services by name")
     assert set(schema["required"]) == {"name", "services", "workload"}
 
 
@@ -379,7 +419,9 @@ def test_the_cli_exits_2_without_a_traceback(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.startswith(f"{bad}:15: sweep.repeats: must be an integer >= 1, got 'many'")
+    assert proc.stderr.startswith(
+        f"{bad}:15: sweep.repeats: must be an integer in [1, 100] or 'auto', got 'many'"
+    )
 
 
 def test_cli_main_checks_several_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -19,7 +19,7 @@ from lab.infra.procs import env_with_pythonpath, wait_for
 from lab.results import STATUS_COMPLETE, STATUS_INTERRUPTED, TRIAL_COLUMNS, RunFolder
 from lab.scenario.spec import load_scenario
 from lab.sweep.runner import main, plan_trials, run_sweep
-from lab.sweep.trial import TrialOptions, TrialPlan, run_trial
+from lab.sweep.trial import TrialPlan, run_trial
 
 TINY = """\
 name: tiny
@@ -108,19 +108,15 @@ def test_a_second_run_never_overwrites_the_first(tmp_path: Path) -> None:
 def test_killing_an_instance_mid_trial_loses_nothing_and_counts_duplicates(
     broker: Broker, tmp_path: Path
 ) -> None:
-    scenario = load_scenario(
-        write(
-            tmp_path,
-            TINY.replace("items: 60", "items: 200")
-            .replace("ms: 2}", "ms: 40}")
-            .replace("capacity: 4", "capacity: 16"),
-        )
+    text = (
+        TINY.replace("items: 60", "items: 200")
+        .replace("ms: 2}", "ms: 40}")
+        .replace("capacity: 4", "capacity: 16")
     )
+    faults = "workers: {heartbeat_ttl_s: 1.0}\nfaults: [{at_s: 0.4, kill: instance}]\n"
+    scenario = load_scenario(write(tmp_path, text + faults))
     plan = TrialPlan(index=0, num_workers=4, instances=2, batch_size=1, repeat=0)
-    options = TrialOptions(heartbeat_ttl_s=1.0, kill_instance_after_s=0.4)
-    outcome = run_trial(
-        scenario, plan, broker=broker, logs=tmp_path / "logs" / plan.trial_id, options=options
-    )
+    outcome = run_trial(scenario, plan, broker=broker, logs=tmp_path / "logs" / plan.trial_id)
     row = outcome.row
     totals = outcome.services["search"]["opensearch"]["totals"]
     assert row["recovered_jobs"] >= 1  # the killed instance held jobs; they came back

@@ -10,11 +10,21 @@ timed out; takes the best by the objective; and among the configurations that th
 beat beyond the noise, chooses the cheapest by the scenario's `prefer` order. "Beyond the noise"
 follows asv's `_is_result_better`: better only if the intervals are apart AND the gain beats
 NOISE_MARGIN; with one repeat there is no interval, so the margin alone decides.
+
+The ranking uses the STEADY-PART throughput (`rank_metric`: steady_items_per_s, from the
+repeats long enough to measure it), not items/s over the whole trial: the whole-trial figure of a
+short trial mixes start-up and the tail into the rate and swings by 20-35 % from repeat to
+repeat, so a configuration could win or lose by chance. Where no repeat was long enough, the
+whole-trial figure stands in and `too_short` says so. Lengthened repeats (`length_x` > 1) count
+only for the steady figure: a bigger backlog waits longer, so its latency is not the scenario's.
+A configuration with a trial stopped early (it could not come within noise of the best) is
+never recommended.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +32,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lab.analysis.explain import explain, trial_warnings, unstable
+from lab.analysis.attribution import Context, attribute_configs, fill_older_layout
+from lab.analysis.explain import bottleneck_reason, explain, trial_warnings, unstable
+from lab.analysis.faults import fault_warnings
 from lab.analysis.recommendation import Candidate, Recommendation
 from lab.analysis.usl import UslFit, fit_usl
 from lab.configuration import SEPARATE, Configuration, label
 from lab.mocks.spec import ServiceSpec
 from lab.results import STATUS_COMPLETE, RunFolder
+from lab.scenario.faults import Fault
 from lab.scenario.spec import Objective, Scenario, Slo
 
 CONFIG = ["num_workers", "instances", "batch_size"]
@@ -47,6 +60,14 @@ _PREFER_KEYS = {
     "smaller_batch_size": ("batch_size", True),
     "larger_batch_size": ("batch_size", False),
 }
+
+
+def preference_key(config: Configuration, prefer: Sequence[str]) -> tuple[int, ...]:
+    """Sorts configurations cheapest first by an objective's `prefer` order."""
+    return tuple(
+        int(getattr(config, column)) * (1 if ascending else -1)
+        for column, ascending in (_PREFER_KEYS[p] for p in prefer)
+    )
 
 
 @dataclass(frozen=True)
@@ -84,6 +105,9 @@ class Analysis:
     warnings: list[str]
     service: ServiceSpec | None = None
     run: Run | None = field(default=None, repr=False)
+    # one row per dynamic policy (num_workers auto, autoscaled instances) against the best
+    # fixed configuration: lab.analysis.dynamic.compare_policies
+    dynamic: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)
 
     @property
     def chosen(self) -> dict[str, Any] | None:
@@ -151,15 +175,85 @@ def confidence_interval(
     return float(v.mean()) - half, float(v.mean()) + half
 
 
+def _intervals(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """`confidence_interval` of `column` for every configuration of `frame` at once, in
+    `per_config`'s order (low clipped at 0: a rate is never negative); NaN below two values."""
+    from scipy import stats
+
+    values = frame[column].astype(float).replace([np.inf, -np.inf], np.nan)
+    keys = [frame[k] for k in (*CONFIG, PLACEMENT)]
+    g = values.groupby(keys, sort=True).agg(["mean", "std", "count"])
+    n = g["count"].to_numpy(dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = stats.t.ppf((1 + CONFIDENCE) / 2, np.where(n >= 2, n - 1, np.nan))
+        half = t * g["std"].to_numpy(dtype=float) / np.sqrt(n)
+    mean = g["mean"].to_numpy(dtype=float)
+    return np.maximum(mean - half, 0.0), mean + half
+
+
 def _sum_known(s: pd.Series) -> float:
     return float(s.sum(min_count=1))  # NaN when no repeat could tell (not 0: unknown)
 
 
+def rank_metric(objective: Objective) -> str:
+    """The per-configuration column the recommendation ranks by (see the module's docstring)."""
+    return f"steady_{objective.maximize}"
+
+
+def unit(metric: str) -> str:
+    """items_per_s, steady_items_per_s -> items/s."""
+    return metric.removeprefix("steady_").replace("_per_s", "/s")
+
+
+#: What a results layout older than 5 lacks, as it would have read.
+_LAYOUT_5_DEFAULTS = {"length_x": 1, "too_short": False, "stopped_early": False, "stop_reason": ""}
+
+
+def _with_layout_5(trials: pd.DataFrame) -> pd.DataFrame:
+    """The search's columns filled for an older layout (or a synthetic table), and each trial's
+    steady jobs/s (its steady items/s over its batch size)."""
+    out = trials.copy()
+    for column, default in _LAYOUT_5_DEFAULTS.items():
+        values = out[column] if column in out else pd.Series(default, index=out.index)
+        out[column] = values.astype(object).where(values.notna(), default).astype(type(default))
+    if "steady_items_per_s" not in out:
+        out["steady_items_per_s"] = math.nan
+    out["steady_jobs_per_s"] = out["steady_items_per_s"] / out["batch_size"]
+    out["too_short"] |= out["steady_items_per_s"].isna()  # no steady part was measured
+    return out
+
+
+def _steady(trials: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
+    """The steady-window figures per configuration, from its measurable repeats; where it has
+    none, the whole-trial figures stand in (`too_short`)."""
+    measurable = trials[~trials["too_short"] & ~trials["stopped_early"]]
+    keys = [*CONFIG, PLACEMENT]
+    grouped = measurable.groupby(keys, sort=True)
+    steady = pd.DataFrame({"steady_repeats": grouped.size()})
+    for metric in ("items_per_s", "jobs_per_s"):
+        column = f"steady_{metric}"
+        steady[column] = grouped[column].mean()
+        steady[f"{column}_ci_low"], steady[f"{column}_ci_high"] = _intervals(measurable, column)
+    out = configs.merge(steady.reset_index(), on=keys, how="left")
+    out["steady_repeats"] = out["steady_repeats"].fillna(0).astype(int)
+    out["too_short"] = out["steady_repeats"] == 0
+    for metric in ("items_per_s", "jobs_per_s"):
+        column = f"steady_{metric}"
+        for suffix in ("", "_ci_low", "_ci_high"):
+            out[column + suffix] = out[column + suffix].where(
+                ~out["too_short"], out[metric + suffix]
+            )
+    return out
+
+
 def per_config(trials: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration: means over repeats, 95 % intervals, the SLO's worst cases."""
+    """One row per configuration: means over repeats, 95 % intervals, the SLO's worst cases,
+    and the steady-window figures the ranking uses."""
     if PLACEMENT not in trials:
         trials = trials.assign(**{PLACEMENT: SEPARATE})
-    grouped = trials.groupby([*CONFIG, PLACEMENT], as_index=False, sort=True)
+    trials = _with_layout_5(trials)
+    scenario_length = trials[trials["length_x"] == 1]
+    grouped = scenario_length.groupby([*CONFIG, PLACEMENT], as_index=False, sort=True)
     configs = grouped.agg(
         concurrency=("concurrency", "first"),
         repeats=("trial_id", "count"),
@@ -173,6 +267,9 @@ def per_config(trials: pd.DataFrame) -> pd.DataFrame:
         queue_wait_p99_ms=("queue_wait_p99_ms", "mean"),
         error_rate=("error_rate", "max"),
         retries=("retries", "mean"),
+        timeouts=("timeouts", "mean"),
+        instance_seconds=("instance_seconds", "mean"),
+        slots_mean=("slots_mean", "mean"),
         retry_rate=("retry_rate", "mean"),
         service_requests=("service_requests", "mean"),
         service_rejected=("service_rejected", "mean"),
@@ -182,6 +279,7 @@ def per_config(trials: pd.DataFrame) -> pd.DataFrame:
         lost_items=("lost_items", _sum_known),
         duplicate_items=("duplicate_items", _sum_known),
         timed_out=("timed_out", "any"),
+        failed=("failed", "any"),
         harness_saturated=("harness_saturated", "any"),
         machine_saturated=("machine_saturated", "any"),
         littles_bound_items_per_s=("littles_bound_items_per_s", "mean"),
@@ -192,22 +290,29 @@ def per_config(trials: pd.DataFrame) -> pd.DataFrame:
         web_p50_ms=("web_p50_ms", "mean"),
         web_p99_ms=("web_p99_ms", "mean"),
         web_requests_per_s=("web_requests_per_s", "mean"),
+        stopped_early=("stopped_early", "any"),
+        stop_reason=("stop_reason", "max"),
     )
     for metric in ("items_per_s", "jobs_per_s"):
-        intervals = grouped[metric].agg(lambda s: confidence_interval(s))[metric]
-        # a rate is never negative: clip the (symmetric) interval at 0; NaN stays NaN
-        configs[f"{metric}_ci_low"] = [
-            lo if math.isnan(lo) else max(lo, 0.0) for lo, _ in intervals
-        ]
-        configs[f"{metric}_ci_high"] = [hi for _, hi in intervals]
-    return configs
+        configs[f"{metric}_ci_low"], configs[f"{metric}_ci_high"] = _intervals(
+            scenario_length, metric
+        )
+    every_length = trials.groupby([*CONFIG, PLACEMENT], sort=True).size()
+    configs["repeats"] = every_length.reindex(
+        pd.MultiIndex.from_frame(configs[[*CONFIG, PLACEMENT]])
+    ).to_numpy()
+    return _steady(trials, configs)
 
 
 def slo_problems(row: pd.Series, slo: Slo) -> list[str]:
     """Why a configuration cannot be recommended, in words; empty when it qualifies."""
     problems = []
+    if bool(row.get("stopped_early", False)):
+        problems.append(f"stopped early: {row['stop_reason']}")
     if bool(row["timed_out"]):
         problems.append("timed out")
+    elif bool(row["failed"]):
+        problems.append("a trial could not finish")
     if slo.p99_latency_ms is not None and row["latency_p99_worst_ms"] > slo.p99_latency_ms:
         problems.append(f"p99 {row['latency_p99_worst_ms']:,.0f} ms > {slo.p99_latency_ms:,.0f} ms")
     if row["error_rate"] > slo.max_error_rate:
@@ -229,7 +334,8 @@ def beats(best: pd.Series, other: pd.Series, metric: str, margin: float = NOISE_
 
 
 _FIGURES = [
-    "items_per_s", "items_per_s_ci_low", "items_per_s_ci_high", "jobs_per_s",
+    "items_per_s", "items_per_s_ci_low", "items_per_s_ci_high", "steady_items_per_s",
+    "steady_items_per_s_ci_low", "steady_items_per_s_ci_high", "jobs_per_s",
     "latency_p50_ms", "latency_p99_ms", "latency_p99_worst_ms", "error_rate", "retry_rate",
     "service_rejected", "bound_ratio", "lost_items",
 ]  # fmt: skip
@@ -250,12 +356,18 @@ def json_safe(value: Any) -> Any:
 
 def _candidate(row: pd.Series, within_noise: bool | None = None) -> Candidate:
     figures = {k: float(row[k]) for k in _FIGURES}
-    figures |= {"concurrency": int(row["concurrency"]), "repeats": int(row["repeats"])}
-    return Candidate(Configuration.of(row), json_safe(figures), within_noise)
+    figures |= {
+        "concurrency": int(row["concurrency"]), "repeats": int(row["repeats"]),
+        "too_short": bool(row["too_short"]),
+    }  # fmt: skip
+    return Candidate(
+        Configuration.of(row), json_safe(figures), within_noise, str(row["bottleneck"]),
+        json_safe(dict(row["evidence"])),
+    )  # fmt: skip
 
 
 def _fits(trials: pd.DataFrame) -> list[UslFit]:
-    usable = trials[~trials["timed_out"].astype(bool)]
+    usable = trials[~trials["failed"].astype(bool)]
     return [
         fit_usl(part["concurrency"], part["items_per_s"], batch_size=int(batch))
         for batch, part in usable.groupby("batch_size", sort=True)
@@ -269,51 +381,114 @@ def analyze_trials(
     service: ServiceSpec | None = None,
     cpu_count: int | None = None,
     margin: float = NOISE_MARGIN,
+    jobs: pd.DataFrame | None = None,
+    context: Context | None = None,
+    timelines: Mapping[str, Mapping[str, Any]] | None = None,
+    faults: tuple[Fault, ...] = (),
 ) -> Analysis:
-    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec."""
-    configs = per_config(trials)
-    configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
-    fits = _fits(trials)
-    warnings = trial_warnings(trials, cpu_count=cpu_count) + unstable(configs, objective.maximize)
-    pick, reasons, runners = _recommendation(
-        configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
+    """The analysis of a trials table (trials.csv's columns); `service` is the target's spec,
+    `jobs` the attempts (jobs.parquet, for the retry-wave detector and the dynamic policies'
+    recovery), `context` what attribution needs to know of the scenario (default: `service`,
+    the SLO and a backlog), `timelines` the dynamic trials' dynamics/<trial>.json by trial id,
+    `faults` the scenario's (to tell planned instance exits from the others).
+    Dynamic policies (num_workers auto, autoscaled instances) are kept apart from the fixed
+    configurations and compared with them (lab.analysis.dynamic)."""
+    from lab.analysis.dynamic import compare_policies, split_trials  # it builds on this module
+
+    if PLACEMENT not in trials:
+        trials = trials.assign(**{PLACEMENT: SEPARATE})
+    context = context or Context(service, objective.slo.max_error_rate, None, cpu_count)
+    fixed, dynamic_trials = split_trials(trials)
+    configs = per_config(fixed)
+    if not configs.empty:  # an empty frame's key columns have no type to merge on
+        attributed = attribute_configs(fixed, jobs, context, [*CONFIG, PLACEMENT])
+        configs = configs.merge(attributed, on=[*CONFIG, PLACEMENT], how="left")
+    configs = _with_slo_problems(configs, objective)
+    fits = _fits(fixed)
+    warnings = (
+        trial_warnings(trials, cpu_count=cpu_count)
+        + fault_warnings(trials, faults)
+        + unstable(configs, rank_metric(objective))
     )
+    pick, reasons, runners = _recommendation(configs, objective, margin=margin, fits=fits)
+    if configs.empty and not dynamic_trials.empty:
+        reasons = ["no fixed configuration was run, so none is recommended; the dynamic ones:"]
+    policies, verdicts = compare_policies(
+        dynamic_trials, configs, objective, timelines=timelines, jobs=jobs, margin=margin,
+        brownouts=service.brownouts if service is not None else (),
+    )  # fmt: skip
     rec = Recommendation(
         pick,
-        tuple(reasons),
+        (*reasons[:1], *verdicts, *reasons[1:]),
         tuple(runners),
         tuple(warnings),
         tuple(json_safe(_fit_entry(f)) for f in fits),
         objective.model_dump(mode="json") | {"noise_margin": margin, "confidence": CONFIDENCE},
+        tuple(_candidate(r) for _, r in configs.iterrows()),
+        tuple(json_safe(r) for r in policies.to_dict("records")),
     )
-    return Analysis(objective, trials, configs, rec, fits, warnings, service)
+    return Analysis(objective, trials, configs, rec, fits, warnings, service, dynamic=policies)
 
 
-def _recommendation(
-    configs: pd.DataFrame, objective: Objective, *, service: ServiceSpec | None,
-    cpu_count: int | None, margin: float, fits: list[UslFit],
-) -> tuple[Candidate | None, list[str], list[Candidate]]:  # fmt: skip
-    """The pick (None when nothing qualifies), the reasons, the runners-up."""
-    if configs.empty:
-        return None, ["no trial finished"], []
-    metric = objective.maximize
+def configs_table(trials: pd.DataFrame, objective: Objective) -> pd.DataFrame:
+    """`per_config` with each configuration's `slo_problems` (empty: it may be recommended)."""
+    return _with_slo_problems(per_config(trials), objective)
+
+
+def _with_slo_problems(configs: pd.DataFrame, objective: Objective) -> pd.DataFrame:
+    configs["slo_problems"] = [slo_problems(r, objective.slo) for _, r in configs.iterrows()]
+    return configs
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The pick among the configurations meeting the SLO, the best, and those tied with it."""
+
+    chosen: pd.Series
+    best: pd.Series
+    tied: pd.DataFrame
+    ok: pd.DataFrame  # every configuration meeting the SLO
+
+
+def choose(
+    configs: pd.DataFrame, objective: Objective, margin: float = NOISE_MARGIN
+) -> Choice | None:
+    """The best by the ranked figure, and the cheapest (objective.prefer) of the configurations
+    it does not beat beyond the noise; None when nothing meets the SLO."""
     ok = configs[configs["slo_problems"].map(len) == 0]
-    context = explain(
-        configs, objective, service=service, cpu_count=cpu_count, margin=margin, fits=fits
-    )
     if ok.empty:
-        verdict = (
-            "no configuration met the SLO and kept every item, so none is recommended "
-            f"({_slo_words(objective.slo)}); relax the SLO or change the scenario"
-        )
-        return None, [verdict, *context], []
+        return None
+    metric = rank_metric(objective)
     best = ok.loc[ok[metric].idxmax()]
     tied = ok[[not beats(best, r, metric, margin) for _, r in ok.iterrows()]]
     keys = [_PREFER_KEYS[p] for p in objective.prefer]
     chosen = tied.sort_values(
         [k for k, _ in keys] + [metric], ascending=[asc for _, asc in keys] + [False]
     ).iloc[0]
-    reasons = [_choice_sentence(chosen, best, tied, ok, objective, margin), *context]
+    return Choice(chosen, best, tied, ok)
+
+
+def _recommendation(
+    configs: pd.DataFrame, objective: Objective, *, margin: float, fits: list[UslFit]
+) -> tuple[Candidate | None, list[str], list[Candidate]]:
+    """The pick (None when nothing qualifies), the reasons, the runners-up."""
+    if configs.empty:
+        return None, ["no trial finished"], []
+    metric = rank_metric(objective)
+    context = explain(configs, objective, margin=margin, fits=fits)
+    choice = choose(configs, objective, margin)
+    if choice is None:
+        verdict = (
+            "no configuration met the SLO and kept every item, so none is recommended "
+            f"({_slo_words(objective.slo)}); relax the SLO or change the scenario"
+        )
+        return None, [verdict, *context], []
+    chosen, best, tied, ok = choice.chosen, choice.best, choice.tied, choice.ok
+    reasons = [
+        _choice_sentence(chosen, best, tied, ok, objective, margin),
+        bottleneck_reason(chosen),
+        *context,
+    ]
     if bool(chosen["harness_saturated"]):
         reasons.append(
             "caution: a trial of the chosen configuration saturated the lab itself, so its "
@@ -347,14 +522,16 @@ def _choice_sentence(
     chosen: pd.Series, best: pd.Series, tied: pd.DataFrame, ok: pd.DataFrame,
     objective: Objective, margin: float,
 ) -> str:  # fmt: skip
-    metric = objective.maximize
-    unit = metric.replace("_per_s", "/s")
+    metric = rank_metric(objective)
+    steady = "" if bool(chosen["too_short"]) else " (steady window)"
     head = (
-        f"{Configuration.of(chosen).describe()}: {chosen[metric]:,.0f} {unit}"
+        f"{Configuration.of(chosen).describe()}: {chosen[metric]:,.0f} {unit(metric)}{steady}"
         f"{_interval(chosen, metric)}, p99 {chosen['latency_p99_ms']:,.0f} ms, "
         f"errors {chosen['error_rate']:.1%}, {_repeats(int(chosen['repeats']))}"
     )
-    prefer = ", then ".join(p.replace("_", " ", 1) for p in objective.prefer) or f"higher {unit}"
+    prefer = ", then ".join(p.replace("_", " ", 1) for p in objective.prefer) or (
+        f"higher {unit(metric)}"
+    )
     if label(chosen) == label(best):
         rule = (
             f"better only if the 95 % intervals are apart and the gain is over {margin:.0%}"
@@ -370,7 +547,7 @@ def _choice_sentence(
     else:
         gain = best[metric] / chosen[metric] - 1
         rest = (
-            f"the best, {label(best)} at {best[metric]:,.0f} {unit}, is {gain:.0%} more but "
+            f"the best, {label(best)} at {best[metric]:,.0f} {unit(metric)}, is {gain:.0%} more but "
             f"within the noise: {_why_tied(best, chosen, metric, margin)}. Of the {len(tied)} "
             f"within noise of the best, this is the cheapest ({prefer})"
         )
@@ -404,10 +581,18 @@ def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
         run = load_run(run)
     scenario = run.scenario
     service = scenario.services.get(scenario.workload.service)
+    service = service if isinstance(service, ServiceSpec) else None  # a real service: no model
     cpu_count = run.manifest.get("cpu_count")
-    analysis = analyze_trials(
-        run.trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin
+    context = Context.of(scenario, cpu_count)
+    folder = RunFolder(run.path)
+    trials = fill_older_layout(
+        run.trials, run.jobs, folder.services, scenario.workload.service, context
     )
+    timelines = {tid: t for tid in trials["trial_id"] if (t := folder.timeline(str(tid)))}
+    analysis = analyze_trials(
+        trials, scenario.objective, service=service, cpu_count=cpu_count, margin=margin,
+        jobs=run.jobs, context=context, timelines=timelines, faults=scenario.faults,
+    )  # fmt: skip
     status = run.manifest.get("status")
     planned = len(run.manifest.get("trials_planned", []))
     extra = []
@@ -420,7 +605,7 @@ def analyze(run: Run | str | Path, *, margin: float = NOISE_MARGIN) -> Analysis:
     rec = analysis.recommendation.with_warnings(warnings)
     return Analysis(
         analysis.objective, analysis.trials, analysis.configs, rec, analysis.fits, warnings,
-        service, run,
+        service, run, analysis.dynamic,
     )  # fmt: skip
 
 

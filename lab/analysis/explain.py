@@ -1,23 +1,21 @@
 """Plain-word explanations of a sweep, each from its own figures: none is asserted, all measured.
 
-Where throughput stops growing and what held it (the work itself, the service's rate limit or
-capacity, the workers' CPU, the lab), where the SLO breaks, where 429s and retries start, what
-batching bought, how the scalability fit reads; and the warnings about trials not to trust.
+Where throughput stops growing and what held it there (the words and their evidence come from
+lab.analysis.attribution), where the SLO breaks, where 429s and retries start, what batching
+bought, how the scalability fit reads; and the warnings about trials not to trust.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 
+from lab.analysis.attribution import describe, more_slots
 from lab.analysis.usl import UslFit
 from lab.configuration import label
-from lab.mocks.spec import ServiceSpec
 from lab.scenario.spec import Objective
-
-#: A worker set using this share of its cores (one per instance, at most the machine's) is CPU-bound.
-CPU_BOUND_SHARE = 0.8
 
 #: At most this many names in a list before "and N more".
 MAX_NAMES = 6
@@ -39,74 +37,75 @@ def _batches(configs: pd.DataFrame) -> list[tuple[int, pd.DataFrame]]:
     return [(int(b), part) for b, part in configs.groupby("batch_size", sort=True)]
 
 
-def limit_of(row: pd.Series, service: ServiceSpec | None, cpu_count: int | None) -> str:
-    """What held a configuration's throughput, judged from its own figures."""
-    jobs, concurrency = row["jobs_enqueued"], int(row["concurrency"])
-    if jobs <= concurrency:
-        return (
-            f"the work itself: only {jobs:,.0f} jobs, so slots past {jobs:,.0f} have nothing to "
-            "run (a bigger backlog or smaller batches would use them)"
-        )
-    rejected = row["service_rejected"]
-    if service is not None and service.rate_limit is not None and rejected > 0:
-        return (
-            f"the service's rate limit ({service.rate_limit.per_s:,.0f} requests/s): past it, "
-            f"more slots only collect 429s ({rejected:,.0f} per trial) and retries"
-        )
-    if service is not None and row["service_max_in_flight"] >= service.capacity:
-        queued = int(row["service_max_queue_depth"])
-        return (
-            f"the service's capacity: it serves {service.capacity} requests at once and had "
-            f"that many in flight{f', with up to {queued} more queued' if queued else ''}; "
-            f"it reached {row['items_per_s'] / row['capacity_bound_items_per_s']:.0%} of the capacity "
-            f"bound ({row['capacity_bound_items_per_s']:,.0f} items/s)"
-        )
-    usable = min(int(row["instances"]), cpu_count or int(row["instances"]))
-    if row["workers_cores"] >= CPU_BOUND_SHARE * usable:
-        return (
-            f"the workers' CPU: {row['workers_cores']:.2f} cores used by "
-            f"{int(row['instances'])} instance(s) (one process runs Python on one core)"
-        )
-    if bool(row["harness_saturated"]) or bool(row["machine_saturated"]):
-        return "the lab itself: its own processes were short of CPU (see the warnings)"
-    return (
-        f"none of the service's capacity, its rate limit or the workers' CPU was reached "
-        f"({row['bound_ratio']:.0%} of the tighter bound): per-job overhead in the workers"
-    )
+def _groups(configs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Per batch size, and per placement when the run swept both: a name and its rows."""
+    placements = configs["placement"].nunique() if "placement" in configs else 1
+    keys = ["batch_size", "placement"] if placements > 1 else ["batch_size"]
+    out = []
+    for key, part in configs.groupby(keys, sort=True):
+        batch, *where = key if isinstance(key, tuple) else (key,)
+        out.append((f"batch {int(batch)}" + (f", {where[0]}" if where else ""), part))
+    return out
 
 
-def plateau(
-    configs: pd.DataFrame, metric: str, *, service: ServiceSpec | None,
-    cpu_count: int | None, margin: float,
-) -> list[str]:  # fmt: skip
-    """Per batch size: the concurrency where throughput stops growing, and why."""
+def held_by(row: pd.Series | dict[str, Any]) -> str:
+    """What held one configuration, in words (lab.analysis.attribution)."""
+    return describe(str(row["bottleneck"]), row["_evidence"])
+
+
+def _lever(row: pd.Series | dict[str, Any]) -> str:
+    """What would raise a configuration's ceiling, when its word says so."""
+    if row["bottleneck"] == "concurrency":
+        return f"; {more_slots(row['_evidence'])}"
+    if row["bottleneck"] == "worker_cpu":
+        return "; more instances would raise it (one core each, where the machine has them)"
+    return ""
+
+
+#: Words whose ceiling more slots or more instances can still raise.
+_MORE_HELPS = ("concurrency", "worker_cpu")
+
+
+def bottleneck_reason(row: pd.Series) -> str:
+    """The chosen configuration's binding constraint, with its evidence: 'nw16-in1-bs1: ...'."""
+    return f"{label(row)}: held by {held_by(row)}{_lever(row)}"
+
+
+def plateau(configs: pd.DataFrame, metric: str, *, margin: float) -> list[str]:
+    """Per batch size and placement: the knee (where more concurrency stops paying), what holds
+    there, and which constraint takes over past it."""
     out, unit = [], metric.replace("_per_s", "/s")
-    for batch, part in _batches(configs[~configs["timed_out"].astype(bool)]):
-        by_n = part.groupby("concurrency")[metric].max().sort_index()
+    for name, part in _groups(configs[~configs["timed_out"].astype(bool)]):
+        # the best configuration at each total concurrency
+        by_n = part.sort_values(metric).groupby("concurrency").tail(1).set_index("concurrency")
+        by_n = by_n.sort_index()
         if len(by_n) < 2:
             continue
-        peak = by_n.max()
-        knee = int(by_n[by_n >= (1 - margin) * peak].index[0])
-        at_knee = part[part["concurrency"] == knee].sort_values(metric).iloc[-1]
-        if knee == by_n.index[-1] and at_knee["jobs_enqueued"] <= knee:
-            jobs = int(at_knee["jobs_enqueued"])
-            spread = part[part["concurrency"] >= jobs][metric]
-            out.append(
-                f"batch {batch}: only {jobs:,} jobs, so concurrency past {jobs:,} has nothing to "
-                f"run; the figures there ({spread.min():,.0f}–{spread.max():,.0f} {unit}) differ "
-                "by noise, not by concurrency"
-            )
-            continue
+        peak = by_n[metric].max()
+        knee = int(by_n.index[by_n[metric] >= (1 - margin) * peak][0])
+        at_knee = by_n.loc[knee]
+        head = f"{name}: "
         if knee == by_n.index[-1]:
+            where = f"({knee:,}: {at_knee[metric]:,.0f} {unit}, {label(at_knee)})"
             out.append(
-                f"batch {batch}: throughput still grows at the largest concurrency tried "
-                f"({knee:,}: {by_n.iloc[-1]:,.0f} {unit}); try more"
+                f"{head}throughput still grows at the largest concurrency tried {where}, held "
+                f"by {held_by(at_knee)}{_lever(at_knee)}"
+                if at_knee["bottleneck"] in _MORE_HELPS
+                else f"{head}the largest concurrency tried is the best {where}, held by "
+                f"{held_by(at_knee)}, which more concurrency does not lift"
             )
             continue
+        past = by_n[by_n.index > knee]
+        takes_over = past["bottleneck"].value_counts().index[0]
+        then = past[past["bottleneck"] == takes_over].iloc[0]
+        knee_words = (
+            f"held by {held_by(at_knee)}"
+            if takes_over == at_knee["bottleneck"]
+            else f"past it, {label(then)} is held by {held_by(then)}"
+        )
         out.append(
-            f"batch {batch}: throughput stops growing at concurrency {knee:,} "
-            f"({at_knee[metric]:,.0f} {unit}, {label(at_knee)}; more concurrency adds under "
-            f"{margin:.0%}), held by {limit_of(at_knee, service, cpu_count)}"
+            f"{head}throughput stops growing at concurrency {knee:,} ({at_knee[metric]:,.0f} "
+            f"{unit}, {label(at_knee)}; more concurrency adds under {margin:.0%}); {knee_words}"
         )
     return out
 
@@ -193,14 +192,13 @@ def batching(configs: pd.DataFrame, metric: str) -> list[str]:
 
 
 def explain(
-    configs: pd.DataFrame, objective: Objective, *, service: ServiceSpec | None,
-    cpu_count: int | None, margin: float, fits: list[UslFit],
-) -> list[str]:  # fmt: skip
+    configs: pd.DataFrame, objective: Objective, *, margin: float, fits: list[UslFit]
+) -> list[str]:
     """The sentences behind a recommendation, most telling first."""
     metric = objective.maximize
     return [
         *slo_edges(configs, objective),
-        *plateau(configs, metric, service=service, cpu_count=cpu_count, margin=margin),
+        *plateau(configs, metric, margin=margin),
         *batching(configs, metric),
         *rejections(configs),
         *(f.describe() for f in fits),

@@ -1,4 +1,4 @@
-"""`python -m lab.bench {runtime,mocks,peers} [options]`: dispatch to one benchmark's `main`."""
+"""`python -m lab.bench {runtime,mocks,peers,faults,ray,dynamic} [options]`: dispatch to one benchmark's `main`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ BENCHMARKS = {
     "runtime": "lab.bench.runtime",
     "mocks": "lab.bench.mocks",
     "peers": "lab.bench.peers",
+    "faults": "lab.bench.faults",
+    "ray": "lab.bench.ray",
+    "dynamic": "lab.bench.dynamic",
 }
 
 

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import psutil
 
 from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn, wait_for
+from lab.mocks.control import MockControl
 
 RATIO_GOAL = 0.75
 """The mock's requests/s over bare aiohttp's must stay above this (overhead within 25%)."""
@@ -76,14 +76,16 @@ def _pin(cpus: str | None, argv: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _start(name: str, workdir: Path, cpus: str | None) -> Iterator[tuple[Child, str]]:
-    """One server process, owned by the benchmark; yields it and its URL once it listens."""
+def _start(name: str, workdir: Path, cpus: str | None) -> Iterator[tuple[Child, str, str]]:
+    """One server process, owned by the benchmark; yields it, its URL and control token once
+    it listens."""
     ready = workdir / f"{name}.ready.json"
     argv = _pin(cpus, python_module_argv(*SERVERS[name], "--ready-file", str(ready)))
     log_path = workdir / f"{name}.log"
     with spawn(argv, name=name, log_path=log_path, env=env_with_pythonpath()) as child:
         wait_for(ready.exists, what=f"{name} to listen", timeout_s=30, children=[child])
-        yield child, json.loads(ready.read_text())["url"]
+        info = json.loads(ready.read_text())
+        yield child, info["url"], info.get("token", "")
 
 
 def _wrk(url: str, target: Target, duration_s: float, connections: int, cpus: str | None) -> float:
@@ -144,11 +146,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, list[tuple[float, float
         for rep in range(args.repeats):
             order = TARGETS[rep % len(TARGETS) :] + TARGETS[: rep % len(TARGETS)]
             for target in order:
-                child, url = running[target.server]
+                child, url, _ = running[target.server]
                 results[target.name].append(_measure(child, url, target, args, load_cpus))
         for name in ("http_api", "opensearch"):
-            with urllib.request.urlopen(f"{running[name][1]}/_lab/stats") as response:
-                stats = json.load(response)
+            _, url, token = running[name]
+            stats = MockControl(url, token).stats()
             if stats["rejected"] or stats["errors"]:
                 raise RuntimeError(f"{name} rejected or failed requests: {stats['rejections']}")
     return results

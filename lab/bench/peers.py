@@ -58,7 +58,7 @@ import redis
 
 from lab.bench.harness import cpu_seconds, sleep_server
 from lab.bench.peer_jobs import COUNTER_KEY
-from lab.infra.broker import start_broker
+from lab.infra.broker import BROKER_URL_ENV, start_broker
 from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn
 from lab.runtime.queue import Queue
 from lab.runtime.telemetry import runtime_figures
@@ -118,7 +118,7 @@ def _lab_enqueue(url: str, kind: str, n: int, ms: float) -> None:
 def lab_runtime(name: str, redis_url: str, *, prefetch: int, loop: str) -> Runtime:
     def argv(conc: int) -> list[str]:
         return python_module_argv(
-            "lab.runtime.worker", "--broker", redis_url, "--queue", QUEUE,
+            "lab.runtime.worker", "--queue", QUEUE,  # the broker: $LAB_BROKER_URL (a password)
             "--num-workers", str(conc), "--prefetch", str(prefetch), "--loop", loop,
             "--job", "lab.bench.peer_jobs:noop", "--job", "lab.bench.peer_jobs:io",
         )  # fmt: skip
@@ -200,7 +200,7 @@ def measure(
         _http_json(f"{mock_url}/reset", post=True)
         rt.enqueue(redis_url, kind, jobs, ms)
         env = env_with_pythonpath() | {
-            "LAB_PEERS_REDIS_URL": redis_url, "LAB_PEERS_MOCK_URL": mock_url,
+            "LAB_PEERS_REDIS_URL": redis_url, BROKER_URL_ENV: redis_url, "LAB_PEERS_MOCK_URL": mock_url,
             "LAB_PEERS_CONC": str(conc), "LAB_PEERS_N": str(jobs), "LAB_PEERS_KIND": kind,
             "LAB_PEERS_MS": str(ms), "PYTHONUNBUFFERED": "1",
         }  # fmt: skip

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import tempfile
 import time
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from pathlib import Path
 import redis
 
 from lab.bench.harness import cpu_seconds, sleep_server
-from lab.infra.broker import start_broker
+from lab.infra.broker import BROKER_URL_ENV, start_broker
 from lab.infra.procs import Child, python_module_argv, spawn
 from lab.runtime.queue import Queue
 
@@ -61,6 +62,7 @@ def measure(
     service_s: float | None = None,
     loop: str = "uvloop",
     prefetch: int = 0,
+    services: Mapping[str, str] | None = None,
 ) -> Measurement:
     """Enqueue `jobs`, start the instances, return the steady rate and CPU cost."""
     client = redis.Redis.from_url(broker_url)
@@ -68,8 +70,6 @@ def measure(
     queue.purge()
     queue.enqueue_many(job, (dict(args or {}) for _ in range(jobs)))
     argv = [
-        "--broker",
-        broker_url,
         "--queue",
         "bench",
         "--num-workers",
@@ -81,6 +81,9 @@ def measure(
         "--prefetch",
         str(prefetch),
     ]
+    for name, url in (services or {}).items():
+        argv += ["--service", f"{name}={url}"]
+    env = {**os.environ, BROKER_URL_ENV: broker_url}  # a password never goes on argv
     with contextlib.ExitStack() as stack:
         t_start = time.monotonic()
         children: list[Child] = [
@@ -88,6 +91,7 @@ def measure(
                 spawn(
                     python_module_argv("lab.runtime.worker", *argv, "--instance-id", f"bench-{i}"),
                     name=f"worker-{i}",
+                    env=env,
                 )
             )
             for i in range(instances)
@@ -149,20 +153,23 @@ def run_benchmark(
                             )
                         )
                         _print(out[-1])
+                sleep = {"sleep": url} if url else {}
                 if "io" in scenarios:
-                    args = {"url": url, "path": "/sleep?ms=50", "method": "GET"}
+                    args = {"service": "sleep", "path": "/sleep?ms=50", "method": "GET"}
                     for c in (10, 50, 200):
                         m = measure(
                             broker.url, scenario="io-50ms", jobs=max(1000, 40 * c), num_workers=c,
                             job="http.call", args=args, service_s=0.050, loop=loop, prefetch=prefetch,
+                            services=sleep,
                         )  # fmt: skip
                         out.append(m)
                         _print(m)
                 if "wide" in scenarios:
-                    args = {"url": url, "path": "/sleep?ms=1000", "method": "GET"}
+                    args = {"service": "sleep", "path": "/sleep?ms=1000", "method": "GET"}
                     m = measure(
                         broker.url, scenario="io-1s", jobs=8000, num_workers=100, instances=10,
                         job="http.call", args=args, service_s=1.0, loop=loop, prefetch=prefetch,
+                        services=sleep,
                     )  # fmt: skip
                     out.append(m)
                     _print(m)

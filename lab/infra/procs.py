@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,13 +25,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from lab.errors import ServiceError
+from lab.infra.files import UnsafePath
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+_TAIL_BYTES = 64 * 1024
 _pending_stop: int | None = None  # the stop signal received, until it has been raised
 _defer_stop = 0  # > 0 while a child is being spawned: the signal is only recorded
 
@@ -48,12 +52,40 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
     return setup
 
 
+class Process(Protocol):
+    """What `Child` needs of a process: `subprocess.Popen`, or a fork server's child."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def send_signal(self, signum: int) -> None: ...
+
+
+#: A line that names an error: a Python exception (`ModuleNotFoundError: ...`), or a lab CLI's
+#: one-line message (`lab.runtime.worker: ...`).
+_ERROR_LINE = re.compile(r"^(?:[\w.]+(?:Error|Exception|Exit|Interrupt)\b|lab(?:\.\w+)+: )")
+
+
+def describe_returncode(code: int | None) -> str:
+    """How a process ended, in words: 'exited with code 1', 'was killed by SIGKILL'."""
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 @dataclass
 class Child:
     """A running child process and where its output goes."""
 
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: Process
     log_path: Path | None
 
     @property
@@ -64,11 +96,34 @@ class Child:
         return self.popen.poll() is None
 
     def log_tail(self, lines: int = 20) -> str:
-        """The last lines the child wrote, to put in an error message."""
-        if self.log_path is None or not self.log_path.exists():
+        """The last lines the child wrote (of its last 64 KiB), to put in an error message."""
+        if self.log_path is None:
             return ""
-        text = self.log_path.read_text(errors="replace").splitlines()
+        try:
+            fd = os.open(self.log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return ""
+        with os.fdopen(fd, "rb") as f:
+            f.seek(max(0, os.fstat(fd).st_size - _TAIL_BYTES))
+            text = f.read(_TAIL_BYTES).decode(errors="replace").splitlines()
         return "\n".join(text[-lines:])
+
+    def exit_description(self) -> str:
+        """How the child ended ('exited with code 2', 'was killed by SIGKILL'), or 'is still running'."""
+        return describe_returncode(self.popen.poll())
+
+    def last_words(self, lines: int = 12) -> str:
+        """Why it ended, for an error message: the error line it wrote (a Python exception, a
+        lab CLI's message), then its last lines; or that it wrote nothing (a signal, say)."""
+        tail = [line for line in self.log_tail(lines).splitlines() if line.strip()]
+        where = f" ({self.log_path})" if self.log_path is not None else ""
+        if not tail:
+            return f"it wrote nothing{where}"
+        error = next((line for line in reversed(tail) if _ERROR_LINE.match(line)), tail[-1])
+        if tail == [error]:
+            return f"{error}{where}"
+        shown = "\n".join(f"  | {line}" for line in tail)
+        return f"{error}\n  its last output{where}:\n{shown}"
 
     def signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -102,34 +157,53 @@ def spawn(
     out: IO[Any] | int = subprocess.DEVNULL
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = log_path.open("ab")
-    global _defer_stop
-    _defer_stop += 1  # a stop signal now would orphan the child: hold it until it is ours
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:  # never through a link planted where the log goes
+            out = os.fdopen(os.open(log_path, flags, 0o644), "ab")
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafePath(
+                    f"{log_path}: is a symbolic link; the lab never writes through one"
+                ) from None
+            raise ServiceError(
+                f"{log_path}: cannot write the log of {name}: {exc.strerror}"
+            ) from None
     try:
-        popen = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
-            start_new_session=True,
-            pass_fds=tuple(pass_fds),
-            preexec_fn=_die_with_parent(os.getpid()) if sys.platform.startswith("linux") else None,
-        )
-    except BaseException:
-        _defer_stop -= 1
-        raise
+        with holding_stop():  # a stop signal now would orphan the child: hold it until it is ours
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                start_new_session=True,
+                pass_fds=tuple(pass_fds),
+                preexec_fn=_die_with_parent(os.getpid())
+                if sys.platform.startswith("linux")
+                else None,
+            )
+            child = Child(name=name, popen=popen, log_path=log_path)
     finally:
         if not isinstance(out, int):
             out.close()  # the child holds its own copy of the descriptor
-    child = Child(name=name, popen=popen, log_path=log_path)
     log.debug("started %s (pid %d): %s", name, popen.pid, " ".join(argv))
     try:
-        _defer_stop -= 1
         check_stop()  # a stop signal that came during the spawn lands here, with the child owned
         yield child
     finally:
         child.stop(grace_s=grace_s)
+
+
+@contextlib.contextmanager
+def holding_stop() -> Iterator[None]:
+    """Record a stop signal instead of raising it for the block (a child being started is not
+    owned yet); `check_stop` raises it afterwards."""
+    global _defer_stop
+    _defer_stop += 1
+    try:
+        yield
+    finally:
+        _defer_stop -= 1
 
 
 def terminate_all(children: Sequence[Child]) -> None:
@@ -159,8 +233,8 @@ def wait_for(
         for child in children:
             if not child.alive():
                 raise ServiceError(
-                    f"{child.name} exited with code {child.popen.returncode} while waiting for "
-                    f"{what}; its last output:\n{child.log_tail()}"
+                    f"{child.name} {child.exit_description()} while waiting for {what}: "
+                    f"{child.last_words()}"
                 )
         if check():
             return

@@ -1,12 +1,14 @@
 """`python -m lab.mocks KIND [--host 127.0.0.1] [--port 0] [--ready-file PATH] [spec options]`.
 
-The spec comes from `--spec-json '{...}'` (what the sweep passes) and/or one flag per
-`ServiceSpec` field (`--capacity 8`, `--queue 200`, `--per-item-ms 0.3`, ...); flags win.
+The spec comes from `--spec-file PATH` (what the sweep passes: a spec of any size fits, where a
+command line has a length limit), `--spec-json '{...}'`, and/or one flag per `ServiceSpec`
+field (`--capacity 8`, `--queue 200`, `--per-item-ms 0.3`, ...); flags win.
 Nested fields take JSON or a compact `key=value,...` form, with an optional `dist:` tag:
     --latency lognormal:median_ms=15,p99_ms=60     --rate-limit per_s=100,burst=100
     --brownouts start_s=5,duration_s=2,latency_x=4   (repeatable)
-Once listening it prints the URL and writes `{"url", "pid", "kind"}` to the ready file
-(atomically). SIGTERM or SIGINT stop it with exit code 0.
+Once listening it prints the URL and writes `{"url", "pid", "kind", "token"}` to the ready file
+(atomically, mode 0600). The `/_lab/` routes need the token (`$LAB_MOCK_TOKEN`, else a new one;
+see `lab.mocks.control`). SIGTERM or SIGINT stop it with exit code 0.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import ConfigError, exit_status
+from lab.infra.files import read_file
+from lab.limits import SPEC_BYTES_MAX
 from lab.mocks.server import run
-from lab.mocks.spec import KINDS, ServiceSpec, parse_spec
+from lab.mocks.spec import KINDS, ServiceSpec, json_object, parse_spec
 
 _LIST_FIELDS = {"brownouts"}
 
@@ -60,7 +64,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="serve on this inherited listening socket (a parent bound it: no port race)",
     )
+    parser.add_argument(
+        "--allow-network",
+        action="store_true",
+        help="serve on a non-loopback address a parent bound (a Ray node's own address, so "
+        "workers on other hosts reach the mock); loopback only without it",
+    )
+    parser.add_argument(
+        "--state-file",
+        type=Path,
+        help="on stop, write statistics and documents here; on start, continue from it if it "
+        "exists (a restart within one trial)",
+    )
     parser.add_argument("--spec-json", help="the whole ServiceSpec as JSON (flags override)")
+    parser.add_argument(
+        "--spec-file",
+        type=Path,
+        help="a file holding the whole ServiceSpec as JSON (flags override)",
+    )
     group = parser.add_argument_group("spec fields (see lab.mocks.spec.ServiceSpec)")
     for name, field in ServiceSpec.model_fields.items():
         if name == "kind":
@@ -71,19 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def spec_from_args(args: argparse.Namespace) -> ServiceSpec:
-    data: dict[str, Any] = {}
+def _spec_data(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """(where, the JSON object) of `--spec-file` or `--spec-json`, or ("flags", {})."""
+    if args.spec_file is not None and args.spec_json is not None:
+        raise ConfigError("give --spec-file or --spec-json, not both")
+    if args.spec_file is not None:
+        where = str(args.spec_file)
+        return where, json_object(read_file(args.spec_file, limit=SPEC_BYTES_MAX), where=where)
     if args.spec_json is not None:
-        try:
-            data = json.loads(args.spec_json)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--spec-json: not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError("--spec-json: expected a JSON object")
+        return "--spec-json", json_object(args.spec_json, where="--spec-json")
+    return "flags", {}
+
+
+def spec_from_args(args: argparse.Namespace) -> ServiceSpec:
+    where, data = _spec_data(args)
     if data.setdefault("kind", args.kind) != args.kind:
-        raise ConfigError(
-            f"--spec-json: kind is {data['kind']!r} but the command says {args.kind!r}"
-        )
+        raise ConfigError(f"{where}: kind is {data['kind']!r} but the command says {args.kind!r}")
     for name in ServiceSpec.model_fields:
         value = getattr(args, name, None) if name != "kind" else None
         if value is None:
@@ -112,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             ready_file=args.ready_file,
             on_ready=lambda url: print(url, flush=True),
             sock=sock,
+            allow_network=args.allow_network,
+            state_file=args.state_file,
         )
 
     return exit_status("lab.mocks", serve)

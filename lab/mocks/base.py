@@ -39,6 +39,14 @@ def retry_after_header(wait_s: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(wait_s)))}
 
 
+class Busy(Exception):
+    """A fresh-state reset while a trial's requests are still in the service."""
+
+    def __init__(self, left: dict[str, int]) -> None:
+        super().__init__(", ".join(f"{k} {v}" for k, v in sorted(left.items())))
+        self.left = left
+
+
 class MockService:
     """A mock's protocol on top of the shared load model."""
 
@@ -48,6 +56,7 @@ class MockService:
         self.spec = spec
         self.model = LoadModel(spec)
         self._limit_connections = spec.connection_limit is not None
+        self._send_retry_after = spec.rate_limit is None or spec.rate_limit.retry_after
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Entry point for every non-`/_lab/` request."""
@@ -78,7 +87,11 @@ class MockService:
                 "retry_after_s": round(wait_s, 3),
             }
         }
-        return json_response(body, status=429, headers=retry_after_header(wait_s))
+        return json_response(body, status=429, headers=self.retry_after(wait_s))
+
+    def retry_after(self, wait_s: float) -> dict[str, str] | None:
+        """The rate-limited 429's Retry-After header, unless the spec turns it off."""
+        return retry_after_header(wait_s) if self._send_retry_after else None
 
     def refused(self, reason: str) -> web.Response:
         """503 for a connection past `connection_limit`; the connection is then closed."""
@@ -89,12 +102,44 @@ class MockService:
         """`GET /_lab/stats`: the load model's statistics plus the service's own keys."""
         return self.model.to_json()
 
+    #: `POST /_lab/reset` options this service takes besides `seed`.
+    reset_options: ClassVar[frozenset[str]] = frozenset()
+
     def reset(self, options: dict[str, Any]) -> dict[str, Any]:
-        """`POST /_lab/reset`: zero the statistics; returns what was done."""
-        if options:
-            raise ValueError(f"unknown reset option(s) {sorted(options)}; this mock takes none")
-        self.model.reset()
-        return {"reset": True}
+        """`POST /_lab/reset`: zero the statistics; returns what was done.
+
+        With `{"seed": N}` the service becomes indistinguishable from one just started with
+        seed N (a reused mock across trials): random streams, token bucket and the service's
+        own state too. That refuses (`Busy`) while a trial's requests are still in flight.
+        """
+        unknown = set(options) - {"seed"} - self.reset_options
+        if unknown:
+            allowed = ", ".join(sorted({"seed"} | self.reset_options))
+            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; allowed: {allowed}")
+        seed = options.get("seed")
+        if seed is None:
+            self.model.reset()
+            return {"reset": True}
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise ValueError(f"seed must be an integer, got {seed!r}")
+        left = self.model.busy()
+        if left:
+            raise Busy(left)
+        self.model.reseed(seed)
+        self.spec = self.model.spec
+        self.reseed(seed)
+        return {"reset": True, "seed": seed}
+
+    def reseed(self, seed: int) -> None:
+        """The service's own state as when just started with `seed` (override when it has any)."""
+
+    def state(self) -> dict[str, Any]:
+        """What a restart carries over (`--state-file`): the statistics since the last reset."""
+        return {"stats": self.model.stats.state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a previous process's `state()`."""
+        self.model.stats.restore(state["stats"])
 
     def controls(self) -> dict[str, ControlHandler]:
         """Extra `/_lab/<name>` routes of this service (e.g. opensearch `seed`)."""

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from statistics import NormalDist
 
 from lab.mocks.spec import (
+    Z_P99,
     BimodalLatency,
     ConstantLatency,
     ExponentialLatency,
@@ -26,7 +27,6 @@ Sampler = Callable[[], float]
 """Returns one service time in milliseconds."""
 
 _STD_NORMAL = NormalDist()
-Z_P99 = _STD_NORMAL.inv_cdf(0.99)  # 2.326...: lognormal sigma = ln(p99 / median) / Z_P99
 
 
 def lognormal_params(latency: LognormalLatency) -> tuple[float, float]:

@@ -127,6 +127,14 @@ class DocStore:
             docs.writes.clear()
             docs.deletes = docs.not_found = docs.conflicts = 0
 
+    def state(self) -> dict[str, Any]:
+        """Every index's ids, versions and ledger: what a restarted mock starts from."""
+        return {name: vars(docs) for name, docs in self.indices.items()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Hold what a previous process held (`state()`), as a node restarted on its disk does."""
+        self.indices = {name: IndexDocs(**fields) for name, fields in state.items()}
+
     def to_json(self) -> dict[str, Any]:
         per_index = {name: docs.to_json() for name, docs in sorted(self.indices.items())}
         keys = (

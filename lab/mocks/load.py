@@ -176,8 +176,7 @@ class LoadModel:
         self.stats = Stats(
             samples_cap=spec.samples_cap, interval_ms=spec.stats_interval_ms, seed=spec.seed
         )
-        self._draw = make_sampler(spec.latency, random.Random(f"{spec.seed}:latency"))
-        self._uniform = random.Random(f"{spec.seed}:errors").random
+        self._seed_draws(spec.seed)
         self._per_item_ms = spec.per_item_ms
         self._error_rate = spec.error_rate
         self._brownouts = spec.brownouts
@@ -234,6 +233,31 @@ class LoadModel:
     def sample(self) -> None:
         """One point of the in-flight / queue-depth / connections time series."""
         self.stats.sample(self.gate.in_flight, len(self.gate.waiters), self.connections.open)
+
+    def _seed_draws(self, seed: int) -> None:
+        self._draw = make_sampler(self.spec.latency, random.Random(f"{seed}:latency"))
+        self._uniform = random.Random(f"{seed}:errors").random
+
+    def busy(self) -> dict[str, int]:
+        """What a trial left behind that a fresh service would not hold: requests in flight or
+        waiting, connections holding or awaiting a slot of the connection limit."""
+        left = {
+            "in_flight": self.gate.in_flight,
+            "queue_depth": len(self.gate.waiters),
+            "connections_held": len(self.connections.held),
+            "connections_waiting": len(self.connections.waiting),
+        }
+        return {k: v for k, v in left.items() if v}
+
+    def reseed(self, seed: int) -> None:
+        """As if just started with `seed`: every random stream restarted, the token bucket full,
+        the statistics zeroed. The caller checks `busy()` first: leftovers would leak."""
+        self.spec = self.spec.model_copy(update={"seed": seed})
+        self._seed_draws(seed)
+        self.stats.reseed(seed)
+        if self.bucket is not None:
+            self.bucket.tokens, self.bucket.last = float(self.bucket.burst), time.monotonic()
+        self.reset()
 
     def reset(self) -> None:
         """Zero the statistics and restart the epoch (brown-outs are timed from it)."""

@@ -36,7 +36,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from lab.mocks.base import ControlHandler, MockService, json_response, retry_after_header
+from lab.mocks.base import ControlHandler, MockService, json_response
 from lab.mocks.bulk import BulkError, BulkOp, parse_bulk
 from lab.mocks.docstore import DocStore, WriteResult
 from lab.mocks.load import Outcome
@@ -276,7 +276,7 @@ class OpenSearchMock(MockService):
 
     def rate_limited(self, wait_s: float) -> web.Response:
         reason = "rate limit exceeded: too many requests"
-        return os_error(429, "too_many_requests", reason, headers=retry_after_header(wait_s))
+        return os_error(429, "too_many_requests", reason, headers=self.retry_after(wait_s))
 
     def refused(self, reason: str) -> web.Response:
         return os_error(503, reason, "too many connections")
@@ -286,24 +286,43 @@ class OpenSearchMock(MockService):
         out["opensearch"] = self.store.to_json()
         return out
 
+    reset_options = frozenset({"clear_docs"})
+
+    def state(self) -> dict[str, Any]:
+        return super().state() | {"docs": self.store.state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self.store.restore(state["docs"])
+
     def reset(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Zero the statistics and write ledgers; keep the documents unless `clear_docs`."""
-        unknown = set(options) - {"clear_docs"}
-        if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; allowed: clear_docs")
-        clear_docs = bool(options.get("clear_docs", False))
-        self.model.reset()
+        """Zero the statistics and write ledgers; keep the documents unless `clear_docs` (or
+        `seed`: as just started, so no document either)."""
+        clear_docs = bool(options.get("clear_docs", False)) or "seed" in options
+        done = super().reset({k: v for k, v in options.items() if k != "clear_docs"})
         self.store.reset(clear_docs=clear_docs)
-        return {"reset": True, "clear_docs": clear_docs}
+        return {**done, "clear_docs": clear_docs}
+
+    def reseed(self, seed: int) -> None:
+        self._id_rng = random.Random(f"{seed}:ids")
 
     def controls(self) -> dict[str, ControlHandler]:
         return {"seed": self._seed, "docs": self._docs}
 
     async def _seed(self, request: web.BaseRequest) -> web.StreamResponse:
         """`POST /_lab/seed {"index": "x", "ids": [...]}`: documents in place before the clock."""
-        data = await request.json()
-        index, ids = data.get("index"), data.get("ids")
-        if set(data) != {"index", "ids"} or not isinstance(index, str) or not isinstance(ids, list):
+        try:
+            data = await request.json()
+        except ValueError:
+            data = None
+        index, ids = (
+            (data.get("index"), data.get("ids")) if isinstance(data, dict) else (None, None)
+        )
+        if (
+            set(data or ()) != {"index", "ids"}
+            or not isinstance(index, str)
+            or not isinstance(ids, list)
+        ):
             return json_response(
                 {"error": 'expected {"index": str, "ids": [str, ...]}'}, status=400
             )

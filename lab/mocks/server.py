@@ -1,16 +1,24 @@
 """Running a mock: the aiohttp server, the `/_lab/` control routes, readiness and signals.
 
-Control routes bypass the load model (no rate limit, no capacity, no connection limit):
+Control routes bypass the load model (no rate limit, no capacity, no connection limit), and
+need the mock's control token in the `X-Lab-Token` header (401 without it; `lab.mocks.control`):
   GET  /_lab/stats   the statistics document (see `lab.mocks.stats`), sorted keys
   POST /_lab/reset   zero statistics, time series and write ledgers, restart the epoch that
                      brown-outs are timed from; documents are KEPT (seeded ids survive) unless
-                     the body is `{"clear_docs": true}` (opensearch)
+                     the body is `{"clear_docs": true}` (opensearch). `{"seed": N}`: as if just
+                     started with seed N (random streams, token bucket, documents), so one
+                     process serves trial after trial; 409 while requests are still inside
   GET  /_lab/health  `{"ok": true, "kind": ...}`
   opensearch only: POST /_lab/seed `{"index": "x", "ids": [...]}`, GET /_lab/docs?index=x
 
+With a state file (`--state-file`), a stopped mock writes its statistics and documents there and
+a mock started on it continues from them: a restart inside one trial keeps the trial's figures
+and the id ledger whole, as a real node keeps its data on disk.
+
 The server is aiohttp's low-level `web.Server` (no router, no middlewares): the mocks route by
 hand, which keeps per-request overhead close to a bare aiohttp app, and the server's
-connection hooks feed the connection limit.
+connection hooks feed the connection limit. Request bodies are limited to 1 MiB, and to
+100 MiB (OpenSearch's own `http.max_content_length`) on `_bulk` and `/_lab/seed`.
 """
 
 from __future__ import annotations
@@ -28,11 +36,14 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import RawRequestMessage
 from aiohttp.web_protocol import RequestHandler
 
 from lab.errors import ConfigError
 from lab.infra.aio import run_main, write_ready_file
-from lab.mocks.base import MockService, json_response
+from lab.limits import BODY_BYTES_MAX, BULK_BODY_BYTES_MAX
+from lab.mocks.base import Busy, MockService, json_response
+from lab.mocks.control import TOKEN_ENV, TOKEN_HEADER, new_token, token_ok
 from lab.mocks.database import DatabaseMock
 from lab.mocks.http_api import HttpApiMock
 from lab.mocks.load import ConnectionTracker
@@ -55,8 +66,11 @@ def make_service(spec: ServiceSpec) -> MockService:
     return SERVICES[spec.kind](spec)
 
 
-def check_loopback(host: str) -> str:
-    """The address to bind: loopback only, so a mock is never reachable from the network."""
+def check_loopback(host: str, *, allow_network: bool = False) -> str:
+    """The address to bind: loopback only, so a mock is never reachable from the network, unless
+    `allow_network` (a cluster node's own address, for workers on other hosts)."""
+    if allow_network:
+        return host
     if host == "localhost":
         return "127.0.0.1"
     try:
@@ -83,14 +97,33 @@ class _TrackingServer(web.Server):
         super().connection_lost(handler, exc)
         self._tracker.closed(handler)
 
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: Any,
+        protocol: RequestHandler,
+        writer: Any,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        """aiohttp's request, with the body limit of its route (bulk-shaped routes: larger)."""
+        path = message.path.partition("?")[0]
+        bulk = path.endswith("/_bulk") or path == "/_lab/seed"
+        limit = BULK_BODY_BYTES_MAX if bulk else BODY_BYTES_MAX
+        return web.BaseRequest(
+            message, payload, protocol, writer, task, self._loop, client_max_size=limit
+        )
 
-def _dispatcher(service: MockService) -> Callable[[web.BaseRequest], Any]:
+
+def _dispatcher(service: MockService, token: str) -> Callable[[web.BaseRequest], Any]:
     controls = {"stats": _stats, "reset": _reset, "health": _health}
     extra = service.controls()
+    refused = {"error": f"/_lab/ routes need this mock's control token in {TOKEN_HEADER}"}
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
         if not request.raw_path.startswith("/_lab/"):
             return await service(request)
+        if not token_ok(request.headers.get(TOKEN_HEADER), token):
+            return json_response(refused, status=401)
         path = request.path
         name = path[len("/_lab/") :]
         if name in extra:
@@ -120,6 +153,8 @@ async def _reset(service: MockService, request: web.BaseRequest) -> web.StreamRe
         return json_response(service.reset(options))
     except ValueError as exc:
         return json_response({"error": str(exc)}, status=400)
+    except Busy as exc:
+        return json_response({"error": f"busy: {exc}", "busy": exc.left}, status=409)
 
 
 async def _health(service: MockService, request: web.BaseRequest) -> web.StreamResponse:
@@ -137,6 +172,14 @@ async def _sample_forever(service: MockService) -> None:
         await asyncio.sleep(max(0.0, next_at - loop.time()))
 
 
+def _read_state(path: Path | None) -> dict[str, Any] | None:
+    """A previous process's state, when there is one (read before serving: a few ms)."""
+    if path is None or not path.exists():
+        return None
+    state: dict[str, Any] = json.loads(path.read_text())
+    return state
+
+
 @contextlib.asynccontextmanager
 async def run_mock(
     spec: ServiceSpec,
@@ -145,17 +188,28 @@ async def run_mock(
     port: int = 0,
     shutdown_grace_s: float = SHUTDOWN_GRACE_S,
     sock: socket.socket | None = None,
+    allow_network: bool = False,
+    token: str | None = None,
+    state_file: Path | None = None,
 ) -> AsyncIterator[str]:
     """Serve `spec` in this event loop; yields the base URL (`http://127.0.0.1:PORT`).
 
     `sock`, a listening socket handed over by a parent, replaces host and port: the parent
     knows the URL before this process starts, and no port can be taken in between.
-    On exit, requests still in flight get `shutdown_grace_s` to finish, then are cancelled.
+    `token` guards the `/_lab/` routes (None: a random one nobody knows, so none answer).
+    On exit, requests still in flight get `shutdown_grace_s` to finish, then are cancelled;
+    then the state goes to `state_file` (read back at start when it exists).
     """
-    bind = check_loopback(sock.getsockname()[0] if sock is not None else host)
+    bind = check_loopback(
+        sock.getsockname()[0] if sock is not None else host, allow_network=allow_network
+    )
     service = make_service(spec)
+    if (state := _read_state(state_file)) is not None:
+        service.restore(state)
     server = _TrackingServer(
-        _dispatcher(service), tracker=service.model.connections, access_log=None
+        _dispatcher(service, token or new_token()),
+        tracker=service.model.connections,
+        access_log=None,
     )
     runner = web.ServerRunner(server, shutdown_timeout=shutdown_grace_s)
     await runner.setup()
@@ -177,6 +231,8 @@ async def run_mock(
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
         await runner.cleanup()
+        if state_file is not None:  # after the in-flight requests: their writes are in it
+            write_ready_file(state_file, service.state())
 
 
 async def serve(
@@ -187,16 +243,31 @@ async def serve(
     ready_file: Path | None = None,
     on_ready: Callable[[str], None] | None = None,
     sock: socket.socket | None = None,
+    allow_network: bool = False,
+    state_file: Path | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then stop cleanly; announce readiness once listening."""
+    """Serve until SIGTERM or SIGINT, then stop cleanly; announce readiness once listening.
+
+    The control token is `$LAB_MOCK_TOKEN`, else a new one, written to the ready file (0600).
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    token = os.environ.get(TOKEN_ENV) or new_token()
     try:
-        async with run_mock(spec, host=host, port=port, sock=sock) as url:
+        async with run_mock(
+            spec,
+            host=host,
+            port=port,
+            sock=sock,
+            allow_network=allow_network,
+            token=token,
+            state_file=state_file,
+        ) as url:
             if ready_file is not None:
-                write_ready_file(ready_file, {"url": url, "pid": os.getpid(), "kind": spec.kind})
+                info = {"url": url, "pid": os.getpid(), "kind": spec.kind, "token": token}
+                write_ready_file(ready_file, info)
             if on_ready is not None:
                 on_ready(url)
             log.info("%s mock listening on %s", spec.kind, url)
@@ -214,7 +285,14 @@ def run(
     ready_file: Path | None = None,
     on_ready: Callable[[str], None] | None = None,
     sock: socket.socket | None = None,
+    allow_network: bool = False,
+    state_file: Path | None = None,
 ) -> None:
     """Own an event loop (uvloop when installed) and `serve` on it until a stop signal."""
-    check_loopback(sock.getsockname()[0] if sock is not None else host)
-    run_main(serve(spec, host=host, port=port, ready_file=ready_file, on_ready=on_ready, sock=sock))
+    check_loopback(sock.getsockname()[0] if sock is not None else host, allow_network=allow_network)
+    run_main(
+        serve(
+            spec, host=host, port=port, ready_file=ready_file, on_ready=on_ready, sock=sock,
+            allow_network=allow_network, state_file=state_file,
+        )
+    )  # fmt: skip

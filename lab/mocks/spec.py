@@ -7,49 +7,69 @@ Realistic ranges cited in the descriptions come from `docs/services-under-load.m
 
 from __future__ import annotations
 
-import difflib
 import json
-from typing import Annotated, Any, Literal, get_args
+import math
+from statistics import NormalDist
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from lab import limits as L
 from lab.errors import ConfigError
+from lab.external import ExternalService
+from lab.strict import Strict, validate, why
 
 Kind = Literal["opensearch", "http_api", "database"]
 KINDS: tuple[Kind, ...] = ("opensearch", "http_api", "database")
 
+Z_P99 = NormalDist().inv_cdf(0.99)  # 2.326...: lognormal sigma = ln(p99 / median) / Z_P99
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Strict = Strict  # the lab's one strict base: unknown keys, coercions, inf and NaN are errors
+
+# Bounded, finite numbers (lab.limits says why each bound is what it is).
+Ms = Annotated[float, Field(ge=0, le=L.LATENCY_MS_MAX), why(L.LATENCY_WHY)]
+PosMs = Annotated[float, Field(gt=0, le=L.LATENCY_MS_MAX), why(L.LATENCY_WHY)]
+Seconds = Annotated[float, Field(ge=0, le=L.WINDOW_S_MAX)]
+PosSeconds = Annotated[float, Field(gt=0, le=L.WINDOW_S_MAX)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class ConstantLatency(_Strict):
     """Every request takes the same time: useful for overhead checks, unrealistic otherwise."""
 
     dist: Literal["constant"] = "constant"
-    ms: float = Field(ge=0, description="Service time of every request, in milliseconds.")
+    ms: Ms = Field(description="Service time of every request, in milliseconds.")
 
 
 class ExponentialLatency(_Strict):
     """The M/M/c textbook shape: handy for analytic checks, too light-tailed for realism."""
 
     dist: Literal["exponential"] = "exponential"
-    mean_ms: float = Field(gt=0, description="Mean service time, in milliseconds.")
+    mean_ms: PosMs = Field(description="Mean service time, in milliseconds.")
 
 
 class LognormalLatency(_Strict):
     """The usual fit for server response times, given by two percentiles users can read."""
 
     dist: Literal["lognormal"] = "lognormal"
-    median_ms: float = Field(gt=0, description="Median (p50) service time, in milliseconds.")
-    p99_ms: float = Field(
-        gt=0, description="99th percentile service time, in milliseconds; at least median_ms."
+    median_ms: PosMs = Field(description="Median (p50) service time, in milliseconds.")
+    p99_ms: PosMs = Field(
+        description="99th percentile service time, in milliseconds; at least median_ms."
     )
 
     @model_validator(mode="after")
     def _p99_above_median(self) -> LognormalLatency:
         if self.p99_ms < self.median_ms:
             raise ValueError(f"p99_ms ({self.p99_ms}) must be >= median_ms ({self.median_ms})")
+        # the mean is median * exp(sigma^2 / 2): a wide ratio makes it overflow a float
+        sigma = math.log(self.p99_ms / self.median_ms) / Z_P99
+        log_mean = math.log(self.median_ms) + sigma * sigma / 2
+        if log_mean > math.log(L.LATENCY_MS_MAX):
+            raise ValueError(
+                f"p99_ms / median_ms = {self.p99_ms / self.median_ms:.3g} is too wide: the mean "
+                f"service time would be e^{log_mean:.1f} ms, over {L.LATENCY_MS_MAX:,.0f} ms "
+                f"({L.LATENCY_WHY}); bring p99_ms closer to median_ms"
+            )
         return self
 
 
@@ -57,13 +77,22 @@ class ParetoLatency(_Strict):
     """A heavy tail, x_min * U^(-1/alpha): median = min_ms * 2^(1/alpha), p99 = 100^(1/alpha)x."""
 
     dist: Literal["pareto"] = "pareto"
-    min_ms: float = Field(gt=0, description="Scale: the smallest service time, in milliseconds.")
-    alpha: float = Field(
-        gt=0, description="Tail index: smaller is heavier; below 2 the variance is infinite."
+    min_ms: PosMs = Field(description="Scale: the smallest service time, in milliseconds.")
+    alpha: Annotated[float, Field(ge=L.PARETO_ALPHA_MIN, le=100), why(L.PARETO_ALPHA_WHY)] = Field(
+        description="Tail index: smaller is heavier; below 2 the variance is infinite, at or "
+        "below 1 the mean too (then give max_ms)."
     )
-    max_ms: float | None = Field(
-        default=None, gt=0, description="Optional cap on one draw, in milliseconds."
+    max_ms: PosMs | None = Field(
+        default=None, description="Optional cap on one draw, in milliseconds."
     )
+
+    @model_validator(mode="after")
+    def _finite_mean(self) -> ParetoLatency:
+        if self.alpha <= 1 and self.max_ms is None:
+            raise ValueError(
+                f"alpha {self.alpha:g} <= 1 has an infinite mean service time: give max_ms"
+            )
+        return self
 
 
 SimpleLatency = Annotated[
@@ -76,12 +105,12 @@ class BimodalLatency(_Strict):
     """A fast path and a slow path (cache hit/miss): each a constant or a nested distribution."""
 
     dist: Literal["bimodal"] = "bimodal"
-    hit_ratio: float = Field(ge=0, le=1, description="Fraction of requests on the fast path.")
-    hit_ms: float | None = Field(
-        default=None, ge=0, description="Constant fast-path time in ms (or give `hit`)."
+    hit_ratio: Fraction = Field(description="Fraction of requests on the fast path.")
+    hit_ms: Ms | None = Field(
+        default=None, description="Constant fast-path time in ms (or give `hit`)."
     )
-    miss_ms: float | None = Field(
-        default=None, ge=0, description="Constant slow-path time in ms (or give `miss`)."
+    miss_ms: Ms | None = Field(
+        default=None, description="Constant slow-path time in ms (or give `miss`)."
     )
     hit: SimpleLatency | None = Field(
         default=None, description="Fast-path distribution (instead of hit_ms)."
@@ -108,9 +137,16 @@ Latency = Annotated[
 class RateLimit(_Strict):
     """A token bucket shared by every client (limits are per account, not per worker)."""
 
-    per_s: float = Field(gt=0, description="Steady refill rate, in requests per second.")
-    burst: int | None = Field(
-        default=None, ge=1, description="Bucket size in requests; default: per_s rounded up."
+    per_s: Annotated[float, Field(gt=0, le=L.RATE_LIMIT_MAX)] = Field(
+        description="Steady refill rate, in requests per second."
+    )
+    burst: Annotated[int, Field(ge=1, le=int(L.RATE_LIMIT_MAX))] | None = Field(
+        default=None, description="Bucket size in requests; default: per_s rounded up."
+    )
+    retry_after: bool = Field(
+        default=True,
+        description="Send Retry-After (whole seconds until a token) with the 429; false: none, "
+        "as nginx's limit_req answers.",
     )
 
     @property
@@ -121,16 +157,16 @@ class RateLimit(_Strict):
 class Brownout(_Strict):
     """A window where the service is slow and/or failing, optionally repeating."""
 
-    start_s: float = Field(ge=0, description="Start, in seconds after the mock's epoch.")
-    duration_s: float = Field(gt=0, description="Length of the window, in seconds.")
-    every_s: float | None = Field(
-        default=None, gt=0, description="Repeat period in seconds; None means once."
+    start_s: Seconds = Field(description="Start, in seconds after the mock's epoch.")
+    duration_s: PosSeconds = Field(description="Length of the window, in seconds.")
+    every_s: PosSeconds | None = Field(
+        default=None, description="Repeat period in seconds; None means once."
     )
-    latency_x: float = Field(
-        default=1.0, gt=0, description="Multiplier on service time during the window."
+    latency_x: Annotated[float, Field(gt=0, le=L.LATENCY_X_MAX)] = Field(
+        default=1.0, description="Multiplier on service time during the window."
     )
-    error_rate: float | None = Field(
-        default=None, ge=0, le=1, description="Error rate during the window; None keeps the base."
+    error_rate: Fraction | None = Field(
+        default=None, description="Error rate during the window; None keeps the base."
     )
 
     @model_validator(mode="after")
@@ -144,14 +180,12 @@ class ServiceSpec(_Strict):
     """One mock service and its load model: capacity, queue, latency, limits and failures."""
 
     kind: Kind = Field(description="Which protocol the mock speaks.")
-    capacity: int = Field(
+    capacity: Annotated[int, Field(ge=1, le=L.CAPACITY_MAX), why(L.CAPACITY_WHY)] = Field(
         default=8,
-        ge=1,
         description="Requests served at once, like a write thread pool (OpenSearch: one per core).",
     )
-    queue: int = Field(
+    queue: Annotated[int, Field(ge=0, le=L.QUEUE_MAX)] = Field(
         default=200,
-        ge=0,
         description="Requests that may wait for a free slot (FIFO); beyond it: 429. "
         "0 = busy means 429 at once. OpenSearch write queue: 200 on many managed domains.",
     )
@@ -159,33 +193,32 @@ class ServiceSpec(_Strict):
         default_factory=lambda: LognormalLatency(median_ms=5.0, p99_ms=40.0),
         description="Distribution of one request's service time (queue wait excluded).",
     )
-    per_item_ms: float = Field(
+    per_item_ms: Annotated[float, Field(ge=0, le=L.PER_ITEM_MS_MAX)] = Field(
         default=0.0,
-        ge=0,
         description="Extra service time per item of a request (documents in a bulk); "
         "real OpenSearch: ~0.03-0.25 ms per small document.",
     )
-    shards: int = Field(
+    shards: Annotated[int, Field(ge=1, le=L.SHARDS_MAX)] = Field(
         default=1,
-        ge=1,
         description="opensearch only: primary shards; a bulk is split per shard and each part "
         "is admitted or rejected on its own, as on a real node.",
     )
     rate_limit: RateLimit | None = Field(
         default=None, description="Token bucket; when empty: 429 with Retry-After."
     )
-    error_rate: float = Field(
-        default=0.0, ge=0, le=1, description="Probability that a served request fails with 5xx."
+    error_rate: Fraction = Field(
+        default=0.0, description="Probability that a served request fails with 5xx."
     )
-    error_status: int = Field(
-        default=500, ge=500, le=599, description="HTTP status of an injected error."
+    error_status: Annotated[int, Field(ge=500, le=599)] = Field(
+        default=500, description="HTTP status of an injected error."
     )
-    brownouts: list[Brownout] = Field(
+    brownouts: Annotated[
+        list[Brownout], Field(max_length=L.BROWNOUTS_MAX), why(L.BROWNOUTS_WHY)
+    ] = Field(
         default_factory=list, description="Slow or failing windows, timed from the mock's epoch."
     )
-    connection_limit: int | None = Field(
+    connection_limit: Annotated[int, Field(ge=1, le=L.CONNECTIONS_MAX)] | None = Field(
         default=None,
-        ge=1,
         description="Most TCP connections held at once (Postgres max_connections: 100); "
         "None = unlimited.",
     )
@@ -194,17 +227,24 @@ class ServiceSpec(_Strict):
         description="A connection past the limit: refuse (503, like Postgres FATAL 53300) or "
         "wait until a held connection closes (like a session pooler).",
     )
-    connection_wait_timeout_ms: float | None = Field(
-        default=None, gt=0, description="wait mode: give up (503) after this long; None = never."
+    connection_wait_timeout_ms: PosMs | None = Field(
+        default=None, description="wait mode: give up (503) after this long; None = never."
     )
-    seed: int = Field(
+    seed: Annotated[int, Field(ge=0, le=L.SPEC_SEED_MAX)] = Field(
         default=0, description="Seed of every random draw, so a trial can be repeated."
     )
-    stats_interval_ms: float = Field(
-        default=100.0, gt=0, description="Sampling period of the in-flight/queue time series."
+    stats_interval_ms: Annotated[
+        float,
+        Field(ge=L.STATS_INTERVAL_MS_MIN, le=L.STATS_INTERVAL_MS_MAX),
+        why(L.STATS_INTERVAL_WHY),
+    ] = Field(default=100.0, description="Sampling period of the in-flight/queue time series.")
+    samples_cap: Annotated[int, Field(ge=1, le=L.SAMPLES_CAP_MAX)] = Field(
+        default=10_000, description="Service-time samples kept (a uniform reservoir)."
     )
-    samples_cap: int = Field(
-        default=10_000, ge=1, description="Service-time samples kept (a uniform reservoir)."
+    calibrated_from: ExternalService | None = Field(
+        default=None,
+        description="The real service this mock was fitted to (written by python -m "
+        "lab.calibrate); `python -m lab.sweep --verify` reruns the best configurations on it.",
     )
 
     @model_validator(mode="after")
@@ -221,58 +261,25 @@ def spec_to_json(spec: ServiceSpec) -> str:
     return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
-def spec_from_json(text: str, *, where: str = "--spec-json") -> ServiceSpec:
+def spec_from_json(text: str | bytes, *, where: str = "--spec-json") -> ServiceSpec:
     """Parse `spec_to_json` output (or any JSON object); ConfigError names the bad key."""
+    return parse_spec(json_object(text, where=where), where=where)
+
+
+def json_object(text: str | bytes, *, where: str) -> dict[str, Any]:
+    """A JSON object of at most SPEC_BYTES_MAX; one ConfigError for anything else."""
+    if len(text) > L.SPEC_BYTES_MAX:
+        raise ConfigError(f"{where}: larger than {L.SPEC_BYTES_MAX // 1024} KiB; a spec is small")
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{where}: not valid JSON: {exc}") from None
-    return parse_spec(data, where=where)
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, 5,000-digit ints, [[[...
+        raise ConfigError(f"{where}: not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a JSON object")
+    return data
 
 
 def parse_spec(data: Any, *, where: str = "service") -> ServiceSpec:
-    """Validate a mapping into a ServiceSpec; one ConfigError listing every problem."""
-    try:
-        return ServiceSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{where}: " + "; ".join(_describe(e) for e in exc.errors())) from None
-
-
-def _describe(error: Any) -> str:
-    path = ".".join(str(p) for p in error["loc"])
-    if error["type"] == "missing":
-        return f"{path}: required"
-    if error["type"] == "extra_forbidden":
-        known = _known_keys(error["loc"][:-1])
-        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(known)}"
-        return f"{path}: unknown key, {hint}"
-    msg = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "value_error":
-        return f"{path}: {msg}" if path else msg
-    return f"{path}: {msg}, got {error.get('input')!r}"
-
-
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    return [m for arg in get_args(annotation) for m in _models_in(arg)]
-
-
-def _known_keys(loc: tuple[Any, ...]) -> list[str]:
-    """The field names allowed at `loc`, for the did-you-mean hint."""
-    models: list[type[BaseModel]] = [ServiceSpec]
-    for part in loc:
-        if isinstance(part, int):
-            continue  # a list index
-        fields = [m.model_fields[part] for m in models if part in m.model_fields]
-        if fields:
-            models = _models_in(fields[0].annotation)
-        else:  # a discriminated-union tag such as "lognormal" names the member
-            models = [
-                m
-                for m in models
-                if m.model_fields.get("dist", None) is not None
-                and m.model_fields["dist"].default == part
-            ] or models
-    return sorted({name for m in models for name in m.model_fields})
+    """Validate a mapping into a ServiceSpec; one ConfigError listing every problem, worded as
+    a scenario's are (`lab.strict`)."""
+    return validate(ServiceSpec, data, where=where)

@@ -44,6 +44,10 @@ class Stats:
         self._seed = seed
         self.reset()
 
+    def reseed(self, seed: int) -> None:
+        """Draw the reservoir's samples from `seed` from now on (applied by the next reset)."""
+        self._seed = seed
+
     def reset(self) -> None:
         """Zero everything and restart the clock (the trial's epoch)."""
         self.epoch = time.monotonic()
@@ -62,6 +66,32 @@ class Stats:
         self.wait_ms: list[float] = []
         self._rng = random.Random(f"{self._seed}:samples")
         self.series: deque[tuple[float, int, int, int, int]] = deque(maxlen=SERIES_CAP)
+
+    #: What a restarted mock carries over from the process before it (see `state`).
+    _CARRIED = (
+        "epoch", "requests", "items", "served", "served_items", "rejected_items",
+        "failed_items", "max_in_flight", "max_queue_depth", "seen", "service_ms", "wait_ms",
+    )  # fmt: skip
+
+    def state(self) -> dict[str, Any]:
+        """Everything counted so far, for the process that replaces this one after a restart.
+
+        The epoch is a `time.monotonic()` value: the system-wide clock on Linux, so the new
+        process on the same host keeps the series' times and the brown-out schedule."""
+        out = {name: getattr(self, name) for name in self._CARRIED}
+        return out | {
+            "rejections": dict(self.rejections),
+            "errors": dict(self.errors),
+            "series": list(self.series),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Go on counting from a previous process's `state()`: one trial across a restart."""
+        for name in self._CARRIED:
+            setattr(self, name, state[name])
+        self.rejections = Counter(state["rejections"])
+        self.errors = Counter(state["errors"])
+        self.series = deque((tuple(p) for p in state["series"]), maxlen=SERIES_CAP)
 
     def record(self, wait_ms: float, service_ms: float) -> None:
         """Keep one served unit's times: algorithm R, so every unit is equally likely kept."""

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab.runtime.queue import Queue
-from lab.scenario.spec import Backlog, LocustArrival, Poisson, Ramp
+from lab.scenario.spec import Backlog, Bursts, LocustArrival, Poisson, Ramp, Step
 
-ArrivalSpec = Backlog | Poisson | Ramp | LocustArrival
+ArrivalSpec = Backlog | Poisson | Ramp | Step | Bursts | LocustArrival
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,39 @@ def arrival_offsets(arrival: ArrivalSpec, *, items: int | None, rng: random.Rand
         return [0.0] * items
     if isinstance(arrival, LocustArrival):
         raise ValueError("Locust arrivals follow its users, not a schedule")
+    return _poisson(
+        lambda t: rate_at(arrival, t), _max_rate(arrival), expected_duration_s(arrival), rng
+    )
+
+
+def rate_at(arrival: ArrivalSpec, t_s: float) -> float:
+    """The planned mean arrival rate at `t_s` seconds after the clock start, in items/s."""
     if isinstance(arrival, Poisson):
-        rate = arrival.rate_per_s
-        return _poisson(lambda t: rate, rate, arrival.duration_s, rng)
-    lo, hi, duration = arrival.from_per_s, arrival.to_per_s, arrival.duration_s
-    return _poisson(lambda t: lo + (hi - lo) * t / duration, max(lo, hi), duration, rng)
+        return arrival.rate_per_s
+    if isinstance(arrival, Ramp):
+        lo, hi = arrival.from_per_s, arrival.to_per_s
+        return lo + (hi - lo) * t_s / arrival.duration_s
+    if isinstance(arrival, Step):
+        end = 0.0
+        for phase in arrival.steps:
+            end += phase.duration_s
+            if t_s < end:
+                return phase.rate_per_s
+        return arrival.steps[-1].rate_per_s
+    if isinstance(arrival, Bursts):
+        return arrival.burst_per_s if arrival.in_burst(t_s) else arrival.base_per_s
+    raise ValueError(f"arrival kind {arrival.kind} has no planned rate")
+
+
+def _max_rate(arrival: ArrivalSpec) -> float:
+    if isinstance(arrival, Poisson):
+        return arrival.rate_per_s
+    if isinstance(arrival, Ramp):
+        return max(arrival.from_per_s, arrival.to_per_s)
+    if isinstance(arrival, Step):
+        return max(p.rate_per_s for p in arrival.steps)
+    assert isinstance(arrival, Bursts)
+    return max(arrival.base_per_s, arrival.burst_per_s)
 
 
 def _poisson(
@@ -51,6 +79,8 @@ def _poisson(
 ) -> list[float]:
     """A Poisson process of rate `rate_at(t)` on [0, duration_s), by thinning (Lewis-Shedler)."""
     out: list[float] = []
+    if max_rate <= 0:
+        return out
     t = 0.0
     while True:
         t += rng.expovariate(max_rate)

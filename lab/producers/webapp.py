@@ -32,8 +32,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from lab.errors import exit_status
+from lab.errors import ConfigError, exit_status
 from lab.infra.aio import run_main, write_ready_file
+from lab.infra.broker import BROKER_URL_ENV
 from lab.runtime.queue import QueueKeys, encode_job
 from lab.runtime.worker import Worker, WorkerSettings, build_parser, settings_from_args
 
@@ -129,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m lab.producers.webapp", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--broker", required=True)
+    p.add_argument(
+        "--broker", default=os.environ.get(BROKER_URL_ENV), help=f"default: ${BROKER_URL_ENV}"
+    )
     p.add_argument("--queue", required=True)
     p.add_argument("--job", required=True)
     p.add_argument(
@@ -146,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(rest)} (worker flags need --colocated)")
 
     def serve_app() -> None:
+        if not ns.broker:
+            raise ConfigError(f"give --broker URL, or set {BROKER_URL_ENV}")
         worker_settings = None
         if ns.colocated:
             worker_args = ["--broker", ns.broker, "--queue", ns.queue, "--job", ns.job, *rest]

@@ -2,8 +2,8 @@
 
 The report opens offline in any browser and can be attached to a ticket: figures are embedded
 as base64 PNG, the style sheet is inline, nothing is fetched. It shows the scenario, the machine,
-the recommendation and its reasons, the warnings, every standard figure, the table of
-configurations and the scalability fits. Everything that comes from the scenario or the
+the recommendation and its reasons, the warnings, every standard figure, the faults (when a
+trial had one), the table of configurations and the scalability fits. Everything that comes from the scenario or the
 manifest is escaped (a scenario is user input).
 """
 
@@ -24,8 +24,23 @@ from lab.analysis.configs import Analysis, Run, analyze, load_run
 from lab.analysis.recommendation import Recommendation
 from lab.configuration import label
 from lab.errors import exit_status
-from lab.report.plots import STANDARD, WEB_CAPTION, has_web, web_latency_vs_workers
+from lab.external import ExternalService
+from lab.infra.broker import redact_url
+from lab.mocks.spec import ServiceSpec
+from lab.report import verification
+from lab.report.faults import faults_section
+from lab.report.plots import (
+    DYNAMIC_CAPTION,
+    STANDARD,
+    WEB_CAPTION,
+    dynamic_timeline,
+    has_dynamic,
+    has_web,
+    web_latency_vs_workers,
+)
+from lab.report.search import model_section, search_section
 from lab.results import RunFolder
+from lab.scenario.spec import axis_values
 
 #: Resolution of the embedded figures: sharp on a laptop screen, ~100 kB each.
 DPI = 100
@@ -105,7 +120,7 @@ _TABLE = [
     ("latency_p99_ms", "p99 ms", ",.0f"), ("latency_p99_worst_ms", "worst p99 ms", ",.0f"),
     ("error_rate", "errors", ".1%"), ("retries", "retries", ",.0f"),
     ("service_rejected", "429s", ",.0f"), ("bound_ratio", "of bound", ".0%"),
-    ("workers_cores", "worker cores", ".2f"),
+    ("workers_cores", "worker cores", ".2f"), ("bottleneck", "held by", ""),
 ]  # fmt: skip
 
 
@@ -134,6 +149,17 @@ def _configs_table(analysis: Analysis) -> str:
         rows.append(f'<tr class="{css}">{cells}<td class="l">{escape(note)}</td></tr>')
     table = f'<table><tr>{head}<th class="l">notes</th></tr>{"".join(rows)}</table>'
     return f'<div class="wide">{table}</div>'
+
+
+def _bottlenecks(analysis: Analysis) -> str:
+    """What held each configuration, in words, best first (lab.analysis.attribution)."""
+    metric = analysis.objective.maximize
+    items = "".join(
+        f"<li><b>{escape(label(row))}</b> ({_num(row[metric])} {escape(metric.replace('_per_s', '/s'))}): "
+        f"held by {escape(str(row['why']))}</li>"
+        for _, row in analysis.configs.sort_values(metric, ascending=False).iterrows()
+    )
+    return f"<ul>{items}</ul>"
 
 
 def _fits_table(analysis: Analysis) -> str:
@@ -169,14 +195,8 @@ def _definitions(items: Sequence[tuple[str, Any]]) -> str:
 def _scenario(run: Run) -> str:
     s = run.scenario
     w, sweep, o = s.workload, s.sweep, s.objective
-    services = "; ".join(
-        f"{name}: {spec.kind}, capacity {spec.capacity}, queue {spec.queue}, "
-        f"latency {_latency(spec.latency.model_dump(exclude_none=True))}, "
-        f"per item {spec.per_item_ms:g} ms"
-        + (f", rate limit {spec.rate_limit.per_s:g}/s" if spec.rate_limit else "")
-        for name, spec in s.services.items()
-    )
-    text = (run.path / "scenario.yaml").read_text() if (run.path / "scenario.yaml").exists() else ""
+    services = "; ".join(_service(name, spec) for name, spec in s.services.items())
+    text = redact_url(RunFolder(run.path).scenario_text())  # a broker password stays out
     return (
         _definitions(
             [
@@ -187,7 +207,8 @@ def _scenario(run: Run) -> str:
                 ),
                 (
                     "grid",
-                    f"num_workers {list(sweep.num_workers)} × instances {list(sweep.instances)} × "
+                    f"num_workers {list(axis_values(sweep.num_workers))} × instances "
+                    f"{list(axis_values(sweep.instances))} × "
                     f"batch_size {list(sweep.batch_size)}, {sweep.repeats} repeat(s)",
                 ),
                 ("objective", f"maximize {o.maximize}; prefer {', '.join(o.prefer) or '-'}"),
@@ -200,6 +221,21 @@ def _scenario(run: Run) -> str:
             ]
         )
         + f"<details><summary>scenario.yaml, as run</summary><pre>{escape(text)}</pre></details>"
+    )
+
+
+def _service(name: str, spec: ServiceSpec | ExternalService) -> str:
+    if isinstance(spec, ExternalService):
+        return (
+            f"{name}: a real {spec.protocol} service at {spec.url}, at most {spec.max_in_flight} "
+            f"requests in flight and {spec.max_requests_per_s:g} per second"
+        )
+    return (
+        f"{name}: {spec.kind}, capacity {spec.capacity}, queue {spec.queue}, "
+        f"latency {_latency(spec.latency.model_dump(exclude_none=True))}, "
+        f"per item {spec.per_item_ms:g} ms"
+        + (f", rate limit {spec.rate_limit.per_s:g}/s" if spec.rate_limit else "")
+        + (f", fitted to {spec.calibrated_from.url}" if spec.calibrated_from else "")
     )
 
 
@@ -233,6 +269,45 @@ def _web_section(analysis: Analysis) -> str:
     )
 
 
+_DYNAMIC_TABLE = [
+    ("config", "policy", ""), ("verdict", "verdict", ""), ("items_per_s", "items/s", ",.0f"),
+    ("throughput_ratio", "× best", ".0%"), ("latency_p99_ms", "p99 ms", ",.0f"),
+    ("p99_ratio", "p99 × best", ".2f"), ("best_fixed", "best fixed", ""),
+    ("overloads", "429s + timeouts", ",.0f"), ("pick_overloads", "the pick's", ",.0f"),
+    ("instance_seconds", "instance-s", ",.1f"), ("pick_instance_seconds", "the pick's", ",.1f"),
+    ("fixed_pick", "fixed pick", ""), ("cheapest_instance_seconds", "cheapest meeting SLO", ",.1f"),
+    ("settle_s", "settled after s", ",.1f"), ("slots_during_share", "slots in brown-out", ".0%"),
+    ("recovery_s", "back after s", ",.1f"),
+]  # fmt: skip
+
+
+def _dynamic_section(analysis: Analysis) -> str:
+    """Each dynamic policy against the fixed configurations, and the policies over time."""
+    if not has_dynamic(analysis):
+        return ""
+    head = "".join(f"<th>{escape(title)}</th>" for _, title, _ in _DYNAMIC_TABLE)
+    rows = []
+    for _, row in analysis.dynamic.iterrows():
+        cells = "".join(
+            f"<td>{_num(row.get(col), fmt) if fmt else escape(str(row.get(col) or '–'))}</td>"
+            for col, _, fmt in _DYNAMIC_TABLE
+        )
+        note = "; ".join(row["slo_problems"]) or "meets the SLO"
+        rows.append(f'<tr>{cells}<td class="l">{escape(note)}</td></tr>')
+    table = f'<table><tr>{head}<th class="l">SLO</th></tr>{"".join(rows)}</table>'
+    return (
+        "<h2>Dynamic policies</h2><p>Each policy against the fixed configurations of the same "
+        "batch size (and the same value of the knob it does not adapt), from this run: the "
+        "<i>best fixed</i> has the highest throughput within the SLO; the <i>fixed pick</i> is "
+        "what the sweep recommends among them; the cost is instance-seconds. A policy <i>wins</i> "
+        "when it meets the SLO, the best fixed does not beat it beyond the noise, and it is "
+        "cheaper or gets fewer 429s and timeouts than the pick.</p>"
+        f'<div class="wide">{table}</div>'
+        f'<figure><img alt="{escape(DYNAMIC_CAPTION)}" src="{figure_png(dynamic_timeline(analysis))}">'
+        f"<figcaption>{escape(DYNAMIC_CAPTION)}</figcaption></figure>"
+    )
+
+
 def render_report(analysis: Analysis) -> str:
     """The report's HTML text, self-contained. Needs an analysis of a run (`analyze(path)`)."""
     if analysis.run is None:
@@ -256,27 +331,42 @@ def render_report(analysis: Analysis) -> str:
         f"({escape(str(run.manifest.get('status', '?')))})</p>",
         "<h2>Recommendation</h2>",
         _recommendation(analysis.recommendation),
+        verification.section(run.path),
         f'<h2>Warnings</h2><div class="box warn"><ul>{warnings}</ul></div>' if warnings else "",
         "<h2>Figures</h2>",
         figures,
         _web_section(analysis),
+        _dynamic_section(analysis),
+        search_section(analysis, figure_png),
+        faults_section(analysis, figure_png),
         "<h2>Configurations</h2>",
         "<p>Means over repeats; the interval is Student-t 95 % (none with one repeat). "
         "<i>of bound</i>: throughput over the tighter of the Little's-law and capacity bounds. "
         "Greyed: ruled out by the SLO, lost items or a timeout.</p>",
         _configs_table(analysis),
+        "<h2>What held each configuration</h2>",
+        "<p>The binding constraint of each configuration, from its own evidence (repeats "
+        "aggregated): concurrency, the service's capacity, its rate limit or connection limit, "
+        "the workers' CPU, the broker or the lab itself, retries, the arrivals, or errors. The "
+        "heatmap and the throughput figure mark it with the same words.</p>",
+        _bottlenecks(analysis),
         "<h2>Scalability fit (Universal Scalability Law)</h2>",
         _fits_table(analysis),
+        model_section(analysis, figure_png),
         "<h2>Scenario</h2>",
         _scenario(run),
         "<h2>Machine and run</h2>",
         _machine(run),
     ]
-    body = "\n".join(sections)
+    return html_page(f"{run.scenario.name}: lab report", "\n".join(sections))
+
+
+def html_page(title: str, body: str) -> str:
+    """A self-contained HTML document around `body`: inline style, no script, nothing fetched."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{name}: lab report</title><style>{_CSS}</style></head>\n"
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head>\n"
         f"<body>\n{body}\n</body></html>\n"
     )
 
@@ -286,11 +376,7 @@ def write_report(run_dir: str | Path, *, analysis: Analysis | None = None) -> Pa
     folder = RunFolder.open(Path(run_dir))
     if analysis is None or analysis.run is None:
         analysis = analyze(load_run(folder.path))
-    path = folder.report_html
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_report(analysis), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return folder.write_text(folder.report_html.name, render_report(analysis))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

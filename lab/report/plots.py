@@ -35,6 +35,20 @@ RECOMMENDED: dict[str, Any] = {
 }
 _PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 
+#: A marker and a colour per bottleneck word (lab.analysis.attribution.BOTTLENECKS).
+BOTTLENECK_STYLE: dict[str, tuple[str, str]] = {
+    "concurrency": ("o", "#1f77b4"),
+    "service_capacity": ("s", "#ff7f0e"),
+    "rate_limit": ("v", "#d62728"),
+    "connection_limit": ("D", "#9467bd"),
+    "worker_cpu": ("^", "#8c564b"),
+    "broker": ("P", "#7f7f7f"),
+    "harness": ("X", "#3b3b3b"),
+    "retry_waste": ("<", "#e377c2"),
+    "arrivals": (">", "#2ca02c"),
+    "errors": ("p", "#bcbd22"),
+}
+
 
 Panel = tuple[int, str | None]  # (batch_size, placement or None when the run had one)
 
@@ -101,9 +115,23 @@ def _yerr(part: pd.DataFrame, metric: str) -> np.ndarray | None:
     return np.vstack([(mean - low).fillna(0).to_numpy(), (high - mean).fillna(0).to_numpy()])
 
 
+def _bottleneck_handles(configs: pd.DataFrame, *, coloured: bool) -> list[Artist]:
+    """Legend entries for the bottleneck words present: their marker (and colour)."""
+    present = set(configs["bottleneck"].dropna()) if "bottleneck" in configs else set()
+    return [
+        Line2D(
+            [], [], linestyle="", marker=marker, markersize=8, label=f"held by: {word}",
+            markerfacecolor=color if coloured else "white", markeredgecolor="black",
+        )
+        for word, (marker, color) in BOTTLENECK_STYLE.items()
+        if word in present
+    ]  # fmt: skip
+
+
 def throughput_vs_workers(analysis: Analysis) -> Figure:
     """Items/s against num_workers: a line per instance count, a panel per batch size, with the
-    Little's-law bound (dotted, per instance count) and the service's capacity bound (dashed)."""
+    Little's-law bound (dotted, per instance count) and the service's capacity bound (dashed).
+    Each point's marker says what held it (its bottleneck)."""
     configs = analysis.configs
     fig, axes, batches = _panels(analysis, "Throughput vs num_workers")
     instances = sorted(int(i) for i in configs["instances"].unique())
@@ -119,12 +147,18 @@ def throughput_vs_workers(analysis: Analysis) -> Figure:
                 line["num_workers"],
                 line["items_per_s"],
                 yerr=_yerr(line, "items_per_s"),
-                marker="o",
                 color=color,
                 capsize=3,
                 label=f"{n_inst} instance{'s' if n_inst > 1 else ''}",
             )
+            for _, point in line.iterrows():
+                marker, _ = BOTTLENECK_STYLE.get(str(point.get("bottleneck")), ("o", color))
+                ax.scatter(
+                    [point["num_workers"]], [point["items_per_s"]], marker=marker, s=55,
+                    color=color, edgecolor="black", linewidth=0.6, zorder=4,
+                )  # fmt: skip
             ax.plot(line["num_workers"], line["littles_bound_items_per_s"], ":", color=color)
+            _hollow_if_stopped(ax, line, "num_workers", "items_per_s", color)
         capacity = part["capacity_bound_items_per_s"].mean()
         if np.isfinite(capacity):
             ax.axhline(capacity, color="grey", linestyle="--", linewidth=1.2)
@@ -146,8 +180,18 @@ def throughput_vs_workers(analysis: Analysis) -> Figure:
     ]
     if analysis.chosen is not None:
         handles.append(Line2D([], [], linestyle="", label="recommended", **_star_handle()))
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    handles += _bottleneck_handles(configs, coloured=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
     return fig
+
+
+def _hollow_if_stopped(ax: Axes, part: pd.DataFrame, x: str, y: str, color: str) -> None:
+    """Draw over a configuration stopped early (by the search) with a hollow marker."""
+    if "stopped_early" not in part:
+        return
+    stopped = part[part["stopped_early"].astype(bool)]
+    if not stopped.empty:
+        ax.scatter(stopped[x], stopped[y], s=60, facecolors="white", edgecolors=color, zorder=4)
 
 
 def _star_handle() -> dict[str, Any]:
@@ -188,7 +232,8 @@ def latency_vs_concurrency(analysis: Analysis) -> Figure:
 
 def heatmap(analysis: Analysis) -> Figure:
     """Items/s on an instances × num_workers grid, a panel per batch size. ✗: ruled out by the
-    SLO, lost items or a timeout; a thick frame: the recommendation."""
+    SLO, lost items or a timeout; a thick frame: the recommendation; the marker in a cell's
+    corner: what held it (its bottleneck)."""
     configs = analysis.configs
     fig, axes, batches = _panels(analysis, "Throughput (items/s) by instances × num_workers")
     workers = sorted(int(w) for w in configs["num_workers"].unique())
@@ -220,6 +265,12 @@ def heatmap(analysis: Analysis) -> Figure:
                 ax.add_patch(
                     Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=3)
                 )
+            style = BOTTLENECK_STYLE.get(str(row.get("bottleneck")))
+            if style is not None:
+                ax.scatter(
+                    [c - 0.32], [r + 0.3], marker=style[0], s=70, color=style[1],
+                    edgecolor="white", linewidth=0.8, zorder=4,
+                )  # fmt: skip
         ax.set_xticks(range(len(workers)), [str(w) for w in workers])
         ax.set_yticks(range(len(instances)), [str(i) for i in instances])
         ax.set_title(_title(batch))
@@ -239,7 +290,8 @@ def heatmap(analysis: Analysis) -> Figure:
         handles.append(
             Rectangle((0, 0), 1, 1, fill=False, edgecolor="red", linewidth=3, label="recommended")
         )
-    fig.legend(handles=handles, loc="outside lower center", ncols=2)
+    handles += _bottleneck_handles(configs, coloured=True)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3))
     return fig
 
 
@@ -449,11 +501,12 @@ def web_latency_vs_workers(analysis: Analysis) -> Figure:
 #: The report's figures, in order: name -> (caption, function).
 STANDARD: dict[str, tuple[str, Callable[[Analysis], Figure]]] = {
     "throughput": (
-        "Throughput vs num_workers, with the Little's-law and capacity bounds",
+        "Throughput vs num_workers, with the Little's-law and capacity bounds; the marker says "
+        "what held each point",
         throughput_vs_workers,
     ),
     "latency": ("Latency percentiles vs total concurrency, with the SLO", latency_vs_concurrency),
-    "heatmap": ("Throughput by instances × num_workers", heatmap),
+    "heatmap": ("Throughput by instances × num_workers, what held each cell marked", heatmap),
     "frontier": ("Throughput / latency frontier, the recommendation marked", frontier),
     "errors": ("429s, retries and errors vs total concurrency", errors_vs_concurrency),
 }
@@ -469,3 +522,100 @@ def standard_figures(analysis: Analysis) -> dict[str, Figure]:
     if has_web(analysis):
         figures["web"] = web_latency_vs_workers(analysis)
     return figures
+
+
+# -- dynamic policies --------------------------------------------------------------------------
+
+#: Width of the bins of the load curves, in seconds.
+LOAD_BIN_S = 0.5
+
+#: At most this many policies side by side in the timeline figure.
+MAX_POLICIES = 4
+
+DYNAMIC_CAPTION = (
+    "Dynamic policies over time (one trial each): the load and the jobs done, the job slots "
+    "(num_workers auto: the sum of the instances' limits) and the instances, and the service's "
+    "requests in flight and queued; brown-out windows shaded"
+)
+
+
+def has_dynamic(analysis: Analysis) -> bool:
+    """True when the run had a dynamic policy (num_workers auto, autoscaled instances)."""
+    return not analysis.dynamic.empty and analysis.run is not None
+
+
+def _per_s(times: pd.Series, weights: pd.Series, end_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Items per second in LOAD_BIN_S bins of `times` (seconds after the clock start)."""
+    edges = np.arange(0.0, max(end_s, LOAD_BIN_S) + LOAD_BIN_S, LOAD_BIN_S)
+    counts, _ = np.histogram(times, bins=edges, weights=weights)
+    return edges[:-1] + LOAD_BIN_S / 2, counts / LOAD_BIN_S
+
+
+def dynamic_timeline(analysis: Analysis) -> Figure:
+    """Each dynamic policy's first trial over time, a column each: the load (items arriving and
+    done per second), what the policy did (slots; instances and backlog when autoscaled), and
+    the service (requests in flight and queued), with the brown-outs shaded."""
+    from lab.analysis.dynamic import timeline_frame
+    from lab.results import RunFolder
+
+    assert analysis.run is not None
+    run, folder = analysis.run, RunFolder(analysis.run.path)
+    labels = list(analysis.dynamic["config"])[:MAX_POLICIES]
+    fig = Figure(
+        figsize=(max(PANEL_W_IN * len(labels), MIN_FIGURE_W_IN), 2.6 * 3 + 0.8),
+        layout="constrained",
+    )
+    axes = np.asarray(fig.subplots(3, len(labels), squeeze=False, sharex="col"))
+    fig.suptitle("Dynamic policies over time", fontsize=13, fontweight="bold")
+    target = run.scenario.workload.service
+    brownouts = analysis.service.brownouts if analysis.service is not None else []
+    for col, name in enumerate(labels):
+        trial = run.trials[[label(r) == name for _, r in run.trials.iterrows()]].iloc[0]
+        tid, start, end = str(trial["trial_id"]), float(trial["started_at"]), float(trial["wall_s"])
+        jobs = run.jobs[run.jobs["trial_id"] == tid]
+        load, work, service = axes[0][col], axes[1][col], axes[2][col]
+        first = jobs[jobs["attempt"] == 1]
+        load.plot(*_per_s(first["enqueued_at"] - start, first["items"], end), color="#1f77b4",
+                  label="arriving")  # fmt: skip
+        done = jobs[jobs["outcome"] == "ok"]
+        load.plot(*_per_s(done["finished_at"] - start, done["items"], end), color="#2ca02c",
+                  label="done")  # fmt: skip
+        load.set_title(tid)
+        load.set_ylabel("items/s")
+        timeline = folder.timeline(tid) or {}
+        slots = timeline_frame(timeline, "slots")
+        work.step(slots["t_s"], slots["slots"], where="post", color="#ff7f0e", label="job slots")
+        work.set_ylabel("job slots")
+        scaled = timeline_frame(timeline, "instances")
+        if not scaled.empty:
+            twin = work.twinx()
+            twin.step(scaled["t_s"], scaled["running"] + scaled["starting"], where="post",
+                      color="#9467bd", label="instances")  # fmt: skip
+            twin.set_ylabel("instances", color="#9467bd")
+            twin.yaxis.set_major_locator(MaxNLocator(integer=True))
+            twin.set_ylim(bottom=0)
+            load.plot(
+                scaled["t_s"], scaled["backlog"], ":", color="#7f7f7f", label="backlog (jobs)"
+            )
+        series = folder.services(tid).get(target, {}).get("series", {})
+        service.plot(series.get("t_s", []), series.get("in_flight", []), color="#d62728",
+                     label="in flight")  # fmt: skip
+        service.plot(series.get("t_s", []), series.get("queue_depth", []), color="#8c564b",
+                     label="queued")  # fmt: skip
+        service.set_ylabel(f"{target} requests")
+        service.set_xlabel("seconds since the clock start")
+        for ax in (load, work, service):
+            for window in brownouts:
+                ax.axvspan(window.start_s, window.start_s + window.duration_s, color="grey",
+                           alpha=0.15, linewidth=0)  # fmt: skip
+            ax.set_xlim(0, end)
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+    handles = [h for ax in axes[:, 0] for h in ax.get_legend_handles_labels()[0]]
+    if any(not timeline_frame(folder.timeline(str(t)) or {}, "instances").empty
+           for t in run.trials["trial_id"]):  # fmt: skip
+        handles.append(Line2D([], [], color="#9467bd", label="instances (right axis)"))
+    if brownouts:
+        handles.append(Rectangle((0, 0), 1, 1, color="grey", alpha=0.15, label="brown-out"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    return fig

@@ -6,7 +6,8 @@ of counters (for example `{"not_found": 2}`) that is stored with the job's event
 
 Job args the built-ins understand:
 - `items`: the entities this job carries (ids, or dicts with an "id"); `batch_size` in the lab.
-- `service`: the name of a service the worker was given (`--service name=url`), or `url`.
+- `service`: the name of a service the worker was given (`--service name=url`), or `url`, which
+  must then be one of those services' (a payload never sends a worker elsewhere).
 - `index` (OpenSearch, default "lab"), `path` and `method` (http.call, default POST /).
 - `cpu_ms_per_item`: CPU work added to ANY job, burnt before its IO (see `execute`).
 """
@@ -14,14 +15,17 @@ Job args the built-ins understand:
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import inspect
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
+import yarl
 
 from lab.errors import ConfigError
 
@@ -38,22 +42,41 @@ class JobContext:
     services: Mapping[str, str] = field(default_factory=dict)
 
     def service_url(self, args: Mapping[str, Any]) -> str:
-        """The base URL a job talks to: `args["url"]`, or the URL of `args["service"]`."""
+        """The base URL a job talks to: the URL of `args["service"]`, or `args["url"]` if it is
+        one of this worker's services (same scheme, host and port): jobs come from Redis, and
+        a payload must not turn a worker into a client of anything else on the network."""
+        known = ", ".join(sorted(self.services)) or "none"
         if "url" in args:
-            return str(args["url"]).rstrip("/")
+            url = str(args["url"]).rstrip("/")
+            if _origin(url) not in {_origin(u) for u in self.services.values()}:
+                raise JobError(
+                    f"job URL {url[:100]!r} is not one of this worker's services ({known})"
+                )
+            return url
         name = str(args.get("service"))
         if name not in self.services:
-            known = ", ".join(sorted(self.services)) or "none"
-            raise JobError(f"job names service {name!r}, this worker knows: {known}")
+            raise JobError(f"job names service {name[:100]!r}, this worker knows: {known}")
         return self.services[name].rstrip("/")
 
 
-class JobError(Exception):
-    """An attempt failed. `retry_after_s` carries a server's Retry-After, honoured as a floor."""
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    try:
+        u = yarl.URL(url)
+    except (ValueError, TypeError):
+        return ("", None, None)
+    return (u.scheme, u.host, u.port)
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+
+class JobError(Exception):
+    """An attempt failed. `retry_after_s` carries a server's Retry-After, honoured as a floor;
+    `status` the HTTP status that failed it (an adaptive limit backs off on 429 and 503)."""
+
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.status = status
 
 
 def item_count(args: Mapping[str, Any]) -> int:
@@ -103,6 +126,7 @@ async def _check(resp: aiohttp.ClientResponse, *, allow: tuple[int, ...] = ()) -
     raise JobError(
         f"HTTP {resp.status} from {resp.method} {resp.url.path}",
         retry_after_s=float(retry_after) if retry_after and retry_after.isdigit() else None,
+        status=resp.status,
     )
 
 
@@ -118,7 +142,10 @@ async def cpu_burn(ctx: JobContext, args: dict[str, Any]) -> Extra:
 
 async def http_call(ctx: JobContext, args: dict[str, Any]) -> Extra:
     """One request per item to the service, in turn: the item as a JSON body (none for GET)."""
-    url = ctx.service_url(args) + str(args.get("path", "/"))
+    base, path = ctx.service_url(args), str(args.get("path", "/"))
+    url = base + path
+    if not path.startswith("/") or _origin(url) != _origin(base):  # "@evil:80/" would move it
+        raise JobError(f"path {path[:100]!r} must be a path on the service, starting with /")
     method = str(args.get("method", "POST")).upper()
     with_body = method not in ("GET", "HEAD", "DELETE")
     for item in _items(args):
@@ -163,7 +190,10 @@ async def opensearch_bulk(ctx: JobContext, args: dict[str, Any]) -> Extra:
             if next(iter(it.values())).get("status", 200) >= 300
         ]
         statuses = sorted({next(iter(it.values())).get("status") for it in failed})
-        raise JobError(f"bulk: {len(failed)} of {len(lines) // 2} items failed (status {statuses})")
+        raise JobError(
+            f"bulk: {len(failed)} of {len(lines) // 2} items failed (status {statuses})",
+            status=429 if 429 in statuses else max(statuses, default=None),
+        )
     return None
 
 
@@ -252,6 +282,41 @@ def resolve(name: str) -> Handler:
             f"job {name!r}: must be an async function (ctx, args), got {type(handler).__name__}"
         )
     return handler
+
+
+def find_job_module(module: str) -> importlib.machinery.ModuleSpec | None:
+    """The spec of `module` if the import system can find it, without running any of its code.
+
+    `importlib.util.find_spec("a.b")` imports the package `a` (its `__init__` runs); this asks
+    the finders of `sys.meta_path` part by part instead, as the import system does before it
+    executes anything, so checking a scenario never runs a user's module.
+    """
+    if module in sys.modules:  # imported already (by the lab, or as `os.path` is)
+        return getattr(sys.modules[module], "__spec__", None) or importlib.machinery.ModuleSpec(
+            module, None
+        )
+    spec: importlib.machinery.ModuleSpec | None = None
+    path: Any = None
+    parts = module.split(".")
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        loaded = sys.modules.get(name)
+        spec = getattr(loaded, "__spec__", None) if loaded is not None else None
+        if spec is None:
+            for finder in sys.meta_path:
+                find = getattr(finder, "find_spec", None)
+                try:
+                    spec = find(name, path) if find is not None else None
+                except (ImportError, ValueError):  # a name no finder can take
+                    spec = None
+                if spec is not None:
+                    break
+        if spec is None:
+            return None
+        path = spec.submodule_search_locations
+        if path is None and i < len(parts) - 1:
+            return None  # `a.b` where `a` is a module, not a package
+    return spec
 
 
 def execute(handler: Handler, ctx: JobContext, args: dict[str, Any]) -> Awaitable[Extra]:

@@ -314,7 +314,7 @@ class Queue:
 
     def outstanding(self) -> int:
         """Jobs not finished: pending, scheduled for retry, or held by an instance."""
-        instances = [_text(m) for m in self.client.smembers(self.keys.instances)]
+        instances = list(self.registered_instances())
         pipe = self.client.pipeline(transaction=False)
         pipe.llen(self.keys.pending)
         pipe.zcard(self.keys.scheduled)
@@ -325,11 +325,15 @@ class Queue:
 
     def live_instances(self) -> set[str]:
         """Registered instances whose heartbeat is current (a worker is ready once it is here)."""
-        instances = [_text(m) for m in self.client.smembers(self.keys.instances)]
+        instances = list(self.registered_instances())
         pipe = self.client.pipeline(transaction=False)
         for inst in instances:
             pipe.exists(self.keys.heartbeat(inst))
         return {inst for inst, alive in zip(instances, pipe.execute(), strict=True) if alive}
+
+    def registered_instances(self) -> set[str]:
+        """Instances that may hold jobs: alive, or dead and not yet recovered (jobs not put back)."""
+        return {_text(m) for m in self.client.smembers(self.keys.instances)}
 
     def events(self, start: int = 0) -> list[JobEvent]:
         """Finished attempts recorded so far, from index `start` on."""

@@ -21,6 +21,8 @@ unless `prefetch` asks for more):
   instance reconnects and takes back the jobs an exchange claimed whose reply was lost.
 - One timer enforces every attempt's timeout (attempts share it, so deadlines come in start
   order); every attempt's outcome passes through `_settle`.
+- With `num_workers: auto` (`--num-workers auto`), `slot_limit` is an adaptive limit
+  (`lab.runtime.limits`) that every finished attempt feeds (its time, or a 429/503/timeout).
 - The instance measures its own cost (`lab.runtime.telemetry`): the slot gap, the exchange's
   round trip and batch; it writes one record at its stop.
 
@@ -56,7 +58,10 @@ import redis.asyncio as aioredis
 
 from lab.errors import BrokerError, ConfigError, exit_status
 from lab.infra.aio import run_main
+from lab.infra.broker import BROKER_URL_ENV, redact_url
+from lab.infra.pacing import pacing_trace
 from lab.runtime.jobs import BUILTINS, Handler, JobContext, JobError, execute, item_count, resolve
+from lab.runtime.limits import ALGORITHMS, LimitSettings, is_overload, make_limiter, record_limits
 from lab.runtime.queue import (
     DEAD,
     EXCHANGE_LUA,
@@ -67,7 +72,7 @@ from lab.runtime.queue import (
     encode_event,
     encode_job,
 )
-from lab.runtime.retry import DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy
+from lab.runtime.retry import AFTER_FLOOR, DEFAULT_JOB_TIMEOUT_S, DEFAULT_RETRY, RetryPolicy
 from lab.runtime.telemetry import RuntimeStats
 from lab.runtime.wire import WireConnection
 
@@ -78,6 +83,9 @@ BROKER_LOST_S = 30.0
 
 #: Longest single BLMOVE wait: bounds how long a stop waits for the waiter to come back.
 _BLOCK_S = 0.5
+
+#: How the error of an attempt that hit the job timeout begins (trials count them).
+TIMEOUT_ERROR = "timeout after"
 
 #: Pause before an exchange is retried after the broker connection failed.
 _RETRY_EXCHANGE_S = 0.2
@@ -91,7 +99,7 @@ def default_instance_id() -> str:
 class WorkerSettings:
     """Everything one instance needs; the CLI flags map one to one onto these fields."""
 
-    broker_url: str
+    broker_url: str = field(repr=False)  # may hold a password: see lab.infra.broker.redact_url
     queue: str = "default"
     num_workers: int = 1
     # Jobs claimed ahead of free slots and held locally (still recoverable). 0 is Loco's
@@ -99,18 +107,24 @@ class WorkerSettings:
     prefetch: int = 0
     instance_id: str = field(default_factory=default_instance_id)
     services: Mapping[str, str] = field(default_factory=dict)
+    # requests/s this instance may send to a service, by name: its share of a real service's cap
+    max_requests_per_s: Mapping[str, float] = field(default_factory=dict)
     jobs: Sequence[str] = ()  # resolved at start, so an unknown name fails before any job runs
     retry: RetryPolicy = DEFAULT_RETRY
     job_timeout_s: float | None = DEFAULT_JOB_TIMEOUT_S
     grace_s: float = 10.0
     heartbeat_ttl_s: float = 10.0
     seed: int | None = None
+    # `num_workers: auto`: the slots filled follow this limit (num_workers is then its max).
+    limit: LimitSettings | None = None
 
     def __post_init__(self) -> None:
         if self.prefetch < 0:
             raise ConfigError(f"prefetch must be an integer >= 0, got {self.prefetch}")
         if self.num_workers < 1:
             raise ConfigError(f"num_workers must be an integer >= 1, got {self.num_workers}")
+        if unknown := sorted(set(self.max_requests_per_s) - set(self.services)):
+            raise ConfigError(f"--max-requests-per-s names unknown service(s) {unknown}")
         if self.heartbeat_ttl_s <= 0 or self.grace_s < 0:
             raise ConfigError("heartbeat_ttl_s must be > 0 and grace_s >= 0")
         if self.job_timeout_s is not None and self.job_timeout_s <= 0:
@@ -130,6 +144,11 @@ class Worker:
         self.keys = QueueKeys(settings.queue)
         self._handlers: dict[str, Handler] = {name: resolve(name) for name in settings.jobs}
         self._rng = random.Random(settings.seed)
+        self._limiter = (
+            None
+            if settings.limit is None
+            else make_limiter(settings.limit, instance=self.instance_id)
+        )
         self._stop_requested = asyncio.Event()
         self._accepting = True
         # The job slots: long-lived tasks, made as needed up to `slot_limit`, each running one
@@ -171,7 +190,7 @@ class Worker:
     def slot_limit(self) -> int:
         """How many jobs this instance may run at once, now. The one place a dynamic limit
         (for example an adaptive one) plugs in: claims and slot filling both read it."""
-        return self.settings.num_workers
+        return self.settings.num_workers if self._limiter is None else self._limiter.limit
 
     def stop(self) -> None:
         """Ask for a graceful stop (safe to call from a signal handler on the loop)."""
@@ -197,7 +216,11 @@ class Worker:
         # would only cost a timer per request (about 15 % of aiohttp's calls per request).
         timeout = aiohttp.ClientTimeout(total=None) if s.job_timeout_s else aiohttp.ClientTimeout()
         try:
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            paced = {s.services[name]: r for name, r in s.max_requests_per_s.items()}
+            traces = [pacing_trace(paced)] if paced else None
+            async with aiohttp.ClientSession(
+                connector=connector, timeout=timeout, trace_configs=traces
+            ) as session:
                 self._ctx = JobContext(
                     instance=self.instance_id, session=session, services=s.services
                 )
@@ -217,6 +240,11 @@ class Worker:
             asyncio.create_task(self._wait_for_work(), name="waiter"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
         }
+        if self._limiter is not None:
+            recorder = record_limits(
+                self._limiter, self._redis, self.settings.queue, self._stop_requested
+            )
+            self_stopping.add(asyncio.create_task(recorder, name="limits"))
         stop = asyncio.create_task(self._stop_requested.wait(), name="stop")
         now = time.time()
         self._free_since.extend(now for _ in range(self.slot_limit))
@@ -330,15 +358,19 @@ class Worker:
                     if handler is not None:
                         try:
                             extra = await execute(handler, self._ctx, msg["args"])
+                            self._observe(started, overload=False)
                         except asyncio.CancelledError:
                             if task not in self._expired:
                                 raise  # a stop, not a timeout
                             self._expired.discard(task)
                             task.uncancel()
-                            error = f"timeout after {self.settings.job_timeout_s:g}s"
+                            error = f"{TIMEOUT_ERROR} {self.settings.job_timeout_s:g}s"
+                            self._observe(started, overload=True)
                         except Exception as exc:
                             error = _describe(exc)
                             retry_after_s = getattr(exc, "retry_after_s", None)
+                            if is_overload(exc):  # other errors say nothing about load
+                                self._observe(started, overload=True, retry_after_s=retry_after_s)
                     retryable = handler is not None  # an unknown job name: retrying cannot help
                     self._settle(job_id, msg, started, error, retry_after_s, retryable, extra)
                 finally:
@@ -404,6 +436,17 @@ class Worker:
             task.cancel()
         self._arm_deadlines()
 
+    def _observe(
+        self, started: float, *, overload: bool, retry_after_s: float | None = None
+    ) -> None:
+        """Feed the `auto` limiter one finished attempt: its time, or an overload (with the
+        server's Retry-After)."""
+        if self._limiter is not None:
+            rtt_s = time.time() - started
+            self._limiter.on_sample(
+                rtt_s, len(self._running), dropped=overload, retry_after_s=retry_after_s
+            )
+
     def _settle(
         self, job_id: str, msg: dict[str, Any], started: float, error: str | None,
         retry_after_s: float | None, retryable: bool, extra: Any,
@@ -418,7 +461,7 @@ class Worker:
             self._acks.append(job_id)
         elif retryable and retry.should_retry(attempt):
             outcome = RETRY
-            delay_s = max(retry.delay_s(attempt, self._rng), retry_after_s or 0.0)
+            delay_s = retry.retry_delay_s(attempt, self._rng, retry_after_s)
             again = encode_job(job_id, name, args, enqueued, attempt + 1)
             self._retries += [job_id, repr(finished + delay_s), again]
         else:
@@ -451,6 +494,13 @@ class Worker:
             self._exchange()
 
     def _resolve_late(self, name: str) -> Handler:
+        """A built-in named by a job; anything else must have been given at start (`--job`):
+        a payload in Redis never makes this process import a module of its choosing."""
+        if name not in BUILTINS:
+            raise ConfigError(
+                f"job {name[:100]!r} is not a built-in nor one this worker was started with "
+                f"(--job: {', '.join(self.settings.jobs) or 'none'})"
+            )
         handler = self._handlers[name] = resolve(name)
         return handler
 
@@ -642,7 +692,7 @@ class Worker:
                 if gone_s > max(BROKER_LOST_S, self.settings.heartbeat_ttl_s):
                     # Our jobs were put back by now anyway; an orphan must not spin forever.
                     raise BrokerError(
-                        f"broker {self.settings.broker_url} lost for {gone_s:.0f}s"
+                        f"broker {redact_url(self.settings.broker_url)} lost for {gone_s:.0f}s"
                     ) from exc
 
 
@@ -656,15 +706,47 @@ def _parse_service(text: str) -> tuple[str, str]:
     return name, url
 
 
+def _num_workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
+
+
+def _parse_rate(text: str) -> tuple[str, float]:
+    name, sep, rate = text.partition("=")
+    try:
+        per_s = float(rate)
+    except ValueError:
+        per_s = 0.0
+    if not sep or not name or not per_s > 0:
+        raise argparse.ArgumentTypeError(f"expected NAME=R with R > 0, got {text!r}")
+    return name, per_s
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m lab.runtime.worker", description=__doc__.split("\n")[0]
     )
     p.add_argument(
-        "--broker", required=True, help="Redis URL, e.g. redis://127.0.0.1:6379/0 or unix:///path"
+        "--broker",
+        default=os.environ.get(BROKER_URL_ENV),
+        help=f"Redis URL, e.g. redis://127.0.0.1:6379/0 or unix:///path (default: ${BROKER_URL_ENV},"
+        " which keeps a password off the command line)",
     )
     p.add_argument("--queue", default="default")
-    p.add_argument("--num-workers", type=int, default=1, help="jobs this instance runs at once")
+    p.add_argument(
+        "--num-workers",
+        type=_num_workers,
+        default=1,
+        help="jobs this instance runs at once, or `auto` (a limit that adapts: --auto-*)",
+    )
+    p.add_argument("--auto-min", type=int, default=LimitSettings.min, help="auto: fewest slots")
+    p.add_argument("--auto-max", type=int, default=LimitSettings.max, help="auto: most slots")
+    p.add_argument("--auto-initial", type=int, default=LimitSettings.initial, help="auto: first")
+    p.add_argument("--auto-algorithm", choices=ALGORITHMS, default=LimitSettings.algorithm)
     p.add_argument(
         "--prefetch",
         type=int,
@@ -676,6 +758,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--service", type=_parse_service, action="append", default=[], metavar="NAME=URL"
     )
     p.add_argument(
+        "--max-requests-per-s", type=_parse_rate, action="append", default=[],
+        metavar="NAME=R", help="pace requests to service NAME at R per second at most",
+    )  # fmt: skip
+    p.add_argument(
         "--job",
         action="append",
         default=[],
@@ -685,6 +771,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff-ms", type=float, default=DEFAULT_RETRY.backoff_ms)
     p.add_argument("--max-backoff-ms", type=float, default=DEFAULT_RETRY.max_backoff_ms)
     p.add_argument("--jitter", choices=["full", "none"], default=DEFAULT_RETRY.jitter)
+    p.add_argument(
+        "--after-floor",
+        choices=AFTER_FLOOR,
+        default=DEFAULT_RETRY.after_floor,
+        help="a Retry-After floor: jittered (floor + backoff draw) or exact (the floor itself)",
+    )
     p.add_argument("--job-timeout-s", type=float, default=DEFAULT_JOB_TIMEOUT_S, help="0 for none")
     p.add_argument(
         "--grace-s", type=float, default=10.0, help="on SIGTERM, how long in-flight jobs may finish"
@@ -702,23 +794,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(ns: argparse.Namespace) -> WorkerSettings:
+    if not ns.broker:
+        raise ConfigError(f"give --broker URL, or set {BROKER_URL_ENV}")
     try:
-        retry = RetryPolicy(ns.max_attempts, ns.backoff_ms, ns.max_backoff_ms, ns.jitter)
+        retry = RetryPolicy(
+            ns.max_attempts, ns.backoff_ms, ns.max_backoff_ms, ns.jitter, ns.after_floor
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    limit = None
+    if ns.num_workers == "auto":
+        limit = LimitSettings(ns.auto_min, ns.auto_max, ns.auto_initial, ns.auto_algorithm)
     return WorkerSettings(
         broker_url=ns.broker,
         queue=ns.queue,
-        num_workers=ns.num_workers,
+        num_workers=ns.num_workers if limit is None else limit.max,
         prefetch=ns.prefetch,
         instance_id=ns.instance_id or default_instance_id(),
         services=dict(ns.service),
+        max_requests_per_s=dict(ns.max_requests_per_s),
         jobs=tuple(ns.job),
         retry=retry,
         job_timeout_s=ns.job_timeout_s or None,
         grace_s=ns.grace_s,
         heartbeat_ttl_s=ns.heartbeat_ttl_s,
         seed=ns.seed,
+        limit=limit,
     )
 
 

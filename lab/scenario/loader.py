@@ -1,16 +1,24 @@
 """Strict YAML configuration: a pydantic model loaded from a file, errors located in the file.
 
 Every problem is reported with the file, the YAML line, the field path as the user wrote it,
-the bad value and what the schema allows, all in ONE `ConfigError` (one line per problem).
-Plain YAML silently keeps the last of two equal keys; here that is an error too.
+the bad value and what the schema allows, all in ONE `ConfigError` (one line per problem; the
+wording comes from `lab.strict`, shared with the mocks' specs).
+
+A file is input from anyone, so reading it is bounded before any value is built: its size
+(`SCENARIO_BYTES_MAX`), its nesting depth and its node count after alias expansion (checked on
+the parser's event stream, which never recurses, so a "billion laughs" file or a 10,000-deep
+list is refused in milliseconds). Plain YAML silently keeps the last of two equal keys, also
+when one arrives through a merge key (`<<`); here both are errors. Whatever the YAML library
+raises while building a value (a 5,000-digit integer, 2024-02-30) becomes the same one-line
+`ConfigError`.
 """
 
 from __future__ import annotations
 
-import difflib
-import functools
-import json
-from collections.abc import Iterable, Iterator, Sized
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,17 +26,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from lab.errors import ConfigError
+from lab.limits import SCENARIO_BYTES_MAX, YAML_DEPTH_MAX, YAML_NODES_MAX
+from lab.strict import Loc, dotted, problems_of, required_keys, show
 
-Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
 
-
-class Problems(ValueError):
-    """Cross-field problems, each at a path relative to the model that found them."""
-
-    def __init__(self, *problems: tuple[Loc, str]) -> None:
-        super().__init__("; ".join(f"{dotted(loc)}: {msg}" for loc, msg in problems))
-        self.problems = problems
+# libyaml's parser when installed: the same events and marks, twenty times faster.
+_Base: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_MERGE = "tag:yaml.org,2002:merge"
 
 
 def load_yaml_model(
@@ -37,36 +42,83 @@ def load_yaml_model(
     """Read, parse safely and validate `path` as `model`; returns the model and the YAML node
     tree (for `line_of`). Raises one ConfigError listing every problem, located."""
     where = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{where}: no such {what} file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: cannot read the {what}: {exc}") from None
-    node, data = _parse_yaml(text, where)
+    node, data = parse_yaml(read_text(path, what=what), where)
     if data is None:
-        required = ", ".join(_schema(model).get("required", []))
-        raise ConfigError(f"{where}:1: the file is empty; expected {required}")
+        raise ConfigError(
+            f"{where}:1: the file is empty; expected {', '.join(required_keys(model))}"
+        )
     try:
         return model.model_validate(data), node
     except ValidationError as exc:
-        schema = _schema(model)
-        issues = [(rank, _clean(loc, data), msg) for rank, loc, msg in _issues(exc, schema)]
-        lines = [(rank, line_of(node, loc), f"{dotted(loc)}: {msg}") for rank, loc, msg in issues]
+        problems = problems_of(exc, model, data)
+        lines = [(rank, line_of(node, loc), f"{dotted(loc)}: {msg}") for rank, loc, msg in problems]
         lines.sort(key=lambda x: x[:2])  # stable: pydantic's order within a line
         raise ConfigError("\n".join(f"{where}:{line}: {msg}" for _, line, msg in lines)) from None
 
 
-@functools.cache
-def _schema(model: type[BaseModel]) -> dict[str, Any]:
-    """The model's JSON Schema, read only: it words the error messages."""
-    return model.model_json_schema()
+def read_text(path: str | Path, *, what: str) -> str:
+    """A regular file of at most SCENARIO_BYTES_MAX bytes of UTF-8; ConfigError otherwise.
 
-
-def _parse_yaml(text: str, where: str) -> tuple[yaml.Node | None, Any]:
-    """Safe YAML (SafeLoader) in one parse: the node tree for line numbers, and the data."""
-    loader = yaml.SafeLoader(text)
+    Opened non-blocking, so a FIFO planted in place of the file cannot hang the lab.
+    """
+    where = str(path)
     try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such {what} file") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read the {what}: {exc.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"{where}: is a directory, not a {what} file")
+        raise ConfigError(f"{where}: not a regular file; give the {what} file itself")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            raw = f.read(SCENARIO_BYTES_MAX + 1)
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read the {what}: {exc.strerror}") from None
+    if len(raw) > SCENARIO_BYTES_MAX:
+        raise ConfigError(
+            f"{where}: the {what} file is larger than {SCENARIO_BYTES_MAX // 1024} KiB; "
+            "a scenario is a few KiB of YAML"
+        )
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{where}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
+class _ValueProblem(Exception):
+    """A scalar the YAML library could not turn into a value, with its node for the line."""
+
+    def __init__(self, node: yaml.Node, exc: BaseException) -> None:
+        super().__init__(str(exc))
+        self.node, self.exc = node, exc
+
+
+class _Loader(_Base):
+    """The safe loader, with every error of building one value tied to that value's node."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (yaml.YAMLError, _ValueProblem):
+            raise
+        except (ValueError, TypeError, OverflowError, ArithmeticError, RecursionError) as exc:
+            raise _ValueProblem(node, exc) from None
+
+
+def parse_yaml(text: str, where: str) -> tuple[yaml.Node | None, Any]:
+    """Safe YAML in bounded work: the node tree (for line numbers) and the data."""
+    loader: Any = None
+    try:
+        _check_shape(text, where)
+        loader = _Loader(text)
         node = loader.get_single_node()
         _no_duplicate_keys(node, where)
         return node, (loader.construct_document(node) if node is not None else None)
@@ -76,95 +128,131 @@ def _parse_yaml(text: str, where: str) -> tuple[yaml.Node | None, Any]:
         context = f" ({exc.context} at line {ctx.line + 1})" if exc.context and ctx else ""
         raise ConfigError(f"{where}{at}: invalid YAML: {exc.problem}{context}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{where}: invalid YAML: {_first_line(exc)}") from None
+    except _ValueProblem as exc:
+        mark, kind = exc.node.start_mark, str(exc.node.tag).rsplit(":", 1)[-1]
+        reason = _first_line(exc.exc).split(":")[0]
+        raise ConfigError(
+            f"{where}:{mark.line + 1}:{mark.column + 1}: cannot read {show(exc.node.value)} "
+            f"as {kind}: {reason}"
+        ) from None
+    except RecursionError:  # _check_shape bounds the depth: this is a last resort
+        raise ConfigError(f"{where}: invalid YAML: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+@dataclass
+class _Open:
+    """A collection being parsed: its anchor, the node count when it began (itself included)
+    and the depth of what it holds so far."""
+
+    anchor: str | None
+    nodes_before: int
+    depth: int = 0
+
+
+@dataclass
+class _Shape:
+    """Running totals of the event scan, as if every alias were written out in full."""
+
+    where: str
+    nodes: int = 0
+    stack: list[_Open] = field(default_factory=list)
+    anchors: dict[str, tuple[int, int]] = field(default_factory=dict)  # (nodes, depth) each
+
+    def add(self, nodes: int, depth: int, mark: Any) -> None:
+        self.nodes += nodes
+        if self.stack:
+            self.stack[-1].depth = max(self.stack[-1].depth, depth)
+        small = "; a scenario is far smaller"
+        if self.nodes > YAML_NODES_MAX:
+            self.fail(mark, f"more than {YAML_NODES_MAX:,} values once aliases are expanded{small}")
+        if len(self.stack) + depth > YAML_DEPTH_MAX:
+            self.fail(
+                mark, f"nested more than {YAML_DEPTH_MAX} levels deep (aliases included){small}"
+            )
+
+    def fail(self, mark: Any, what: str) -> None:
+        raise ConfigError(f"{self.where}:{mark.line + 1}: {what}")
+
+
+def _check_shape(text: str, where: str) -> None:
+    """Refuse a document too deep or too large once aliases are expanded, from parser events
+    alone (no recursion, no values built, stops at the first excess)."""
+    shape = _Shape(where)
+    for event in yaml.parse(text, Loader=_Base):
+        if isinstance(event, yaml.AliasEvent):
+            if any(o.anchor == event.anchor for o in shape.stack):
+                shape.fail(
+                    event.start_mark,
+                    f"alias *{event.anchor} refers to a node that contains it: the value would be "
+                    "infinite",
+                )
+            nodes, depth = shape.anchors.get(
+                str(event.anchor), (1, 0)
+            )  # unknown: the composer says
+            shape.add(nodes, depth, event.start_mark)
+        elif isinstance(event, yaml.ScalarEvent):
+            if event.anchor is not None:
+                shape.anchors[event.anchor] = (1, 0)
+            shape.add(1, 0, event.start_mark)
+        elif isinstance(event, yaml.CollectionStartEvent):
+            shape.add(1, 1, event.start_mark)
+            shape.stack.append(_Open(event.anchor, shape.nodes - 1))
+        elif isinstance(event, yaml.CollectionEndEvent):
+            done = shape.stack.pop()
+            if shape.stack:
+                shape.stack[-1].depth = max(shape.stack[-1].depth, done.depth + 1)
+            if done.anchor is not None:
+                shape.anchors[done.anchor] = (shape.nodes - done.nodes_before, done.depth + 1)
+
+
+def _effective_keys(node: yaml.MappingNode) -> Iterator[tuple[str, int, int | None]]:
+    """(key, line, line of the `<<` it came through or None) of a mapping, merges included."""
+    for key, value in node.value:
+        if key.tag == _MERGE:
+            yield "<<", key.start_mark.line + 1, None  # two merge keys are two equal keys
+            merged = value.value if isinstance(value, yaml.SequenceNode) else [value]
+            for sub in merged:
+                if isinstance(sub, yaml.MappingNode):
+                    for name, line, _ in _effective_keys(sub):
+                        yield name, line, key.start_mark.line + 1
+            continue
+        if isinstance(key, yaml.ScalarNode):
+            yield key.value, key.start_mark.line + 1, None
 
 
 def _no_duplicate_keys(root: yaml.Node | None, where: str) -> None:
-    """YAML keeps the last of two equal keys without a word; a config must not."""
+    """YAML keeps the last of two equal keys without a word, and a key given beside a merge key
+    (`<<`) silently overrides the merged one; a config must not do either."""
     todo, done = [root], set()
     while todo:
         node = todo.pop()
         if id(node) in done or not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
             continue
         done.add(id(node))
-        pairs = (
-            node.value if isinstance(node, yaml.MappingNode) else [(None, v) for v in node.value]
-        )
-        first: dict[str, int] = {}
-        for key, value in pairs:
-            if isinstance(key, yaml.ScalarNode):
-                line = key.start_mark.line + 1
-                if key.value in first:
-                    msg = f"duplicate key {key.value!r} (first at line {first[key.value]})"
-                    raise ConfigError(f"{where}:{line}: {msg}")
-                first[key.value] = line
-            todo.append(value)
-
-
-def _issues(exc: ValidationError, schema: dict[str, Any]) -> Iterator[tuple[int, Loc, str]]:
-    """(rank, loc, message) per problem; rank 0 first: a misspelt key explains a missing one."""
-    for e in exc.errors():
-        loc, kind, value, ctx = tuple(e["loc"]), e["type"], e.get("input"), e.get("ctx", {})
-        if isinstance(ctx.get("error"), Problems):
-            yield from ((2, loc + sub, msg) for sub, msg in ctx["error"].problems)
-        elif kind == "too_short" and isinstance(value, Sized) and len(value) >= ctx["min_length"]:
-            continue  # pydantic repeats it after item errors, though the input was long enough
-        elif kind == "extra_forbidden":
-            known = sorted(_schema_at(schema, loc[:-1]).get("properties", {}))
-            close = hint(str(loc[-1]), known)
-            yield 0, loc, f"unknown key {loc[-1]!r}{close}; allowed: {', '.join(known)}"
-        elif kind in ("union_tag_invalid", "union_tag_not_found"):
-            key, tag = ctx["discriminator"].strip("'"), str(ctx.get("tag", ""))
-            tags = list(_schema_at(schema, loc).get("discriminator", {}).get("mapping", {}))
-            allowed = f"one of {', '.join(map(repr, tags))}"
-            msg = f"unknown {key} {tag!r}{hint(tag, tags)}; allowed: {allowed}"
-            yield 1, (*loc, key), msg if tag else f"required: {allowed}"
-        elif kind == "missing":
-            yield 3, loc, f"required: {_allowed(schema, _schema_at(schema, loc)) or 'a value'}"
-        elif kind == "value_error":
-            yield 2, loc, str(e["msg"]).removeprefix("Value error, ")
-        else:
-            node = _schema_at(schema, loc)
-            allowed = _allowed(schema, node)
-            said = (
-                f"must be {allowed}" if allowed else str(e["msg"]).replace("Input should", "must")
-            )
-            close = hint(value, node.get("enum", [])) if isinstance(value, str) else ""
-            yield 2, loc, f"{said}, got {_show(value)}{close}"
-
-
-def hint(value: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(value, list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value) if value is None or isinstance(value, bool) else repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def dotted(loc: Loc) -> str:
-    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-    return text or "(top level)"
-
-
-def _clean(loc: Loc, data: Any) -> Loc:
-    """Drop pydantic's union tags and `[key]` markers: the path as the user wrote it."""
-    out: list[str | int] = []
-    for part in loc:
-        if isinstance(data, dict):
-            if part not in data and (
-                part == "[key]" or part in (data.get("kind"), data.get("dist"))
-            ):
-                continue  # pydantic names the union member (or the key) it validated
-            data = data.get(part)
-        else:
-            ok = isinstance(data, list) and isinstance(part, int) and part < len(data)
-            data = data[part] if ok else None
-        out.append(part)
-    return tuple(out)
+        if isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+            continue
+        first: dict[str, tuple[int, int | None]] = {}
+        for name, line, via in _effective_keys(node):
+            if name in first:
+                line0, via0 = first[name]
+                how = "" if via is None and via0 is None else " (merge keys `<<` included)"
+                where_first = f"line {line0}" + (f" via the `<<` at line {via0}" if via0 else "")
+                at = via if via is not None else line
+                raise ConfigError(
+                    f"{where}:{at}: duplicate key {show(name)}{how}, first at {where_first}; "
+                    "give each key once"
+                )
+            first[name] = (line, via)
+        todo.extend(v for _, v in node.value)
 
 
 def line_of(node: yaml.Node | None, loc: Loc) -> int:
@@ -184,64 +272,3 @@ def line_of(node: yaml.Node | None, loc: Loc) -> int:
         else:
             break
     return line
-
-
-def _schema_at(schema: dict[str, Any], loc: Loc) -> dict[str, Any]:
-    """The JSON Schema of the value at a pydantic `loc` ({} when the walk gets lost)."""
-    node: dict[str, Any] = schema
-    for i, part in enumerate(loc):
-        node = _deref(schema, node)
-        patterns = node.get("patternProperties", {})  # dict[Name, X] gives {SLUG: X}
-        extra = next(iter(patterns.values()), node.get("additionalProperties"))
-        tags = node.get("discriminator", {}).get("mapping", {})
-        if loc[i + 1 : i + 2] == ("[key]",):
-            return {"type": "string", "pattern": next(iter(patterns), ".*")}
-        if isinstance(part, int) and "items" in node:
-            node = node["items"]
-        elif part in node.get("properties", {}):
-            node = node["properties"][part]
-        elif part in tags:
-            node = {"$ref": tags[part]}
-        elif isinstance(extra, dict):
-            node = extra
-        else:
-            return {}
-    return _deref(schema, node)
-
-
-def _deref(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
-    """Follow `$ref`, and unwrap `X | None` into X marked nullable."""
-    while True:
-        if "$ref" in node:
-            target = schema["$defs"][node["$ref"].rsplit("/", 1)[-1]]
-            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-        elif len(real := [b for b in node.get("anyOf", []) if b != {"type": "null"}]) == 1:
-            rest = {k: v for k, v in node.items() if k != "anyOf"}
-            node = {**real[0], **rest, "nullable": True}
-        else:
-            return node
-
-
-def _allowed(schema: dict[str, Any], node: dict[str, Any]) -> str:
-    """What a schema accepts, in words: 'an integer >= 1', "one of 'full', 'none'"."""
-    kind, text = node.get("type"), ""
-    if "discriminator" in node:
-        tags = ", ".join(map(repr, node["discriminator"]["mapping"]))
-        text = f"a mapping with {node['discriminator']['propertyName']}: one of {tags}"
-    elif "enum" in node or "const" in node:
-        text = "one of " + ", ".join(map(repr, node.get("enum", [node.get("const")])))
-    elif kind in ("integer", "number"):
-        ops = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
-        bounds = [f"{op} {node[k]:g}" for k, op in ops.items() if k in node]
-        if "minimum" in node and "maximum" in node:
-            bounds = [f"in [{node['minimum']:g}, {node['maximum']:g}]"]
-        text = " ".join(["an integer" if kind == "integer" else "a number", *bounds])
-    elif kind == "array":
-        items = _allowed(schema, _deref(schema, node.get("items", {})))
-        text = ("a non-empty list" if node.get("minItems") else "a list") + f", each {items}"
-    elif kind == "string":
-        text = "a string" + (f" matching {node['pattern']}" if "pattern" in node else "")
-    elif kind == "object":
-        required = " with " + ", ".join(node["required"]) if node.get("required") else ""
-        text = ("a non-empty mapping" if node.get("minProperties") else "a mapping") + required
-    return f"{text} or null" if text and node.get("nullable") else text

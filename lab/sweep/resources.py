@@ -8,10 +8,11 @@ core, the trial measured the lab (`harness_saturated`).
 from __future__ import annotations
 
 import contextlib
+import statistics
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 
@@ -25,13 +26,32 @@ SATURATED_CORES = 0.85
 
 @dataclass
 class Usage:
-    """One process over the trial: mean and peak cores, peak resident memory."""
+    """One process over the trial: mean, peak and steady cores, peak resident memory."""
 
     role: str  # "worker", "mock", "redis", "producer", "web" or "locust"
     cpu_s: float = 0.0
     cores: float = 0.0
     peak_cores: float = 0.0
     rss_max_mb: float = 0.0
+    window_cores: list[float] = field(default_factory=list)  # one per sampling window
+    window_demand: list[float] = field(default_factory=list)  # share of a window wanting a core
+
+    @property
+    def steady_cores(self) -> float:
+        """The median over the sampling windows: the steady part, which start-up and the drain's
+        tail barely move (the mean over the trial when it had under three windows)."""
+        if len(self.window_cores) < 3:
+            return self.cores
+        return float(statistics.median(self.window_cores))
+
+    @property
+    def steady_demand(self) -> float:
+        """The median share of a window the process ran on OR waited for a core (Linux
+        schedstat): 1.0 is a process that always wanted a core, even on a machine too busy to
+        give it one. Its steady cores where schedstat is not available."""
+        if len(self.window_demand) < 3:
+            return self.steady_cores
+        return float(statistics.median(self.window_demand))
 
 
 class ResourceSampler:
@@ -66,6 +86,15 @@ class ResourceSampler:
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             return None
 
+    def _wanted_s(self, proc: psutil.Process) -> float | None:
+        """Seconds the process's main thread ran or sat runnable, waiting for a core."""
+        try:
+            with open(f"/proc/{proc.pid}/schedstat") as f:
+                run_ns, wait_ns, _ = f.read().split()
+        except (OSError, ValueError):
+            return None
+        return (int(run_ns) + int(wait_ns)) / 1e9
+
     def _rss_mb(self, proc: psutil.Process) -> float:
         try:
             return float(proc.memory_info().rss) / 2**20
@@ -77,6 +106,7 @@ class ResourceSampler:
         with self._lock:
             self._first |= {n: self._cpu(p) for n, p in self._procs.items()}
         last, last_t = dict(self._first), start
+        wanted: dict[str, float | None] = {n: self._wanted_s(p) for n, p in self._procs.items()}
         while not self._stop.wait(self.interval_s):
             now = time.monotonic()
             with self._lock:
@@ -87,9 +117,15 @@ class ResourceSampler:
                 usage.rss_max_mb = max(usage.rss_max_mb, self._rss_mb(proc))
                 before = last.get(name, self._first.get(name))
                 if cpu is not None and before is not None:
-                    usage.peak_cores = max(usage.peak_cores, (cpu - before) / (now - last_t))
+                    window = (cpu - before) / (now - last_t)
+                    usage.window_cores.append(window)
+                    usage.peak_cores = max(usage.peak_cores, window)
                     usage.cpu_s = cpu - (self._first.get(name) or 0.0)
                 last[name] = cpu
+                want, want_before = self._wanted_s(proc), wanted.get(name)
+                if want is not None and want_before is not None:
+                    usage.window_demand.append((want - want_before) / (now - last_t))
+                wanted[name] = want
             last_t = now
         wall = max(time.monotonic() - start, 1e-9)
         for name, proc in list(self._procs.items()):
@@ -116,14 +152,27 @@ def saturation(usage: Mapping[str, Usage], *, cpu_count: int) -> tuple[bool, boo
     machine saturated: every core was busy, so workers and services competed for CPU; the figure
     holds for this machine only.
     """
-    reasons = [
+    reasons = harness_busy(usage)
+    harness = bool(reasons)
+    busy = machine_busy(usage, cpu_count=cpu_count)
+    if busy:
+        reasons.append(busy)
+    return harness, bool(busy), "; ".join(reasons)
+
+
+def harness_busy(usage: Mapping[str, Usage]) -> list[str]:
+    """The harness components (a mock, Redis, the producer...) that used most of a core."""
+    return [
         f"{name} used {u.cores:.2f} cores"
         for name, u in usage.items()
         if u.role in HARNESS_ROLES and u.cores >= SATURATED_CORES
     ]
-    harness = bool(reasons)
+
+
+def machine_busy(usage: Mapping[str, Usage], *, cpu_count: int) -> str:
+    """Why every core of a host was busy ("" when they were not): `usage` is all of that host's
+    processes."""
     total = sum(u.cores for u in usage.values())
-    machine = total >= 0.95 * cpu_count
-    if machine:
-        reasons.append(f"all {cpu_count} cores were busy ({total:.2f} used)")
-    return harness, machine, "; ".join(reasons)
+    return (
+        f"all {cpu_count} cores were busy ({total:.2f} used)" if total >= 0.95 * cpu_count else ""
+    )

@@ -8,38 +8,47 @@
    while CPU and RSS are sampled;
 4. wait until drained (or the trial's timeout); stop the slots, then read the job events and the
    services' statistics; stop the services.
-Every child process lives in a context manager: any exit from here stops it.
+Every child process lives in a context manager: any exit from here stops it. Faults, injected or
+not, are `lab.sweep.faults`'s: an instance that dies is measured, a broken harness stops the run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import random
 import secrets
-import signal
-import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lab.configuration import COLOCATED, Configuration
-from lab.errors import ServiceError
+from lab.errors import HarnessError
+from lab.external import ExternalService
 from lab.infra.broker import Broker
-from lab.infra.procs import Child, check_stop, python_module_argv, spawn, terminate_all, wait_for
-from lab.mocks.spec import spec_to_json
+from lab.infra.procs import Child, check_stop, python_module_argv, spawn, wait_for
+from lab.infra.sockets import listening_socket, url_of
+from lab.mocks.control import MockControl, new_token
+from lab.mocks.spec import ServiceSpec
 from lab.producers.arrivals import Job, ProducerReport, arrival_offsets, group_into_jobs, produce
 from lab.producers.locust_runner import LOCUST_COLUMNS, locust_argv, read_locust_stats
 from lab.runtime.jobs import job_type
+from lab.runtime.limits import read_limit_events
 from lab.runtime.queue import JobEvent, Queue
-from lab.scenario.spec import LocustArrival, Placement, Scenario
+from lab.scenario.spec import AUTO, LocustArrival, Placement, Scenario
+from lab.sweep import external
+from lab.sweep.autoscale import AutoscaleHook
+from lab.sweep.dynamics import record
+from lab.sweep.faults import BROKER_ANSWER_S, BROKER_ERRORS, TrialFaults, broker_lost
+from lab.sweep.harness import Harness
+from lab.sweep.placement import LocalPlacement, Processes, TrialPlacement, open_placement
 from lab.sweep.resources import ResourceSampler, Usage
 from lab.sweep.trial_row import trial_row
 
@@ -52,6 +61,23 @@ READY_TIMEOUT_S = 60.0
 POLL_S = 0.02
 
 
+@dataclass
+class DrainProgress:
+    """How far a trial got, as a stop rule sees it while the trial drains."""
+
+    elapsed_s: float
+    items_done: int  # jobs done x batch_size (the last job of a backlog may hold fewer)
+    items_planned: int
+    jobs_settled: int  # done or dead
+    jobs_dead: int
+    arrivals_s: list[float]  # each planned job's scheduled arrival, s after the clock, sorted
+    new_events: Callable[[], list[JobEvent]]  # attempts finished since the last call
+
+
+#: Decides, while a trial drains, to stop it: the reason, or None to go on.
+StopRule = Callable[[DrainProgress], str | None]
+
+
 def instance_id(plan: TrialPlan, i: int) -> str:
     """Worker instance `i` of a trial, as the queue's heartbeats name it."""
     return f"{plan.trial_id}-i{i}"
@@ -62,11 +88,12 @@ class TrialPlan:
     """A grid point and a repeat; `index` is its place in the run's (shuffled) order."""
 
     index: int
-    num_workers: int
-    instances: int
+    num_workers: int | str  # or `auto`
+    instances: int | str  # or `autoscale`
     batch_size: int
     repeat: int
     placement: Placement = "separate"
+    length_x: int = 1  # the backlog multiplied, to measure a steady rate (backlogs only)
 
     @property
     def configuration(self) -> Configuration:
@@ -77,15 +104,27 @@ class TrialPlan:
         return f"{self.configuration.label}-r{self.repeat}"
 
     @property
-    def concurrency(self) -> int:
-        return self.num_workers * self.instances
+    def concurrency(self) -> int | None:
+        return self.configuration.concurrency
+
+    def initial_instances(self, scenario: Scenario) -> int:
+        """Instances started before the clock: all of them, or the autoscaler's minimum."""
+        if isinstance(self.instances, int):
+            return self.instances
+        return scenario.sweep.autoscale.min
+
+    def most_instances(self, scenario: Scenario) -> int:
+        """Instances that may run at once: all of them, or the autoscaler's maximum."""
+        if isinstance(self.instances, int):
+            return self.instances
+        return scenario.sweep.autoscale.max
 
     def config(self) -> dict[str, Any]:
         """The trial's identity columns, in trials.csv order."""
         return {
             "trial_id": self.trial_id, "order": self.index, "num_workers": self.num_workers,
             "instances": self.instances, "batch_size": self.batch_size, "placement": self.placement,
-            "repeat": self.repeat, "concurrency": self.concurrency,
+            "repeat": self.repeat, "concurrency": self.concurrency, "length_x": self.length_x,
         }  # fmt: skip
 
 
@@ -93,10 +132,9 @@ class TrialPlan:
 class TrialOptions:
     """Harness settings that are not part of the scenario."""
 
-    heartbeat_ttl_s: float = 3.0  # a killed instance's jobs return after this
     grace_s: float = 5.0
-    kill_instance_after_s: float | None = None  # failure injection: SIGKILL instance 0
     on_progress: Progress | None = None
+    stop_rule: StopRule | None = None  # early stop (lab.sweep.search)
 
 
 @dataclass
@@ -105,59 +143,9 @@ class TrialOutcome:
     events: list[JobEvent]
     services: dict[str, dict[str, Any]] = field(default_factory=dict)  # mock stats by name
     usage: dict[str, Usage] = field(default_factory=dict)
-
-
-def _http_json(url: str, body: dict[str, Any] | None = None) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
-@contextlib.contextmanager
-def _listening_socket() -> Iterator[socket.socket]:
-    """A loopback socket bound here and handed to children: its URL is known before they are
-    up (so everything can start at once), and no port can be taken in between."""
-    with socket.create_server(("127.0.0.1", 0), backlog=1024) as sock:
-        sock.set_inheritable(True)
-        yield sock
-
-
-class _Actors:
-    """The trial's child processes by name, with their role for CPU accounting."""
-
-    def __init__(self, stack: contextlib.ExitStack, logs: Path) -> None:
-        self.stack, self.logs = stack, logs
-        self.children: dict[str, tuple[str, Child]] = {}
-        self.ready_files: list[Path] = []
-
-    def start(
-        self,
-        name: str,
-        role: str,
-        argv: list[str],
-        *,
-        ready: Path | None = None,
-        pass_fds: tuple[int, ...] = (),
-        grace_s: float = 5.0,
-    ) -> Child:
-        if ready is not None:
-            ready.unlink(missing_ok=True)  # a resumed trial must not trust the last attempt's file
-            self.ready_files.append(ready)
-        child = self.stack.enter_context(
-            spawn(
-                argv,
-                name=name,
-                log_path=self.logs / f"{name}.log",
-                pass_fds=pass_fds,
-                grace_s=grace_s,
-            )
-        )
-        self.children[name] = (role, child)
-        return child
-
-    def of_role(self, *roles: str) -> list[Child]:
-        return [c for role, c in self.children.values() if role in roles]
+    faults: list[dict[str, Any]] = field(default_factory=list)  # FaultRecord.to_json() each
+    placement: dict[str, Any] | None = None  # what ran where, with a cluster (placement.record)
+    timeline: dict[str, Any] | None = None  # limits and instances over time (dynamic only)
 
 
 def _worker_flags(
@@ -166,15 +154,26 @@ def _worker_flags(
     """The worker settings of instance `i` (broker, queue and job are added by the caller)."""
     w = scenario.workload
     flags = [
-        "--num-workers", str(plan.num_workers), "--instance-id", instance_id(plan, i),
+        "--num-workers", str(plan.num_workers), *_auto_flags(scenario, plan),
+        "--instance-id", instance_id(plan, i),
         "--max-attempts", str(w.retry.max_attempts), "--backoff-ms", str(w.retry.backoff_ms),
         "--max-backoff-ms", str(w.retry.max_backoff_ms), "--jitter", w.retry.jitter,
-        "--job-timeout-s", str(w.job_timeout_s), "--heartbeat-ttl-s", str(options.heartbeat_ttl_s),
+        "--after-floor", w.retry.after_floor, "--job-timeout-s", str(w.job_timeout_s),
+        "--heartbeat-ttl-s", str(scenario.workers.heartbeat_ttl_s),
         "--grace-s", str(options.grace_s), "--seed", str(derive_seed(scenario.seed, plan.repeat, "worker", i)),
     ]  # fmt: skip
     for name, url in urls.items():
         flags += ["--service", f"{name}={url}"]
-    return flags
+    # an autoscaled trial paces each instance for the most it may run: the caps hold at any count
+    return flags + external.worker_flags(scenario, plan.most_instances(scenario))
+
+
+def _auto_flags(scenario: Scenario, plan: TrialPlan) -> list[str]:
+    if plan.num_workers != AUTO:
+        return []
+    a = scenario.sweep.auto_limit
+    return ["--auto-min", str(a.min), "--auto-max", str(a.max), "--auto-initial", str(a.initial),
+            "--auto-algorithm", a.algorithm]  # fmt: skip
 
 
 def _base_args(scenario: Scenario) -> dict[str, Any]:
@@ -187,32 +186,37 @@ def _base_args(scenario: Scenario) -> dict[str, Any]:
 
 
 def _start_slots(
-    actors: _Actors,
+    place: TrialPlacement,
     scenario: Scenario,
     plan: TrialPlan,
     broker: Broker,
     queue: str,
     urls: dict[str, str],
     options: TrialOptions,
-    stack: contextlib.ExitStack,
 ) -> str | None:
     """Start the job slots (and the web app when there is one); returns the web app's URL."""
     w = scenario.workload
     colocated = plan.placement == COLOCATED
     needs_web = colocated or isinstance(w.arrival, LocustArrival)
-    common = ["--broker", broker.url, "--queue", queue, "--job", w.job]
+    common = ["--queue", queue, "--job", w.job]
+    env = broker.child_env()  # the broker URL (and any password in it) never goes on argv
     grace = options.grace_s + 5
+    instances = plan.initial_instances(scenario)
     if not colocated:
-        for i in range(plan.instances):
-            argv = python_module_argv(
-                "lab.runtime.worker", *common, *_worker_flags(scenario, plan, urls, i, options)
-            )
-            actors.start(f"worker-{i}", "worker", argv, grace_s=grace)
+        place.start_workers(
+            {
+                instance_id(plan, i): [*common, *_worker_flags(scenario, plan, urls, i, options)]
+                for i in range(instances)
+            },
+            grace_s=grace,
+            env=broker.child_env(base={}),
+        )
     if not needs_web:
         return None
-    sock = stack.enter_context(_listening_socket())
+    actors = place.driver
+    sock = actors.stack.enter_context(listening_socket())
     jobs_per_request = w.arrival.jobs_per_request if isinstance(w.arrival, LocustArrival) else 1
-    for i in range(plan.instances if colocated else 1):
+    for i in range(instances if colocated else 1):
         ready = actors.logs / f"web-{i}.ready.json"
         argv = python_module_argv(
             "lab.producers.webapp", *common, "--base-args", json.dumps(_base_args(scenario)),
@@ -228,21 +232,21 @@ def _start_slots(
             ready=ready,
             pass_fds=(sock.fileno(),),
             grace_s=grace,
+            env=env,
         )
-    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+    return url_of(sock)
 
 
-def _prepare_services(scenario: Scenario, urls: dict[str, str], items: int) -> None:
+def _prepare_services(scenario: Scenario, mocks: dict[str, MockControl], items: int) -> None:
     """Before the clock: documents in place for a job type that acts on existing ids (deletes),
-    every counter at zero."""
+    every counter at zero. `mocks` are the mocks only: an external service is prepared by
+    `external.prepare`, with its own protocol (never a /_lab/ route)."""
     w = scenario.workload
-    if job_type(w.job).seeds_ids:
-        _http_json(
-            f"{urls[w.service]}/_lab/seed",
-            {"index": w.index, "ids": [str(i) for i in range(items)]},
-        )
-    for url in urls.values():
-        _http_json(f"{url}/_lab/reset", {})
+    external.prepare(scenario, items)
+    if job_type(w.job).seeds_ids and w.service in mocks:
+        mocks[w.service].seed(w.index, [str(i) for i in range(items)])
+    for mock in mocks.values():
+        mock.reset()
 
 
 def derive_seed(scenario_seed: int, *parts: object) -> int:
@@ -259,18 +263,34 @@ class _Measured:
     clock_start: float  # epoch seconds, as the job events are stamped
     wall_s: float
     timed_out: bool
+    failure: str | None  # why the work could not finish (a timeout, every instance gone)
+    stop_reason: str | None  # why a stop rule ended the trial early, if one did
     report: ProducerReport
     usage: dict[str, Usage]
+    faults: TrialFaults
+    autoscaled: dict[str, Any] | None  # AutoscaleHook.finish, when instances were autoscaled
 
 
 class _Trial:
     """One trial's steps, in order: services, slots, ready, measure, collect."""
 
     def __init__(
-        self, scenario: Scenario, plan: TrialPlan, broker: Broker, logs: Path, options: TrialOptions
-    ) -> None:
+        self, scenario: Scenario, plan: TrialPlan, broker: Broker, logs: Path,
+        options: TrialOptions, harness: Harness | None = None,
+    ) -> None:  # fmt: skip
+        self.asked = plan  # its id and order name the trial; `plan` is what runs
+        self.clipped = ""  # a dynamic policy fits the caps at its max (checked at load)
+        if isinstance(plan.num_workers, int) and isinstance(plan.instances, int):
+            num_workers, instances, self.clipped = external.clip(
+                scenario, plan.num_workers, plan.instances
+            )
+            plan = dataclasses.replace(plan, num_workers=num_workers, instances=instances)
+        scenario = external.with_trial_index(scenario, plan.trial_id, secrets.token_hex(3))
         self.scenario, self.plan, self.broker, self.logs = scenario, plan, broker, logs
         self.options = options
+        # on this host the sweep's mocks serve trial after trial (LocalPlacement); a cluster's
+        # trials start their own (open_placement leaves the harness out)
+        self.harness = harness if scenario.cluster is None else None
         w = scenario.workload
         self.locust = w.arrival if isinstance(w.arrival, LocustArrival) else None
         rng = random.Random(derive_seed(scenario.seed, plan.repeat, "arrivals"))
@@ -278,111 +298,219 @@ class _Trial:
             []
             if self.locust is not None
             else group_into_jobs(
-                arrival_offsets(w.arrival, items=w.items, rng=rng), plan.batch_size
+                arrival_offsets(w.arrival, items=(w.items or 0) * plan.length_x, rng=rng),
+                plan.batch_size,
             )
         )
         self.items_planned = (
             sum(len(j.items) for j in self.jobs) or w.expected_items * plan.batch_size
         )
+        # the mocks' /_lab/ routes answer only to this trial (or to this sweep's, when shared)
+        self.token = self.harness.services.token if self.harness is not None else new_token()
 
     def run(self) -> TrialOutcome:
-        with self.broker.client() as client, contextlib.ExitStack() as services_stack:
+        try:
+            return self._run()
+        except BROKER_ERRORS as exc:  # the children are stopped by now
+            raise broker_lost(self.broker, self.plan.trial_id, exc) from None
+
+    def _run(self) -> TrialOutcome:
+        pauses = [f.for_s or 0.0 for f in self.scenario.faults if f.pause]
+        timeout_s = BROKER_ANSWER_S + max(pauses, default=0.0)
+        with (
+            self.broker.client(socket_timeout=timeout_s) as client,
+            open_placement(self.scenario.cluster, self.broker, self.logs, self.harness) as place,
+        ):
             queue = Queue(client, f"trial-{self.plan.trial_id}-{secrets.token_hex(3)}")
             queue.purge()
-            services = _Actors(services_stack, self.logs)
-            urls = self._start_services(services)
-            with contextlib.ExitStack() as slots_stack:
-                slots = _Actors(slots_stack, self.logs)
-                web_url = _start_slots(
-                    slots, self.scenario, self.plan, self.broker, queue.name, urls, self.options,
-                    slots_stack,
-                )  # fmt: skip
-                self._wait_ready(queue, services, slots, urls)
-                measured = self._measure(queue, services, slots, web_url)
-                terminate_all(slots.of_role("worker", "web"))  # graceful stops overlap
+            restarted = {f.name for f in self.scenario.faults if f.restart and f.name}
+            mocks = place.start_services(
+                self._seeded_services(), token=self.token, restartable=restarted
+            )
+            urls = mocks | {
+                name: spec.url for name, spec in external.externals(self.scenario).items()
+            }
+            web_url = _start_slots(
+                place, self.scenario, self.plan, self.broker, queue.name, urls, self.options
+            )
+            self._wait_ready(queue, place, mocks)
+            measured = self._measure(queue, place, web_url, urls)
+            place.stop_workers()
             # the slots are stopped: every ack is written; the services are still up
-            service_stats = {name: _http_json(f"{url}/_lab/stats") for name, url in urls.items()}
-        return self._collect(queue, service_stats, measured)
+            service_stats = {name: self._stats(name, url) for name, url in mocks.items()}
+            for name in external.externals(self.scenario):
+                service_stats[name] = external.collect(self.scenario, name)
+            return self._collect(queue, service_stats, measured, place)  # the client still open
 
-    def _start_services(self, actors: _Actors) -> dict[str, str]:
-        """Each mock service in its own process, on a socket bound here; returns their URLs."""
-        urls: dict[str, str] = {}
-        for name, spec in self.scenario.services.items():
-            seed = derive_seed(self.scenario.seed, self.plan.repeat, "mock", name, spec.seed)
-            seeded = spec.model_copy(update={"seed": seed})
-            ready = self.logs / f"mock-{name}.ready.json"
-            with _listening_socket() as sock:
-                argv = python_module_argv(
-                    "lab.mocks", spec.kind, "--spec-json", spec_to_json(seeded),
-                    "--ready-file", str(ready), "--listen-fd", str(sock.fileno()),
-                )  # fmt: skip
-                actors.start(f"mock-{name}", "mock", argv, ready=ready, pass_fds=(sock.fileno(),))
-                urls[name] = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        return urls
+    def _mock(self, url: str) -> MockControl:
+        return MockControl(url, self.token)
 
-    def _wait_ready(
-        self, queue: Queue, services: _Actors, slots: _Actors, urls: dict[str, str]
-    ) -> None:
+    def _stats(self, name: str, url: str) -> dict[str, Any]:
+        try:
+            return self._mock(url).stats()
+        except OSError as exc:
+            raise HarnessError(
+                f"the mock service {name} did not answer after trial {self.plan.trial_id}: {exc}"
+            ) from None
+
+    def _seeded_services(self) -> dict[str, ServiceSpec]:
+        """The scenario's mock services (not its external ones), each with the trial's own seed."""
+        return {
+            name: spec.model_copy(
+                update={
+                    "seed": derive_seed(
+                        self.scenario.seed, self.plan.repeat, "mock", name, spec.seed
+                    )
+                }
+            )
+            for name, spec in self.scenario.services.items()
+            if not isinstance(spec, ExternalService)
+        }
+
+    def _wait_ready(self, queue: Queue, place: TrialPlacement, urls: dict[str, str]) -> None:
         """Every service and slot up, the services seeded and zeroed: the clock may start."""
-        everyone = services.of_role("mock") + slots.of_role("worker", "web")
-        ready_files = services.ready_files + slots.ready_files
+        everyone = place.watched()
         wait_for(
-            lambda: all(p.exists() for p in ready_files),
+            place.started,
             what="the mock services and web app",
             timeout_s=READY_TIMEOUT_S,
             children=everyone,
         )
-        _prepare_services(self.scenario, urls, self.items_planned)
-        expected = {instance_id(self.plan, i) for i in range(self.plan.instances)}
+        instances = self.plan.initial_instances(self.scenario)
+        expected = {instance_id(self.plan, i) for i in range(instances)}
+
+        def instances_up() -> bool:
+            place.check()
+            return queue.live_instances() >= expected
+
         wait_for(
-            lambda: queue.live_instances() >= expected,
-            what=f"{self.plan.instances} job instances to be ready",
+            instances_up,
+            what=f"{instances} job instances to be ready",
             timeout_s=READY_TIMEOUT_S,
             children=everyone,
         )
+        # last, so the services' epoch (their statistics, brown-outs) is the clock's start
+        mocks = {name: self._mock(url) for name, url in urls.items()}
+        _prepare_services(self.scenario, mocks, self.items_planned)
 
     def _measure(
-        self, queue: Queue, services: _Actors, slots: _Actors, web_url: str | None
+        self, queue: Queue, place: TrialPlacement, web_url: str | None, urls: dict[str, str]
     ) -> _Measured:
         """Start the clock, produce the work, wait until it drained, sampling CPU and RSS."""
-        pids = {
-            name: (role, c.pid) for name, (role, c) in (services.children | slots.children).items()
-        }
+        pids = place.local_pids()
         pids["producer"] = ("producer", os.getpid())
         if self.broker.child is not None:
             pids["redis"] = ("redis", self.broker.child.pid)
         sampler = ResourceSampler(pids)
-        with sampler.running():
+        with sampler.running(), place.sampling() as remote_usage:
             clock_start, started = time.time(), time.monotonic()
+            faults = self._faults(queue, place, sampler, started)
             if self.locust is not None:
                 assert web_url is not None
                 drive = _drive_with_locust(
-                    queue, self.locust, web_url, slots, sampler, self.plan.batch_size
+                    queue, self.locust, web_url, place.driver, sampler, self.plan.batch_size
                 )
             else:
                 drive = _drive_with_producer(
                     queue, self.scenario.workload.job, self.jobs, _base_args(self.scenario),
                     clock_start,
                 )  # fmt: skip
-            with drive as (sent, report):
-                timed_out = _Drain(
+            hook = self._autoscale_hook(queue, place, sampler, faults, urls)
+            with drive as (sent, report), faults:
+                drain = _Drain(
                     queue=queue,
                     sent=sent,
                     started=started,
                     timeout_s=self.scenario.sweep.trial_timeout_s,
-                    workers=slots.of_role("worker"),
+                    faults=faults,
                     options=self.options,
                     items_planned=self.items_planned,
                     batch_size=self.plan.batch_size,
-                ).wait()
+                    tick=hook.tick if hook else None,
+                    arrivals_s=sorted(j.arrive_s for j in self.jobs),
+                )
+                timed_out, failure = drain.wait()
             wall_s = time.monotonic() - started
-        return _Measured(clock_start, wall_s, timed_out, report, sampler.usage)
+        usage = sampler.usage | remote_usage
+        autoscaled = hook.finish(wall_s) if hook else None
+        return _Measured(
+            clock_start,
+            wall_s,
+            timed_out,
+            failure,
+            drain.stopped,
+            report,
+            usage,
+            faults,
+            autoscaled,
+        )
+
+    def _autoscale_hook(
+        self,
+        queue: Queue,
+        place: TrialPlacement,
+        sampler: ResourceSampler,
+        faults: TrialFaults,
+        urls: dict[str, str],
+    ) -> AutoscaleHook | None:
+        """With `instances: autoscale`: what starts (and samples) more worker instances through
+        the placement, each watched by the faults like the first ones, and retires them."""
+        if isinstance(self.plan.instances, int):
+            return None
+        assert isinstance(place, LocalPlacement)  # the scenario refuses autoscale + cluster
+        common = ["--queue", queue.name, "--job", self.scenario.workload.job]
+        env = self.broker.child_env(base={})
+
+        def start(i: int) -> Child:
+            flags = _worker_flags(self.scenario, self.plan, urls, i, self.options)
+            child = place.start_worker(
+                i, [*common, *flags], grace_s=self.options.grace_s + 5, env=env
+            )
+            sampler.add(child.name, "worker", child.pid)
+            faults.add_instance(instance_id(self.plan, i), child)
+            return child
+
+        def stop(i: int, child: Child) -> None:
+            faults.retire_instance(instance_id(self.plan, i))  # its exit is no crash
+            place.stop_worker(child)
+
+        return AutoscaleHook(
+            self.scenario.sweep.autoscale,
+            start=start,
+            stop=stop,
+            backlog=lambda: int(queue.client.llen(queue.keys.pending)),
+            initial=place.driver.of_role("worker"),
+        )
+
+    def _faults(
+        self, queue: Queue, place: TrialPlacement, sampler: ResourceSampler, started: float
+    ) -> TrialFaults:
+        """The trial's fault schedule and watch over its instances, services and broker."""
+        instances, services = place.fault_targets(sampler)
+        return TrialFaults(
+            self.scenario.faults,
+            trial_id=self.plan.trial_id,
+            queue=queue,
+            broker=self.broker,
+            instances={instance_id(self.plan, i): c for i, c in enumerate(instances)},
+            services=services,
+            rng=random.Random(derive_seed(self.scenario.seed, self.plan.repeat, "faults")),
+            heartbeat_ttl_s=self.scenario.workers.heartbeat_ttl_s,
+            started=started,
+        )
 
     def _collect(
-        self, queue: Queue, service_stats: dict[str, Any], measured: _Measured
+        self,
+        queue: Queue,
+        service_stats: dict[str, Any],
+        measured: _Measured,
+        place: TrialPlacement,
     ) -> TrialOutcome:
-        """The job events and queue counters, then the queue's keys removed; the row."""
-        events = queue.events()
+        """The job events (on one clock) and queue counters, then the queue's keys removed; the
+        row. A node lost mid-trial fails the trial, whatever the survivors achieved."""
+        events, clock_start = place.on_one_clock(queue.events(), measured.clock_start)
+        limits = read_limit_events(queue.client, queue.name)
+        failure = measured.failure or place.failure()
         recovered = queue.stats().get("recovered", 0)
         runtime = queue.runtime_stats()
         with self.broker.client() as client:
@@ -392,12 +520,27 @@ class _Trial:
             if self.locust
             else dict.fromkeys(LOCUST_COLUMNS, math.nan)
         )
-        row = trial_row(
-            self.plan.config(), self.scenario, events, service_stats, measured.usage,
-            measured.report, clock_start=measured.clock_start, wall_s=measured.wall_s,
-            timed_out=measured.timed_out, recovered=recovered, web=web, runtime=runtime,
+        identity = {"trial_id": self.asked.trial_id, "order": self.asked.index}
+        p, m = self.plan, measured
+        dynamics = record(
+            num_workers=p.num_workers if isinstance(p.num_workers, int) else None,
+            instances=p.instances if isinstance(p.instances, int) else None,
+            wall_s=m.wall_s, clock_start=clock_start, limits=limits, autoscaled=m.autoscaled,
         )  # fmt: skip
-        return TrialOutcome(row=row, events=events, services=service_stats, usage=measured.usage)
+        row = trial_row(
+            p.config() | identity | {"clipped": self.clipped}, self.scenario, events,
+            service_stats, m.usage, m.report, clock_start=clock_start,
+            wall_s=m.wall_s, timed_out=m.timed_out, failure=failure,
+            recovered=recovered, faults=m.faults.figures(events, clock_start=clock_start),
+            web=web, cost=dynamics.cost,
+            runtime=runtime, stop_reason=m.stop_reason,
+        )  # fmt: skip
+        row |= place.saturation(m.usage)
+        return TrialOutcome(
+            row=row, events=events, services=service_stats, usage=m.usage,
+            faults=[r.to_json() for r in m.faults.records], placement=place.record(),
+            timeline=dynamics.timeline,
+        )  # fmt: skip
 
 
 def run_trial(
@@ -407,11 +550,14 @@ def run_trial(
     broker: Broker,
     logs: Path,
     options: TrialOptions | None = None,
+    harness: Harness | None = None,
 ) -> TrialOutcome:
     """Run one trial and return its row, events and service statistics; `logs` gets the
-    children's logs (the run folder's `RunFolder.trial_logs`)."""
+    children's logs (the run folder's `RunFolder.trial_logs`). With a `harness` (a sweep's
+    `start_harness`) the mocks and the workers' fork server are shared across trials on this
+    host (not on a cluster)."""
     logs.mkdir(parents=True, exist_ok=True)
-    return _Trial(scenario, plan, broker, logs, options or TrialOptions()).run()
+    return _Trial(scenario, plan, broker, logs, options or TrialOptions(), harness).run()
 
 
 @contextlib.contextmanager
@@ -421,19 +567,31 @@ def _drive_with_producer(
     """Send `jobs` on schedule from a thread; yields (jobs sent once all are, else None; report)."""
     stop = threading.Event()
     report = ProducerReport()
+    failed: list[Exception] = []  # what stopped the producer early (a lost broker), for `sent`
 
     def _run() -> None:
-        done = produce(queue, job, jobs, base_args=base_args, clock_start=clock_start, stop=stop)
+        try:
+            done = produce(
+                queue, job, jobs, base_args=base_args, clock_start=clock_start, stop=stop
+            )
+        except Exception as exc:
+            failed.append(exc)
+            return
         report.jobs_sent, report.items_sent, report.max_lag_s = (
             done.jobs_sent,
             done.items_sent,
             done.max_lag_s,
         )
 
+    def sent() -> int | None:
+        if failed:
+            raise failed[0]
+        return None if producer.is_alive() else report.jobs_sent
+
     producer = threading.Thread(target=_run, name="producer", daemon=True)
     producer.start()
     try:
-        yield (lambda: None if producer.is_alive() else report.jobs_sent), report
+        yield sent, report
     finally:
         stop.set()
         producer.join()
@@ -444,7 +602,7 @@ def _drive_with_locust(
     queue: Queue,
     arrival: LocustArrival,
     web_url: str,
-    slots: _Actors,
+    slots: Processes,
     sampler: ResourceSampler,
     batch_size: int,
 ) -> Iterator[tuple[Callable[[], int | None], ProducerReport]]:
@@ -481,20 +639,41 @@ class _Drain:
     sent: Callable[[], int | None]  # jobs sent once production ended, else None
     started: float  # time.monotonic() at the clock's start
     timeout_s: float
-    workers: list[Child]
+    faults: TrialFaults
     options: TrialOptions
     items_planned: int
     batch_size: int
+    tick: Callable[[float], None] | None = None  # called every poll (the autoscaler)
+    arrivals_s: list[float] = field(default_factory=list)
+    stopped: str | None = None  # why the stop rule ended the trial, if it did
+    _events_read: int = 0
 
-    def wait(self) -> bool:
-        """True if the trial timed out before draining."""
-        killed = False
+    def _new_events(self) -> list[JobEvent]:
+        events = self.queue.events(self._events_read)
+        self._events_read += len(events)
+        return events
+
+    def _stop_early(self, stats: dict[str, int], elapsed: float) -> bool:
+        rule = self.options.stop_rule
+        if rule is None:
+            return False
+        done, dead = stats.get("done", 0), stats.get("dead", 0)
+        self.stopped = rule(
+            DrainProgress(
+                elapsed, min(self.items_planned, done * self.batch_size), self.items_planned,
+                done + dead, dead, self.arrivals_s, self._new_events,
+            )
+        )  # fmt: skip
+        return self.stopped is not None
+
+    def wait(self) -> tuple[bool, str | None]:
+        """(timed out, why the work could not finish); (False, None) once drained or stopped by
+        the stop rule (`stopped` says why)."""
         while True:
             elapsed = time.monotonic() - self.started
-            kill_at = self.options.kill_instance_after_s
-            if kill_at is not None and not killed and elapsed >= kill_at:
-                self.workers[0].signal(signal.SIGKILL)
-                killed = True
+            if self.tick is not None:
+                self.tick(elapsed)
+            self.faults.poll(elapsed)
             stats = self.queue.stats()
             if self.options.on_progress is not None:
                 items_done = min(self.items_planned, stats.get("done", 0) * self.batch_size)
@@ -505,11 +684,12 @@ class _Drain:
                 and stats.get("done", 0) + stats.get("dead", 0) >= jobs
                 and self.queue.outstanding() == 0
             ):
-                return False
+                return False, None
             if elapsed > self.timeout_s:
-                return True
-            for child in self.workers[1 if killed else 0 :]:
-                if not child.alive():
-                    raise ServiceError(f"{child.name} exited during the trial: {child.log_tail()}")
+                return True, f"timed out after {self.timeout_s:g} s before draining"
+            if (gone := self.faults.every_instance_gone()) is not None:
+                return False, gone
+            if self._stop_early(stats, elapsed):
+                return False, None
             check_stop()
             time.sleep(POLL_S)

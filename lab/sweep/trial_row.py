@@ -15,11 +15,21 @@ from typing import Any
 
 import numpy as np
 
+from lab.analysis.attribution import (
+    Context,
+    service_columns,
+    steady_items_per_s,
+    too_short,
+    trial_bottleneck,
+)
+from lab.mocks.spec import ServiceSpec
 from lab.producers.arrivals import ProducerReport
 from lab.runtime.jobs import job_type
 from lab.runtime.queue import DEAD, OK, RETRY, JobEvent
 from lab.runtime.telemetry import runtime_figures
+from lab.runtime.worker import TIMEOUT_ERROR
 from lab.scenario.spec import Scenario
+from lab.sweep import external
 from lab.sweep.resources import Usage, saturation
 
 PERCENTILES = (50, 90, 99)
@@ -73,8 +83,13 @@ def job_figures(
         "makespan_s": makespan_s,
         "items_per_s": items_done / makespan_s if makespan_s > 0 else math.nan,
         "jobs_per_s": len(done) / makespan_s if makespan_s > 0 else math.nan,
+        "steady_items_per_s": steady_items_per_s(
+            [e.finished_at for e in done], [e.items for e in done]
+        ),
+        "too_short": too_short([e.finished_at for e in done], [e.items for e in done]),
         "attempts": len(events),
         "retries": retries,
+        "timeouts": sum(1 for e in events if (e.error or "").startswith(TIMEOUT_ERROR)),
         "dead_letters": len(dead_only),
         "duplicate_jobs": ok_events - len(first_ok),
         "unfinished_jobs": jobs_enqueued - settled,
@@ -95,7 +110,7 @@ def job_figures(
 def bounds(
     figures: Mapping[str, Any],
     *,
-    concurrency: int,
+    concurrency: float,
     capacity: int | None,
     service_stats: Mapping[str, Any] | None,
     rate_limit_per_s: float | None,
@@ -115,9 +130,10 @@ def bounds(
     if service_stats and capacity:
         samples = service_stats.get("samples", {}).get("service_ms", [])
         served = service_stats.get("served", 0)
-        if samples and served:
+        mean_s = float(np.mean(samples)) / 1000 if samples else 0.0
+        if mean_s > 0 and served:  # a service of constant 0 ms has no capacity bound
             items_per_request = service_stats.get("served_items", served) / served
-            capacity_bound = capacity * items_per_request / (float(np.mean(samples)) / 1000)
+            capacity_bound = capacity * items_per_request / mean_s
             if rate_limit_per_s:
                 capacity_bound = min(capacity_bound, rate_limit_per_s * items_per_request)
     candidates = [b for b in (littles, capacity_bound) if not math.isnan(b)]
@@ -149,25 +165,31 @@ def _service_accounting(job: str, stats: Mapping[str, Any], items: int) -> dict[
 def trial_row(
     config: Mapping[str, Any], scenario: Scenario, events: Sequence[JobEvent],
     services: Mapping[str, Mapping[str, Any]], usage: Mapping[str, Usage], report: ProducerReport,
-    *, clock_start: float, wall_s: float, timed_out: bool, recovered: int,
-    web: Mapping[str, float], runtime: Sequence[Mapping[str, Any]] = (),
+    *, clock_start: float, wall_s: float, timed_out: bool, failure: str | None, recovered: int,
+    faults: Mapping[str, Any], web: Mapping[str, float], cost: Mapping[str, float],
+    runtime: Sequence[Mapping[str, Any]] = (), stop_reason: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One row of trials.csv (lab.results.TRIAL_COLUMNS, in that order).
 
     `config` holds the trial's identity (trial_id, order, num_workers, instances, batch_size,
-    placement, repeat, concurrency); `web` the Locust figures (NaN without web traffic);
-    `runtime` the worker instances' records of their own cost (`lab.runtime.telemetry`).
+    placement, repeat, concurrency, length_x); `failure` why the work could not finish (None
+    when it did); `faults` the fault columns (lab.sweep.faults); `web` the Locust figures (NaN
+    without web traffic); `runtime` the worker instances' records of their own cost
+    (`lab.runtime.telemetry`); `cost` the dynamic configuration's columns
+    (`lab.sweep.dynamics.record`); `stop_reason` why a stop rule ended the trial early (its
+    unfinished jobs are then not errors: they were cut, not failed).
     """
     w = scenario.workload
     target_spec = scenario.services[w.service]
     target = services[w.service]
+    mock = target_spec if isinstance(target_spec, ServiceSpec) else None  # None: a real service
     figures = job_figures(
         events,
         clock_start=clock_start,
         jobs_enqueued=report.jobs_sent,
         items_enqueued=report.items_sent,
     )
-    rate_limit = target_spec.rate_limit.per_s if target_spec.rate_limit else None
+    rate_limit = mock.rate_limit.per_s if mock and mock.rate_limit else None
     harness, machine, why = saturation(usage, cpu_count=os.cpu_count() or 1)
     by_role = {
         role: [u for u in usage.values() if u.role == role]
@@ -178,24 +200,33 @@ def trial_row(
         "started_at": clock_start,
         "wall_s": wall_s,
         "timed_out": timed_out,
+        "failed": failure is not None,
+        "failure_reason": failure or "",
+        "stopped_early": stop_reason is not None,
+        "stop_reason": stop_reason or "",
         **figures,
         **bounds(
             figures,
-            concurrency=int(config["concurrency"]),
-            capacity=target_spec.capacity,
+            concurrency=config["concurrency"] or cost["slots_mean"],  # dynamic: the mean slots
+            capacity=mock.capacity if mock else None,
             service_stats=target,
             rate_limit_per_s=rate_limit,
         ),
         **_service_accounting(w.job, target, report.items_sent),
         "recovered_jobs": recovered,
+        **faults,
         "service_requests": target.get("requests", 0),
         "service_rejected": target.get("rejected", 0),
         "service_errors": target.get("errors", 0),
         "service_max_in_flight": target.get("max", {}).get("in_flight", 0),
         "service_max_queue_depth": target.get("max", {}).get("queue_depth", 0),
+        **service_columns(target, mock, figures["makespan_s"]),
         "producer_max_lag_s": report.max_lag_s,
+        **cost,
         "workers_cores": sum(u.cores for u in by_role["worker"]),
         "worker_peak_cores": max((u.peak_cores for u in by_role["worker"]), default=0.0),
+        "worker_steady_cores": max((u.steady_cores for u in by_role["worker"]), default=0.0),
+        "worker_cpu_demand": max((u.steady_demand for u in by_role["worker"]), default=0.0),
         "worker_rss_max_mb": max((u.rss_max_mb for u in by_role["worker"]), default=0.0),
         **runtime_figures(runtime),
         "mock_cores": max((u.cores for u in by_role["mock"]), default=0.0),
@@ -208,4 +239,9 @@ def trial_row(
         "machine_saturated": machine,
         "saturation_reason": why,
     }
+    if stop_reason is not None and report.jobs_sent:
+        row["error_rate"] = figures["dead_letters"] / report.jobs_sent
+    if mock is None:
+        row.update(external.row_columns(w.job, target, report.items_sent))
+    row["bottleneck"] = trial_bottleneck(row, Context.of(scenario, os.cpu_count()), events)
     return row
