@@ -16,6 +16,7 @@ from lab.infra.broker import Broker
 from lab.infra.procs import wait_for
 from lab.runtime.queue import OK, Queue, encode_job
 from lab.runtime.telemetry import runtime_figures
+from lab.runtime.worker import EXCHANGE_SPACING_S
 from tests.conftest import StartWorker
 
 
@@ -63,6 +64,25 @@ def test_the_worker_writes_a_record_of_its_own_cost_at_stop(
     figures = runtime_figures([record])
     assert all(not math.isnan(v) and v >= 0 for v in figures.values())
     assert figures["exchange_batch_mean"] == len(ids) / record["claims"]
+
+
+def test_slots_freeing_in_one_long_turn_each_ask_at_once(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    # Twelve jobs claimed together, ending together: each end burns more CPU than the spacing
+    # after the one before, so each freed slot sends its own exchange rather than wait for the
+    # turn's end (one exchange for all of them but the first, before the spacing rule).
+    n = 12
+    burn_ms = 4 * EXCHANGE_SPACING_S * 1000
+    args = {"s": 0.05, "ms": burn_ms}
+    ids = queue.enqueue_many("tests.handlers:sleep_then_burn", (args for _ in range(n)))
+    worker = start_worker("--job", "tests.handlers:sleep_then_burn", num_workers=n)
+    wait_for(lambda: queue.outstanding() == 0, what="the queue to drain", timeout_s=60)
+    worker.signal(signal.SIGTERM)
+    assert worker.popen.wait(timeout=30) == 0
+    assert sorted(e.job_id for e in queue.events() if e.outcome == OK) == sorted(ids)
+    [record] = queue.runtime_stats()
+    assert record["exchanges"] >= n + 1  # the first claim, then one per freed slot
 
 
 def test_a_killed_broker_connection_is_reopened_and_no_job_is_lost(

@@ -87,6 +87,12 @@ _BLOCK_S = 0.5
 #: How the error of an attempt that hit the job timeout begins (trials count them).
 TIMEOUT_ERROR = "timeout after"
 
+#: Within one turn of the event loop, a freed slot asks at once only if the last exchange went
+#: out this long ago; otherwise it joins the turn's next one. A turn can last milliseconds when
+#: many jobs end together (each ending runs its body's code first), and a slot that waited for
+#: the turn's end waited that long.
+EXCHANGE_SPACING_S = 0.0005
+
 #: Pause before an exchange is retried after the broker connection failed.
 _RETRY_EXCHANGE_S = 0.2
 
@@ -169,6 +175,7 @@ class Worker:
         self._exchanges = 0  # exchanges still on the wire
         self._flush_handle: asyncio.Handle | None = None
         self._turn_sent = False  # an exchange went out in this turn of the loop
+        self._last_sent = 0.0  # when the last exchange went out (perf_counter)
         self._idle = asyncio.Event()  # no job running
         self._wire_idle = asyncio.Event()  # no exchange on the wire
         self._queue_empty = asyncio.Event()  # the last claim came back short: block on BLMOVE
@@ -486,12 +493,14 @@ class Worker:
         self._free_since.append(time.time())
         if not self._busy:
             self._idle.set()
-        if self._turn_sent:
-            self._schedule_exchange()  # the others that free in this turn go together, next turn
-        else:  # the first slot to free in this turn of the loop asks at once
+        if not self._turn_sent:  # the first slot to free in this turn of the loop asks at once
             self._turn_sent = True
             self._loop.call_soon(self._new_turn)
             self._exchange()
+        elif time.perf_counter() - self._last_sent >= EXCHANGE_SPACING_S:
+            self._exchange()  # a long turn (many jobs ending together): ask again, now
+        else:
+            self._schedule_exchange()  # the others that free in this turn go together
 
     def _resolve_late(self, name: str) -> Handler:
         """A built-in named by a job; anything else must have been given at start (`--job`):
@@ -546,8 +555,9 @@ class Worker:
         self._reserved += want
         self._exchanges += 1
         self._wire_idle.clear()
+        self._last_sent = sent_at = time.perf_counter()
         callback = functools.partial(
-            self._on_exchange, want, (acks, events, retries, dead), time.perf_counter()
+            self._on_exchange, want, (acks, events, retries, dead), sent_at
         )
         self._wire.send_script(
             self._exchange_sha, self._exchange_keys, head + acks + events + retries + dead, callback
