@@ -12,8 +12,10 @@ unless `prefetch` asks for more):
   schedules retries and dead letters, and claims as many new jobs as there are free slots not
   yet asked for, atomically. The first slot to free in a turn of the event loop sends one at
   once, even while earlier ones are still on the wire; the others that free in the same turn
-  go together on the next turn. A reply hands the claimed jobs to idle slots straight from the
-  connection's callback. Under load many jobs finish per turn, so acks and claims batch.
+  go together at its end, unless the last exchange left `EXCHANGE_SPACING_S` ago or more (a
+  turn lasts milliseconds when many jobs end together): then they ask at once too. A reply
+  hands the claimed jobs to idle slots straight from the connection's callback. Under load
+  many jobs finish per turn, so acks and claims batch.
 - When a claim comes back short (the queue is empty), a waiter blocks on BLMOVE (no polling
   delay) and triggers an exchange as soon as a job arrives.
 - A heartbeat task refreshes this instance's heartbeat and reaps instances whose heartbeat
