@@ -6,7 +6,7 @@ import asyncio
 from collections import Counter
 from typing import Any
 
-from lab.runtime.jobs import JobContext
+from lab.runtime.jobs import JobContext, burn_cpu
 
 _calls: Counter[str] = Counter()
 
@@ -14,6 +14,13 @@ _calls: Counter[str] = Counter()
 async def sleep(ctx: JobContext, args: dict[str, Any]) -> None:
     """An IO-like job: `args["s"]` seconds of waiting."""
     await asyncio.sleep(float(args["s"]))
+
+
+async def sleep_then_burn(ctx: JobContext, args: dict[str, Any]) -> None:
+    """`args["s"]` seconds of waiting, then `args["ms"]` ms of CPU: jobs started together end
+    in one turn of the event loop, each after the one before has held it for `ms`."""
+    await asyncio.sleep(float(args["s"]))
+    burn_cpu(float(args["ms"]))
 
 
 async def fail(ctx: JobContext, args: dict[str, Any]) -> None:

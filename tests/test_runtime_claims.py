@@ -14,8 +14,9 @@ import redis
 
 from lab.infra.broker import Broker
 from lab.infra.procs import wait_for
-from lab.runtime.queue import OK, Queue
+from lab.runtime.queue import OK, Queue, encode_job
 from lab.runtime.telemetry import runtime_figures
+from lab.runtime.worker import EXCHANGE_SPACING_S
 from tests.conftest import StartWorker
 
 
@@ -65,6 +66,25 @@ def test_the_worker_writes_a_record_of_its_own_cost_at_stop(
     assert figures["exchange_batch_mean"] == len(ids) / record["claims"]
 
 
+def test_slots_freeing_in_one_long_turn_each_ask_at_once(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    # Twelve jobs claimed together, ending together: each end burns more CPU than the spacing
+    # after the one before, so each freed slot sends its own exchange rather than wait for the
+    # turn's end (one exchange for all of them but the first, before the spacing rule).
+    n = 12
+    burn_ms = 4 * EXCHANGE_SPACING_S * 1000
+    args = {"s": 0.05, "ms": burn_ms}
+    ids = queue.enqueue_many("tests.handlers:sleep_then_burn", (args for _ in range(n)))
+    worker = start_worker("--job", "tests.handlers:sleep_then_burn", num_workers=n)
+    wait_for(lambda: queue.outstanding() == 0, what="the queue to drain", timeout_s=60)
+    worker.signal(signal.SIGTERM)
+    assert worker.popen.wait(timeout=30) == 0
+    assert sorted(e.job_id for e in queue.events() if e.outcome == OK) == sorted(ids)
+    [record] = queue.runtime_stats()
+    assert record["exchanges"] >= n + 1  # the first claim, then one per freed slot
+
+
 def test_a_killed_broker_connection_is_reopened_and_no_job_is_lost(
     broker: Broker, queue: Queue, start_worker: StartWorker
 ) -> None:
@@ -95,3 +115,25 @@ def test_a_killed_broker_connection_is_reopened_and_no_job_is_lost(
     assert set(counts) == set(ids)  # at least once each, none lost
     assert queue.stats()["done"] >= len(ids)
     assert "exchange with the broker failed" in worker.log_tail(200)  # the kill did land
+
+
+def test_a_job_claimed_by_a_lost_reply_is_taken_back_after_the_reconnect(
+    broker: Broker, queue: Queue, start_worker: StartWorker
+) -> None:
+    worker = start_worker(num_workers=2)
+    # As if an exchange had claimed it and its reply had been lost with the connection:
+    payload = encode_job("lost-1", "noop", {"items": [1]}, time.time())
+    queue.client.hset(queue.keys.processing("w1"), "lost-1", payload)
+    with broker.client() as killer:
+        killer.client_kill_filter(_type="normal", skip_me=True)
+    queue.client.connection_pool.disconnect()
+
+    def ran() -> bool:
+        try:
+            return any(e.job_id == "lost-1" and e.outcome == OK for e in queue.events())
+        except redis.ConnectionError:
+            return False
+
+    wait_for(ran, what="the lost job to run", timeout_s=30)
+    assert "took back 1 jobs whose claim reply was lost" in worker.log_tail(200)
+    wait_for(lambda: queue.outstanding() == 0, what="the ack", timeout_s=30)

@@ -1,13 +1,16 @@
-"""`python -m lab.bench peers`: the lab's runtime beside a bare asyncio loop, measured in one run.
+"""`python -m lab.bench peers`: the lab's runtime beside a bare event loop, measured in one run.
 
 The lab's runtime stands in for the user's own; whatever it adds between one job's end and the
 next one's start shows in every curve the lab draws. This benchmark measures that cost against
 the smallest possible runtime: a bare event loop running the same job bodies with no queue
 (`lab.bench.peer_bare`), so whatever the lab loses beside it is the lab's.
 
-Rows (`--runtimes`, default all three; `--peers dramatiq` adds Dramatiq, installed from PyPI
+Rows (`--runtimes`, default all four; `--peers dramatiq` adds Dramatiq, installed from PyPI
 into a temporary venv, thread per slot):
-- `bare`: C coroutines run the N job bodies; nothing is claimed or acknowledged.
+- `bare`: C coroutines run the N job bodies; nothing is claimed or acknowledged. On the lab
+  worker's own event loop (`--loop`, uvloop by default), so the difference is the runtime's.
+- `bare-asyncio`: the same on asyncio's default loop, the reference of the usual peers
+  benchmark of Python job runtimes (its bodies cost more there, so ratios against it are kinder).
 - `lab`: one `lab.runtime.worker` process, `--num-workers C`, default semantics (a job is
   claimed only for a free slot).
 - `lab-pf1`: the same with `--prefetch 1`.
@@ -61,6 +64,7 @@ from lab.runtime.queue import Queue
 from lab.runtime.telemetry import runtime_figures
 
 QUEUE = "peers"
+RUNTIMES = ("bare", "bare-asyncio", "lab", "lab-pf1")
 IO_LEVELS = (1, 10, 50, 200)
 #: Dramatiq's version range for `--peers dramatiq` (the one the first peers table measured).
 DRAMATIQ_REQUIREMENT = "dramatiq[redis]>=2.0,<3"
@@ -122,9 +126,9 @@ def lab_runtime(name: str, redis_url: str, *, prefetch: int, loop: str) -> Runti
     return Runtime(name, argv, _lab_enqueue, reports_runtime_stats=True)
 
 
-def bare_runtime(loop: str) -> Runtime:
+def bare_runtime(loop: str, name: str = "bare") -> Runtime:
     return Runtime(
-        "bare",
+        name,
         lambda conc: python_module_argv("lab.bench.peer_bare", "--loop", loop),
         lambda url, kind, n, ms: None,  # no queue: the worker runs N bodies by itself
     )
@@ -271,6 +275,7 @@ def run_benchmark(ns: argparse.Namespace, workdir: Path) -> list[Row]:
         assert broker.child is not None
         runtimes = {
             "bare": bare_runtime(ns.loop),
+            "bare-asyncio": bare_runtime("asyncio", "bare-asyncio"),
             "lab": lab_runtime("lab", broker.url, prefetch=0, loop=ns.loop),
             "lab-pf1": lab_runtime("lab-pf1", broker.url, prefetch=1, loop=ns.loop),
         }
@@ -331,7 +336,8 @@ def machine() -> str:
 
 
 def format_table(rows: Sequence[Row], levels: Sequence[int], noop_conc: int) -> str:
-    """Markdown: medians over repeats per runtime, then each lab row as a ratio of bare's."""
+    """Markdown: medians over repeats per runtime, then each runtime as a ratio of each bare
+    reference's (ratios of the medians)."""
 
     def cell(rt: str, scenario: str, conc: int) -> list[Row]:
         return [r for r in rows if (r.runtime, r.scenario, r.conc) == (rt, scenario, conc)]
@@ -355,24 +361,26 @@ def format_table(rows: Sequence[Row], levels: Sequence[int], noop_conc: int) -> 
             + [f"{p50:.2f} / {p99:.2f}" if not math.isnan(p99) else "-"]
         )
         lines.append("| " + " | ".join([rt, *values]) + " |")
-    if "bare" in names:
+    references = [rt for rt in names if rt.startswith("bare")]
+    others = [rt for rt in names if not rt.startswith("bare")]
+    if references and others:
         lines += [
             "",
-            "| runtime / bare | no-op jobs/s | " + " | ".join(f"C={c}" for c in levels) + " |",
+            "| runtime / reference | no-op jobs/s | " + " | ".join(f"C={c}" for c in levels) + " |",
         ]
         lines.append("|" + "---|" * (len(levels) + 2))
-        for rt in names:
-            if rt == "bare":
-                continue
-            noop = _median(cell(rt, "noop", noop_conc), "rate_steady") / _median(
-                cell("bare", "noop", noop_conc), "rate_steady"
-            )
-            ratios = [
-                _median(cell(rt, "io", c), "efficiency")
-                / _median(cell("bare", "io", c), "efficiency")
-                for c in levels
-            ]
-            lines.append(f"| {rt} | {noop:.3f} | " + " | ".join(f"{x:.3f}" for x in ratios) + " |")
+        for rt in others:
+            for ref in references:
+                noop = _median(cell(rt, "noop", noop_conc), "rate_steady") / _median(
+                    cell(ref, "noop", noop_conc), "rate_steady"
+                )
+                ratios = [
+                    _median(cell(rt, "io", c), "efficiency")
+                    / _median(cell(ref, "io", c), "efficiency")
+                    for c in levels
+                ]
+                cells = " | ".join(f"{x:.3f}" for x in ratios)
+                lines.append(f"| {rt} / {ref} | {noop:.3f} | {cells} |")
     return "\n".join(lines)
 
 
@@ -403,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--repeats", type=int, default=3, help="interleaved repeats; the table shows medians"
     )
     p.add_argument(
-        "--runtimes", type=lambda s: s.split(","), default=["bare", "lab", "lab-pf1"],
-        help="comma-separated, of: bare, lab, lab-pf1 (default: all)",
+        "--runtimes", type=lambda s: s.split(","), default=list(RUNTIMES),
+        help=f"comma-separated, of: {', '.join(RUNTIMES)} (default: all)",
     )  # fmt: skip
     p.add_argument(
         "--peers", type=lambda s: s.split(","), default=[],
@@ -427,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     p = build_parser()
     ns = p.parse_args(argv)
-    unknown = [n for n in ns.runtimes if n not in ("bare", "lab", "lab-pf1")]
+    unknown = [n for n in ns.runtimes if n not in RUNTIMES]
     unknown += [n for n in ns.peers if n != "dramatiq"]
     unknown += [n for n in ns.scenarios if n not in ("noop", "io")]
     if unknown or ns.repeats < 1:

@@ -5,18 +5,24 @@ This is the knob of Loco's BackgroundQueue worker: `num_workers` async slots per
 
 How a job flows through an instance (Loco's semantics: a job is claimed only for a free slot,
 unless `prefetch` asks for more):
-- Each job runs in a task of its own; `slot_limit` says how many may run at once.
+- Slots are long-lived tasks, made as needed up to `slot_limit` (the one place that says how
+  many jobs may run at once); each runs one job after another.
 - Exchanges with Redis go through one pipelined connection (`lab.runtime.wire`). One call of
   the exchange script acks the jobs finished since the last call, records their events,
   schedules retries and dead letters, and claims as many new jobs as there are free slots not
-  yet asked for, atomically. An exchange is sent as soon as a slot frees (on the next turn of
-  the loop, so that the jobs that finished together go in one call), even while earlier ones
-  are still on the wire; its reply starts the claimed jobs straight from the connection's
-  callback. Under load, many jobs finish per round trip, so acks and claims batch themselves.
+  yet asked for, atomically. The first slot to free in a turn of the event loop sends one at
+  once, even while earlier ones are still on the wire; the others that free in the same turn
+  go together at its end, unless the last exchange left `EXCHANGE_SPACING_S` ago or more (a
+  turn lasts milliseconds when many jobs end together): then they ask at once too. A reply
+  hands the claimed jobs to idle slots straight from the connection's callback. Under load
+  many jobs finish per turn, so acks and claims batch.
 - When a claim comes back short (the queue is empty), a waiter blocks on BLMOVE (no polling
   delay) and triggers an exchange as soon as a job arrives.
 - A heartbeat task refreshes this instance's heartbeat and reaps instances whose heartbeat
-  expired (crash recovery, see `lab.runtime.queue`).
+  expired (crash recovery, see `lab.runtime.queue`). After a lost exchange connection, the
+  instance reconnects and takes back the jobs an exchange claimed whose reply was lost.
+- One timer enforces every attempt's timeout (attempts share it, so deadlines come in start
+  order); every attempt's outcome passes through `_settle`.
 - With `num_workers: auto` (`--num-workers auto`), `slot_limit` is an adaptive limit
   (`lab.runtime.limits`) that every finished attempt feeds (its time, or a 429/503/timeout).
 - The instance measures its own cost (`lab.runtime.telemetry`): the slot gap, the exchange's
@@ -83,6 +89,12 @@ _BLOCK_S = 0.5
 #: How the error of an attempt that hit the job timeout begins (trials count them).
 TIMEOUT_ERROR = "timeout after"
 
+#: Within one turn of the event loop, a freed slot asks at once only if the last exchange went
+#: out this long ago; otherwise it joins the turn's next one. A turn can last milliseconds when
+#: many jobs end together (each ending runs its body's code first), and a slot that waited for
+#: the turn's end waited that long.
+EXCHANGE_SPACING_S = 0.0005
+
 #: Pause before an exchange is retried after the broker connection failed.
 _RETRY_EXCHANGE_S = 0.2
 
@@ -147,9 +159,15 @@ class Worker:
         )
         self._stop_requested = asyncio.Event()
         self._accepting = True
-        # One task per job in a slot, with its deadline (loop time; in start order, and so in
-        # deadline order, since every attempt has the same timeout).
+        # The job slots: long-lived tasks, made as needed up to `slot_limit`, each running one
+        # job after another (no task per job). Idle ones wait on a future for their next job.
+        self._slots: set[asyncio.Task[None]] = set()
+        self._idle_slots: collections.deque[asyncio.Future[tuple[str, float]]] = collections.deque()
+        self._busy = 0  # slots given a job
+        # Slots running a job, with its deadline (loop time; in start order, and so in deadline
+        # order, since every attempt has the same timeout).
         self._running: dict[asyncio.Task[None], float] = {}
+        self._job_ids: dict[asyncio.Task[None], str] = {}  # the job each busy slot runs
         self._expired: set[asyncio.Task[None]] = set()  # cancelled by their deadline
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._held: collections.deque[str] = collections.deque()  # claimed, waiting for a slot
@@ -159,10 +177,12 @@ class Worker:
         self._exchanges = 0  # exchanges still on the wire
         self._flush_handle: asyncio.Handle | None = None
         self._turn_sent = False  # an exchange went out in this turn of the loop
+        self._last_sent = 0.0  # when the last exchange went out (perf_counter)
         self._idle = asyncio.Event()  # no job running
         self._wire_idle = asyncio.Event()  # no exchange on the wire
         self._queue_empty = asyncio.Event()  # the last claim came back short: block on BLMOVE
         self._recovering: asyncio.Task[None] | None = None
+        self._resyncing = False  # reading back our processing hash after a reconnect
         self._next_due: float | None = None
         self.stats = RuntimeStats()
         # Outcomes waiting for the next exchange.
@@ -263,10 +283,10 @@ class Worker:
                 await self._redis.client_unblock(self._blocking_client_id)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), self.settings.grace_s)
-        running = list(self._running)
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        slots = list(self._slots)
+        for task in slots:
+            task.cancel()  # a running job's attempt is cut; it goes back to the queue below
+        await asyncio.gather(*slots, return_exceptions=True)
         if self._recovering is not None:
             self._recovering.cancel()
         await self._flush_outcomes()
@@ -310,19 +330,100 @@ class Worker:
     # -- the job slots --------------------------------------------------------------------------
 
     def _fill_slots(self) -> None:
-        """Start held jobs while a slot is free."""
+        """Give held jobs to idle slots (or new ones) while fewer than `slot_limit` are busy."""
         if not self._accepting:
             return
-        held, running, limit = self._held, self._running, self.slot_limit
-        timeout_s = self.settings.job_timeout_s
-        deadline = self._loop.time() + timeout_s if timeout_s is not None else math.inf
-        while held and len(running) < limit:
-            free_since = self._free_since.popleft() if self._free_since else time.time()
-            running[self._loop.create_task(self._run(held.popleft(), free_since))] = deadline
-        if running:
+        held, idle = self._held, self._idle_slots
+        while held and self._busy < self.slot_limit:
+            job = (held.popleft(), self._next_free_since())
+            self._busy += 1
+            while idle:
+                waiter = idle.pop()
+                if not waiter.done():
+                    waiter.set_result(job)
+                    break
+            else:
+                self._slots.add(self._loop.create_task(self._slot(job)))
+        if self._busy:
             self._idle.clear()
-            if self._deadline_timer is None and timeout_s is not None:
+
+    def _next_free_since(self) -> float:
+        return self._free_since.popleft() if self._free_since else time.time()
+
+    async def _slot(self, job: tuple[str, float]) -> None:
+        """One job slot: runs its job, then the next one it is given, until the instance stops.
+
+        The attempt is awaited right here, not in a coroutine of its own: every await inside a
+        job resumes through each frame above it, so each level costs a little on every job.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        try:
+            while True:
+                job_id, msg, started, handler, error = self._begin(job, task)
+                extra: Any = None
+                retry_after_s: float | None = None
+                try:
+                    if handler is not None:
+                        try:
+                            extra = await execute(handler, self._ctx, msg["args"])
+                            self._observe(started, overload=False)
+                        except asyncio.CancelledError:
+                            if task not in self._expired:
+                                raise  # a stop, not a timeout
+                            self._expired.discard(task)
+                            task.uncancel()
+                            error = f"{TIMEOUT_ERROR} {self.settings.job_timeout_s:g}s"
+                            self._observe(started, overload=True)
+                        except Exception as exc:
+                            error = _describe(exc)
+                            retry_after_s = getattr(exc, "retry_after_s", None)
+                            if is_overload(exc):  # other errors say nothing about load
+                                self._observe(started, overload=True, retry_after_s=retry_after_s)
+                    retryable = handler is not None  # an unknown job name: retrying cannot help
+                    self._settle(job_id, msg, started, error, retry_after_s, retryable, extra)
+                finally:
+                    self._slot_freed(task)
+                if self._held and self._accepting and self._busy < self.slot_limit:
+                    self._busy += 1  # a prefetched job: this slot takes it at once
+                    job = (self._held.popleft(), self._next_free_since())
+                    continue
+                waiter: asyncio.Future[tuple[str, float]] = self._loop.create_future()
+                self._idle_slots.append(waiter)
+                job = await waiter
+        except Exception as exc:  # a bug of the runtime, not of a job: end the instance
+            self._fail(exc)
+
+    def _begin(
+        self, job: tuple[str, float], task: asyncio.Task[None]
+    ) -> tuple[str, dict[str, Any], float, Handler | None, str | None]:
+        """Start an attempt in slot `task`: its deadline, its slot gap, its handler (None, with
+        the error, for an unknown job name)."""
+        started = time.time()
+        timeout_s = self.settings.job_timeout_s
+        if timeout_s is not None:
+            self._running[task] = self._loop.time() + timeout_s
+            if self._deadline_timer is None:
                 self._arm_deadlines()
+        else:
+            self._running[task] = math.inf
+        payload, free_since = job
+        job_id, _, body = payload.partition(" ")
+        self._job_ids[task] = job_id
+        msg = orjson.loads(body)
+        if msg["att"] == 1:  # the slot gap: a free slot and an available job, kept apart
+            enqueued = msg["enq"]
+            self.stats.slot_gap.add(started - (enqueued if enqueued > free_since else free_since))
+        try:
+            return (
+                job_id,
+                msg,
+                started,
+                self._handlers.get(msg["job"]) or self._resolve_late(msg["job"]),
+                None,
+            )
+        except ConfigError as exc:
+            return job_id, msg, started, None, str(exc)
 
     def _arm_deadlines(self) -> None:
         """One timer for every running job's timeout, at the earliest deadline (the oldest job)."""
@@ -332,7 +433,7 @@ class Worker:
         self._deadline_timer = None
 
     def _expire(self) -> None:
-        """Cancel the jobs past their deadline; `_run` turns that into a timed-out attempt."""
+        """Cancel the jobs past their deadline; `_slot` turns that into a timed-out attempt."""
         now = self._loop.time()
         late = []
         for task, deadline in self._running.items():
@@ -343,48 +444,6 @@ class Worker:
             self._expired.add(task)
             task.cancel()
         self._arm_deadlines()
-
-    async def _run(self, payload: str, free_since: float) -> None:
-        """One attempt of one job, in a slot; the slot frees when it ends (cancelled or not)."""
-        started = time.time()
-        try:
-            job_id, _, body = payload.partition(" ")
-            msg = orjson.loads(body)
-            if msg["att"] == 1:  # the slot gap: a free slot and an available job, kept apart
-                enqueued = msg["enq"]
-                self.stats.slot_gap.add(
-                    started - (enqueued if enqueued > free_since else free_since)
-                )
-            error: str | None = None
-            extra: Any = None
-            retry_after_s: float | None = None
-            retryable = True
-            try:
-                handler = self._handlers.get(msg["job"]) or self._resolve_late(msg["job"])
-            except ConfigError as exc:  # unknown job name: retrying cannot help
-                error, retryable = str(exc), False
-            else:
-                try:
-                    extra = await execute(handler, self._ctx, msg["args"])
-                    self._observe(started, overload=False)
-                except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is None or task not in self._expired:
-                        raise  # a stop, not a timeout
-                    self._expired.discard(task)
-                    task.uncancel()
-                    error = f"{TIMEOUT_ERROR} {self.settings.job_timeout_s:g}s"
-                    self._observe(started, overload=True)
-                except Exception as exc:
-                    error = _describe(exc)
-                    retry_after_s = getattr(exc, "retry_after_s", None)
-                    if is_overload(exc):  # other errors say nothing about load
-                        self._observe(started, overload=True, retry_after_s=retry_after_s)
-            self._settle(job_id, msg, started, error, retry_after_s, retryable, extra)
-        except Exception as exc:  # a bug of the runtime, not of the job: end the instance
-            self._fail(exc)
-        finally:
-            self._slot_freed()
 
     def _observe(
         self, started: float, *, overload: bool, retry_after_s: float | None = None
@@ -427,23 +486,23 @@ class Worker:
             )
         )  # fmt: skip
 
-    def _slot_freed(self) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            del self._running[task]
-            if self._expired:  # a handler that turned its cancellation into another error
-                self._expired.discard(task)
+    def _slot_freed(self, task: asyncio.Task[None]) -> None:
+        del self._running[task]
+        del self._job_ids[task]
+        if self._expired:  # a handler that turned its cancellation into another error
+            self._expired.discard(task)
+        self._busy -= 1
         self._free_since.append(time.time())
-        if self._held:
-            self._fill_slots()  # a prefetched job takes the slot at once
-        if not self._running:
+        if not self._busy:
             self._idle.set()
-        if self._turn_sent:
-            self._schedule_exchange()  # the others that free in this turn go together, next turn
-        else:  # the first slot to free in this turn of the loop asks at once
+        if not self._turn_sent:  # the first slot to free in this turn of the loop asks at once
             self._turn_sent = True
             self._loop.call_soon(self._new_turn)
             self._exchange()
+        elif time.perf_counter() - self._last_sent >= EXCHANGE_SPACING_S:
+            self._exchange()  # a long turn (many jobs ending together): ask again, now
+        else:
+            self._schedule_exchange()  # the others that free in this turn go together
 
     def _resolve_late(self, name: str) -> Handler:
         """A built-in named by a job; anything else must have been given at start (`--job`):
@@ -466,7 +525,7 @@ class Worker:
         if not self._accepting:
             return 0
         room = self.slot_limit + self.settings.prefetch
-        return room - len(self._running) - len(self._held) - self._reserved
+        return room - self._busy - len(self._held) - self._reserved
 
     def _new_turn(self) -> None:
         self._turn_sent = False
@@ -485,6 +544,8 @@ class Worker:
         want = max(0, self._wanted())
         if want == 0 and not self._has_outcomes():
             return
+        if self._resyncing:
+            return  # `_recover` exchanges when it is done
         if not self._wire.connected:
             self._broker_trouble(redis.ConnectionError("not connected"))
             return
@@ -496,8 +557,9 @@ class Worker:
         self._reserved += want
         self._exchanges += 1
         self._wire_idle.clear()
+        self._last_sent = sent_at = time.perf_counter()
         callback = functools.partial(
-            self._on_exchange, want, (acks, events, retries, dead), time.perf_counter()
+            self._on_exchange, want, (acks, events, retries, dead), sent_at
         )
         self._wire.send_script(
             self._exchange_sha, self._exchange_keys, head + acks + events + retries + dead, callback
@@ -547,15 +609,38 @@ class Worker:
         self._recovering = self._loop.create_task(self._recover(), name="recover")
 
     async def _recover(self) -> None:
+        """Reopen the exchange's connection, then take back the jobs our processing hash holds
+        that this instance does not know of: those an exchange claimed whose reply was lost.
+        Without this they would sit there, claimed and idle, until the instance stops."""
         while True:
             await asyncio.sleep(_RETRY_EXCHANGE_S)
             try:
                 await self._wire.connect()
+                self._resyncing = True  # no exchange until the hash is read
+                known = self._known_job_ids()  # as of the HGETALL: it is sent right now
+                held = await self._wire.call("HGETALL", self._exchange_keys[1])
             except redis.ConnectionError as exc:
                 log.warning("reconnecting to the broker failed (%s); retrying", exc)
-            else:
-                self._schedule_exchange()
-                return
+                continue
+            finally:
+                self._resyncing = False
+            break
+        lost = [held[i + 1] for i in range(0, len(held), 2) if held[i] not in known]
+        if lost:
+            log.warning(
+                "%s took back %d jobs whose claim reply was lost", self.instance_id, len(lost)
+            )
+            self._held.extend(lost)
+            self._fill_slots()
+        self._schedule_exchange()
+
+    def _known_job_ids(self) -> set[str]:
+        """Jobs this instance holds: running, held for a slot, or waiting for their outcome's
+        write."""
+        known = set(self._job_ids.values())
+        known.update(p.partition(" ")[0] for p in self._held)
+        known.update(self._acks, self._retries[::3], self._dead[::2])
+        return known
 
     async def _wait_for_work(self) -> None:
         """Block on the broker while the queue is empty, so a new job starts without a poll delay."""
