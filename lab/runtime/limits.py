@@ -27,6 +27,16 @@ comes back in a millisecond, so its slot would be turned away again and again; e
 its slot for a typical job time (`limit` counts it out), and the limit does not grow before
 the server's Retry-After, if it gave one. Other errors are ignored: a bug is not congestion.
 
+A drop also teaches a **ceiling** (TCP CUBIC's W_max): the concurrency the service let through
+when it turned jobs away (Little's law, the median over the last POOLED_DROPS drop windows).
+Neither algorithm grows past it; a rate limit gives no latency signal, and every step past it
+is a burst of 429s whose jobs wait out the Retry-After (the last of a backlog's jobs to finish).
+The limit is let one step past the ceiling only after PROBE_GAP calm windows (a probe); a probe
+that meets a drop doubles the gap (up to MAX_PROBE_GAP, about a minute), one that does not
+doubles the next step, so a service that got more room is found in a few probes. When the
+gradient sees the service's latency change (a brown-out begins or ends), the ceiling scales
+with it: at a fixed rate, k times the latency lets k times as many jobs through at once.
+
 Each window is recorded (`LimitEvent`) and written to the queue's `limits` list by
 `record_limits`, so the trial can keep the limit of every instance over time.
 """
