@@ -28,7 +28,7 @@ from lab.producers.arrivals import arrival_offsets, rate_at
 from lab.results import TRIAL_COLUMNS, RunFolder
 from lab.runtime.limits import LimitEvent
 from lab.scenario.spec import Autoscale, Bursts, Step, axis_values, load_scenario
-from lab.sweep.autoscale import Autoscaler, Load
+from lab.sweep.autoscale import BUSY_WINDOW_S, Autoscaler, Load
 from lab.sweep.dynamics import record
 from lab.sweep.placement import with_cluster
 from lab.sweep.runner import plan_trials, run_sweep
@@ -231,15 +231,16 @@ def test_a_steady_load_the_instances_keep_up_with_does_not_flap() -> None:
 def test_a_step_scales_up_at_once_and_does_not_overshoot_while_instances_start() -> None:
     series = fleet(STEP, step_load, until_s=20)
     assert instances_between(series, 0, 10) == {1}  # 60/s: one is enough
-    # at the step: a second one within two polls (the busy slots are averaged over three)
+    # at the step: a second one within two polls (the backlog; the busy slots are averaged)
     assert instances_between(series, 11.5, 20) == {2}
     assert max(n for _, n, _ in series) == 2  # not 4 while the second one starts
 
 
 def test_it_scales_down_after_the_load_falls_only_after_the_window() -> None:
-    series = fleet(STEP, step_load, until_s=60)
-    assert instances_between(series, 40, 40 + STEP.cooldown_s - 0.5) == {2}  # held...
-    assert instances_between(series, 40 + STEP.cooldown_s + 1, 60) == {1}  # ...then released
+    series = fleet(STEP, step_load, until_s=70)
+    assert instances_between(series, 40, 40 + STEP.cooldown_s) == {2}  # held...
+    # ...then released, once the busy slots' average has fallen too
+    assert instances_between(series, 40 + STEP.cooldown_s + BUSY_WINDOW_S, 70) == {1}
 
 
 def test_the_backlog_waits_for_the_instances_still_starting() -> None:
