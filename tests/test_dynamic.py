@@ -246,8 +246,10 @@ def test_it_scales_down_after_the_load_falls_only_after_the_window() -> None:
 def test_the_backlog_waits_for_the_instances_still_starting() -> None:
     scaler = Autoscaler(STEP)
     assert scaler.decide(0.0, Load(90), 1) == 3  # 90 waiting: 3 instances
-    assert scaler.decide(0.5, Load(200), 3, starting=2) == 3  # they start: no more meanwhile
-    assert scaler.decide(1.0, Load(200), 3) == 4  # started, still behind: more
+    assert scaler.decide(0.5, Load(150), 3, starting=2) == 3  # they start: 150 is their work
+    assert scaler.decide(1.0, Load(110), 3) == 4  # started, still behind: more
+    # a backlog past twice the target per instance while they start: more at once
+    assert Autoscaler(STEP).decide(0.0, Load(230), 3, starting=2) == 4
 
 
 def test_with_auto_num_workers_the_backlog_alone_decides() -> None:

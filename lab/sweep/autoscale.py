@@ -4,10 +4,13 @@ Modelled on what people run: KEDA's Redis list scaler feeding a Kubernetes HPA, 
 metric beside it, as an HPA takes (the largest desired count of its metrics wins). Every
 `poll_s`:
 - backlog: the length of the pending list (KEDA `listLength`); desired = ceil(pending /
-  target_backlog_per_instance) (the HPA's AverageValue target). Not acted on while an ordered
-  instance is still starting or has run for less than one poll (as the HPA sets aside pods
-  not ready yet): the backlog that grew meanwhile is what that instance is for; otherwise a
-  start-up delay turns one step of load into an order for `max`.
+  target_backlog_per_instance) (the HPA's AverageValue target). While an ordered instance is
+  still starting or has run for less than one poll (the HPA sets aside pods not ready yet),
+  the backlog that grew meanwhile is mostly that instance's work: it asks for more only past
+  STARTING_BACKLOG_X times the target per instance. Without that, a start-up delay turns one
+  step of load into an order for `max` (held for `cooldown_s`); with no allowance at all, a
+  service that suddenly slows (its backlog growing at nearly the arrival rate) waits a whole
+  start-up delay for each further instance.
 - utilization (the HPA's CPU-style target, with a fixed `num_workers`): the jobs in flight
   (claimed by the instances: their busy slots, averaged over the last BUSY_WINDOW_S) over
   their slots; desired = ceil(in flight / (num_workers x target_utilization)), an instance
@@ -51,6 +54,11 @@ TOLERANCE = 0.1
 #: busy; with the scale-down window keeping the highest count, every spike would hold an
 #: instance for `cooldown_s`.
 BUSY_WINDOW_S = 5.0
+
+#: While instances start, the backlog per instance that asks for more, in targets. Measured on
+#: dynamic_load: 1 step of load grew the backlog to ~1.5 targets per instance during a 1-s
+#: start (no more needed); a 5x brown-out grew it to ~5 (more needed at once).
+STARTING_BACKLOG_X = 2.0
 
 
 class Load(NamedTuple):
@@ -96,9 +104,11 @@ class Autoscaler:
         instances running or starting now (`starting` of them ordered and not yet running
         for a whole poll)."""
         s = self.spec
-        wanted = [
-            current if starting else _wanted(load.pending, s.target_backlog_per_instance, current)
-        ]
+        if starting:  # what waits is mostly the starting instances' work; only far more asks
+            target = STARTING_BACKLOG_X * s.target_backlog_per_instance
+            wanted = [max(current, _wanted(load.pending, target, current))]
+        else:
+            wanted = [_wanted(load.pending, s.target_backlog_per_instance, current)]
         self._busy.append((t_s, load.in_flight))
         while self._busy[0][0] < t_s - BUSY_WINDOW_S:
             self._busy.popleft()
