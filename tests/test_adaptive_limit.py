@@ -8,6 +8,7 @@ number in flight. A virtual clock makes every run exact and instant.
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from collections.abc import Callable
@@ -19,6 +20,9 @@ from lab.runtime.jobs import JobError
 from lab.runtime.limits import Limiter, LimitSettings, is_overload, make_limiter
 
 # (now_s, in_flight) -> (job time s, dropped, completions per second)
+
+#: The mean of lognormvariate(0, 0.8): Little's law takes the mean job time.
+MEAN_LOGNORMAL_08 = math.exp(0.8**2 / 2)
 Service = Callable[[float, int, random.Random], tuple[float, bool, float]]
 
 
@@ -43,10 +47,11 @@ def queueing(capacity: int = 8, service_s: float = 0.02, slow: tuple[float, floa
 
 
 def rate_limited(per_s: float = 100, service_s: float = 0.15) -> Service:
-    """Latency independent of load, but requests past `per_s` are rejected at once (429)."""
+    """Latency independent of load (median `service_s`, mean 1.38x that), but requests past
+    `per_s` are rejected at once (429)."""
 
     def serve(now: float, in_flight: int, rng: random.Random) -> tuple[float, bool, float]:
-        offered = in_flight / service_s
+        offered = in_flight / (service_s * MEAN_LOGNORMAL_08)
         if rng.random() < max(0.0, 1 - per_s / offered):
             return 0.002, True, offered
         return service_s * rng.lognormvariate(0, 0.8), False, offered
@@ -110,7 +115,7 @@ def test_a_rate_limit_is_found_from_the_rejections(algorithm: str) -> None:
     lim, clock = limiter(algorithm=algorithm, initial=2)
     trace = run(lim, clock, rate_limited(per_s=100, service_s=0.15), until_s=30)
     settled = between(trace, 5, 30)
-    # Little's law: 100/s x 0.15 s = 15 in flight reach the limit; far beyond it is only 429s
+    # Little's law: 100/s x 0.21 s (mean) = 21 in flight reach the limit; past it, only 429s
     assert 8 <= statistics.median(settled) <= 30
     assert max(settled) <= 60
 
@@ -158,13 +163,13 @@ def test_a_rejected_job_holds_its_slot_for_a_typical_job_time() -> None:
 def test_it_does_not_grow_before_the_servers_retry_after(algorithm: str) -> None:
     lim, clock = limiter(algorithm=algorithm, initial=8)
     lim.on_sample(0.001, 8, dropped=True, retry_after_s=1.0)
-    while clock.now < 0.9:  # calm windows, every slot busy: it would grow...
-        clock.now += 0.01
+    while clock.now < 0.9:  # calm windows, every slot busy (8 jobs of 20 ms): it would grow...
+        clock.now += 0.0025
         lim.on_sample(0.02, lim.limit, dropped=False)
     held = lim.limit
-    assert held <= 8  # ...but the server asked for a second
+    assert held < 8  # ...but the server asked for a second
     while clock.now < 1.5:
-        clock.now += 0.01
+        clock.now += 0.0025
         lim.on_sample(0.02, lim.limit, dropped=False)
     assert lim.limit > held
 
@@ -230,3 +235,62 @@ def test_overload_is_a_timeout_a_429_or_a_503_not_any_error() -> None:
 def test_bad_settings_say_what_is_allowed(settings: dict[str, object], words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         LimitSettings(**settings)  # type: ignore[arg-type]
+
+
+def drops_and_probes(lim: Limiter, clock: VirtualClock, service: Service, start_s: float,
+                     until_s: float) -> tuple[int, int, list[int]]:  # fmt: skip
+    """Run from `start_s` to `until_s`: the drop windows and probes in that span, and the limits."""
+    run(lim, clock, service, until_s=start_s)
+    lim.take_events()
+    probes = lim.probes
+    trace = run(lim, clock, service, until_s=until_s)
+    drops = sum(e.reason == "drop" for e in lim.take_events())
+    return drops, lim.probes - probes, [limit for _, limit in trace]
+
+
+@pytest.mark.parametrize("algorithm", ["gradient", "aimd"])
+def test_after_finding_a_rate_limit_it_probes_past_it_rarely(algorithm: str) -> None:
+    lim, clock = limiter(algorithm=algorithm, initial=4)
+    service = rate_limited(per_s=100, service_s=0.15)  # 21 at once reach the limit
+    drops, probes, limits = drops_and_probes(lim, clock, service, 10, 130)
+    assert lim.ceiling is not None and 10 <= lim.ceiling <= 26  # learnt near 21...
+    assert 10 <= statistics.median(limits) <= 26 and max(limits) <= 30
+    # ...then in 2 minutes (~1,000 windows) a few probes past it, and only a few windows with
+    # a rejection: without the ceiling it grew back after every drop, into the next one
+    # (22-37 drop windows for the gradient, ~240 for AIMD, on this stream)
+    assert 1 <= probes <= 15
+    assert drops <= 12
+
+
+@pytest.mark.parametrize("algorithm", ["gradient", "aimd"])
+def test_a_ceiling_learnt_too_low_is_left_in_a_few_probes(algorithm: str) -> None:
+    lim, clock = limiter(algorithm=algorithm, initial=4)
+    tight, loose = rate_limited(per_s=100, service_s=0.15), rate_limited(per_s=400, service_s=0.15)
+
+    def raised(now: float, in_flight: int, rng: random.Random) -> tuple[float, bool, float]:
+        return (tight if now < 20 else loose)(now, in_flight, rng)
+
+    trace = run(lim, clock, raised, until_s=20)
+    learnt = lim.ceiling
+    assert learnt is not None and learnt <= 26
+    trace = run(lim, clock, raised, until_s=140)  # the API now lets 83 through at once
+    assert lim.ceiling is not None and lim.ceiling >= 60
+    assert statistics.median(between(trace, 130, 140)) >= 60
+
+
+def test_a_ceiling_follows_a_rate_limited_service_through_a_brownout() -> None:
+    lim, clock = limiter(initial=4)
+    fast, slow = rate_limited(per_s=100, service_s=0.05), rate_limited(per_s=100, service_s=0.25)
+
+    def brownout(now: float, in_flight: int, rng: random.Random) -> tuple[float, bool, float]:
+        return (slow if 30 <= now < 70 else fast)(now, in_flight, rng)
+
+    trace = run(lim, clock, brownout, until_s=30)  # 100/s x 0.069 s: 7 at once
+    learnt = lim.ceiling
+    assert learnt is not None and learnt <= 12
+    trace = run(lim, clock, brownout, until_s=100)  # 5x slower: 34 at once pass the limit
+    # Little's law: the same rate at 5x the latency lets 5x as many through at once; the
+    # ceiling follows the latency rather than pinning the limit at its old level...
+    assert statistics.median(between(trace, 50, 70)) >= 2 * learnt
+    # ...and comes back down after it
+    assert statistics.median(between(trace, 85, 100)) <= 1.5 * learnt

@@ -8,10 +8,12 @@ processes on loopback) with tiny loads.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import random
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from lab.producers.arrivals import arrival_offsets, rate_at
 from lab.results import TRIAL_COLUMNS, RunFolder
 from lab.runtime.limits import LimitEvent
 from lab.scenario.spec import Autoscale, Bursts, Step, axis_values, load_scenario
-from lab.sweep.autoscale import Autoscaler
+from lab.sweep.autoscale import BUSY_WINDOW_S, Autoscaler, Load
 from lab.sweep.dynamics import record
 from lab.sweep.placement import with_cluster
 from lab.sweep.runner import plan_trials, run_sweep
@@ -150,9 +152,40 @@ def decisions(spec: Autoscale, backlog: list[int], poll_s: float = 0.5) -> list[
     """Feed a backlog series to the autoscaler, one value per poll; the instances it runs."""
     scaler, current, out = Autoscaler(spec), spec.min, []
     for i, pending in enumerate(backlog):
-        current = scaler.decide(i * poll_s, pending, current)
+        current = scaler.decide(i * poll_s, Load(pending), current)
         out.append(current)
     return out
+
+
+def fleet(spec: Autoscale, rate: Callable[[float], float], until_s: float, *, slots: int = 8,
+          job_s: float = 0.03) -> list[tuple[float, int, Load]]:  # fmt: skip
+    """A fluid model of instances behind the autoscaler: items arrive at `rate(t)`; each running
+    instance finishes up to `slots / job_s` a second, `job_s` each (Little's law gives the jobs
+    in flight); an ordered instance runs `start_delay_s` later. Every poll: (t, instances
+    running or starting, what the queue held)."""
+    scaler = Autoscaler(spec, slots)
+    dt, t, pending, ready_at = 0.01, 0.0, 0.0, [0.0] * spec.min
+    in_flight, next_poll, out = 0.0, 0.0, []
+    while t < until_s:
+        running = sum(r <= t for r in ready_at)
+        settled = sum(r + spec.poll_s <= t for r in ready_at)  # running for a whole poll
+        served = min(pending + rate(t) * dt, running * slots / job_s * dt)
+        pending += rate(t) * dt - served
+        in_flight = served / dt * job_s
+        if t >= next_poll:
+            load = Load(int(pending), round(in_flight))
+            desired = scaler.decide(t, load, len(ready_at), len(ready_at) - settled)
+            ready_at = sorted(ready_at)[:desired] + [t + spec.start_delay_s] * (
+                desired - len(ready_at)
+            )
+            out.append((t, len(ready_at), load))
+            next_poll = t + spec.poll_s
+        t += dt
+    return out
+
+
+def instances_between(series: list[tuple[float, int, Load]], start: float, end: float) -> set[int]:
+    return {n for t, n, _ in series if start <= t < end}
 
 
 def test_it_scales_up_at_once_to_the_backlog_over_the_target_within_max() -> None:
@@ -170,8 +203,59 @@ def test_it_scales_down_only_to_the_highest_need_of_the_cooldown_window() -> Non
 def test_a_backlog_within_tolerance_of_the_target_changes_nothing() -> None:
     spec = Autoscale(min=1, max=8, target_backlog_per_instance=100, cooldown_s=0)
     scaler = Autoscaler(spec)
-    assert scaler.decide(0.0, 420, 4) == 4  # 105 per instance: within 10 %
-    assert scaler.decide(0.5, 480, 4) == 5  # 120 per instance: one more
+    assert scaler.decide(0.0, Load(420), 4) == 4  # 105 per instance: within 10 %
+    assert scaler.decide(0.5, Load(480), 4) == 5  # 120 per instance: one more
+
+
+#: dynamic_load's autoscaler: 8 slots of 30 ms an instance finish 267 items/s
+STEP = Autoscale(min=1, max=4, target_backlog_per_instance=30, cooldown_s=10, start_delay_s=1)
+
+
+def step_load(t: float) -> float:
+    return 60.0 if t < 10 else 300.0 if t < 40 else 60.0
+
+
+def test_a_steady_load_the_instances_keep_up_with_does_not_flap() -> None:
+    series = fleet(STEP, step_load, until_s=40)
+    # 300/s needs 2 instances (~10 of their 16 slots busy): once they keep up the pending
+    # list reads 0, and the busy slots still hold 2
+    assert instances_between(series, 13, 40) == {2}
+    assert all(load.pending == 0 for t, _, load in series if 13 <= t < 40)
+    # the pending list alone (KEDA's list length) drops to 1 after the cooldown, falls
+    # behind, climbs back: flapping
+    keda = fleet(STEP.model_copy(update={"target_utilization": None}), step_load, until_s=40)
+    changes = sum(a[1] != b[1] for a, b in itertools.pairwise(keda) if a[0] >= 13)
+    assert changes >= 2 and 1 in instances_between(keda, 13, 40)
+
+
+def test_a_step_scales_up_at_once_and_does_not_overshoot_while_instances_start() -> None:
+    series = fleet(STEP, step_load, until_s=20)
+    assert instances_between(series, 0, 10) == {1}  # 60/s: one is enough
+    # at the step: a second one within two polls (the backlog; the busy slots are averaged)
+    assert instances_between(series, 11.5, 20) == {2}
+    assert max(n for _, n, _ in series) == 2  # not 4 while the second one starts
+
+
+def test_it_scales_down_after_the_load_falls_only_after_the_window() -> None:
+    series = fleet(STEP, step_load, until_s=70)
+    assert instances_between(series, 40, 40 + STEP.cooldown_s) == {2}  # held...
+    # ...then released, once the busy slots' average has fallen too
+    assert instances_between(series, 40 + STEP.cooldown_s + BUSY_WINDOW_S, 70) == {1}
+
+
+def test_the_backlog_waits_for_the_instances_still_starting() -> None:
+    scaler = Autoscaler(STEP)
+    assert scaler.decide(0.0, Load(90), 1) == 3  # 90 waiting: 3 instances
+    assert scaler.decide(0.5, Load(150), 3, starting=2) == 3  # they start: 150 is their work
+    assert scaler.decide(1.0, Load(110), 3) == 4  # started, still behind: more
+    # a backlog past twice the target per instance while they start: more at once
+    assert Autoscaler(STEP).decide(0.0, Load(230), 3, starting=2) == 4
+
+
+def test_with_auto_num_workers_the_backlog_alone_decides() -> None:
+    scaler = Autoscaler(STEP, slots_per_instance=None)  # num_workers auto: the slots move
+    assert scaler.decide(0.0, Load(0, in_flight=500), 1) == 1
+    assert Autoscaler(STEP, slots_per_instance=8).decide(0.0, Load(0, in_flight=50), 1) == 4
 
 
 def test_it_never_goes_below_min_or_above_max() -> None:

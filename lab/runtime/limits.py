@@ -27,6 +27,16 @@ comes back in a millisecond, so its slot would be turned away again and again; e
 its slot for a typical job time (`limit` counts it out), and the limit does not grow before
 the server's Retry-After, if it gave one. Other errors are ignored: a bug is not congestion.
 
+A drop also teaches a **ceiling** (TCP CUBIC's W_max): the concurrency the service let through
+when it turned jobs away (Little's law, the median over the last POOLED_DROPS drop windows).
+Neither algorithm grows past it; a rate limit gives no latency signal, and every step past it
+is a burst of 429s whose jobs wait out the Retry-After (the last of a backlog's jobs to finish).
+The limit is let one step past the ceiling only after PROBE_GAP calm windows (a probe); a probe
+that meets a drop doubles the gap (up to MAX_PROBE_GAP, about a minute), one that does not
+doubles the next step, so a service that got more room is found in a few probes. When the
+gradient sees the service's latency change (a brown-out begins or ends), the ceiling scales
+with it: at a fixed rate, k times the latency lets k times as many jobs through at once.
+
 Each window is recorded (`LimitEvent`) and written to the queue's `limits` list by
 `record_limits`, so the trial can keep the limit of every instance over time.
 """
@@ -95,7 +105,7 @@ class LimitEvent(NamedTuple):
     instance: str
     t: float  # epoch seconds
     limit: int
-    reason: str  # start, slow_start, gradient, increase, drop, hold, stop
+    reason: str  # start, slow_start, gradient, increase, drop, hold, ceiling, probe, stop
     rtt_ms: float  # the window's median job time (NaN without a successful job)
     noload_ms: float  # the gradient's no-load latency (NaN for aimd)
     jobs: int
@@ -120,6 +130,19 @@ class Limiter:
     Call `on_sample` once per finished attempt; read `limit` before claiming.
     """
 
+    #: Drop windows whose admitted concurrency is pooled (median) into the ceiling.
+    POOLED_DROPS = 5
+
+    #: Calm windows (no drop) after a drop before the first probe past the learnt ceiling
+    #: (about 100 round trips, 5 s at the shortest windows); doubled by every probe that
+    #: meets a drop, up to MAX_PROBE_GAP (about a minute).
+    PROBE_GAP = 50
+    MAX_PROBE_GAP = 640
+
+    #: Calm windows the limit must spend past the old ceiling before a probe counts as a
+    #: success (the service had more room): one window past it proves nothing.
+    PROBE_PROOF = 10
+
     def __init__(
         self,
         settings: LimitSettings,
@@ -140,6 +163,15 @@ class Limiter:
         self.windows_since_drop = 1_000_000
         self._grow_after = -math.inf  # a server's Retry-After: no growth before it
         self._penalty: deque[float] = deque()  # when each recent drop gives its slot back
+        # the ceiling learnt from drops (see _learn_ceiling) and how it is probed past
+        self.ceiling: float | None = None
+        self._admitted: deque[float] = deque(maxlen=self.POOLED_DROPS)
+        self._probe_gap = self.PROBE_GAP
+        self._probe_step = 1.0
+        self._calm = 0  # windows without a drop (after any Retry-After) since the last change
+        self._probed_from: float | None = None  # the ceiling before a probe not yet settled
+        self._beyond = 0  # calm windows since that probe with the limit past the old ceiling
+        self.probes = 0  # times the limit was let past a learnt ceiling
         self.events: list[LimitEvent] = []
         self.mark("start")
 
@@ -180,6 +212,8 @@ class Limiter:
             if w.rtts:  # Little's law: the jobs the service let through were this many at once
                 admitted = sum(w.rtts) / (now - w.started)
                 self._limit = min(self._limit, self.settings.tolerance * admitted)
+                self._admitted.append(admitted)
+            self._learn_ceiling()
             self.slow_start = False
             self.windows_since_drop = 0
             reason = "drop"
@@ -190,9 +224,60 @@ class Limiter:
                 self._limit, reason = before, "hold"
         else:
             self.windows_since_drop += 1
+            self._calm += 1
+            before = self._limit
             reason = self._update(w, rtt, now)
+            if self._limit > before:
+                reason = self._below_ceiling(before, reason)
+            if self._probed_from is not None and self._limit > self._probed_from:
+                self._beyond += 1
         self._limit = min(float(self.settings.max), max(float(self.settings.min), self._limit))
         self._record(reason, w, rtt)
+
+    def _learn_ceiling(self) -> None:
+        """A drop: the ceiling is what the service let through at once when it turned jobs
+        away (the median over the last POOLED_DROPS drop windows: one 0.1-s window is noisy).
+        A drop after a probe says the old ceiling was right: probe half as often from now."""
+        if self._admitted:
+            self.ceiling = statistics.median(self._admitted)
+        if self._probed_from is not None:
+            self._probe_gap = min(2 * self._probe_gap, self.MAX_PROBE_GAP)
+            self._probe_step, self._probed_from = 1.0, None
+        self._calm = 0
+
+    def _below_ceiling(self, before: float, reason: str) -> str:
+        """Growth stops at the learnt ceiling (CUBIC's W_max): every step past it is a burst
+        of rejections whose jobs wait out the server's Retry-After. Once `_probe_gap` calm
+        windows passed, the next window that presses on it raises it by a step (a probe). A
+        probe whose limit then spent PROBE_PROOF windows past the old ceiling without a drop
+        doubles the next step, and from the second such probe in a row halves the gap, so a
+        ceiling that was learnt too low (the service got more room) is left in a few probes;
+        a ceiling a little low (one step passes, the next is rejected) still doubles the gap
+        at every rejected probe."""
+        if self.ceiling is None or self._limit <= self.ceiling:
+            return reason
+        if self._calm >= self._probe_gap:
+            if self._probed_from is not None and self._beyond >= self.PROBE_PROOF:
+                self._probe_step *= 2  # the last probe met no drop: the service has more room
+                if self._probe_step >= 4:  # twice in a row: it changed; find out sooner
+                    self._probe_gap = max(self.PROBE_GAP, self._probe_gap // 2)
+                self._admitted.clear()  # what it let through before is stale
+            self._probed_from = self.ceiling
+            self.ceiling += self._probe_step
+            self._calm = self._beyond = 0
+            self.probes += 1
+            reason = "probe"
+        self._limit = max(before, min(self._limit, self.ceiling))
+        return reason if reason == "probe" else "ceiling"
+
+    def rescale_ceiling(self, factor: float) -> None:
+        """The service's latency changed by `factor` (a brown-out began or ended): a rate
+        limit then lets `factor` times as many jobs through at once (Little's law); a limit on
+        connections does not, and its next drop brings the ceiling back down."""
+        if self.ceiling is not None:
+            self.ceiling *= factor
+        for i, admitted in enumerate(self._admitted):
+            self._admitted[i] = admitted * factor
 
     def _window_closed(self, w: _Window, now: float) -> bool:
         s = self.settings
@@ -261,11 +346,14 @@ class GradientLimiter(Limiter):
         if self.noload_s is None or now >= self._probe_at or reprobe:
             if reprobe and self._baseline_s is None:
                 self._baseline_s = self.noload_s
+            if reprobe and self.noload_s:
+                self.rescale_ceiling(pooled / self.noload_s)
             self.noload_s = self._relearnt_s = pooled
             self._probe_at = now + self.settings.probe_every_s
             self._slow_windows = 0
         elif self._baseline_s is not None and rtt < self._relearnt_s / 2:
             # jobs got much faster than the re-learnt latency: the brown-out is over
+            self.rescale_ceiling(min(self._baseline_s, rtt) / self.noload_s)
             self.noload_s, self._baseline_s = min(self._baseline_s, rtt), None
         else:
             self.noload_s = min(self.noload_s, pooled)

@@ -375,9 +375,11 @@ class AutoWorkers(_Strict):
 
 
 class Autoscale(_Strict):
-    """Instances that follow the backlog, like KEDA's Redis list scaler on a Kubernetes HPA:
-    desired = ceil(pending jobs / target_backlog_per_instance) within [min, max], scaled down
-    only to the highest desired count of the last `cooldown_s` (the stabilisation window)."""
+    """Instances that follow the load, like KEDA's Redis list scaler on a Kubernetes HPA:
+    desired = ceil(pending jobs / target_backlog_per_instance), or with a fixed num_workers
+    ceil(jobs in flight / (num_workers x target_utilization)) if more, within [min, max];
+    scaled down only to the highest desired count of the last `cooldown_s` (the HPA's
+    stabilisation window)."""
 
     min: Instances = Field(default=1, description="Fewest instances (started before the clock).")
     max: Instances = Field(default=4, description="Most instances at once.")
@@ -394,6 +396,14 @@ class Autoscale(_Strict):
     )
     poll_s: Annotated[float, Field(gt=0, le=60)] = Field(
         default=0.5, description="How often the backlog is read and a decision made, in s."
+    )
+    target_utilization: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=0.7,
+        description="Share of the instances' slots meant to be busy (the HPA's CPU-style "
+        "averageUtilization), a second metric beside the backlog: enough instances that the "
+        "jobs in flight fill this share of num_workers each; it keeps the instances a steady "
+        "load needs once the pending list reads 0. Ignored with num_workers auto (its slots "
+        "move); null: the backlog alone (KEDA's list length).",
     )
 
     @model_validator(mode="after")
@@ -437,7 +447,7 @@ InstancesEntry = Annotated[
         by_input_type,
         custom_error_type="instances",
         custom_error_message="must be an integer >= 1, 'autoscale' or {autoscale: {min, max, "
-        "target_backlog_per_instance, cooldown_s, start_delay_s}}",
+        "target_backlog_per_instance, cooldown_s, start_delay_s, poll_s, target_utilization}}",
     ),
 ]
 NumWorkersAxis = Annotated[tuple[WorkersEntry, ...], _AXIS, AfterValidator(_one_policy)]
@@ -629,7 +639,8 @@ class Sweep(_Strict):
     instances: InstancesAxis = Field(
         default=(1,),
         description="Worker processes; {autoscale: {min, max, target_backlog_per_instance, "
-        "cooldown_s, start_delay_s, poll_s}} (or `autoscale`) follows the backlog.",
+        "cooldown_s, start_delay_s, poll_s, target_utilization}} (or `autoscale`) follows the "
+        "backlog and the busy slots.",
     )
     batch_size: BatchSizeAxis = Field(
         default=(1,),

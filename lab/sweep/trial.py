@@ -44,7 +44,7 @@ from lab.runtime.limits import read_limit_events
 from lab.runtime.queue import JobEvent, Queue
 from lab.scenario.spec import AUTO, LocustArrival, Placement, Scenario
 from lab.sweep import external
-from lab.sweep.autoscale import AutoscaleHook
+from lab.sweep.autoscale import AutoscaleHook, read_load
 from lab.sweep.dynamics import record
 from lab.sweep.faults import BROKER_ANSWER_S, BROKER_ERRORS, TrialFaults, broker_lost
 from lab.sweep.harness import Harness
@@ -478,8 +478,11 @@ class _Trial:
             self.scenario.sweep.autoscale,
             start=start,
             stop=stop,
-            backlog=lambda: int(queue.client.llen(queue.keys.pending)),
+            load=lambda running: read_load(
+                queue.client, queue.keys, [instance_id(self.plan, i) for i in running]
+            ),
             initial=place.driver.of_role("worker"),
+            slots=self.plan.num_workers if isinstance(self.plan.num_workers, int) else None,
         )
 
     def _faults(
