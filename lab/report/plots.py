@@ -244,10 +244,13 @@ def heatmap(analysis: Analysis) -> Figure:
         for _, row in part.iterrows():
             cell = instances.index(int(row["instances"])), workers.index(int(row["num_workers"]))
             grid[cell] = row["items_per_s"]
-        image = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto")
-        fig.colorbar(image, ax=ax, label="items/s", format=FuncFormatter(lambda v, _: f"{v:,.0f}"))
         finite = grid[np.isfinite(grid)]
-        middle = (finite.min() + finite.max()) / 2 if finite.size else 0
+        top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        # the scale starts at 0: cells within noise of each other look alike, instead of a
+        # 0.1 % difference spanning the whole colour map
+        image = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto", vmin=0, vmax=top)
+        fig.colorbar(image, ax=ax, label="items/s", format=FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        middle = top / 2
         for _, row in part.iterrows():
             r, c = instances.index(int(row["instances"])), workers.index(int(row["num_workers"]))
             mark = "\n✗" if row["slo_problems"] else ""
