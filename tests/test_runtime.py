@@ -80,6 +80,22 @@ def test_sigterm_finishes_in_flight_jobs_and_puts_the_rest_back(
     assert queue.live_instances() == set()
 
 
+def test_sigterm_lets_a_prefetched_job_finish_in_a_single_slot(
+    queue: Queue, start_worker: StartWorker
+) -> None:
+    """One slot that takes its prefetched job itself, the queue then empty: a stop still waits
+    for the job it runs (the slot had been marked idle between the two, and the stop cut it)."""
+    queue.enqueue_many("tests.handlers:sleep", ({"s": 1.0} for _ in range(2)))
+    worker = start_worker("--grace-s", "20", "--prefetch", "1", "--job", SLEEP, num_workers=1)
+    wait_for(lambda: len(ok_counts(queue.events())) == 1, what="the first job done", timeout_s=30)
+    worker.signal(signal.SIGTERM)  # while the second, prefetched, one runs
+    assert worker.popen.wait(timeout=30) == 0
+
+    finished = ok_counts(queue.events())
+    assert len(finished) == 2 and all(n == 1 for n in finished.values())
+    assert queue.outstanding() == 0
+
+
 def test_sigterm_past_the_grace_period_puts_unfinished_jobs_back(
     queue: Queue, start_worker: StartWorker
 ) -> None:

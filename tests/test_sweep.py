@@ -20,6 +20,7 @@ from lab.results import STATUS_COMPLETE, STATUS_INTERRUPTED, TRIAL_COLUMNS, RunF
 from lab.scenario.spec import load_scenario
 from lab.sweep.runner import main, plan_trials, run_sweep
 from lab.sweep.trial import TrialPlan, run_trial
+from tests.conftest import process_alive
 
 TINY = """\
 name: tiny
@@ -40,13 +41,6 @@ sweep:
   batch_size: [10]
   trial_timeout_s: 60
 """
-
-
-def running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def write(tmp_path: Path, text: str, name: str = "tiny.yaml") -> Path:
@@ -199,7 +193,7 @@ def test_ctrl_c_stops_everything_marks_the_run_and_resume_finishes_it(tmp_path: 
     # each child was stopped and reaped before the sweep exited; one caught mid-spawn would
     # still get SIGTERM from the kernel when the sweep died: allow it a moment to exit
     wait_for(
-        lambda: not [p for p in descendants if running(p)],
+        lambda: not [p for p in descendants if process_alive(p)],
         what="every child of the sweep to exit",
         timeout_s=10,
     )

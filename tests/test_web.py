@@ -16,6 +16,7 @@ from lab.infra.procs import env_with_pythonpath, wait_for
 from lab.producers.locust_runner import LOCUST_COLUMNS
 from lab.scenario.spec import load_scenario
 from lab.sweep.trial import TrialPlan, run_trial
+from tests.conftest import process_alive
 
 WEB = """\
 name: web
@@ -83,13 +84,6 @@ def test_colocated_slots_run_inside_the_web_processes(broker: Broker, tmp_path: 
     assert math.isnan(row["web_requests"])  # no Locust: no web figures
 
 
-def running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def test_ctrl_c_during_a_locust_trial_leaves_no_process(tmp_path: Path) -> None:
     scenario = write(tmp_path, WEB.replace("duration_s: 2,", "duration_s: 30,"))
     sweep = subprocess.Popen(
@@ -117,7 +111,7 @@ def test_ctrl_c_during_a_locust_trial_leaves_no_process(tmp_path: Path) -> None:
     # each child was stopped and reaped before the sweep exited; one caught mid-spawn would
     # still get SIGTERM from the kernel when the sweep died: allow it a moment to exit
     wait_for(
-        lambda: not [p for p in seen if running(p)],
+        lambda: not [p for p in seen if process_alive(p)],
         what="every child of the sweep to exit",
         timeout_s=10,
     )

@@ -206,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
             checks += more
         else:
             say("nginx with its echo module is not installed: its checks are skipped")
+    if not checks:
+        say("no check ran: nothing was measured")
+        return 2
     print(f"{'case':24s} {'parameter':20s} {'truth':>9s} {'fitted':>9s} {'error':>8s}  within")
     for c in checks:
         err = "–" if c.error is None else f"{c.error:+.1%}"

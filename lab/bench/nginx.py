@@ -24,7 +24,7 @@ CONFIG = """\
 load_module {echo};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-worker_processes 1;
+master_process off;  # one process, the lab's own child: nothing is left if it is killed
 daemon off;
 events {{ worker_connections 512; }}
 http {{

@@ -115,7 +115,7 @@ def _lab_enqueue(url: str, kind: str, n: int, ms: float) -> None:
         )
 
 
-def lab_runtime(name: str, redis_url: str, *, prefetch: int, loop: str) -> Runtime:
+def lab_runtime(name: str, *, prefetch: int, loop: str) -> Runtime:
     def argv(conc: int) -> list[str]:
         return python_module_argv(
             "lab.runtime.worker", "--queue", QUEUE,  # the broker: $LAB_BROKER_URL (a password)
@@ -276,8 +276,8 @@ def run_benchmark(ns: argparse.Namespace, workdir: Path) -> list[Row]:
         runtimes = {
             "bare": bare_runtime(ns.loop),
             "bare-asyncio": bare_runtime("asyncio", "bare-asyncio"),
-            "lab": lab_runtime("lab", broker.url, prefetch=0, loop=ns.loop),
-            "lab-pf1": lab_runtime("lab-pf1", broker.url, prefetch=1, loop=ns.loop),
+            "lab": lab_runtime("lab", prefetch=0, loop=ns.loop),
+            "lab-pf1": lab_runtime("lab-pf1", prefetch=1, loop=ns.loop),
         }
         chosen = [runtimes[name] for name in ns.runtimes]
         if "dramatiq" in ns.peers:

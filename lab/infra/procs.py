@@ -39,9 +39,10 @@ _pending_stop: int | None = None  # the stop signal received, until it has been 
 _defer_stop = 0  # > 0 while a child is being spawned: the signal is only recorded
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """What the child runs before exec: ask for SIGTERM when the parent process dies (and exit
-    at once if it died already, between the fork and this call)."""
+def die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """What a child runs right after the fork: ask for SIGTERM when the parent process dies (and
+    exit at once if it died already, between the fork and this call). Made in the parent, so
+    that finding libc (which may run `ldconfig`) happens once, not in every child."""
     libc_name = ctypes.util.find_library("c")
 
     def setup() -> None:
@@ -203,7 +204,7 @@ def spawn(
                 env=dict(env) if env is not None else None,
                 start_new_session=True,
                 pass_fds=tuple(pass_fds),
-                preexec_fn=_die_with_parent(os.getpid())
+                preexec_fn=die_with_parent(os.getpid())
                 if sys.platform.startswith("linux")
                 else None,
             )

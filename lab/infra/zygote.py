@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import importlib
 import json
 import os
@@ -31,16 +29,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from lab.infra.procs import Child, holding_stop, python_module_argv, spawn
-
-_PR_SET_PDEATHSIG = 1
-
+from lab.infra.procs import (
+    Child,
+    check_stop,
+    die_with_parent,
+    holding_stop,
+    python_module_argv,
+    spawn,
+)
 
 #: A child gone without an exit file this long after: its zygote died first (and the kernel's
 #: parent-death SIGTERM ended it).
@@ -119,8 +121,11 @@ class Zygote:
             if not line:
                 raise OSError(f"the fork server exited: {self.child.log_tail()}")
             reply = json.loads(line)
-        child = Child(name, ForkedProcess(reply["pid"], reply["create_time"], log_path), log_path)
+            child = Child(
+                name, ForkedProcess(reply["pid"], reply["create_time"], log_path), log_path
+            )
         try:
+            check_stop()  # a stop signal that came during the request lands here, child owned
             yield child
         finally:
             child.stop(grace_s=grace_s)
@@ -147,21 +152,13 @@ def start_zygote(
 # -- the zygote's side ------------------------------------------------------------------------
 
 
-def _die_with(parent_pid: int) -> None:
-    libc = ctypes.util.find_library("c")
-    if libc is not None:
-        ctypes.CDLL(libc, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-def _run_child(request: dict[str, Any], zygote_pid: int, fd: int) -> None:
+def _run_child(request: dict[str, Any], die_with_zygote: Callable[[], None], fd: int) -> None:
     """In the forked child: a session of its own, output to its log, then `main(argv)`."""
     code = 1
     try:
         os.close(fd)  # the request socket is the zygote's, not the child's
         os.setsid()
-        _die_with(zygote_pid)
+        die_with_zygote()
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGPIPE):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -221,14 +218,14 @@ def serve(fd: int, preload: Sequence[str]) -> int:
                 write(log, code)
 
     signal.signal(signal.SIGCHLD, reap)
-    me = os.getpid()
+    die_with_me = die_with_parent(os.getpid())
     with socket.socket(fileno=fd) as sock, sock.makefile("rwb") as stream:
         for line in stream:
             request = json.loads(line)
             exit_file(request["log"]).unlink(missing_ok=True)
             pid = os.fork()
             if pid == 0:
-                _run_child(request, me, fd)
+                _run_child(request, die_with_me, fd)
             logs[pid] = request["log"]
             if pid in early:
                 write(logs.pop(pid), early.pop(pid))

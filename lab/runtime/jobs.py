@@ -28,6 +28,7 @@ import aiohttp
 import yarl
 
 from lab.errors import ConfigError
+from lab.runtime.limits import OVERLOAD_STATUSES
 
 Extra = Mapping[str, Any] | None
 Handler = Callable[["JobContext", dict[str, Any]], Awaitable[Extra]]
@@ -192,7 +193,10 @@ async def opensearch_bulk(ctx: JobContext, args: dict[str, Any]) -> Extra:
         statuses = sorted({next(iter(it.values())).get("status") for it in failed})
         raise JobError(
             f"bulk: {len(failed)} of {len(lines) // 2} items failed (status {statuses})",
-            status=429 if 429 in statuses else max(statuses, default=None),
+            # an overload status if any item had one (the limiter backs off on it), else the worst
+            status=next(
+                (c for c in statuses if c in OVERLOAD_STATUSES), max(statuses, default=None)
+            ),
         )
     return None
 

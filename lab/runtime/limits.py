@@ -118,6 +118,7 @@ class _Window:
     rtts: list[float] = field(default_factory=list)  # successful jobs only
     drops: int = 0
     max_in_flight: int = 0
+    fastest: float = 0.0  # the shortest of `rtts`, kept as they come (checked every job)
 
     @property
     def jobs(self) -> int:
@@ -198,6 +199,7 @@ class Limiter:
             # away again, hundreds of times a second. It holds the slot for a typical job time.
             self._penalty.append(now + self._typical_s)
         else:
+            w.fastest = min(w.fastest, rtt_s) if w.rtts else rtt_s
             w.rtts.append(rtt_s)
         if in_flight > w.max_in_flight:
             w.max_in_flight = in_flight
@@ -282,8 +284,7 @@ class Limiter:
     def _window_closed(self, w: _Window, now: float) -> bool:
         s = self.settings
         elapsed = now - w.started
-        fastest = min(w.rtts) if w.rtts else 0.0
-        if elapsed < min(s.max_window_s, max(s.min_window_s, 2 * fastest)):
+        if elapsed < min(s.max_window_s, max(s.min_window_s, 2 * w.fastest)):
             return False
         return w.jobs >= min(10, max(1, int(self._limit) // 2)) or elapsed >= s.max_window_s
 

@@ -360,10 +360,10 @@ class Worker:
         assert task is not None
         try:
             while True:
-                job_id, msg, started, handler, error = self._begin(job, task)
-                extra: Any = None
-                retry_after_s: float | None = None
-                try:
+                try:  # from `_begin` on: whatever happens, the slot is freed
+                    job_id, msg, started, handler, error = self._begin(job, task)
+                    extra: Any = None
+                    retry_after_s: float | None = None
                     if handler is not None:
                         try:
                             extra = await execute(handler, self._ctx, msg["args"])
@@ -384,13 +384,11 @@ class Worker:
                     self._settle(job_id, msg, started, error, retry_after_s, retryable, extra)
                 finally:
                     self._slot_freed(task)
-                if self._held and self._accepting and self._busy < self.slot_limit:
-                    self._busy += 1  # a prefetched job: this slot takes it at once
-                    job = (self._held.popleft(), self._next_free_since())
-                    continue
                 waiter: asyncio.Future[tuple[str, float]] = self._loop.create_future()
                 self._idle_slots.append(waiter)
-                job = await waiter
+                if self._held:  # prefetched jobs: this slot (the last idle one) takes the first
+                    self._fill_slots()
+                job = await waiter  # a future already done: no turn of the loop is lost
         except Exception as exc:  # a bug of the runtime, not of a job: end the instance
             self._fail(exc)
 
@@ -487,8 +485,8 @@ class Worker:
         )  # fmt: skip
 
     def _slot_freed(self, task: asyncio.Task[None]) -> None:
-        del self._running[task]
-        del self._job_ids[task]
+        self._running.pop(task, None)  # absent if `_begin` failed before recording the attempt
+        self._job_ids.pop(task, None)
         if self._expired:  # a handler that turned its cancellation into another error
             self._expired.discard(task)
         self._busy -= 1

@@ -98,12 +98,12 @@ class ServicePool:
         return False
 
     def _start(self, name: str, spec: ServiceSpec) -> None:
-        stack = contextlib.ExitStack()
         ready = self.logs / f"mock-{name}.ready.json"
         ready.unlink(missing_ok=True)
         spec_file = self.logs / f"mock-{name}.spec.json"  # a spec of any size; argv has a limit
         atomic_write(spec_file, spec_to_json(spec))
-        with listening_socket() as sock:
+        # the stack stops the mock on any exit until the pool owns it (pop_all)
+        with contextlib.ExitStack() as stack, listening_socket() as sock:
             argv = served_argv("lab.mocks", mock_args(spec.kind, spec_file), sock, ready)
             child = stack.enter_context(
                 spawn(
@@ -115,7 +115,8 @@ class ServicePool:
                 )
             )
             url = url_of(sock)
-        self._mocks[name] = _Mock(spec, url, child, stack)
+            owned = stack.pop_all()
+        self._mocks[name] = _Mock(spec, url, child, owned)
         self.starting.append(ready)
 
     def _stop(self, name: str) -> None:

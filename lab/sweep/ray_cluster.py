@@ -37,8 +37,8 @@ def connected(cluster: Cluster) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    _connect(cluster)
-    try:
+    try:  # a failure or Ctrl-C half-way through connecting still shuts down what started
+        _connect(cluster)
         yield
     finally:
         ray.shutdown()
