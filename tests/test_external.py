@@ -112,7 +112,11 @@ def test_clip_keeps_slots_and_instances_within_the_caps(tmp_path: Path) -> None:
     s = load_scenario(scenario(tmp_path, external, {"job": "http.call", "items": 1}))
     assert clip(s, 4, 2) == (4, 2, "")
     assert clip(s, 16, 1) == (8, 1, "num_workers 16 -> 8 (max_in_flight 8)")
-    assert clip(s, 4, 5)[:2] == (4, 2)  # 2.5 requests/s: at most 2 instances of a whole request/s
+    # 2.5 requests/s: at most 2 instances of a whole request/s each; the rate cap made it
+    assert clip(s, 4, 5) == (4, 2, "instances 5 -> 2 (max_requests_per_s 2.5)")
+    assert clip(s, 16, 5) == (
+        4, 2, "instances 5 -> 2 (max_requests_per_s 2.5), num_workers 16 -> 4 (max_in_flight 8)"
+    )  # fmt: skip
     assert rate_share(2.5, 2) == 1 and rate_share(300, 7) == 42 and rate_share(0.5, 1) == 0.5
 
 

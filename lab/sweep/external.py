@@ -51,16 +51,16 @@ def clip(scenario: Scenario, num_workers: int, instances: int) -> tuple[int, int
     per_s = min(c.max_requests_per_s for c in caps)
     changes = []
     most_instances = max(1, min(slots, math.floor(per_s)))
-    if instances > most_instances:
-        changes.append(f"instances {instances} -> {most_instances}")
+    if instances > most_instances:  # each change names the cap that made it
+        cap = (
+            f"max_in_flight {slots}" if most_instances == slots else f"max_requests_per_s {per_s:g}"
+        )
+        changes.append(f"instances {instances} -> {most_instances} ({cap})")
         instances = most_instances
     if num_workers * instances > slots:
-        changes.append(f"num_workers {num_workers} -> {slots // instances}")
+        changes.append(f"num_workers {num_workers} -> {slots // instances} (max_in_flight {slots})")
         num_workers = slots // instances
-    if not changes:
-        return num_workers, instances, ""
-    why = f"max_in_flight {slots}" + (f", max_requests_per_s {per_s:g}" if len(changes) > 1 else "")
-    return num_workers, instances, f"{', '.join(changes)} ({why})"
+    return num_workers, instances, ", ".join(changes)
 
 
 def rate_share(per_s: float, instances: int) -> float:
