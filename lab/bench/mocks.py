@@ -32,6 +32,7 @@ from pathlib import Path
 import psutil
 
 from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn, wait_for
+from lab.infra.sockets import LISTEN_BACKLOG
 from lab.mocks.control import MockControl
 
 RATIO_GOAL = 0.75
@@ -229,7 +230,7 @@ def _serve_bare(ready_file: Path | None, *, low_level: bool) -> int:
             app.router.add_route("*", "/", hello)
             runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0, backlog=1024).start()
+        await web.TCPSite(runner, "127.0.0.1", 0, backlog=LISTEN_BACKLOG).start()
         url = f"http://127.0.0.1:{runner.addresses[0][1]}"
         if ready_file is not None:
             write_ready_file(ready_file, {"url": url, "pid": os.getpid()})

@@ -14,11 +14,17 @@ from pathlib import Path
 
 from lab.infra.procs import python_module_argv
 
+#: The accept queue of every server the lab runs. asyncio (and so aiohttp's SockSite, which
+#: listens again) would set 100-128: 400 slots connecting at once then overflow it, the kernel
+#: drops their SYNs and each retries after TCP's 1-s initial timeout, a second the service
+#: never took. Real servers queue more (nginx 511, Linux's somaxconn 4096).
+LISTEN_BACKLOG = 1024
+
 
 @contextlib.contextmanager
 def listening_socket(host: str = "127.0.0.1") -> Iterator[socket.socket]:
     """A socket bound to `host` on a free port, inheritable by a child."""
-    with socket.create_server((host, 0), backlog=1024) as sock:
+    with socket.create_server((host, 0), backlog=LISTEN_BACKLOG) as sock:
         sock.set_inheritable(True)
         yield sock
 

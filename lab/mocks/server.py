@@ -42,6 +42,7 @@ from aiohttp.web_protocol import RequestHandler
 from lab.bounds import BODY_BYTES_MAX, BULK_BODY_BYTES_MAX
 from lab.errors import ConfigError
 from lab.infra.aio import run_main, write_ready_file
+from lab.infra.sockets import LISTEN_BACKLOG
 from lab.mocks.base import Busy, MockService, json_response
 from lab.mocks.control import TOKEN_ENV, TOKEN_HEADER, new_token, token_ok
 from lab.mocks.database import DatabaseMock
@@ -216,9 +217,9 @@ async def run_mock(
     sampler: asyncio.Task[None] | None = None
     try:
         site: web.BaseSite = (
-            web.SockSite(runner, sock)
+            web.SockSite(runner, sock, backlog=LISTEN_BACKLOG)
             if sock is not None
-            else web.TCPSite(runner, bind, port, backlog=1024)
+            else web.TCPSite(runner, bind, port, backlog=LISTEN_BACKLOG)
         )
         await site.start()
         bound_port = runner.addresses[0][1]

@@ -35,6 +35,7 @@ from aiohttp import web
 from lab.errors import ConfigError, exit_status
 from lab.infra.aio import run_main, write_ready_file
 from lab.infra.broker import BROKER_URL_ENV
+from lab.infra.sockets import LISTEN_BACKLOG
 from lab.runtime.queue import QueueKeys, encode_job
 from lab.runtime.worker import Worker, WorkerSettings, build_parser, settings_from_args
 
@@ -109,7 +110,7 @@ async def serve(ns: argparse.Namespace, worker_settings: WorkerSettings | None) 
     runner = web.AppRunner(make_app(producer), access_log=None)
     await runner.setup()
     sock = socket.socket(fileno=ns.listen_fd)
-    await web.SockSite(runner, sock).start()
+    await web.SockSite(runner, sock, backlog=LISTEN_BACKLOG).start()
     worker = Worker(worker_settings) if worker_settings is not None else None
     worker_task = asyncio.create_task(worker.run()) if worker is not None else None
     stop = asyncio.Event()
