@@ -145,7 +145,7 @@ def test_a_trial_spreads_instances_over_nodes_and_gives_the_mock_its_own(
     nodes: dict[str, Any], broker: Broker, tmp_path: Path
 ) -> None:
     scenario = load_scenario(write(tmp_path, SCENARIO))
-    plan = trial(instances=2)
+    plan = trial(instances=4)
     logs = tmp_path / "logs"
     outcome = run_trial(scenario, plan, broker=broker, logs=logs)
     row, record = outcome.row, outcome.placement
@@ -157,13 +157,27 @@ def test_a_trial_spreads_instances_over_nodes_and_gives_the_mock_its_own(
     ids = nodes["ids"]
     where = {name: c["node_id"] for name, c in record["components"].items()}
     assert where["mock-search"] == ids["svc"]
-    workers = {where["worker-0"], where["worker-1"]}
+    workers = {where[f"worker-{i}"] for i in range(4)}
     assert workers == {ids["head"], ids["spare"]}  # spread; none beside the mock
+    # one actor per node and role owns that node's processes, one process per instance
+    components = record["components"]
+    for node in workers:
+        mine = [c for c in components.values() if c["node_id"] == node]
+        assert len(mine) == 2 and len({c["actor_pid"] for c in mine}) == 1
+        assert len({c["pid"] for c in mine}) == 2 and mine[0]["actor"].startswith("workers@")
+    assert components["mock-search"]["actor"].startswith("mocks@")
+    # each process runs at the driver's niceness, as a local trial's do, or the record says
+    # why not (Ray starts its workers at 15, and raising a priority needs the privilege)
+    driver_niceness = os.getpriority(os.PRIO_PROCESS, 0)
+    off = sorted(n for n, c in components.items() if c["niceness"] != driver_niceness)
+    if off:
+        assert record["warnings"] and all("niceness" in w for w in record["warnings"]), off
+    else:
+        assert record["warnings"] == []
     # the events name their instances, and every instance ran on the node it was placed on
     instances = {c["instance"]: c["node_id"] for c in record["components"].values()}
     assert {e.instance for e in outcome.events} <= set(instances)
     assert set(record["nodes"]) == {ids["head"], ids["svc"], ids["spare"]}
-    assert record["warnings"] == []
     # one clock: the bound is recorded; every node's offset is within it of the broker's
     # (they share this host's clock, so the true offsets are all zero)
     bound_ms = record["clock"]["latency_error_bound_ms"]
@@ -171,7 +185,7 @@ def test_a_trial_spreads_instances_over_nodes_and_gives_the_mock_its_own(
         assert abs(node["clock"]["offset_ms"]) <= node["clock"]["error_ms"] + 1.0
     assert 0 < bound_ms < 1000
     # CPU and RSS sampled inside the actors, per component
-    assert {"mock-search", "worker-0", "worker-1", "producer"} <= set(outcome.usage)
+    assert {"mock-search", "worker-0", "worker-3", "producer"} <= set(outcome.usage)
     assert outcome.usage["worker-0"].rss_max_mb > 0
     assert "harness_saturated" in row and isinstance(row["saturation_reason"], str)
     assert {"mock", "ray"} <= set(record["nodes"][ids["svc"]]["cores"])  # judged per node

@@ -13,12 +13,12 @@ Method:
    the CPU of the actors themselves during the measured part.
 3. wide: 100 instances x 4 slots, http.call against an http_api mock that answers after exactly
    1 s (capacity 1,000, so it never queues), 4,000 items: throughput against the Little's-law
-   bound of 400 items/s, and the start-up of the 100 instances (from creating their actors to
-   every instance's heartbeat in Redis, the moment the clock may start). `wide-local` runs the
+   bound of 400 items/s, and the start-up of the 100 instances (from creating their nodes'
+   actors to every instance's heartbeat in Redis, the moment the clock may start). `wide-local` runs the
    same trial as local processes, the peer that tells Ray's cost from the machine's limit.
 
-Each result is printed as one JSON line. Run it on a quiet machine; it starts about 110 Python
-processes for the wide trial (its Ray actors and worker processes, ~12 GB of memory).
+Each result is printed as one JSON line. Run it on a quiet machine; the wide trial starts about
+105 Python processes (its 100 worker processes and a few Ray actors, ~7 GB of memory).
 """
 
 from __future__ import annotations
@@ -163,6 +163,7 @@ def wide(broker: Broker, tmp: Path, instances: int, *, ray: bool = True) -> dict
         "startup_s": record.get("startup_s"),
         "trial_s": total_s,
         "makespan_s": row["makespan_s"],
+        "items_done": row["items_done"],
         "lost_items": row["lost_items"],
         "duplicate_items": row["duplicate_items"],
         "service_max_in_flight": row["service_max_in_flight"],

@@ -39,10 +39,11 @@ _pending_stop: int | None = None  # the stop signal received, until it has been 
 _defer_stop = 0  # > 0 while a child is being spawned: the signal is only recorded
 
 
-def die_with_parent(parent_pid: int) -> Callable[[], None]:
+def die_with_parent(parent_pid: int, niceness: int | None = None) -> Callable[[], None]:
     """What a child runs right after the fork: ask for SIGTERM when the parent process dies (and
-    exit at once if it died already, between the fork and this call). Made in the parent, so
-    that finding libc (which may run `ldconfig`) happens once, not in every child."""
+    exit at once if it died already, between the fork and this call), and take `niceness` when
+    given and allowed (the caller checks which it got). Made in the parent, so that finding libc
+    (which may run `ldconfig`) happens once, not in every child."""
     libc_name = ctypes.util.find_library("c")
 
     def setup() -> None:
@@ -50,6 +51,9 @@ def die_with_parent(parent_pid: int) -> Callable[[], None]:
             ctypes.CDLL(libc_name, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent_pid:
             os._exit(1)
+        if niceness is not None:
+            with contextlib.suppress(OSError):  # a higher priority needs the privilege
+                os.setpriority(os.PRIO_PROCESS, 0, niceness)
 
     return setup
 
@@ -178,8 +182,10 @@ def spawn(
     env: Mapping[str, str] | None = None,
     grace_s: float = 5.0,
     pass_fds: Sequence[int] = (),
+    niceness: int | None = None,
 ) -> Iterator[Child]:
-    """Start `argv` as a child the lab owns; it is stopped and reaped when the block exits."""
+    """Start `argv` as a child the lab owns; it is stopped and reaped when the block exits.
+    `niceness`: the child's, where allowed (else it inherits ours)."""
     out: IO[Any] | int = subprocess.DEVNULL
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +210,7 @@ def spawn(
                 env=dict(env) if env is not None else None,
                 start_new_session=True,
                 pass_fds=tuple(pass_fds),
-                preexec_fn=die_with_parent(os.getpid())
+                preexec_fn=die_with_parent(os.getpid(), niceness)
                 if sys.platform.startswith("linux")
                 else None,
             )

@@ -1,18 +1,25 @@
-"""What runs on a cluster node: a Ray actor that owns ONE lab process, a worker instance or a
-mock service, and starts, watches, samples and stops it for the driver.
+"""What runs on a cluster node: a Ray actor that owns the lab processes of one role there (the
+worker instances placed on that node, or its mock services), and starts, watches, samples and
+stops each of them, by name, for the driver.
 
-Why an actor owns a worker process instead of running the worker loop itself: the process is
+Why an actor owns worker processes instead of running the worker loop itself: each process is
 then exactly the one a local trial runs (same module, flags, uvloop and GIL to itself), so the
 figures of the two placements compare; a Ray worker process carries Ray's own threads (gRPC,
 the object store client, the actor's event loop), which would share the GIL and the loop with
-the job slots and show up as the runtime's overhead; the runtime never imports Ray; and the
+the job slots and show up as the runtime's overhead; the runtime never imports Ray; and each
 process asks the kernel to stop it when its actor dies (`lab.infra.procs`), so a lost actor or
-node takes its worker along. The cost is one more process per instance (its Ray worker, about
-80 MB of private memory).
+node takes its processes along.
+
+Why one actor per node and role, not one per instance: a Ray worker process costs about 80 MB
+and, idle, about 9 ms of CPU a second (its core worker wakes every 10 ms to check for signals;
+gRPC reports to the raylet). 100 instances on this project's 2-core machine, one actor each,
+took 0.8 of its cores and 90 s to start, and slowed the very trial they placed (0.80 to 0.85 of
+the Little's-law bound against 0.91 for the same processes placed locally, `python -m lab.bench
+ray wide wide-local`). The placement is the same: every process is pinned to its node.
 
 The actor is asynchronous: its methods run on one event loop thread for its whole life, which
-is the thread that forks the child (the parent-death signal follows the forking thread), and a
-watch call (`wait_exit`) can wait while other calls come in.
+is the thread that forks the processes (the parent-death signal follows the forking thread),
+and the watch calls (`wait_exit`, one per process) wait while other calls come in.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,125 +61,173 @@ def node_facts() -> dict[str, Any]:
     }
 
 
-class ComponentActor:
-    """One lab process on this node. Made remote by `lab.sweep.ray_placement`."""
+@dataclass
+class _Owned:
+    """One process of the actor: its folder (log, spec, ready file) and how to stop it."""
 
-    def __init__(self, name: str, role: str) -> None:
-        self.name, self.role = name, role
-        self._dir = Path(tempfile.mkdtemp(prefix=f"lab-{name}-"))
-        self._log = self._dir / f"{name}.log"
-        self._stack = contextlib.ExitStack()
-        self._child: Child | None = None
-        self._ready: Path | None = None
+    child: Child
+    folder: Path
+    stack: contextlib.ExitStack
+    ready: Path | None = None  # a mock's ready file
+
+
+class ComponentActor:
+    """The lab processes of one role on this node. Made remote by `lab.sweep.ray_placement`."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label  # how the driver names this actor ("workers@<node>")
+        self._dir = Path(tempfile.mkdtemp(prefix=f"lab-{label.replace('@', '-')}-"))
+        self._owned: dict[str, _Owned] = {}
         self._sampling = contextlib.ExitStack()
         self._sampler: ResourceSampler | None = None
 
     async def describe(self) -> dict[str, Any]:
-        """Its node, and the pids of the actor and of its process."""
-        pid = self._child.pid if self._child else None
-        return {**node_facts(), "actor_pid": os.getpid(), "pid": pid}
+        """Its node, the actor's pid, and the pid and niceness of each of its processes."""
+        pids = {name: o.child.pid for name, o in self._owned.items()}
+        niceness = {}
+        for name, pid in pids.items():
+            with contextlib.suppress(OSError):  # ended meanwhile
+                niceness[name] = os.getpriority(os.PRIO_PROCESS, pid)
+        return {**node_facts(), "actor_pid": os.getpid(), "pids": pids, "niceness": niceness}
 
-    async def start_mock(self, kind: str, spec_json: str, env: Mapping[str, str]) -> str:
-        """Start the mock serving `spec_json` on a socket bound to this node's address, with
-        `env` (its control token) added to its environment; returns its URL at once."""
+    async def start_mock(
+        self, name: str, kind: str, spec_json: str, env: Mapping[str, str], niceness: int
+    ) -> str:
+        """Start mock `name` serving `spec_json` on a socket bound to this node's address, with
+        `env` (its control token) added to its environment, at `niceness` where allowed (see
+        `start_worker`); returns its URL at once."""
         from lab.sweep.placement import mock_args  # heavy (the mocks' spec): mocks only
 
         ip = ray.util.get_node_ip_address()
-        self._ready = self._dir / "ready.json"
-        spec_file = self._dir / "spec.json"
+        folder = self._folder(name)
+        spec_file = folder / "spec.json"
         atomic_write(spec_file, spec_json)
+        ready = folder / "ready.json"
         with listening_socket(ip) as sock:
-            argv = served_argv("lab.mocks", mock_args(kind, spec_file), sock, self._ready)
+            argv = served_argv("lab.mocks", mock_args(kind, spec_file), sock, ready)
             if not ipaddress.ip_address(ip).is_loopback:
                 argv.append("--allow-network")  # workers on other nodes must reach it
-            self._spawn(argv, env, pass_fds=(sock.fileno(),), grace_s=5.0)
+            owned = self._spawn(
+                name, folder, argv, env, niceness, pass_fds=(sock.fileno(),), grace_s=5.0
+            )
+            owned.ready = ready
             return url_of(sock)
 
     async def start_worker(
-        self, args: Sequence[str], grace_s: float, env: Mapping[str, str]
+        self,
+        name: str,
+        args: Sequence[str],
+        grace_s: float,
+        env: Mapping[str, str],
+        niceness: int,
     ) -> int:
-        """Start `python -m lab.runtime.worker ARGS` with `env` (the broker's URL) added to its
-        environment; returns its pid."""
-        return self._spawn(python_module_argv("lab.runtime.worker", *args), env, grace_s=grace_s)
+        """Start worker `name`, `python -m lab.runtime.worker ARGS`, with `env` (the broker's
+        URL) added to its environment; returns its pid. `niceness`: the driver's, which a local
+        trial's processes inherit; Ray runs its own workers, this actor too, at 15 (its
+        `worker_niceness`), and a process left there would yield the cores to everything else
+        on the host. Raising it back needs the privilege: `describe` tells what it got."""
+        argv = python_module_argv("lab.runtime.worker", *args)
+        folder = self._folder(name)
+        return self._spawn(name, folder, argv, env, niceness, grace_s=grace_s).child.pid
+
+    def _folder(self, name: str) -> Path:
+        """A new folder for process `name` (its log, spec and ready file)."""
+        if name in self._owned:
+            raise ServiceError(f"{name}: already started on {self.label}")
+        folder = self._dir / name
+        folder.mkdir()
+        return folder
 
     def _spawn(
         self,
+        name: str,
+        folder: Path,
         argv: list[str],
         env: Mapping[str, str],
+        niceness: int,
         *,
         pass_fds: tuple[int, ...] = (),
         grace_s: float,
-    ) -> int:
-        self._child = self._stack.enter_context(
+    ) -> _Owned:
+        stack = contextlib.ExitStack()
+        child = stack.enter_context(
             spawn(
                 argv,
-                name=self.name,
-                log_path=self._log,
+                name=name,
+                log_path=folder / f"{name}.log",
                 env={**env_with_pythonpath(), **env},
                 pass_fds=pass_fds,
                 grace_s=grace_s,
+                niceness=niceness,
             )
         )
-        return self._child.pid
+        self._owned[name] = owned = _Owned(child, folder, stack)
+        return owned
 
-    def _check(self) -> Child:
-        if self._child is None:
-            raise ServiceError(f"{self.name}: nothing started")
-        if not self._child.alive():
+    def _check(self, name: str) -> Child:
+        owned = self._owned.get(name)
+        if owned is None:
+            raise ServiceError(f"{name}: nothing started on {self.label}")
+        if not owned.child.alive():
             raise ServiceError(
-                f"{self.name} on {socket.gethostname()} {self._child.exit_description()}: "
-                f"{self._child.last_words()}"
+                f"{name} on {socket.gethostname()} {owned.child.exit_description()}: "
+                f"{owned.child.last_words()}"
             )
-        return self._child
+        return owned.child
 
-    async def wait_ready(self, timeout_s: float) -> None:
-        """Until the mock wrote its ready file (ServiceError if it died or took too long)."""
+    async def wait_ready(self, name: str, timeout_s: float) -> None:
+        """Until mock `name` wrote its ready file (ServiceError if it died or took too long)."""
         deadline = time.monotonic() + timeout_s
-        while self._ready is not None and not self._ready.exists():
-            self._check()
+        ready = self._owned[name].ready if name in self._owned else None
+        while ready is not None and not ready.exists():
+            self._check(name)
             if time.monotonic() > deadline:
-                raise ServiceError(f"{self.name} was not up after {timeout_s:.0f}s")
+                raise ServiceError(f"{name} was not up after {timeout_s:.0f}s")
             await asyncio.sleep(0.01)
 
-    async def wait_exit(self) -> tuple[str, str]:
-        """Until the process exits: how it ended and its last words (the driver's watch)."""
-        child = self._child
-        if child is None:
+    async def wait_exit(self, name: str) -> tuple[str, str]:
+        """Until process `name` exits: how it ended and its last words (the driver's watch)."""
+        owned = self._owned.get(name)
+        if owned is None:
             return "was never started", ""
-        await child.exited()  # woken by the kernel, not polled
-        return child.exit_description(), child.last_words()
+        await owned.child.exited()  # woken by the kernel, not polled
+        return owned.child.exit_description(), owned.child.last_words()
 
     async def clock(self, broker_url: str) -> ClockOffset:
         """This node's clock against the broker's (the trial's reference clock)."""
         with redis.Redis.from_url(broker_url, socket_connect_timeout=5, socket_timeout=5) as c:
             return measure_offset(c)
 
-    async def start_sampling(self) -> None:
-        """CPU and RSS of the process and of this actor itself (role "ray"), sampled here."""
-        child = self._check()
-        self._sampler = ResourceSampler(
-            {self.name: (self.role, child.pid), f"ray-{self.name}": ("ray", os.getpid())}
-        )
+    async def start_sampling(self, roles: Mapping[str, str]) -> None:
+        """CPU and RSS of the processes named in `roles` (name -> role) and of this actor
+        itself (role "ray", named `ray-<label>`), sampled here."""
+        pids = {name: (role, self._check(name).pid) for name, role in roles.items()}
+        self._sampler = ResourceSampler({**pids, f"ray-{self.label}": ("ray", os.getpid())})
         self._sampling.enter_context(self._sampler.running())
 
     async def stop_sampling(self) -> dict[str, Usage]:
         self._sampling.close()
         return dict(self._sampler.usage) if self._sampler else {}
 
-    async def signal(self, signum: int) -> None:
-        """Send the process a signal (faults: kill, stall, resume); the actor stays."""
-        if self._child is not None:
-            self._child.signal(signum)
+    async def signal(self, name: str, signum: int) -> None:
+        """Send process `name` a signal (faults: kill, stall, resume); the actor stays."""
+        if name in self._owned:
+            self._owned[name].child.signal(signum)
 
-    async def stop(self) -> str:
-        """Stop the process gracefully (SIGTERM, its grace, then SIGKILL) and hand back the tail
-        of its log; the actor's own files go."""
+    async def stop(self, name: str) -> str:
+        """Stop process `name` gracefully (SIGTERM, its grace, then SIGKILL) and hand back the
+        tail of its log; its files go."""
         self._sampling.close()
-        await asyncio.to_thread(self._stack.close)
+        owned = self._owned.get(name)
+        if owned is None:
+            return ""
+        await asyncio.to_thread(owned.stack.close)
+        log = owned.folder / f"{name}.log"
         text = ""
-        if self._log.exists():
-            with self._log.open("rb") as f:
-                f.seek(max(0, self._log.stat().st_size - LOG_BYTES))
+        if log.exists():
+            with log.open("rb") as f:
+                f.seek(max(0, log.stat().st_size - LOG_BYTES))
                 text = f.read().decode(errors="replace")
-        shutil.rmtree(self._dir, ignore_errors=True)
+        del self._owned[name]
+        shutil.rmtree(owned.folder if self._owned else self._dir, ignore_errors=True)
         return text

@@ -1,10 +1,11 @@
 """Trials placed on a Ray cluster (scenario field `cluster`, docs/ray.md).
 
-Each mock service and each worker instance runs in a Ray actor of its own
-(`lab.sweep.ray_actor.ComponentActor`, which owns the process), pinned by the driver to a node:
-each mock service gets a node of its own where the cluster has room, so it never shares cores
-with workers by accident; the instances go round-robin over the other nodes (the driver's
-node last; the choice is `lab.sweep.ray_cluster`'s). The producer, the clock, the embedded Redis, the web app and Locust stay on the
+Each mock service and each worker instance runs as a process of its own, owned by the Ray
+actor of its node and role (`lab.sweep.ray_actor.ComponentActor`, which says why one actor per
+node rather than per instance), pinned by the driver to that node: each mock service gets a
+node of its own where the cluster has room, so it never shares cores with workers by accident;
+the instances go round-robin over the other nodes (the driver's node last; the choice is
+`lab.sweep.ray_cluster`'s). The producer, the clock, the embedded Redis, the web app and Locust stay on the
 driver. Pinning (node affinity) rather than a SPREAD placement group: the spread is exact and
 recorded, and actors reserve no CPU, which a placement group's bundles would have to.
 
@@ -81,12 +82,13 @@ _Remote = ray.remote(ComponentActor)
 
 @dataclass
 class _Component:
-    """One actor and the process it owns."""
+    """One process, and the actor (of its node and role) that owns it."""
 
     name: str
     role: str  # "mock" or "worker"
     node: Node
     actor: Any
+    actor_label: str  # "workers@<node>" or "mocks@<node>", the actor's name in the figures
     instance: str | None = None
     watch: Any = None  # the ObjectRef of its wait_exit call
     lost: str | None = None  # why, when its actor (or node) died
@@ -109,6 +111,7 @@ class RayPlacement:
         self.cluster, self.broker, self.logs = cluster, broker, logs
         self._stack = contextlib.ExitStack()
         self._components: dict[str, _Component] = {}
+        self._actors_by_label: dict[str, tuple[Any, Node]] = {}  # label -> (actor, its node)
         self._warnings: list[str] = []
         self._before, self._after = _Clocks(), _Clocks()
         self._facts: dict[str, dict[str, Any]] = {}  # node id -> hostname, cpu_count
@@ -117,6 +120,7 @@ class RayPlacement:
         self._last_check = 0.0
         self._workers_started_at = 0.0
         self._ready: list[Any] = []  # the services' wait_ready calls
+        self._niceness = os.getpriority(os.PRIO_PROCESS, 0)  # what local processes would inherit
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -143,12 +147,12 @@ class RayPlacement:
             for role in ("worker", "mock"):
                 self._stop(c for c in self._components.values() if c.role == role)
         finally:
-            for c in self._components.values():
+            for actor, _ in self._actors_by_label.values():
                 with contextlib.suppress(Exception):
-                    ray.kill(c.actor, no_restart=True)
+                    ray.kill(actor, no_restart=True)
 
     def _stop(self, components: Iterator[_Component]) -> None:
-        todo = {c.actor.stop.remote(): c for c in components if not (c.lost or c.stopped)}
+        todo = {c.actor.stop.remote(c.name): c for c in components if not (c.lost or c.stopped)}
         if not todo:
             return
         ready, _ = ray.wait(list(todo), num_returns=len(todo), timeout=60)
@@ -163,15 +167,22 @@ class RayPlacement:
     # -- starting ---------------------------------------------------------------------------------
 
     def _actors(self, wanted: Mapping[str, tuple[str, Node, str | None]]) -> list[_Component]:
+        """A component for each of `wanted` (name -> role, node, instance), each owned by the
+        actor of its node and role, made when the first of them needs it."""
         made = []
         for name, (role, node, instance) in wanted.items():
-            actor = _Remote.options(
-                num_cpus=0,
-                max_restarts=0,
-                max_task_retries=0,
-                scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-            ).remote(name, role)
-            self._components[name] = c = _Component(name, role, node, actor, instance)
+            label = f"{role}s@{node.node_id[:12]}"
+            if label not in self._actors_by_label:
+                actor = _Remote.options(
+                    num_cpus=0,
+                    max_restarts=0,
+                    max_task_retries=0,
+                    max_concurrency=10_000,  # a wait_exit call waits per process it owns
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+                ).remote(label)
+                self._actors_by_label[label] = (actor, node)
+            actor = self._actors_by_label[label][0]
+            self._components[name] = c = _Component(name, role, node, actor, label, instance)
             made.append(c)
         return made
 
@@ -210,10 +221,10 @@ class RayPlacement:
         made = self._actors({f"mock-{n}": ("mock", chosen[n], None) for n in specs})
         env = {TOKEN_ENV: token}
         urls = self._started(
-            [c.actor.start_mock.remote(s.kind, spec_to_json(s), env) for c, s in zip(made, specs.values(), strict=True)],
+            [c.actor.start_mock.remote(c.name, s.kind, spec_to_json(s), env, self._niceness) for c, s in zip(made, specs.values(), strict=True)],
             "starting the mock services' actors",
         )  # fmt: skip
-        self._ready = [c.actor.wait_ready.remote(READY_TIMEOUT_S) for c in made]
+        self._ready = [c.actor.wait_ready.remote(c.name, READY_TIMEOUT_S) for c in made]
         self._watch(made)
         self._timings["services_started_s"] = time.monotonic() - began
         return dict(zip(specs, urls, strict=True))
@@ -232,7 +243,9 @@ class RayPlacement:
         )
         self._started(
             [
-                c.actor.start_worker.remote(list(args[c.instance or ""]), grace_s, dict(env))
+                c.actor.start_worker.remote(
+                    c.name, list(args[c.instance or ""]), grace_s, dict(env), self._niceness
+                )
                 for c in made
             ],
             f"starting {len(made)} worker instances' actors",
@@ -242,7 +255,7 @@ class RayPlacement:
 
     def _watch(self, components: list[_Component]) -> None:
         for c in components:
-            c.watch = c.actor.wait_exit.remote()
+            c.watch = c.actor.wait_exit.remote(c.name)
 
     # -- while it runs ----------------------------------------------------------------------------
 
@@ -339,6 +352,13 @@ class RayPlacement:
     def _live(self) -> list[_Component]:
         return [c for c in self._components.values() if not (c.lost or c.stopped)]
 
+    def _owners(self) -> list[tuple[Any, list[_Component]]]:
+        """Each actor with a live process, and those processes."""
+        mine: dict[str, list[_Component]] = defaultdict(list)
+        for c in self._live():
+            mine[c.actor_label].append(c)
+        return [(self._actors_by_label[label][0], cs) for label, cs in mine.items()]
+
     def _measure_clocks(self, into: _Clocks) -> None:
         """The producer's clock and one actor's per node, against the broker's."""
         with self.broker.client() as client:
@@ -361,16 +381,28 @@ class RayPlacement:
         """Clocks measured before and after, CPU and RSS sampled inside every actor."""
         self._timings["ready_s"] = time.monotonic() - self._workers_started_at
         self._measure_clocks(self._before)
-        live = self._live()
-        self._get([c.actor.start_sampling.remote() for c in live], "starting the samplers", 30)
-        described = self._get([c.actor.describe.remote() for c in live], "describing nodes", 30)
-        for c, facts in zip(live, described, strict=True):
-            c.facts = facts
-            self._facts[c.node.node_id] = facts
+        owners = self._owners()
+        self._get(
+            [actor.start_sampling.remote({c.name: c.role for c in mine}) for actor, mine in owners],
+            "starting the samplers",
+            30,
+        )
+        described = self._get([a.describe.remote() for a, _ in owners], "describing nodes", 30)
+        for (_, mine), facts in zip(owners, described, strict=True):
+            for c in mine:
+                niceness = facts["niceness"].get(c.name)
+                c.facts = {**facts, "pid": facts["pids"].get(c.name), "niceness": niceness}
+                self._facts[c.node.node_id] = facts
+            if off := sorted({n for n in facts["niceness"].values() if n != self._niceness}):
+                self._warnings.append(
+                    f"the {mine[0].actor_label} processes run at niceness {off} (Ray's "
+                    f"worker_niceness), not the driver's {self._niceness}: that node may not "
+                    "raise their priority, so they yield the cores to the rest of its host; "
+                    "start its raylet with RAY_worker_niceness=0 in its environment"
+                )
         usage: dict[str, Usage] = {}
         yield usage
-        live = self._live()
-        refs = [c.actor.stop_sampling.remote() for c in live]
+        refs = [actor.stop_sampling.remote() for actor, _ in self._owners()]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=30)
         for ref in ready:
             with contextlib.suppress(ray.exceptions.RayError):  # lost since: check() says so
@@ -400,7 +432,9 @@ class RayPlacement:
         return corrected, clock_start - producer
 
     def _node_of(self, name: str) -> str:
-        c = self._components.get(name.removeprefix("ray-"))
+        if (owner := self._actors_by_label.get(name.removeprefix("ray-"))) is not None:
+            return owner[1].node_id  # an actor itself
+        c = self._components.get(name)
         return c.node.node_id if c else "driver"
 
     def _host_of(self, node: str) -> str:
@@ -487,6 +521,8 @@ class RayPlacement:
                     "node_id": c.node.node_id,
                     "instance": c.instance,
                     "pid": c.facts.get("pid"),
+                    "actor": c.actor_label,
+                    "niceness": c.facts.get("niceness"),
                     "actor_pid": c.facts.get("actor_pid"),
                     "lost": c.lost,
                 }
@@ -518,7 +554,7 @@ class _RemoteProcess:
 
     def signal(self, signum: int) -> None:
         if not (self._c.lost or self._c.ended):
-            self._c.actor.signal.remote(int(signum))  # fire and forget, like os.kill
+            self._c.actor.signal.remote(self.name, int(signum))  # fire and forget, like os.kill
 
     def exit_description(self) -> str:
         if self._c.lost:

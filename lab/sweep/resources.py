@@ -131,6 +131,8 @@ class ResourceSampler:
         for name, proc in list(self._procs.items()):
             cpu, first = self._cpu(proc), self._first.get(name)
             usage = self.usage[name]
+            # a trial shorter than one interval has no other sample
+            usage.rss_max_mb = max(usage.rss_max_mb, self._rss_mb(proc))
             if cpu is not None and first is not None:
                 usage.cpu_s = cpu - first
             usage.cores = usage.cpu_s / wall
