@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +18,10 @@ from opensearchpy import NotFoundError, OpenSearch
 from opensearchpy.helpers import BulkIndexError, bulk
 
 from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn, wait_for
+from lab.infra.sockets import LISTEN_BACKLOG, listening_socket, served_argv
 from lab.mocks import parse_spec, spec_to_json
 from lab.mocks.control import control_headers
+from lab.sweep.placement import mock_args
 
 
 @contextlib.contextmanager
@@ -105,3 +110,46 @@ def test_non_loopback_host_is_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "loopback address only" in done.stderr
+
+
+def test_a_mock_on_an_inherited_socket_queues_a_burst_of_connections(tmp_path: Path) -> None:
+    """As the sweep starts it (`--listen-fd`), a mock keeps LISTEN_BACKLOG connections waiting
+    while it is busy, not asyncio's 100-128: 400 slots connecting at once would overflow that,
+    and each SYN the kernel drops waits TCP's 1-s retransmit, a second the service never took.
+    The mock is stopped (SIGSTOP) so that nothing is accepted: what gets in is what the queue
+    holds."""
+    burst = 300
+    spec_file, ready = tmp_path / "spec.json", tmp_path / "ready.json"
+    spec_file.write_text(spec_to_json(parse_spec({"kind": "http_api", "capacity": 4})))
+    with listening_socket() as sock:
+        argv = served_argv("lab.mocks", mock_args("http_api", spec_file), sock, ready)
+        log_path = tmp_path / "mock.log"
+        with spawn(
+            argv,
+            name="mock",
+            log_path=log_path,
+            env=env_with_pythonpath(),
+            pass_fds=(sock.fileno(),),
+        ) as child:
+            wait_for(ready.exists, what="the mock's ready file", timeout_s=30, children=[child])
+            address = sock.getsockname()[:2]
+            child.signal(signal.SIGSTOP)
+            clients = [socket.socket() for _ in range(burst)]
+            try:
+                for client in clients:
+                    client.setblocking(False)
+                    client.connect_ex(address)
+                deadline = time.monotonic() + 5.0
+                pending = set(clients)
+                while pending and time.monotonic() < deadline:  # SYN_SENT ones never get done
+                    _, done, _ = select.select([], list(pending), [], 0.2)
+                    pending -= set(done)
+                connected = [
+                    c for c in clients
+                    if c not in pending and c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+                ]  # fmt: skip
+            finally:
+                child.signal(signal.SIGCONT)
+                for client in clients:
+                    client.close()
+    assert len(connected) == burst < LISTEN_BACKLOG
