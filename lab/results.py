@@ -539,32 +539,12 @@ class RunFolder:
 
     def faults(self, trial_id: str) -> list[dict[str, Any]]:
         """What went wrong in one trial (`lab.sweep.faults.FaultRecord` fields); [] if nothing."""
-        name = f"{trial_id}.json"
-        with self._dir() as root:
-            if not root.exists("faults"):
-                return []
-        with self._dir("faults") as d:
-            if d.exists(name):
-                data = _parse_json(d.read(name, limit=L.JSON_BYTES_MAX), str(d.path / name))
-                if not isinstance(data, list):
-                    raise ConfigError(f"{d.path / name}: must be a JSON list, got {show(data)}")
-                return data
-        return []
+        return self._document("faults", f"{trial_id}.json", list) or []
 
     def timeline(self, trial_id: str) -> dict[str, Any] | None:
         """A dynamic trial's dynamics/<trial>.json (`lab.sweep.dynamics`), or None (a fixed
         configuration has none)."""
-        name = f"{trial_id}.json"
-        with self._dir() as root:
-            if not root.exists("dynamics"):
-                return None
-        with self._dir("dynamics") as d:
-            if d.exists(name):
-                data = _parse_json(d.read(name, limit=L.JSON_BYTES_MAX), str(d.path / name))
-                if not isinstance(data, dict):
-                    raise ConfigError(f"{d.path / name}: must be a JSON object, got {show(data)}")
-                return data
-        return None
+        return self._document("dynamics", f"{trial_id}.json", dict)
 
     def scenario(self) -> Scenario:
         """The scenario the run used, from its own copy (a user job module is not looked up)."""
@@ -583,17 +563,30 @@ class RunFolder:
 
     def placement(self, trial_id: str) -> dict[str, Any] | None:
         """Which node ran what in a trial placed on a cluster (None for a trial on this host)."""
-        name = f"{trial_id}.json"
+        return self._document("placement", f"{trial_id}.json", dict)
+
+    def verification(self) -> dict[str, Any] | None:
+        """verification.json: predicted (mock) vs real (`lab.sweep.verify`), or None (the run
+        was not verified)."""
+        return self._document(None, "verification.json", dict)
+
+    def _document(
+        self, folder: str | None, name: str, kind: type, *, limit: int = L.JSON_BYTES_MAX
+    ) -> Any:
+        """The JSON document `[folder/]name` of the run, read within `limit` bytes, or None when
+        it is absent; ConfigError when it is not of `kind` (dict: an object, list: a list)."""
         with self._dir() as root:
-            if not root.exists("placement"):
+            if folder is not None and not root.exists(folder):
                 return None
-        with self._dir("placement") as d:
+        with self._dir(*([folder] if folder else [])) as d:
             if not d.exists(name):
                 return None
-            data = _parse_json(d.read(name, limit=L.JSON_BYTES_MAX), str(d.path / name))
-            if not isinstance(data, dict):
-                raise ConfigError(f"{d.path / name}: must be a JSON object, got {show(data)}")
-            return data
+            where = str(d.path / name)
+            data = _parse_json(d.read(name, limit=limit), where)
+        if not isinstance(data, kind):
+            what = "object" if kind is dict else "list"
+            raise ConfigError(f"{where}: must be a JSON {what}, got {show(data)}")
+        return data
 
     def trial_logs(self, trial_id: str) -> Path:
         """A new, empty folder for one trial's child-process logs (an earlier attempt's, from an
@@ -610,16 +603,8 @@ class RunFolder:
         """The mock services' statistics of one trial, by service name (empty when absent);
         the parts the analysis reads are type-checked (`ServiceStats`)."""
         name = f"{trial_id}.json"
-        with self._dir() as root:
-            if not root.exists("services"):
-                return {}
-        with self._dir("services") as d:
-            if not d.exists(name):
-                return {}
-            where = str(d.path / name)
-            data = _parse_json(d.read(name, limit=L.SERVICES_JSON_BYTES_MAX), where)
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: must be a JSON object, got {show(data)}")
+        data = self._document("services", name, dict, limit=L.SERVICES_JSON_BYTES_MAX) or {}
+        where = self.path / "services" / name
         for service, stats in data.items():
             validate(ServiceStats, stats, where=f"{where}: {show(service)}")
         return data

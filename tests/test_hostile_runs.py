@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.bounds import JSON_BYTES_MAX
 from lab.errors import ConfigError
 from lab.infra.files import UnsafePath, atomic_write, directory, refuse_links
 from lab.infra.procs import env_with_pythonpath
@@ -207,6 +208,14 @@ TABLES: dict[str, tuple[Callable[[Path], object], str]] = {
     "services that are not a mapping": (
         lambda d: next((d / "services").iterdir()).write_text("[1, 2]"),
         ".json: must be a JSON object, got [1, 2]",
+    ),
+    "a verification that is not a mapping": (
+        lambda d: (d / "verification.json").write_text("[1, 2]"),
+        "verification.json: must be a JSON object, got [1, 2]",
+    ),
+    "a verification too large to read": (
+        lambda d: (d / "verification.json").write_bytes(b" " * (JSON_BYTES_MAX + 1)),
+        "verification.json: larger than 16,777,216 bytes; refusing to read it",
     ),
     "service statistics of the wrong type": (
         lambda d: next((d / "services").iterdir()).write_text(

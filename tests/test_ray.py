@@ -16,12 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import psutil
 import pytest
 
 from lab.errors import ConfigError, LabError
 from lab.infra.broker import Broker
 from lab.infra.procs import stop_on_signals
+from lab.report.placement import section as placement_section
+from lab.results import RunFolder
 from lab.runtime.queue import OK, JobEvent
 from lab.scenario.spec import load_scenario
 from lab.sweep.clocks import (
@@ -193,6 +196,12 @@ def test_a_trial_spreads_instances_over_nodes_and_gives_the_mock_its_own(
     assert "producer" in record["driver"]["cores"]
     # the processes' logs came home
     assert (logs / "worker-0.log").exists() and (logs / "mock-search.log").exists()
+    # a shared report says which node ran what
+    run = RunFolder.create(tmp_path / "runs", "placed", SCENARIO, {})
+    run.add_trial(row, outcome.events, outcome.services, placement=record)
+    page = placement_section(run.path, pd.DataFrame({"trial_id": [row["trial_id"]]}))
+    assert "Where it ran" in page and "mock-search" in page
+    assert page.count("2 worker instances") == 2 and ids["svc"][:12] in page
     assert_nothing_left()
     assert not any(process_alive(c["pid"]) for c in record["components"].values())
 

@@ -34,6 +34,7 @@ from lab.calibrate.run import Calibration
 from lab.mocks.distributions import quantile
 from lab.mocks.process import mock_process
 from lab.mocks.spec import parse_spec
+from lab.results import RunFolder
 
 
 @dataclass
@@ -167,7 +168,7 @@ def nginx_checks(work: Path, say: Callable[[str], None]) -> tuple[list[Check], d
         path.write_text(yaml.safe_dump(scenario))
         run = run_sweep(path, out_dir=work / "runs", verify=True, stream=io.StringIO())
         assert run is not None
-        verification = json.loads((run.path / "verification.json").read_text())
+        verification = RunFolder(run.path).verification() or {}
     picked = verification["configs"][0]
     checks.append(
         Check(

@@ -27,7 +27,7 @@ from lab.errors import exit_status
 from lab.external import ExternalService
 from lab.infra.broker import redact_url
 from lab.mocks.spec import ServiceSpec
-from lab.report import verification
+from lab.report import placement, verification
 from lab.report.faults import faults_section
 from lab.report.plots import (
     DYNAMIC_CAPTION,
@@ -339,6 +339,7 @@ def render_report(analysis: Analysis) -> str:
         _dynamic_section(analysis),
         search_section(analysis, figure_png),
         faults_section(analysis, figure_png),
+        placement.section(run.path, analysis.trials),
         "<h2>Configurations</h2>",
         "<p>Means over repeats; the interval is Student-t 95 % (none with one repeat). "
         "<i>of bound</i>: throughput over the tighter of the Little's-law and capacity bounds. "

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from html import escape
 from pathlib import Path
 from typing import Any
+
+from lab.results import RunFolder
 
 _ROWS = (
     ("items_per_s", "items/s", ",.0f"),
@@ -24,10 +25,9 @@ def _cell(value: Any, fmt: str) -> str:
 
 def section(run_dir: Path) -> str:
     """The comparison table, or "" when the run was not verified."""
-    path = run_dir / "verification.json"
-    if not path.exists():
+    doc = RunFolder(run_dir).verification()
+    if doc is None:
         return ""
-    doc = json.loads(path.read_text())
     real = doc.get("real", {})
     head = "".join(
         f"<th>{escape(title)} predicted</th><th>real</th><th>error</th>" for _, title, _ in _ROWS
