@@ -68,6 +68,7 @@ class _Owned:
     child: Child
     folder: Path
     stack: contextlib.ExitStack
+    niceness: int | None  # the one it started at (None: ended before it could be read)
     ready: Path | None = None  # a mock's ready file
 
 
@@ -82,13 +83,13 @@ class ComponentActor:
         self._sampler: ResourceSampler | None = None
 
     async def describe(self) -> dict[str, Any]:
-        """Its node, the actor's pid, and the pid and niceness of each of its processes."""
-        pids = {name: o.child.pid for name, o in self._owned.items()}
-        niceness = {}
-        for name, pid in pids.items():
-            with contextlib.suppress(OSError):  # ended meanwhile
-                niceness[name] = os.getpriority(os.PRIO_PROCESS, pid)
-        return {**node_facts(), "actor_pid": os.getpid(), "pids": pids, "niceness": niceness}
+        """Its node, the actor's pid, and the pid and starting niceness of each process."""
+        return {
+            **node_facts(),
+            "actor_pid": os.getpid(),
+            "pids": {name: o.child.pid for name, o in self._owned.items()},
+            "niceness": {name: o.niceness for name, o in self._owned.items()},
+        }
 
     async def start_mock(
         self, name: str, kind: str, spec_json: str, env: Mapping[str, str], niceness: int
@@ -125,7 +126,7 @@ class ComponentActor:
         URL) added to its environment; returns its pid. `niceness`: the driver's, which a local
         trial's processes inherit; Ray runs its own workers, this actor too, at 15 (its
         `worker_niceness`), and a process left there would yield the cores to everything else
-        on the host. Raising it back needs the privilege: `describe` tells what it got."""
+        on the host. Raising it back needs the privilege: `describe` tells what it started at."""
         argv = python_module_argv("lab.runtime.worker", *args)
         folder = self._folder(name)
         return self._spawn(name, folder, argv, env, niceness, grace_s=grace_s).child.pid
@@ -161,7 +162,10 @@ class ComponentActor:
                 niceness=niceness,
             )
         )
-        self._owned[name] = owned = _Owned(child, folder, stack)
+        niceness_now: int | None = None
+        with contextlib.suppress(OSError):  # read once exec'd: what it started with, not what
+            niceness_now = os.getpriority(os.PRIO_PROCESS, child.pid)  # others make of it later
+        self._owned[name] = owned = _Owned(child, folder, stack, niceness_now)
         return owned
 
     def _check(self, name: str) -> Child:

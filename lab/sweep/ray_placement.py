@@ -393,12 +393,14 @@ class RayPlacement:
                 niceness = facts["niceness"].get(c.name)
                 c.facts = {**facts, "pid": facts["pids"].get(c.name), "niceness": niceness}
                 self._facts[c.node.node_id] = facts
-            if off := sorted({n for n in facts["niceness"].values() if n != self._niceness}):
+            started = {n for n in facts["niceness"].values() if n is not None}
+            if off := sorted(started - {self._niceness}):
                 self._warnings.append(
-                    f"the {mine[0].actor_label} processes run at niceness {off} (Ray's "
-                    f"worker_niceness), not the driver's {self._niceness}: that node may not "
-                    "raise their priority, so they yield the cores to the rest of its host; "
-                    "start its raylet with RAY_worker_niceness=0 in its environment"
+                    f"the {mine[0].actor_label} processes started at niceness {off}, not the "
+                    f"driver's {self._niceness} (a local trial's): that node may not raise a "
+                    "priority (root or CAP_SYS_NICE can), and Ray starts its processes at its "
+                    "worker_niceness, 15; they yield the cores to the rest of their host. "
+                    "Start that node's raylet with RAY_worker_niceness=0 in its environment"
                 )
         usage: dict[str, Usage] = {}
         yield usage
@@ -512,6 +514,7 @@ class RayPlacement:
             "driver": {
                 "hostname": socket.gethostname(),
                 "node_id": self._driver_node,
+                "niceness": self._niceness,  # what its processes here, and local trials', run at
                 **self._node_usage.get("driver", {}),
             },
             "nodes": nodes,
