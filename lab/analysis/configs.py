@@ -161,23 +161,10 @@ def speedup(analysis: Analysis, baseline: pd.Series, candidate: pd.Series) -> Sp
     )  # fmt: skip
 
 
-def confidence_interval(
-    values: pd.Series | np.ndarray, level: float = CONFIDENCE
-) -> tuple[float, float]:
-    """Student-t interval of the mean; (nan, nan) with fewer than two values."""
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if len(v) < 2:
-        return math.nan, math.nan
-    half = float(stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return float(v.mean()) - half, float(v.mean()) + half
-
-
 def _intervals(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
-    """`confidence_interval` of `column` for every configuration of `frame` at once, in
-    `per_config`'s order (low clipped at 0: a rate is never negative); NaN below two values."""
+    """The Student-t interval of the mean of `column` for every configuration of `frame` at
+    once, in `per_config`'s order (low clipped at 0: a rate is never negative); NaN below two
+    values."""
     from scipy import stats
 
     values = frame[column].astype(float).replace([np.inf, -np.inf], np.nan)

@@ -18,7 +18,7 @@ Method:
    same trial as local processes, the peer that tells Ray's cost from the machine's limit.
 
 Each result is printed as one JSON line. Run it on a quiet machine; the wide trial starts about
-105 Python processes (its 100 worker processes and a few Ray actors, ~7 GB of memory).
+105 Python processes (its 100 worker processes and a few Ray actors).
 """
 
 from __future__ import annotations
