@@ -5,9 +5,9 @@ actor of its node and role (`lab.sweep.ray_actor.ComponentActor`, which says why
 node rather than per instance), pinned by the driver to that node: each mock service gets a
 node of its own where the cluster has room, so it never shares cores with workers by accident;
 the instances go round-robin over the other nodes (the driver's node last; the choice is
-`lab.sweep.ray_cluster`'s). The producer, the clock, the embedded Redis, the web app and Locust stay on the
-driver. Pinning (node affinity) rather than a SPREAD placement group: the spread is exact and
-recorded, and actors reserve no CPU, which a placement group's bundles would have to.
+`lab.sweep.ray_cluster`'s). The producer, the clock, the embedded Redis, the web app and Locust
+stay on the driver. Pinning (node affinity) rather than a SPREAD placement group: the spread is
+exact and recorded, and actors reserve no CPU, which a placement group's bundles would have to.
 
 The trial's job events are moved onto the broker's clock (`lab.sweep.clocks`); the record of a
 trial (`RunFolder.add_trial` writes it to `placement/<trial>.json`) says which node ran what,
