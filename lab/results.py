@@ -575,9 +575,10 @@ class RunFolder:
     ) -> Any:
         """The JSON document `[folder/]name` of the run, read within `limit` bytes, or None when
         it is absent; ConfigError when it is not of `kind` (dict: an object, list: a list)."""
-        with self._dir() as root:
-            if folder is not None and not root.exists(folder):
-                return None
+        if folder is not None:
+            with self._dir() as root:
+                if not root.exists(folder):
+                    return None
         with self._dir(*([folder] if folder else [])) as d:
             if not d.exists(name):
                 return None

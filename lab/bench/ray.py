@@ -14,8 +14,9 @@ Method:
 3. wide: 100 instances x 4 slots, http.call against an http_api mock that answers after exactly
    1 s (capacity 1,000, so it never queues), 4,000 items: throughput against the Little's-law
    bound of 400 items/s, and the start-up of the 100 instances (from creating their nodes'
-   actors to every instance's heartbeat in Redis, the moment the clock may start). `wide-local` runs the
-   same trial as local processes, the peer that tells Ray's cost from the machine's limit.
+   actors to every instance's heartbeat in Redis, the moment the clock may start).
+   `wide-local` runs the same trial as local processes, the peer that tells Ray's cost from the
+   machine's limit.
 
 Each result is printed as one JSON line. Run it on a quiet machine; the wide trial starts about
 105 Python processes (its 100 worker processes and a few Ray actors).

@@ -21,18 +21,18 @@ from lab.results import RunFolder
 MAX_TRIALS = 12
 
 
-def _what_ran(components: list[str]) -> str:
-    """["mock-search", "worker-0", "worker-2"] -> "mock-search, 2 worker instances"."""
-    workers = sum(name.startswith("worker-") for name in components)
-    others = [name for name in components if not name.startswith("worker-")]
-    parts = others + ([f"{workers} worker instance{'s' * (workers != 1)}"] if workers else [])
-    return ", ".join(parts) or "–"
+def _what_ran(names: list[str], components: Mapping[str, Any]) -> str:
+    """A node's components -> "mock-search, 2 worker instances" (roles from the record)."""
+    workers = [n for n in names if components.get(n, {}).get("role") == "worker"]
+    others = [n for n in names if n not in workers]
+    count = len(workers)
+    return ", ".join(others + ([f"{count} worker instance{'s' * (count != 1)}"] if count else []))
 
 
-def _by_role(figures: Mapping[str, Any] | None, fmt: str) -> str:
-    if not figures:
+def _cores(by_role: Mapping[str, Any] | None) -> str:
+    if not by_role:
         return "–"
-    return ", ".join(f"{role} {format(float(v), fmt)}" for role, v in sorted(figures.items()))
+    return ", ".join(f"{role} {float(v):.2f}" for role, v in sorted(by_role.items()))
 
 
 def _rows(trial_id: str, record: Mapping[str, Any]) -> list[str]:
@@ -44,14 +44,15 @@ def _rows(trial_id: str, record: Mapping[str, Any]) -> list[str]:
             if "offset_ms" in clock and "error_ms" in clock
             else "–"
         )
+        ran = _what_ran(list(node.get("components", [])), record.get("components", {}))
         where = f"{node.get('ip', '?')} {node_id[:12]}" + (
             " (driver)" if node.get("driver") else ""
         )
         rows.append(
             f"<tr><td>{escape(trial_id)}</td><td>{escape(where)}</td>"
             f"<td>{escape(str(node.get('hostname', '–')))}</td>"
-            f'<td class="l">{escape(_what_ran(list(node.get("components", []))))}</td>'
-            f"<td>{escape(offset)}</td><td>{escape(_by_role(node.get('cores'), '.2f'))}</td>"
+            f'<td class="l">{escape(ran or "–")}</td>'
+            f"<td>{escape(offset)}</td><td>{escape(_cores(node.get('cores')))}</td>"
             f"<td>{'yes' if node.get('harness_saturated') else 'no'}</td></tr>"
         )
     return rows

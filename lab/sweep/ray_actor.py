@@ -29,7 +29,6 @@ import contextlib
 import ipaddress
 import os
 import shutil
-import signal
 import socket
 import tempfile
 import time
@@ -43,7 +42,7 @@ import redis
 
 from lab.errors import ServiceError
 from lab.infra.files import atomic_write
-from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn
+from lab.infra.procs import Child, env_with_pythonpath, python_module_argv, spawn, terminate_all
 from lab.infra.sockets import listening_socket, served_argv, url_of
 from lab.sweep.clocks import ClockOffset, measure_offset
 from lab.sweep.resources import ResourceSampler, Usage
@@ -219,23 +218,24 @@ class ComponentActor:
         if name in self._owned:
             self._owned[name].child.signal(signum)
 
-    async def stop(self, name: str) -> str:
-        """Stop process `name` gracefully (SIGTERM, its grace, then SIGKILL) and hand back the
-        tail of its log; its files go."""
+    async def stop(self, names: Sequence[str]) -> dict[str, str]:
+        """Stop processes `names` gracefully, together (SIGTERM to all, each its grace, then
+        SIGKILL) and hand back the tail of each one's log, by name; their files go."""
         self._sampling.close()
-        owned = self._owned.get(name)
-        if owned is None:
-            return ""
-        # SIGTERM now: the stops of a node's processes come together, and the executor's few
-        # threads would otherwise start each one's grace only when the one before it ended
-        owned.child.signal(signal.SIGTERM)
-        await asyncio.to_thread(owned.stack.close)
-        log = owned.folder / f"{name}.log"
-        text = ""
-        if log.exists():
-            with log.open("rb") as f:
-                f.seek(max(0, log.stat().st_size - LOG_BYTES))
-                text = f.read().decode(errors="replace")
-        del self._owned[name]
-        shutil.rmtree(owned.folder if self._owned else self._dir, ignore_errors=True)
-        return text
+        owned = {name: self._owned.pop(name) for name in names if name in self._owned}
+        terminate_all([o.child for o in owned.values()])  # their graces overlap
+        return await asyncio.to_thread(self._reap, owned)
+
+    def _reap(self, owned: Mapping[str, _Owned]) -> dict[str, str]:
+        tails = {}
+        for name, o in owned.items():
+            o.stack.close()
+            log, tails[name] = o.folder / f"{name}.log", ""
+            if log.exists():
+                with log.open("rb") as f:
+                    f.seek(max(0, log.stat().st_size - LOG_BYTES))
+                    tails[name] = f.read().decode(errors="replace")
+            shutil.rmtree(o.folder, ignore_errors=True)
+        if not self._owned:
+            shutil.rmtree(self._dir, ignore_errors=True)
+        return tails

@@ -26,7 +26,7 @@ import os
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -151,18 +151,25 @@ class RayPlacement:
                 with contextlib.suppress(Exception):
                     ray.kill(actor, no_restart=True)
 
-    def _stop(self, components: Iterator[_Component]) -> None:
-        todo = {c.actor.stop.remote(c.name): c for c in components if not (c.lost or c.stopped)}
+    def _stop(self, components: Iterable[_Component]) -> None:
+        """Stop `components` (one call per actor: its stops overlap) and bring their logs home."""
+        todo = {
+            actor.stop.remote([c.name for c in mine]): mine
+            for actor, mine in self._owners(components)
+        }
         if not todo:
             return
         ready, _ = ray.wait(list(todo), num_returns=len(todo), timeout=60)
         for ref in ready:
-            c = todo[ref]
-            c.stopped = True
             try:
-                (self.logs / f"{c.name}.log").write_text(ray.get(ref))
+                tails = ray.get(ref)
             except ray.exceptions.RayError as exc:  # its actor, or its node, is gone
-                c.lost = c.lost or _first_line(exc)
+                for c in todo[ref]:
+                    c.lost = c.lost or _first_line(exc)
+                continue
+            for c in todo[ref]:
+                c.stopped = True
+                (self.logs / f"{c.name}.log").write_text(tails.get(c.name, ""))
 
     # -- starting ---------------------------------------------------------------------------------
 
@@ -352,11 +359,14 @@ class RayPlacement:
     def _live(self) -> list[_Component]:
         return [c for c in self._components.values() if not (c.lost or c.stopped)]
 
-    def _owners(self) -> list[tuple[Any, list[_Component]]]:
-        """Each actor with a live process, and those processes."""
+    def _owners(
+        self, components: Iterable[_Component] | None = None
+    ) -> list[tuple[Any, list[_Component]]]:
+        """Each actor owning a live one of `components` (all of them by default), and those."""
         mine: dict[str, list[_Component]] = defaultdict(list)
-        for c in self._live():
-            mine[c.actor_label].append(c)
+        for c in self._components.values() if components is None else components:
+            if not (c.lost or c.stopped):
+                mine[c.actor_label].append(c)
         return [(self._actors_by_label[label][0], cs) for label, cs in mine.items()]
 
     def _measure_clocks(self, into: _Clocks) -> None:
@@ -389,10 +399,10 @@ class RayPlacement:
         )
         described = self._get([a.describe.remote() for a, _ in owners], "describing nodes", 30)
         for (_, mine), facts in zip(owners, described, strict=True):
+            self._facts[mine[0].node.node_id] = facts  # an actor's processes share its node
             for c in mine:
                 niceness = facts["niceness"].get(c.name)
                 c.facts = {**facts, "pid": facts["pids"].get(c.name), "niceness": niceness}
-                self._facts[c.node.node_id] = facts
             started = {n for n in facts["niceness"].values() if n is not None}
             if off := sorted(started - {self._niceness}):
                 self._warnings.append(
